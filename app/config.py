@@ -1,0 +1,85 @@
+"""Service configuration: one Settings object, read from environment variables (prefix ``IF_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET = "dev-insecure-secret-change-me"  # noqa: S105 - the sentinel we refuse outside development
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Documented, with examples, in ``.env.example``."""
+
+    model_config = SettingsConfigDict(env_prefix="IF_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "test", "production"] = Field(
+        "development", description="development allows the built-in secret; production refuses it."
+    )
+    data_dir: Path = Field(
+        Path("data"), description="Artifacts, uploads, exports and the embedded databases."
+    )
+    database_url: str = Field(
+        "", description="SQLAlchemy URL. Empty = embedded SQLite file at DATA_DIR/instructforge.db."
+    )
+    broker_url: str = Field(
+        "", description="Celery broker URL. Empty = embedded SQLite broker at DATA_DIR/broker.db."
+    )
+    broker_visibility_timeout: int = Field(
+        3600, description="Seconds before a Redis broker redelivers an unacknowledged task."
+    )
+    secret_key: str = Field(DEFAULT_SECRET, description="Signs session cookies and CSRF tokens.")
+    session_max_age: int = Field(7 * 24 * 3600, description="Web session lifetime in seconds.")
+    cookie_secure: bool = Field(False, description="Mark session cookies Secure (set true behind HTTPS).")
+    admin_username: str = Field("admin", description="Username of the admin created on first start.")
+    admin_password: str = Field(
+        "", description="Password of the admin created on first start. Empty = generated and printed once."
+    )
+    max_upload_mb: float = Field(200.0, description="Uploads larger than this are refused with 413.")
+    max_field_chars: int = Field(1_000_000, description="Longest single text field accepted on import.")
+    import_inline_max_bytes: int = Field(
+        4_000_000, description="Uploads larger than this import as a background job with progress."
+    )
+    import_batch_size: int = Field(5_000, description="Records written per transaction by the import job.")
+    job_lease_seconds: int = Field(
+        60, description="A running job whose worker has not heartbeated for this long is handed to another."
+    )
+    reaper_interval_seconds: int = Field(15, description="How often workers look for orphaned jobs.")
+    teachers: str = Field(
+        "", description="Teacher LLMs: a path to a YAML/JSON file, or inline JSON (see docs/teachers.md)."
+    )
+    models_dir: Path = Field(
+        Path("models"), description="Base models for training must be local directories under this folder."
+    )
+    allow_hub_download: bool = Field(False, description="Let the trainer download base models from a hub.")
+    worker_concurrency: int = Field(2, description="Processes of the default-queue worker started by `run`.")
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> Settings:
+        # A forged session cookie means full admin access: never run production with a known key.
+        if self.env == "production" and (self.secret_key == DEFAULT_SECRET or len(self.secret_key) < 32):
+            raise ValueError(
+                "IF_SECRET_KEY must be set to a random string of at least 32 characters when IF_ENV=production"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'instructforge.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

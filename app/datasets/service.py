@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.auth.models import Role, User
+from app.datasets.models import Dataset
+from app.errors import Conflict, NotFound
+from app.projects.models import Project
+from app.projects.service import require_project
+from app.records.models import Record
+
+
+def require_dataset(
+    *, db: Session, user: User, dataset_id: int, min_role: str = Role.annotator.value
+) -> Dataset:
+    """Load a dataset the user may act on; 404 for datasets of projects the user is not in."""
+    dataset = db.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    try:
+        require_project(db=db, user=user, project_id=dataset.project_id, min_role=min_role)
+    except NotFound:
+        raise NotFound(f"dataset {dataset_id} not found") from None
+    return dataset
+
+
+def list_datasets(*, db: Session, user: User, project_id: int) -> Sequence[Dataset]:
+    require_project(db=db, user=user, project_id=project_id)
+    return db.scalars(select(Dataset).where(Dataset.project_id == project_id).order_by(Dataset.id)).all()
+
+
+def create_dataset(
+    *,
+    db: Session,
+    user: User,
+    project_id: int,
+    name: str,
+    language: str,
+    description: str,
+    guidelines: str = "",
+    settings: dict[str, Any] | None = None,
+) -> Dataset:
+    project: Project = require_project(db=db, user=user, project_id=project_id, min_role=Role.curator.value)
+    exists = db.scalar(select(Dataset.id).where(Dataset.project_id == project.id, Dataset.name == name))
+    if exists is not None:
+        raise Conflict(f"dataset {name!r} exists in project {project.id}", field="name")
+    dataset = Dataset(
+        project_id=project.id,
+        name=name,
+        language=language,
+        description=description,
+        guidelines=guidelines,
+        settings=settings or {},
+        created_by=user.id,
+    )
+    db.add(dataset)
+    db.flush()
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="dataset.create",
+        entity_type="dataset",
+        entity_id=dataset.id,
+        project_id=project.id,
+        detail={"name": name},
+    )
+    return dataset
+
+
+def update_dataset(*, db: Session, user: User, dataset_id: int, changes: dict[str, Any]) -> Dataset:
+    dataset = require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    for key, value in changes.items():
+        setattr(dataset, key, value)
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="dataset.update",
+        entity_type="dataset",
+        entity_id=dataset.id,
+        project_id=dataset.project_id,
+        detail={"fields": sorted(changes)},
+    )
+    return dataset
+
+
+def status_counts(*, db: Session, dataset_id: int) -> dict[str, int]:
+    rows = db.execute(
+        select(Record.status, func.count()).where(Record.dataset_id == dataset_id).group_by(Record.status)
+    ).all()
+    return {status: count for status, count in rows}

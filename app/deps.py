@@ -1,0 +1,70 @@
+"""FastAPI dependencies: database session, current user (API token or session cookie), CSRF."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.auth import service as auth_service
+from app.auth.models import User
+from app.auth.security import check_csrf, read_session
+from app.config import Settings, get_settings
+from app.db import get_sessionmaker
+from app.errors import Forbidden, Unauthorized
+
+SESSION_COOKIE = "if_session"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def get_db() -> Iterator[Session]:
+    session = get_sessionmaker()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def user_from_cookie(db: Session, settings: Settings, cookie: str | None) -> User | None:
+    if not cookie:
+        return None
+    data = read_session(settings.secret_key, cookie, settings.session_max_age)
+    if data is None:
+        return None
+    user = db.get(User, data.get("u"))
+    if user is None or not user.is_active or user.session_epoch != data.get("e"):
+        return None
+    return user
+
+
+def get_current_user(request: Request, db: SessionDep, settings: SettingsDep) -> User:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        user = auth_service.user_for_token(db=db, plain=auth[7:].strip())
+        if user is None:
+            raise Unauthorized("invalid or revoked API token")
+        return user
+    cookie = request.cookies.get(SESSION_COOKIE)
+    user = user_from_cookie(db, settings, cookie)
+    if user is None:
+        raise Unauthorized("not authenticated: log in or send 'Authorization: Bearer <token>'")
+    # Cookie-authenticated writes must carry the CSRF token: a cookie alone is sent by any site.
+    if request.method not in SAFE_METHODS and not check_csrf(
+        settings.secret_key, cookie or "", request.headers.get(CSRF_HEADER)
+    ):
+        raise Forbidden("missing or invalid CSRF token")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -1,0 +1,52 @@
+"""Job kinds: their queue, the role needed to start them, their params model and handler.
+
+Handlers are named by dotted path and imported only inside workers, so the web process never imports
+heavy modules (torch, the generation pipeline) just to validate a job's parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    queue: str
+    params_model: str  # dotted path to a pydantic model
+    handler: str  # dotted path to `def handler(ctx: JobContext) -> None`
+    description: str
+    needs_dataset: bool = True
+
+    def params_cls(self) -> type[BaseModel]:
+        return _load(self.params_model)  # type: ignore[no-any-return]
+
+    def handler_fn(self) -> Any:
+        return _load(self.handler)
+
+
+def _load(path: str) -> Any:
+    module, _, attr = path.rpartition(".")
+    return getattr(import_module(module), attr)
+
+
+KINDS: dict[str, JobKind] = {}
+
+
+def register(kind: JobKind) -> None:
+    KINDS[kind.name] = kind
+
+
+register(
+    JobKind(
+        "import",
+        "default",
+        "app.imports.schemas.ImportParams",
+        "app.imports.service.run_import_job",
+        "Import an uploaded file into a dataset.",
+    )
+)

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.auth.models import Role, User
+from app.base import utcnow
+from app.datasets.service import require_dataset
+from app.errors import Invalid, NotFound
+from app.jobs.models import ACTIVE_STATUSES, Job, JobStatus
+from app.jobs.registry import KINDS
+from app.projects.service import require_project
+
+log = logging.getLogger(__name__)
+
+
+def validation_message(exc: ValidationError, prefix: str = "params") -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{prefix}.{loc}: {err['msg']}" if loc else f"{prefix}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def create_job(
+    *,
+    db: Session,
+    user: User,
+    kind: str,
+    project_id: int | None,
+    dataset_id: int | None,
+    params: dict[str, Any],
+    enqueue: bool = True,
+) -> Job:
+    """Validate, store and enqueue a job. Only curators and admins start jobs."""
+    spec = KINDS.get(kind)
+    if spec is None:
+        raise Invalid(f"unknown job kind {kind!r}; known: {', '.join(sorted(KINDS))}", field="kind")
+    if dataset_id is not None:
+        dataset = require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+        project_id = dataset.project_id
+    elif spec.needs_dataset:
+        raise Invalid(f"a {kind} job needs dataset_id", field="dataset_id")
+    if project_id is None:
+        raise Invalid("project_id or dataset_id is required", field="project_id")
+    require_project(db=db, user=user, project_id=project_id, min_role=Role.curator.value)
+    try:
+        validated = spec.params_cls().model_validate(params)
+    except ValidationError as exc:
+        raise Invalid(validation_message(exc)) from exc
+    job = Job(
+        project_id=project_id,
+        dataset_id=dataset_id,
+        kind=kind,
+        queue=spec.queue,
+        params=validated.model_dump(mode="json"),
+        created_by=user.id,
+    )
+    db.add(job)
+    db.flush()
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="job.create",
+        entity_type="job",
+        entity_id=job.id,
+        project_id=project_id,
+        detail={"kind": kind},
+    )
+    if enqueue:
+        # Commit first: a worker must never receive the id of a row it cannot see yet.
+        db.commit()
+        send(db=db, job=job)
+    return job
+
+
+def send(*, db: Session, job: Job) -> None:
+    """Put the job on its Celery queue. A failure leaves it queued; the workers' reaper sends it again."""
+    from workers.celery_app import celery_app
+
+    try:
+        celery_app.send_task("workers.tasks.run_job_task", args=[job.id], queue=job.queue)
+    except Exception:
+        log.exception("could not enqueue job %s; the reaper will retry", job.id)
+        return
+    job.enqueued_at = utcnow()
+    db.commit()
+
+
+def get_job(*, db: Session, user: User, job_id: int) -> Job:
+    job = db.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    try:
+        require_project(db=db, user=user, project_id=job.project_id)
+    except NotFound:
+        raise NotFound(f"job {job_id} not found") from None
+    return job
+
+
+def list_jobs(
+    *,
+    db: Session,
+    user: User,
+    project_id: int | None,
+    dataset_id: int | None,
+    status: str | None,
+    kind: str | None,
+    limit: int = 100,
+) -> Sequence[Job]:
+    query = select(Job).order_by(Job.id.desc()).limit(max(1, min(limit, 500)))
+    if dataset_id is not None:
+        dataset = require_dataset(db=db, user=user, dataset_id=dataset_id)
+        query = query.where(Job.dataset_id == dataset.id)
+    if project_id is not None:
+        require_project(db=db, user=user, project_id=project_id)
+        query = query.where(Job.project_id == project_id)
+    elif user.role != Role.admin.value:
+        from app.projects.models import ProjectMember
+
+        query = query.where(
+            Job.project_id.in_(select(ProjectMember.project_id).where(ProjectMember.user_id == user.id))
+        )
+    if status:
+        query = query.where(Job.status == status)
+    if kind:
+        query = query.where(Job.kind == kind)
+    return db.scalars(query).all()
+
+
+def cancel_job(*, db: Session, user: User, job_id: int) -> Job:
+    """Cancel: a queued job is cancelled at once; a running one stops at its next checkpoint."""
+    job = get_job(db=db, user=user, job_id=job_id)
+    require_project(db=db, user=user, project_id=job.project_id, min_role=Role.curator.value)
+    if job.status in ACTIVE_STATUSES or job.status == JobStatus.paused.value:
+        job.cancel_requested = True
+        if job.status != JobStatus.running.value:
+            job.status = JobStatus.cancelled.value
+            job.finished_at = utcnow()
+        audit.record(
+            db=db,
+            user_id=user.id,
+            action="job.cancel",
+            entity_type="job",
+            entity_id=job.id,
+            project_id=job.project_id,
+        )
+    return job
+
+
+def resume_job(*, db: Session, user: User, job_id: int) -> Job:
+    """Re-queue a paused or failed job; it resumes from its checkpoints and cached teacher calls."""
+    job = get_job(db=db, user=user, job_id=job_id)
+    require_project(db=db, user=user, project_id=job.project_id, min_role=Role.curator.value)
+    if job.status not in (JobStatus.paused.value, JobStatus.failed.value):
+        raise Invalid(f"job {job_id} is {job.status}; only paused or failed jobs can be resumed")
+    job.status = JobStatus.queued.value
+    job.error = None
+    job.finished_at = None
+    job.lease_until = None
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="job.resume",
+        entity_type="job",
+        entity_id=job.id,
+        project_id=job.project_id,
+    )
+    db.commit()
+    send(db=db, job=job)
+    return job

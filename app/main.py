@@ -1,0 +1,129 @@
+"""The FastAPI application: REST API under /api/v1, web UI under /, OpenAPI at /docs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app import __version__
+from app.auth.router import router as auth_router
+from app.config import get_settings
+from app.datasets.router import router as datasets_router
+from app.db import get_engine
+from app.errors import DomainError
+from app.imports.router import router as imports_router
+from app.jobs.router import router as jobs_router
+from app.projects.router import router as projects_router
+from app.records.router import router as records_router
+from app.snapshots.router import router as snapshots_router
+
+log = logging.getLogger(__name__)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over the upload limit with 413 before reading them (Content-Length or streamed)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            response = JSONResponse(
+                {"detail": f"request body is larger than the {self.limit // (1024 * 1024)} MB upload limit"},
+                status_code=413,
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return "; ".join(parts)
+
+
+def health(request: Request) -> dict[str, Any]:
+    checks: dict[str, str] = {}
+    try:
+        with get_engine().connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # report, don't crash: health must answer
+        checks["database"] = f"error: {type(exc).__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    return {"status": "ok" if ok else "degraded", "version": __version__, "checks": checks}
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="InstructForge",
+        version=__version__,
+        description="Build instruction-tuning datasets: generate, curate, review, snapshot, export and train.",
+        docs_url="/docs",
+        openapi_url="/api/v1/openapi.json",
+    )
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        body: dict[str, Any] = {"detail": exc.message}
+        body.update({k: v for k, v in exc.detail.items() if v is not None})
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()
+        ]
+        return JSONResponse({"detail": _validation_message(exc), "errors": errors}, status_code=422)
+
+    api = APIRouter(prefix="/api/v1")
+    api.add_api_route("/health", health, methods=["GET"], tags=["health"])
+    for router in (
+        auth_router,
+        projects_router,
+        datasets_router,
+        records_router,
+        imports_router,
+        jobs_router,
+        snapshots_router,
+    ):
+        api.include_router(router)
+    for optional in (
+        "app.training.router",
+        "app.review.router",
+        "app.curation.router",
+        "app.generation.router",
+    ):
+        _include_optional(api, optional)
+    app.include_router(api)
+    _include_optional(app, "app.ui.router")
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
+    return app
+
+
+def _include_optional(parent: FastAPI | APIRouter, module: str) -> None:
+    """Routers of features that may be absent from a slim install (e.g. the UI templates)."""
+    from importlib import import_module
+
+    try:
+        router = import_module(module).router
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return
+    parent.include_router(router)

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+
+from app.deps import CurrentUser, SessionDep
+from app.snapshots import service
+from app.snapshots.models import Snapshot
+from app.snapshots.schemas import ExportFormat, SnapshotCreate, SnapshotDiff, SnapshotRead
+
+router = APIRouter(tags=["snapshots"])
+
+
+@router.post("/datasets/{dataset_id}/snapshots", response_model=SnapshotRead, status_code=201)
+def create_snapshot(dataset_id: int, body: SnapshotCreate, user: CurrentUser, db: SessionDep) -> Snapshot:
+    """Freeze the records matching the filter (default: accepted) as an immutable, hashed snapshot."""
+    return service.create_snapshot(
+        db=db, user=user, dataset_id=dataset_id, name=body.name, description=body.description, flt=body.filter
+    )
+
+
+@router.get("/datasets/{dataset_id}/snapshots", response_model=list[SnapshotRead])
+def list_snapshots(dataset_id: int, user: CurrentUser, db: SessionDep) -> Sequence[Snapshot]:
+    return service.list_snapshots(db=db, user=user, dataset_id=dataset_id)
+
+
+@router.get("/snapshots/{snapshot_id}", response_model=SnapshotRead)
+def get_snapshot(snapshot_id: int, user: CurrentUser, db: SessionDep) -> Snapshot:
+    return service.require_snapshot(db=db, user=user, snapshot_id=snapshot_id)
+
+
+@router.get("/snapshots/{a_id}/diff/{b_id}", response_model=SnapshotDiff)
+def diff_snapshots(a_id: int, b_id: int, user: CurrentUser, db: SessionDep) -> SnapshotDiff:
+    return SnapshotDiff.model_validate(service.diff(db=db, user=user, a_id=a_id, b_id=b_id))
+
+
+@router.get("/snapshots/{snapshot_id}/export", response_class=FileResponse)
+def export_snapshot(
+    snapshot_id: int,
+    user: CurrentUser,
+    db: SessionDep,
+    format: ExportFormat = "alpaca",
+    val_fraction: Annotated[float, Query(ge=0.0, lt=1.0)] = 0.0,
+    seed: int = 0,
+) -> FileResponse:
+    """Download the snapshot as alpaca JSON, ShareGPT JSON or OpenAI chat JSONL; with `val_fraction`,
+    a zip holding a seeded train/validation split."""
+    path, name = service.export_snapshot(
+        db=db, user=user, snapshot_id=snapshot_id, fmt=format, val_fraction=val_fraction, seed=seed
+    )
+    media = "application/zip" if name.endswith(".zip") else "application/json"
+    return FileResponse(path, filename=name, media_type=media)

@@ -1,0 +1,180 @@
+"""Test infrastructure: a real PostgreSQL database per run (and an SQLite file), migrated with Alembic.
+
+Most tests run inside an outer transaction that is rolled back (fast, isolated). Tests that talk to
+other processes (real Celery workers, the served app) use `committed` data and clean up after.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TEST_RUN = uuid.uuid4().hex[:8]
+PG_ADMIN_URL = os.environ.get("IF_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("IF_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+PG_DB = f"if_test_{TEST_RUN}"
+PG_URL = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{PG_DB}"
+_TMP = Path(tempfile.mkdtemp(prefix=f"if-test-{TEST_RUN}-"))
+SQLITE_URL = f"sqlite:///{_TMP / 'test.db'}"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Settings are read once per process: fix them before any app module is imported.
+os.environ.update(
+    IF_ENV="test",
+    IF_DATABASE_URL=PG_URL,
+    IF_DATA_DIR=str(_TMP / "data"),
+    IF_BROKER_URL="memory://",
+    IF_SECRET_KEY="test-secret-" + "x" * 32,
+)
+
+from sqlalchemy import Engine, create_engine, event, text  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from app.db import make_engine  # noqa: E402
+from app.migrate import upgrade  # noqa: E402
+
+
+def _create_pg_database() -> None:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{PG_DB}"'))
+        conn.execute(text(f'CREATE DATABASE "{PG_DB}"'))
+    admin.dispose()
+
+
+def _drop_pg_database() -> None:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{PG_DB}'")
+        )
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{PG_DB}"'))
+    admin.dispose()
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def engine_for(backend: str) -> Engine:
+    if backend not in _ENGINES:
+        if backend == "postgresql":
+            _create_pg_database()
+            upgrade(PG_URL)
+            _ENGINES[backend] = make_engine(PG_URL)
+        else:
+            upgrade(SQLITE_URL)
+            engine = make_engine(SQLITE_URL)
+
+            # pysqlite's own transaction handling breaks SAVEPOINTs: take over BEGIN ourselves.
+            @event.listens_for(engine, "connect")
+            def _no_pysqlite_tx(dbapi_conn: Any, _: Any) -> None:
+                dbapi_conn.isolation_level = None
+
+            @event.listens_for(engine, "begin")
+            def _begin(conn: Any) -> None:
+                conn.exec_driver_sql("BEGIN")
+
+            _ENGINES[backend] = engine
+    return _ENGINES[backend]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for engine in _ENGINES.values():
+        engine.dispose()
+    if "postgresql" in _ENGINES:
+        _drop_pg_database()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Parametrises a test over both databases: the parts that touch SQL must behave the same."""
+    return str(request.param)
+
+
+@pytest.fixture
+def pg() -> str:
+    return "postgresql"
+
+
+def _rollback_session(engine: Engine) -> Iterator[Session]:
+    conn = engine.connect()
+    outer = conn.begin()
+    session = Session(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    try:
+        yield session
+    finally:
+        session.close()
+        outer.rollback()
+        conn.close()
+
+
+@pytest.fixture
+def db(request: pytest.FixtureRequest) -> Iterator[Session]:
+    """A session inside a transaction rolled back after the test. PostgreSQL unless `backend` is used."""
+    backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "postgresql"
+    yield from _rollback_session(engine_for(backend))
+
+
+@pytest.fixture
+def client(db: Session) -> Iterator[Any]:
+    """The real app, in-process, on the test's session (its writes roll back with the test)."""
+    from fastapi.testclient import TestClient
+
+    from app.deps import get_db
+    from app.main import create_app
+
+    app = create_app()
+
+    def _db() -> Iterator[Session]:
+        yield db
+        db.flush()
+
+    app.dependency_overrides[get_db] = _db
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def truncate_all(engine: Engine) -> None:
+    from app.base import Base
+
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        else:
+            for table in reversed(Base.metadata.sorted_tables):
+                conn.execute(table.delete())
+
+
+@pytest.fixture
+def committed_pg() -> Iterator[Engine]:
+    """Committed data in the test PostgreSQL database, for tests with real worker processes."""
+    engine = engine_for("postgresql")
+    truncate_all(engine)
+    yield engine
+    truncate_all(engine)
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database of its own for this test (flushed before and after)."""
+    import redis
+
+    url = f"{REDIS_URL}/{11}"
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    yield url
+    r.flushdb()

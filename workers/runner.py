@@ -1,0 +1,205 @@
+"""Runs one job: claim a lease, heartbeat, call the kind's handler, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from app.base import utcnow
+from app.config import get_settings
+from app.db import get_sessionmaker
+from app.jobs.models import Job, JobStatus
+from app.jobs.registry import KINDS
+
+log = logging.getLogger(__name__)
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobCancelled(Exception):
+    """Raised inside a handler at a checkpoint when the job was cancelled."""
+
+
+class JobPaused(Exception):
+    """Raised by a handler that must stop and wait for a person (teacher down, budget reached)."""
+
+
+@dataclass
+class JobContext:
+    """What a handler gets: ids and params, sessions, progress and cancellation. Never ORM objects."""
+
+    job_id: int
+    kind: str
+    project_id: int
+    dataset_id: int | None
+    params: dict[str, Any]
+    attempt: int
+    created_by: int | None
+    _cancel: threading.Event = field(default_factory=threading.Event)
+    counters: dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        db = get_sessionmaker()()
+        try:
+            yield db
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
+        finally:
+            db.close()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled()
+
+    def progress(
+        self,
+        done: int,
+        total: int | None = None,
+        *,
+        counters: dict[str, Any] | None = None,
+        usage: dict[str, float] | None = None,
+    ) -> None:
+        """Write progress (and counters/usage totals) to the job row in its own short transaction."""
+        values: dict[str, Any] = {"progress_done": done, "lease_until": _lease_deadline()}
+        if total is not None:
+            values["progress_total"] = total
+        if counters is not None:
+            self.counters = dict(counters)
+            values["counters"] = self.counters
+        if usage:
+            values.update(usage)
+        with self.session() as db:
+            db.execute(update(Job).where(Job.id == self.job_id).values(**values))
+            flag = db.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
+        if flag:
+            self._cancel.set()
+        self.check_cancel()
+
+    def set_result(self, result: dict[str, Any]) -> None:
+        with self.session() as db:
+            db.execute(update(Job).where(Job.id == self.job_id).values(result=result))
+
+
+def _lease_deadline() -> Any:
+    return utcnow() + timedelta(seconds=get_settings().job_lease_seconds)
+
+
+def claim(job_id: int) -> JobContext | None:
+    """Take the job if nobody holds a live lease on it. Returns None when there is nothing to do."""
+    now = utcnow()
+    with get_sessionmaker()() as db:
+        result = db.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status.in_((JobStatus.queued.value, JobStatus.running.value)),
+                Job.cancel_requested.is_(False),
+                or_(Job.lease_until.is_(None), Job.lease_until < now),
+            )
+            .values(
+                status=JobStatus.running.value,
+                worker=WORKER_NAME,
+                lease_until=_lease_deadline(),
+                attempts=Job.attempts + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            job = db.get(Job, job_id)
+            if (
+                job is not None
+                and job.cancel_requested
+                and job.status == JobStatus.running.value
+                and (job.lease_until is None or job.lease_until < now)
+            ):
+                # Cancelled while its worker was dead: nobody else will ever finish it.
+                job.status = JobStatus.cancelled.value
+                job.finished_at = now
+            db.commit()
+            return None
+        job = db.get(Job, job_id)
+        assert job is not None
+        if job.started_at is None:
+            job.started_at = now
+        db.commit()
+        return JobContext(
+            job_id=job.id,
+            kind=job.kind,
+            project_id=job.project_id,
+            dataset_id=job.dataset_id,
+            params=dict(job.params),
+            attempt=job.attempts,
+            created_by=job.created_by,
+            counters=dict(job.counters or {}),
+        )
+
+
+def _heartbeat(ctx: JobContext, stop: threading.Event) -> None:
+    interval = max(1.0, get_settings().job_lease_seconds / 4)
+    while not stop.wait(interval):
+        try:
+            with ctx.session() as db:
+                db.execute(
+                    update(Job)
+                    .where(Job.id == ctx.job_id, Job.worker == WORKER_NAME)
+                    .values(lease_until=_lease_deadline())
+                )
+                if db.scalar(select(Job.cancel_requested).where(Job.id == ctx.job_id)):
+                    ctx._cancel.set()
+        except Exception:  # a transient DB error must not kill the job; the next beat retries
+            log.exception("heartbeat for job %s failed", ctx.job_id)
+
+
+def finish(job_id: int, status: str, error: str | None = None) -> None:
+    with get_sessionmaker()() as db:
+        db.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status=status, error=error, finished_at=utcnow(), lease_until=None)
+        )
+        db.commit()
+
+
+def run_job(job_id: int, handler: Callable[[JobContext], None] | None = None) -> str | None:
+    """Claim and run a job; returns its final status, or None if another worker has it / it is done."""
+    ctx = claim(job_id)
+    if ctx is None:
+        return None
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(ctx, stop), daemon=True, name=f"heartbeat-{job_id}")
+    beat.start()
+    try:
+        (handler or KINDS[ctx.kind].handler_fn())(ctx)
+    except JobCancelled:
+        finish(job_id, JobStatus.cancelled.value)
+        return JobStatus.cancelled.value
+    except JobPaused as exc:
+        finish(job_id, JobStatus.paused.value, str(exc))
+        return JobStatus.paused.value
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        tail = "".join(traceback.format_exception(exc)[-3:])
+        finish(job_id, JobStatus.failed.value, f"{type(exc).__name__}: {exc}\n{tail}"[:8000])
+        return JobStatus.failed.value
+    finally:
+        stop.set()
+        beat.join(timeout=5)
+    finish(job_id, JobStatus.succeeded.value)
+    return JobStatus.succeeded.value
