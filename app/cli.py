@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             import_module(module).add_cli(sub)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if exc.name is None or not module.startswith(exc.name):
                 raise
     return parser
 

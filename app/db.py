@@ -38,6 +38,9 @@ def get_engine() -> Engine:
 
 @lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
+    # Every mapper must be known before the first flush, whichever process (API, worker, CLI) this is.
+    import app.models  # noqa: F401
+
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
 

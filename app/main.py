@@ -123,7 +123,7 @@ def _include_optional(parent: FastAPI | APIRouter, module: str) -> None:
     try:
         router = import_module(module).router
     except ModuleNotFoundError as exc:
-        if exc.name != module:
+        if exc.name is None or not module.startswith(exc.name):
             raise
         return
     parent.include_router(router)
