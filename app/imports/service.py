@@ -83,14 +83,42 @@ def parse_file(
     try:
         detected = formats.detect_format(head, filename) if fmt == "auto" else fmt
         with path.open("rb") as fh:
-            records, bad = formats.parse_all(
+            records, bad_lines = formats.parse_all(
                 fh, fmt=detected, filename=filename, skip_bad=skip_bad, limits=limits
             )
     except formats.FormatError as exc:
         raise Invalid(str(exc), line=exc.line, field=exc.field) from exc
+    bad: BadLines = [{"line": b.line, "field": b.field, "message": str(b)} for b in bad_lines]
+    records, nul_bad = _refuse_nul(records)
+    if nul_bad and not skip_bad:
+        first = nul_bad[0]
+        raise Invalid(
+            f'line {first["line"]}: field "{first["field"]}": {first["message"]}',
+            line=first["line"],
+            field=first["field"],
+        )
+    bad = sorted(bad + nul_bad, key=lambda b: b["line"]) if nul_bad else bad
     if not records and not bad:
         raise Invalid("the file holds no records")
-    return records, [{"line": b.line, "field": b.field, "message": b.message} for b in bad], detected
+    return records, bad, detected
+
+
+def _refuse_nul(records: list[formats.ParsedRecord]) -> tuple[list[formats.ParsedRecord], BadLines]:
+    """NUL cannot be stored in PostgreSQL text: such records are bad input, named by line and field."""
+    good: list[formats.ParsedRecord] = []
+    bad: BadLines = []
+    for rec in records:
+        field = next(
+            (f for f in ("instruction", "input", "output", "system") if "\x00" in (getattr(rec, f) or "")),
+            None,
+        )
+        if field is None and rec.messages and any("\x00" in m["content"] for m in rec.messages):
+            field = "messages"
+        if field is None:
+            good.append(rec)
+        else:
+            bad.append({"line": rec.line, "field": field, "message": "contains a NUL character (\\u0000)"})
+    return good, bad
 
 
 def write_records(

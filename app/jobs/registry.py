@@ -21,6 +21,8 @@ class JobKind:
     handler: str  # dotted path to `def handler(ctx: JobContext) -> None`
     description: str
     needs_dataset: bool = True
+    # Internal kinds are created by their own endpoint (e.g. POST /training-runs), never by POST /jobs.
+    internal: bool = False
 
     def params_cls(self) -> type[BaseModel]:
         return _load(self.params_model)  # type: ignore[no-any-return]
@@ -48,5 +50,34 @@ register(
         "app.imports.schemas.ImportParams",
         "app.imports.service.run_import_job",
         "Import an uploaded file into a dataset.",
+    )
+)
+register(
+    JobKind(
+        "train",
+        "gpu",
+        "app.training.schemas.TrainingJobParams",
+        "app.training.jobs.run_training_job",
+        "Train an adapter on a snapshot (created through POST /training-runs).",
+        needs_dataset=False,
+        internal=True,
+    )
+)
+register(
+    JobKind(
+        "dedup",
+        "default",
+        "app.curation.schemas.DedupParams",
+        "app.curation.jobs.run_dedup_job",
+        "ROUGE-L near-duplicate filter (exact, CJK-aware) over a dataset or a filter of it.",
+    )
+)
+register(
+    JobKind(
+        "rules",
+        "default",
+        "app.curation.schemas.RulesParams",
+        "app.curation.jobs.run_rules_job",
+        "Heuristic quality rules; every rejected record keeps the rule and the detail.",
     )
 )

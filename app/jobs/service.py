@@ -37,11 +37,14 @@ def create_job(
     dataset_id: int | None,
     params: dict[str, Any],
     enqueue: bool = True,
+    internal: bool = False,
 ) -> Job:
     """Validate, store and enqueue a job. Only curators and admins start jobs."""
     spec = KINDS.get(kind)
     if spec is None:
         raise Invalid(f"unknown job kind {kind!r}; known: {', '.join(sorted(KINDS))}", field="kind")
+    if spec.internal and not internal:
+        raise Invalid(f"{kind} jobs are created through their own endpoint, not POST /jobs", field="kind")
     if dataset_id is not None:
         dataset = require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
         project_id = dataset.project_id

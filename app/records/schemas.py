@@ -8,9 +8,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 StatusLiteral = Literal["pending", "accepted", "rejected", "filtered"]
 
 
+def _no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("text may not contain NUL (\\u0000) characters")
+    return value
+
+
 class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: str
+
+    _nul = field_validator("content")(_no_nul)
 
 
 class RecordFilter(BaseModel):
@@ -91,6 +99,8 @@ class RecordUpdate(BaseModel):
     status: StatusLiteral | None = None
     reason: str | None = Field(None, max_length=64)
     note: str = Field("", max_length=2000)
+
+    _nul = field_validator("instruction", "input", "output", "system")(_no_nul)
 
     @field_validator("tags")
     @classmethod

@@ -196,3 +196,16 @@ def test_export_split_is_seeded_and_complete(client, db, ds, shared_data):
     assert a == b and a != c
     assert len(a["train.jsonl"]) + len(a["validation.jsonl"]) == 2017
     assert 150 <= len(a["validation.jsonl"]) <= 260
+
+
+def test_nul_characters_are_refused_with_line_and_field(client, db, ds):
+    dataset, h = ds
+    body = b'{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": "bad \\u0000 nul"}\n'
+    resp = _import(client, dataset, h, body, format="alpaca")
+    assert resp.status_code == 422 and "line 2" in resp.json()["detail"] and "output" in resp.json()["detail"]
+    assert _count(db, dataset) == 0
+    rec_resp = _import(client, dataset, h, b'{"instruction": "a", "output": "b"}\n', format="alpaca")
+    assert rec_resp.status_code == 201
+    rec = db.query(Record).filter_by(dataset_id=dataset.id).one()
+    edit = client.patch(f"/api/v1/records/{rec.id}", json={"version": 1, "output": "x\u0000y"}, headers=h)
+    assert edit.status_code == 422 and "NUL" in edit.json()["detail"]

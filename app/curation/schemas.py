@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from app.records.schemas import RecordFilter
+
+TextField = Literal["instruction", "instruction_input", "prompt"]
+
+
+def _default_scope() -> RecordFilter:
+    return RecordFilter(status=["pending", "accepted"])
+
+
+class DedupParams(BaseModel):
+    """Greedy ROUGE-L near-duplicate filter (Self-Instruct's rule), after exact duplicates on normalised text."""
+
+    threshold: float = Field(
+        0.7, gt=0.0, le=1.0, description="Keep a record iff its max ROUGE-L to kept ones is <= this."
+    )
+    field: TextField = Field(
+        "instruction",
+        description="instruction | instruction_input (instruction + input) | prompt (whole user side).",
+    )
+    exact: bool = Field(
+        True, description="First mark exact duplicates of normalised text (NFKC, case, spaces)."
+    )
+    stem: bool = Field(False, description="Porter-stem Latin tokens, as rouge_score's use_stemmer.")
+    scope: RecordFilter = Field(
+        default_factory=_default_scope, description="Which records take part, in id order."
+    )
+
+
+class RulesParams(BaseModel):
+    """Heuristic quality rules; each rejected record keeps the rule code and the detail."""
+
+    rules: list[str] | None = Field(None, description="Rule codes to run; empty/None = the dataset's or all.")
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-rule parameter overrides."
+    )
+    scope: RecordFilter = Field(default_factory=_default_scope)
+
+
+class MixSource(BaseModel):
+    dataset_id: int
+    quota: int | None = Field(None, ge=0, description="Exactly this many records (or all there are).")
+    weight: float | None = Field(None, gt=0, description="Share of `total`, relative to the other weights.")
+    status: list[str] = Field(default_factory=lambda: ["accepted"])
+
+
+class MixParams(BaseModel):
+    """Mix records of several datasets into this one, then dedup across sources."""
+
+    sources: list[MixSource] = Field(min_length=1)
+    total: int | None = Field(None, ge=1, description="Target size when weights are used.")
+    seed: int = 0
+    dedup_threshold: float | None = Field(
+        0.7, description="ROUGE-L threshold across sources; null = exact only."
+    )
+
+    @model_validator(mode="after")
+    def _quota_or_weight(self) -> MixParams:
+        if any(s.weight is not None for s in self.sources) and self.total is None:
+            raise ValueError("total is required when sources have weights")
+        return self
+
+
+class ConvertParams(BaseModel):
+    """Turn an NLP dataset (CSV, JSONL, JSON, Parquet, Natural Instructions task) into instruction records."""
+
+    upload: str = Field(description="File name under DATA_DIR/uploads (upload it with POST /uploads).")
+    templates: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Instruction templates (see docs/curation.md); empty = the task's own for NI files.",
+    )
+    seed: int = 0
+    invert: bool = Field(False, description="Swap roles: e.g. write a question for this answer.")
+    limit: int | None = Field(None, ge=1)

@@ -1,0 +1,143 @@
+"""The `train` job, run by the gpu worker: export the snapshot, run the trainer in a child process,
+stream its metrics into the database, and turn cancel into a CANCEL file the trainer honours."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import select
+
+from app.errors import NotFound
+from app.pipeline import formats
+from app.snapshots.service import iter_contents
+from app.training.models import TrainingMetric, TrainingRun
+from app.training.schemas import TrainingJobParams
+
+POLL_S = 1.0
+CANCEL_GRACE_S = 120.0
+EXIT_CANCELLED = 3
+
+
+def _export(run: TrainingRun, db: Any, path: Path) -> int:
+    records = list(iter_contents(db, run.snapshot_id))
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        formats.write_openai_jsonl(records, fh)
+    tmp.replace(path)  # a crash never leaves a half-written dataset for a resumed run to read
+    return len(records)
+
+
+def _ingest_metrics(ctx: Any, run_id: int, path: Path, offset: int) -> tuple[int, int | None]:
+    """Store metrics lines appended since `offset`; steps already stored are skipped (re-runs)."""
+    if not path.is_file():
+        return offset, None
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        chunk = fh.read()
+    complete = chunk[: chunk.rfind(b"\n") + 1]
+    last_step = None
+    if complete:
+        with ctx.session() as db:
+            known = set(db.scalars(select(TrainingMetric.step).where(TrainingMetric.run_id == run_id)))
+            for line in complete.decode("utf-8", "replace").splitlines():
+                try:
+                    values = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                step = int(values.get("step", 0))
+                last_step = step
+                if step in known:
+                    continue
+                known.add(step)
+                loss = values.get("loss")
+                db.add(
+                    TrainingMetric(
+                        run_id=run_id,
+                        step=step,
+                        values=values,
+                        loss=float(loss) if isinstance(loss, int | float) else None,
+                    )
+                )
+    return offset + len(complete), last_step
+
+
+def _status(out: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((out / "status.json").read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def run_training_job(ctx: Any) -> None:
+    from workers.runner import JobCancelled
+
+    params = TrainingJobParams.model_validate(ctx.params)
+    with ctx.session() as db:
+        run = db.get(TrainingRun, params.run_id)
+        if run is None:
+            raise NotFound(f"training run {params.run_id} not found")
+        out = Path(run.artifacts_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        data_path = out / "dataset.jsonl"
+        if not data_path.is_file():
+            _export(run, db, data_path)
+        config = dict(run.config)
+        run_id = run.id
+    config.update(dataset_path=str(data_path), output_dir=str(out), resume=True)
+    config_path = out / "job_config.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    (out / "CANCEL").unlink(missing_ok=True)
+    log = (out / "trainer.log").open("ab")
+    # Its own process group: a cancel or a crash of the trainer frees the GPU with it.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer", str(config_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    offset = 0
+    cancel_sent_at: float | None = None
+    try:
+        while proc.poll() is None:
+            time.sleep(POLL_S)
+            offset, step = _ingest_metrics(ctx, run_id, out / "metrics.jsonl", offset)
+            status = _status(out)
+            total = status.get("max_steps")
+            try:
+                ctx.progress(int(status.get("step") or step or 0), int(total) if total else None)
+            except JobCancelled:
+                if cancel_sent_at is None:
+                    (out / "CANCEL").touch()
+                    cancel_sent_at = time.time()
+            if cancel_sent_at is not None and time.time() - cancel_sent_at > CANCEL_GRACE_S:
+                os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    offset, _ = _ingest_metrics(ctx, run_id, out / "metrics.jsonl", offset)
+    status = _status(out)
+    with ctx.session() as db:
+        run = db.get(TrainingRun, run_id)
+        assert run is not None
+        summary_file = out / "summary.json"
+        if summary_file.is_file():
+            run.summary = json.loads(summary_file.read_text())
+    if proc.returncode == EXIT_CANCELLED or cancel_sent_at is not None:
+        raise JobCancelled()
+    if proc.returncode != 0:
+        tail = (out / "trainer.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"trainer exited with {proc.returncode}: {status.get('error') or tail}")
+    total = int(status.get("max_steps") or status.get("step") or 0)
+    ctx.progress(total, total)

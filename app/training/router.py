@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from app.auth.models import Role
+from app.deps import CurrentUser, SessionDep
+from app.jobs import service as jobs
+from app.jobs.models import Job
+from app.training import service
+from app.training.models import TrainingRun
+from app.training.schemas import (
+    ArtifactRead,
+    MetricRead,
+    TrainingRunCreate,
+    TrainingRunDetail,
+    TrainingRunRead,
+)
+
+router = APIRouter(tags=["training"])
+
+
+def _read(run: TrainingRun, job: Job | None, cls: type[TrainingRunRead] = TrainingRunRead) -> TrainingRunRead:
+    out = cls.model_validate(run)
+    if job is not None:
+        out.status, out.error = job.status, job.error
+        out.progress_done, out.progress_total = job.progress_done, job.progress_total
+    return out
+
+
+@router.post("/training-runs", response_model=TrainingRunRead, status_code=202)
+def create_run(body: TrainingRunCreate, user: CurrentUser, db: SessionDep) -> TrainingRunRead:
+    """Queue a training run on the `gpu` queue from a snapshot (records the snapshot, model, config, code)."""
+    run = service.create_run(
+        db=db,
+        user=user,
+        snapshot_id=body.snapshot_id,
+        base_model=body.base_model,
+        method=body.method,
+        hyperparameters=body.hyperparameters,
+    )
+    return _read(run, db.get(Job, run.job_id))
+
+
+@router.get("/training-runs", response_model=list[TrainingRunRead])
+def list_runs(user: CurrentUser, db: SessionDep, project_id: int | None = None) -> list[TrainingRunRead]:
+    return [_read(r, j) for r, j in service.list_runs(db=db, user=user, project_id=project_id)]
+
+
+@router.get("/training-runs/{run_id}", response_model=TrainingRunDetail)
+def get_run(run_id: int, user: CurrentUser, db: SessionDep) -> TrainingRunRead:
+    run = service.require_run(db=db, user=user, run_id=run_id)
+    out = _read(run, db.get(Job, run.job_id), TrainingRunDetail)
+    assert isinstance(out, TrainingRunDetail)
+    out.metrics = [MetricRead(step=m.step, values=m.values) for m in service.metrics(db=db, run_id=run.id)]
+    return out
+
+
+@router.post("/training-runs/{run_id}/cancel", response_model=TrainingRunRead)
+def cancel_run(run_id: int, user: CurrentUser, db: SessionDep) -> TrainingRunRead:
+    run = service.require_run(db=db, user=user, run_id=run_id, min_role=Role.curator.value)
+    job = jobs.cancel_job(db=db, user=user, job_id=run.job_id)
+    return _read(run, job)
+
+
+@router.get("/training-runs/{run_id}/artifacts", response_model=list[ArtifactRead])
+def list_artifacts(run_id: int, user: CurrentUser, db: SessionDep) -> list[ArtifactRead]:
+    run = service.require_run(db=db, user=user, run_id=run_id)
+    return [ArtifactRead(path=p, size=s) for p, s in service.list_artifacts(run)]
+
+
+@router.get("/training-runs/{run_id}/artifacts/{path:path}", response_class=FileResponse)
+def download_artifact(run_id: int, path: str, user: CurrentUser, db: SessionDep) -> FileResponse:
+    run = service.require_run(db=db, user=user, run_id=run_id)
+    target = service.artifact_path(run, path)
+    return FileResponse(target, filename=target.name)

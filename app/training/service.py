@@ -1,0 +1,186 @@
+"""Training runs: validate, queue on the `gpu` queue, expose metrics and artifacts. No torch here."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.auth.models import Role, User
+from app.config import get_settings
+from app.errors import Invalid, NotFound
+from app.jobs import service as jobs
+from app.jobs.models import Job
+from app.jobs.service import validation_message
+from app.projects.service import require_project
+from app.snapshots.service import require_snapshot
+from app.training.models import TrainingMetric, TrainingRun
+
+# Fields the service decides; a caller's hyperparameters cannot point the trainer elsewhere.
+RESERVED = {"base_model", "models_dir", "dataset_path", "output_dir", "method", "allow_hub_download"}
+
+
+def code_version() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from app import __version__
+
+    return __version__
+
+
+def resolve_base_model(name: str) -> Path:
+    """The model folder, which must lie inside IF_MODELS_DIR (no absolute paths elsewhere, no `..`)."""
+    models_dir = get_settings().models_dir.resolve()
+    candidate = (models_dir / name).resolve()
+    if not candidate.is_relative_to(models_dir):
+        raise Invalid(
+            f"base_model must be a folder inside the models directory ({models_dir})", field="base_model"
+        )
+    if not (candidate / "config.json").is_file():
+        raise Invalid(
+            f"base_model {name!r} is not a Hugging Face model folder under {models_dir}", field="base_model"
+        )
+    return candidate
+
+
+def runs_dir() -> Path:
+    path = (get_settings().data_dir / "runs").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def create_run(
+    *,
+    db: Session,
+    user: User,
+    snapshot_id: int,
+    base_model: str,
+    method: str,
+    hyperparameters: dict[str, Any],
+) -> TrainingRun:
+    from trainer.config import TrainConfig  # pydantic only: no torch in the web process
+
+    snap = require_snapshot(db=db, user=user, snapshot_id=snapshot_id, min_role=Role.curator.value)
+    model_path = resolve_base_model(base_model)
+    reserved = sorted(RESERVED & set(hyperparameters))
+    if reserved:
+        raise Invalid(f"hyperparameters may not set {', '.join(reserved)}", field="hyperparameters")
+    try:
+        config = TrainConfig.model_validate(
+            {
+                **hyperparameters,
+                "base_model": str(model_path),
+                "models_dir": str(get_settings().models_dir.resolve()),
+                "dataset_path": "<set by the worker>",
+                "output_dir": "<set by the worker>",
+                "method": method,
+                "allow_hub_download": False,
+            }
+        )
+    except ValidationError as exc:
+        raise Invalid(validation_message(exc, prefix="hyperparameters")) from exc
+    from app.datasets.models import Dataset
+
+    dataset = db.get(Dataset, snap.dataset_id)
+    assert dataset is not None
+    job = jobs.create_job(
+        db=db,
+        user=user,
+        kind="train",
+        project_id=dataset.project_id,
+        dataset_id=None,
+        params={"run_id": 0},
+        enqueue=False,
+    )
+    run = TrainingRun(
+        project_id=dataset.project_id,
+        snapshot_id=snap.id,
+        job_id=job.id,
+        base_model=base_model,
+        method=method,
+        config=config.model_dump(mode="json"),
+        code_version=code_version(),
+        created_by=user.id,
+    )
+    db.add(run)
+    db.flush()
+    run.artifacts_dir = str(runs_dir() / f"run-{run.id}")
+    job.params = {"run_id": run.id}
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="training.create",
+        entity_type="training_run",
+        entity_id=run.id,
+        project_id=dataset.project_id,
+        detail={"snapshot": snap.id, "method": method},
+    )
+    db.commit()
+    jobs.send(db=db, job=job)
+    return run
+
+
+def require_run(*, db: Session, user: User, run_id: int, min_role: str = Role.annotator.value) -> TrainingRun:
+    run = db.get(TrainingRun, run_id)
+    if run is None:
+        raise NotFound(f"training run {run_id} not found")
+    try:
+        require_project(db=db, user=user, project_id=run.project_id, min_role=min_role)
+    except NotFound:
+        raise NotFound(f"training run {run_id} not found") from None
+    return run
+
+
+def list_runs(*, db: Session, user: User, project_id: int | None) -> Sequence[tuple[TrainingRun, Job]]:
+    query = select(TrainingRun, Job).join(Job, Job.id == TrainingRun.job_id).order_by(TrainingRun.id.desc())
+    if project_id is not None:
+        require_project(db=db, user=user, project_id=project_id)
+        query = query.where(TrainingRun.project_id == project_id)
+    elif user.role != Role.admin.value:
+        from app.projects.models import ProjectMember
+
+        query = query.where(
+            TrainingRun.project_id.in_(
+                select(ProjectMember.project_id).where(ProjectMember.user_id == user.id)
+            )
+        )
+    return [(r, j) for r, j in db.execute(query.limit(200)).all()]
+
+
+def metrics(*, db: Session, run_id: int) -> Sequence[TrainingMetric]:
+    return db.scalars(
+        select(TrainingMetric).where(TrainingMetric.run_id == run_id).order_by(TrainingMetric.step)
+    ).all()
+
+
+def list_artifacts(run: TrainingRun) -> list[tuple[str, int]]:
+    root = Path(run.artifacts_dir)
+    if not root.is_dir():
+        return []
+    return sorted(
+        (str(p.relative_to(root)), p.stat().st_size)
+        for p in root.rglob("*")
+        if p.is_file() and "checkpoints" not in p.relative_to(root).parts
+    )
+
+
+def artifact_path(run: TrainingRun, rel: str) -> Path:
+    """The file `rel` inside the run's folder; anything that escapes it (.., absolute, symlink) is 404."""
+    root = Path(run.artifacts_dir).resolve()
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise NotFound(f"artifact {rel!r} not found")
+    return target
