@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import queue
+import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from app.base import utcnow
 from app.config import get_settings
 from app.datasets.models import Dataset
 from app.errors import Invalid, NotFound
@@ -34,42 +37,116 @@ def new_upload_path(suffix: str = "") -> Path:
     return uploads_dir() / f"{uuid.uuid4().hex}{suffix}"
 
 
+# Column order of the rows the import writes; one tuple per record (tuples, not dicts: this is the hot path).
+_COPY_COLUMNS = (
+    "dataset_id",
+    "instruction",
+    "input",
+    "output",
+    "system",
+    "messages",
+    "status",
+    "source",
+    "label",
+    "is_classification",
+    "gen_key",
+    "job_id",
+    "meta",
+    "tags",
+)
+Row = tuple[Any, ...]
+
+
 def record_row(
-    rec: formats.ParsedRecord, *, dataset_id: int, fmt: str, key: str, job_id: int | None
-) -> dict[str, Any]:
-    meta: dict[str, Any] = {}
-    if rec.extra:
-        meta["import_extra"] = rec.extra
-    return {
-        "dataset_id": dataset_id,
-        "instruction": rec.instruction,
-        "input": rec.input,
-        "output": rec.output,
-        "system": rec.system,
-        "messages": rec.messages,
-        "status": "pending",
-        "source": "seed" if fmt == "self_instruct" else f"import:{fmt}",
-        "label": rec.label,
-        "is_classification": rec.is_classification,
-        "gen_key": key,
-        "job_id": job_id,
-        "meta": meta,
-        "tags": [],
-    }
+    rec: formats.ParsedRecord, *, dataset_id: int, source: str, key: str, job_id: int | None
+) -> Row:
+    meta = {"import_extra": rec.extra} if rec.extra else None
+    return (
+        dataset_id,
+        rec.instruction,
+        rec.input,
+        rec.output,
+        rec.system,
+        rec.messages,
+        "pending",
+        source,
+        rec.label,
+        rec.is_classification,
+        key,
+        job_id,
+        meta,
+        None,
+    )
 
 
-def insert_ignore_duplicates(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert rows; rows whose (dataset_id, gen_key) exist already are skipped (idempotent re-runs)."""
+def _json_cell(value: Any, empty: str) -> str:
+    # Most imported rows have no meta and no tags: skip json.dumps for those (it dominated COPY time).
+    return json.dumps(value, ensure_ascii=False) if value else empty
+
+
+def _copy_cells(row: Row) -> Row:
+    messages = json.dumps(row[5], ensure_ascii=False) if row[5] is not None else None
+    return (*row[:5], messages, *row[6:12], _json_cell(row[12], "{}"), _json_cell(row[13], "[]"))
+
+
+def _copy_insert(conn: Connection, rows: Sequence[Row]) -> None:
+    """PostgreSQL: COPY into a staging table, then one INSERT .. ON CONFLICT DO NOTHING (re-runs)."""
+    cols = ", ".join(_COPY_COLUMNS)
+    select_cols = ", ".join(f"{c}::jsonb" if c in ("messages", "meta", "tags") else c for c in _COPY_COLUMNS)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:
+        cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS import_stage (dataset_id bigint, instruction text, input text, "
+            "output text, system text, messages text, status text, source text, label text, "
+            "is_classification boolean, gen_key text, job_id bigint, meta text, tags text) ON COMMIT DELETE ROWS"
+        )
+        with cur.copy(f"COPY import_stage ({cols}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(_copy_cells(row))
+        cur.execute(
+            f"INSERT INTO records ({cols}, version, flagged, created_at, updated_at) "
+            f"SELECT {select_cols}, 1, false, now(), now() FROM import_stage "
+            "ON CONFLICT (dataset_id, gen_key) DO NOTHING"
+        )
+        cur.execute("TRUNCATE import_stage")
+
+
+def _copy_direct(conn: Connection, rows: Sequence[Row]) -> None:
+    """PostgreSQL: COPY straight into records, when no row can exist yet (first attempt, fresh keys)."""
+    now = utcnow()
+    cols = ", ".join(_COPY_COLUMNS)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with (
+        raw.cursor() as cur,
+        cur.copy(f"COPY records ({cols}, version, flagged, created_at, updated_at) FROM STDIN") as copy,
+    ):
+        for row in rows:
+            copy.write_row((*_copy_cells(row), 1, False, now, now))
+
+
+def insert_ignore_duplicates(conn: Connection, rows: Sequence[Row], *, fresh: bool = False) -> None:
+    """Insert rows; rows whose (dataset_id, gen_key) exist already are skipped (idempotent re-runs).
+
+    `fresh` promises that none of these keys can exist (a job's first attempt): PostgreSQL then takes a
+    plain COPY; the unique index still turns a broken promise into an error, never into a duplicate.
+    """
     if not rows:
         return
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        stmt: Any = pg_insert(Record).on_conflict_do_nothing(index_elements=["dataset_id", "gen_key"])
-    elif dialect == "sqlite":
-        stmt = sqlite_insert(Record).on_conflict_do_nothing(index_elements=["dataset_id", "gen_key"])
+        (_copy_direct if fresh else _copy_insert)(conn, rows)
+        return
+    dicts = [dict(zip(_COPY_COLUMNS, row, strict=True)) for row in rows]
+    for d in dicts:
+        d["meta"] = d["meta"] or {}
+        d["tags"] = d["tags"] or []
+    if dialect == "sqlite":
+        stmt: Any = sqlite_insert(Record).on_conflict_do_nothing(index_elements=["dataset_id", "gen_key"])
     else:
         stmt = insert(Record)
-    conn.execute(stmt, list(rows))
+    conn.execute(stmt, dicts)
 
 
 def parse_file(
@@ -125,33 +202,54 @@ def write_records(
     *,
     db: Session,
     dataset_id: int,
-    records: Iterable[formats.ParsedRecord],
+    records: Sequence[formats.ParsedRecord],
     fmt: str,
     key_prefix: str,
     job_id: int | None,
     batch_size: int,
     on_batch: Callable[[int], None] | None = None,
+    fresh: bool = False,
 ) -> None:
-    """Write in batches, each its own transaction when `on_batch` commits; keys make re-runs idempotent."""
-    batch: list[dict[str, Any]] = []
-    written = 0
-    conn = db.connection()
-    for rec in records:
-        batch.append(
-            record_row(rec, dataset_id=dataset_id, fmt=fmt, key=f"{key_prefix}:{rec.line}", job_id=job_id)
-        )
-        if len(batch) >= batch_size:
-            insert_ignore_duplicates(conn, batch)
-            written += len(batch)
-            batch = []
-            if on_batch is not None:
-                on_batch(written)
-                conn = db.connection()
-    if batch:
-        insert_ignore_duplicates(conn, batch)
-        written += len(batch)
-        if on_batch is not None:
-            on_batch(written)
+    """Write in batches, each its own transaction when `on_batch` commits; keys make re-runs idempotent.
+
+    One thread builds rows while another streams the previous batch to the database, so the server's
+    work (index maintenance, WAL) overlaps ours; `db` is only ever used by the writer thread.
+    """
+    source = "seed" if fmt == "self_instruct" else f"import:{fmt}"
+    batches: queue.Queue[tuple[int, list[Row]] | None] = queue.Queue(maxsize=2)
+    failure: list[BaseException] = []
+
+    def writer() -> None:
+        while (item := batches.get()) is not None:
+            if failure:
+                continue  # drain after an error so the producer never blocks
+            done, rows = item
+            try:
+                insert_ignore_duplicates(db.connection(), rows, fresh=fresh)
+                if on_batch is not None:
+                    on_batch(done)
+            except BaseException as exc:
+                failure.append(exc)
+
+    thread = threading.Thread(target=writer, name="import-writer", daemon=True)
+    thread.start()
+    try:
+        for start in range(0, len(records), batch_size):
+            if failure:
+                break
+            chunk = records[start : start + batch_size]
+            rows = [
+                record_row(
+                    r, dataset_id=dataset_id, source=source, key=f"{key_prefix}:{r.line}", job_id=job_id
+                )
+                for r in chunk
+            ]
+            batches.put((start + len(chunk), rows))
+    finally:
+        batches.put(None)
+        thread.join()
+    if failure:
+        raise failure[0]
 
 
 def count_with_prefix(db: Session, dataset_id: int, key_prefix: str) -> int:
@@ -179,6 +277,7 @@ def import_inline(
         key_prefix=key_prefix,
         job_id=None,
         batch_size=get_settings().import_batch_size,
+        fresh=True,
     )
     return {"imported": len(records), "bad": bad, "format": detected}
 
@@ -214,6 +313,8 @@ def run_import_job(ctx: Any) -> None:
             job_id=ctx.job_id,
             batch_size=settings.import_batch_size,
             on_batch=commit_batch,
+            # A first attempt cannot collide with itself; a redelivered one skips what was written.
+            fresh=ctx.attempt == 1,
         )
         imported = count_with_prefix(db, ctx.dataset_id, key_prefix)
     ctx.set_result({"imported": imported, "bad": bad[:1000], "bad_count": len(bad), "format": detected})

@@ -4,7 +4,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Float, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.base import Base, BigId, TimestampMixin, UTCDateTime, utcnow
@@ -23,8 +23,10 @@ class Record(TimestampMixin, Base):
         # Idempotent writes: a job re-delivered after a crash re-inserts the same keys, which are ignored.
         UniqueConstraint("dataset_id", "gen_key", name="uq_records_dataset_gen_key"),
         Index("ix_records_dataset_status_id", "dataset_id", "status", "id"),
-        Index("ix_records_dataset_source_id", "dataset_id", "source", "id"),
         Index("ix_records_dataset_id_id", "dataset_id", "id"),
+        # Partial: imported rows have no parent, and an index entry per row would slow every import.
+        Index("ix_records_parent_id", "parent_id", postgresql_where=text("parent_id IS NOT NULL"),
+              sqlite_where=text("parent_id IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -38,9 +40,7 @@ class Record(TimestampMixin, Base):
     # Why the status is what it is: a rule code, "rouge_dup", "judge_below", "human"...
     reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     source: Mapped[str] = mapped_column(String(64), default="human")
-    parent_id: Mapped[int | None] = mapped_column(
-        ForeignKey("records.id", ondelete="SET NULL"), nullable=True, index=True
-    )
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("records.id", ondelete="SET NULL"), nullable=True)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
     teacher_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
     prompt_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)

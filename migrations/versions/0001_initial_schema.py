@@ -335,9 +335,14 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("records", schema=None) as batch_op:
         batch_op.create_index("ix_records_dataset_id_id", ["dataset_id", "id"], unique=False)
-        batch_op.create_index("ix_records_dataset_source_id", ["dataset_id", "source", "id"], unique=False)
         batch_op.create_index("ix_records_dataset_status_id", ["dataset_id", "status", "id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_records_parent_id"), ["parent_id"], unique=False)
+        batch_op.create_index(
+            "ix_records_parent_id",
+            ["parent_id"],
+            unique=False,
+            postgresql_where=sa.text("parent_id IS NOT NULL"),
+            sqlite_where=sa.text("parent_id IS NOT NULL"),
+        )
 
     op.create_table(
         "snapshot_items",
@@ -578,9 +583,12 @@ def downgrade() -> None:
     op.drop_table("training_runs")
     op.drop_table("snapshot_items")
     with op.batch_alter_table("records", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_records_parent_id"))
+        batch_op.drop_index(
+            "ix_records_parent_id",
+            postgresql_where=sa.text("parent_id IS NOT NULL"),
+            sqlite_where=sa.text("parent_id IS NOT NULL"),
+        )
         batch_op.drop_index("ix_records_dataset_status_id")
-        batch_op.drop_index("ix_records_dataset_source_id")
         batch_op.drop_index("ix_records_dataset_id_id")
 
     op.drop_table("records")

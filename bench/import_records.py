@@ -1,0 +1,171 @@
+"""Import N records into PostgreSQL through the import job's own code path, then time the records list.
+
+Usage: python bench/import_records.py [--n 1000000] [--pg-admin-url URL]
+Prints its figures; the last line is one JSON object:
+  {"records": N, "import_records_per_s": ..., "list_p50_ms": ..., "list_p95_ms": ..., ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+
+
+def real_records() -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for rel in (
+        "codealpaca/code_alpaca_2k.json",
+        "alpacadatacleaned/gsm_8k_train.json",
+        "alpaca-chinese-dataset/zh-data-part-00.json",
+    ):
+        for item in json.loads((SHARED / rel).read_text()):
+            out.append(
+                {
+                    "instruction": item["instruction"],
+                    "input": item.get("input", ""),
+                    "output": item.get("output", ""),
+                }
+            )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--pg-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--requests", type=int, default=200)
+    args = parser.parse_args()
+
+    db_name = "if_bench_import"
+    url = args.pg_admin_url.rsplit("/", 1)[0] + f"/{db_name}"
+    tmp = Path(tempfile.mkdtemp(prefix="if-bench-"))
+    os.environ.update(
+        IF_DATABASE_URL=url,
+        IF_DATA_DIR=str(tmp),
+        IF_BROKER_URL="memory://",
+        IF_ENV="test",
+        IF_IMPORT_BATCH_SIZE=os.environ.get("IF_IMPORT_BATCH_SIZE", "10000"),
+    )
+
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(args.pg_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {db_name}"))
+        conn.execute(text(f"CREATE DATABASE {db_name}"))
+    admin.dispose()
+
+    from fastapi.testclient import TestClient
+
+    from app.auth import service as auth_service
+    from app.db import get_engine, session_scope
+    from app.imports.service import new_upload_path
+    from app.jobs import service as jobs
+    from app.jobs.models import Job
+    from app.main import create_app
+    from app.migrate import upgrade
+    from app.records.service import encode_cursor
+    from workers.runner import run_job
+
+    upgrade(url)
+    base = real_records()
+    upload = new_upload_path(".jsonl")
+    with upload.open("w") as fh:
+        for i in range(args.n):
+            r = base[i % len(base)]
+            fh.write(json.dumps({**r, "instruction": f"{r['instruction']} #{i}"}, ensure_ascii=False) + "\n")
+    size_mb = upload.stat().st_size / 1e6
+
+    with session_scope() as db:
+        from app.datasets.models import Dataset
+        from app.projects.models import Project, ProjectMember
+
+        user = auth_service.create_user(db=db, username="bench", password="bench-password", role="curator")
+        project = Project(name="bench")
+        db.add(project)
+        db.flush()
+        db.add(ProjectMember(project_id=project.id, user_id=user.id, role="curator"))
+        dataset = Dataset(project_id=project.id, name="bench", language="en")
+        db.add(dataset)
+        db.flush()
+        job = jobs.create_job(
+            db=db,
+            user=user,
+            kind="import",
+            project_id=None,
+            dataset_id=dataset.id,
+            params={"upload": upload.name, "format": "alpaca"},
+            enqueue=False,
+        )
+        _, token = auth_service.issue_token(db=db, user=user, name="bench")
+        dataset_id, job_id = dataset.id, job.id
+
+    started = time.perf_counter()
+    status = run_job(job_id)
+    import_s = time.perf_counter() - started
+    with session_scope() as db:
+        row = db.get(Job, job_id)
+        assert status == "succeeded" and row is not None, (status, row and row.error)
+        imported = int(row.result["imported"])
+    assert imported == args.n, imported
+
+    with get_engine().begin() as conn:  # a realistic mix of statuses for the filtered listing
+        conn.execute(
+            text("UPDATE records SET status = 'accepted' WHERE dataset_id = :d AND id % 3 = 0"),
+            {"d": dataset_id},
+        )
+        conn.execute(text("ANALYZE records"))
+        max_id = conn.execute(text("SELECT max(id) FROM records")).scalar_one()
+
+    client = TestClient(create_app())
+    headers = {"Authorization": f"Bearer {token}"}
+    url_list = f"/api/v1/datasets/{dataset_id}/records"
+    deep = encode_cursor(int(max_id) - 2000, False)
+    timings: dict[str, list[float]] = {"first": [], "deep": []}
+    for _ in range(5):
+        client.get(url_list, params={"status": "accepted"}, headers=headers)
+    for i in range(args.requests):
+        kind = "first" if i % 2 == 0 else "deep"
+        params = {"status": "accepted", "limit": 50} | ({"cursor": deep} if kind == "deep" else {})
+        t0 = time.perf_counter()
+        resp = client.get(url_list, params=params, headers=headers)
+        timings[kind].append((time.perf_counter() - t0) * 1000)
+        assert resp.status_code == 200 and resp.json()["items"], resp.text
+    all_ms = sorted(timings["first"] + timings["deep"])
+
+    def pct(values: list[float], q: float) -> float:
+        return round(sorted(values)[min(len(values) - 1, int(q * len(values)))], 2)
+
+    result = {
+        "records": args.n,
+        "file_mb": round(size_mb, 1),
+        "import_s": round(import_s, 2),
+        "import_records_per_s": round(args.n / import_s),
+        "list_p50_ms": pct(all_ms, 0.5),
+        "list_p95_ms": pct(all_ms, 0.95),
+        "list_first_page_p95_ms": pct(timings["first"], 0.95),
+        "list_deep_page_p95_ms": pct(timings["deep"], 0.95),
+        "machine": f"{os.cpu_count()} cores",
+        "mean_ms": round(statistics.mean(all_ms), 2),
+    }
+    print(
+        f"imported {args.n} records ({size_mb:.0f} MB) in {import_s:.1f}s; list p50 {result['list_p50_ms']} ms, "
+        f"p95 {result['list_p95_ms']} ms"
+    )
+    print(json.dumps(result))
+    random.seed(0)
+
+
+if __name__ == "__main__":
+    main()
