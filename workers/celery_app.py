@@ -24,7 +24,10 @@ def make_celery() -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        # Redis redelivers unacknowledged messages after this; other transports take no such option.
+        broker_transport_options=(
+            {"visibility_timeout": settings.broker_visibility_timeout} if broker.startswith("redis") else {}
+        ),
         worker_hijack_root_logger=False,
         task_serializer="json",
         accept_content=["json"],

@@ -23,15 +23,17 @@ class JobKind:
     needs_dataset: bool = True
     # Internal kinds are created by their own endpoint (e.g. POST /training-runs), never by POST /jobs.
     internal: bool = False
+    # Dotted path to `fn(params: dict) -> None` raising a domain error for what a schema cannot check.
+    validator: str | None = None
 
     def params_cls(self) -> type[BaseModel]:
-        return _load(self.params_model)  # type: ignore[no-any-return]
+        return load_object(self.params_model)  # type: ignore[no-any-return]
 
     def handler_fn(self) -> Any:
-        return _load(self.handler)
+        return load_object(self.handler)
 
 
-def _load(path: str) -> Any:
+def load_object(path: str) -> Any:
     module, _, attr = path.rpartition(".")
     return getattr(import_module(module), attr)
 
@@ -79,5 +81,15 @@ register(
         "app.curation.schemas.RulesParams",
         "app.curation.jobs.run_rules_job",
         "Heuristic quality rules; every rejected record keeps the rule and the detail.",
+    )
+)
+register(
+    JobKind(
+        "self_instruct",
+        "default",
+        "app.generation.schemas.SelfInstructJobParams",
+        "app.generation.jobs.run_self_instruct_job",
+        "Self-Instruct generation from the dataset's seed tasks, with classification-aware instances.",
+        validator="app.generation.jobs.validate_teacher",
     )
 )

@@ -14,7 +14,7 @@ from app.base import utcnow
 from app.datasets.service import require_dataset
 from app.errors import Invalid, NotFound
 from app.jobs.models import ACTIVE_STATUSES, Job, JobStatus
-from app.jobs.registry import KINDS
+from app.jobs.registry import KINDS, load_object
 from app.projects.service import require_project
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ def create_job(
         validated = spec.params_cls().model_validate(params)
     except ValidationError as exc:
         raise Invalid(validation_message(exc)) from exc
+    if spec.validator:
+        load_object(spec.validator)(validated.model_dump(mode="json"))
     job = Job(
         project_id=project_id,
         dataset_id=dataset_id,

@@ -19,15 +19,24 @@ def _dataset_with(engine, texts: list[tuple[str, str]], language: str = "en") ->
     with Session(engine) as db:
         curator = make_user(db, "curator")
         dataset = make_dataset(db, make_project(db, (curator, "curator")), language=language)
-        db.add_all(Record(dataset_id=dataset.id, instruction=i, output=o, source="import:alpaca") for i, o in texts)
+        db.add_all(
+            Record(dataset_id=dataset.id, instruction=i, output=o, source="import:alpaca") for i, o in texts
+        )
         db.commit()
         return dataset.id, curator
 
 
 def _run(engine, curator, dataset_id: int, kind: str, params: dict) -> dict:
     with Session(engine) as db:
-        job = jobs.create_job(db=db, user=db.merge(curator), kind=kind, project_id=None, dataset_id=dataset_id,
-                              params=params, enqueue=False)
+        job = jobs.create_job(
+            db=db,
+            user=db.merge(curator),
+            kind=kind,
+            project_id=None,
+            dataset_id=dataset_id,
+            params=params,
+            enqueue=False,
+        )
         db.commit()
         job_id = job.id
     assert run_job(job_id) == "succeeded"
@@ -50,8 +59,18 @@ def test_dedup_job_keeps_exactly_the_greedy_set_and_deletes_nothing(committed_pg
     out = _run(committed_pg, curator, dataset_id, "dedup", {"threshold": 0.7, "exact": False})
     job = out["row"]
     with Session(committed_pg) as db:
-        rows = db.execute(select(Record.id, Record.instruction, Record.status, Record.reason, Record.nn_score,
-                                 Record.nn_record_id).where(Record.dataset_id == dataset_id).order_by(Record.id)).all()
+        rows = db.execute(
+            select(
+                Record.id,
+                Record.instruction,
+                Record.status,
+                Record.reason,
+                Record.nn_score,
+                Record.nn_record_id,
+            )
+            .where(Record.dataset_id == dataset_id)
+            .order_by(Record.id)
+        ).all()
     assert len(rows) == len(prompts)  # nothing deleted
     expected = greedy_filter([], [(str(r.id), r.instruction) for r in rows], threshold=0.7)
     kept = {int(d.key) for d in expected if d.kept}
@@ -71,8 +90,13 @@ def test_dedup_job_catches_chinese_near_copies(committed_pg, shared_data):
     dataset_id, curator = _dataset_with(committed_pg, originals + copies, language="zh")
     out = _run(committed_pg, curator, dataset_id, "dedup", {})
     with Session(committed_pg) as db:
-        filtered = db.scalar(select(func.count()).where(Record.dataset_id == dataset_id, Record.status == "filtered",
-                                                        Record.reason.in_(["rouge_dup", "exact_dup"])))
+        filtered = db.scalar(
+            select(func.count()).where(
+                Record.dataset_id == dataset_id,
+                Record.status == "filtered",
+                Record.reason.in_(["rouge_dup", "exact_dup"]),
+            )
+        )
     assert filtered >= 50, out["row"].counters
     assert out["row"].counters["scanned"] == 250
 
@@ -83,8 +107,11 @@ def test_rules_job_records_rule_code_and_detail_and_funnel(committed_pg, shared_
         ("Draw a picture of a cat sitting on a mat.", "I cannot draw."),
         ("Give three tips for staying healthy in winter.", "As an AI language model, I cannot give advice."),
         ("Summarize the following article in two sentences.", ""),
-        ("Explain why the sky appears blue during the day.", "Sunlight is scattered by air molecules; blue "
-         "light is scattered more because of its shorter wavelength."),
+        (
+            "Explain why the sky appears blue during the day.",
+            "Sunlight is scattered by air molecules; blue "
+            "light is scattered more because of its shorter wavelength.",
+        ),
     ]
     dataset_id, curator = _dataset_with(committed_pg, texts)
     out = _run(committed_pg, curator, dataset_id, "rules", {})

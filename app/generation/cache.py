@@ -1,0 +1,76 @@
+"""The database side of the teacher gateway: response cache and per-call accounting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from app.db import get_sessionmaker
+from app.llm.models import LlmCacheEntry, LlmCall
+from app.pipeline.llm import CallRecord
+
+
+class DbResponseCache:
+    """Responses keyed by the hash of the full request: a resumed or repeated job never pays twice."""
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with get_sessionmaker()() as db:
+            return db.scalar(select(LlmCacheEntry.response).where(LlmCacheEntry.key == key))
+
+    def put(self, key: str, request: dict[str, Any], response: dict[str, Any]) -> None:
+        values = {
+            "key": key,
+            "model": str(request.get("model", "")),
+            "request": request,
+            "response": response,
+        }
+        with get_sessionmaker()() as db:
+            dialect = db.get_bind().dialect.name
+            insert = pg_insert if dialect == "postgresql" else sqlite_insert
+            db.execute(insert(LlmCacheEntry).values(**values).on_conflict_do_nothing(index_elements=["key"]))
+            db.commit()
+
+
+class CallLog:
+    """Collects CallRecords in memory; the job flushes them with its progress (one write per round)."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self.pending: list[CallRecord] = []
+
+    def __call__(self, call: CallRecord) -> None:
+        self.pending.append(call)
+
+    def flush(self) -> dict[str, float]:
+        """Store the pending calls; return the job's totals over every attempt (paid calls only)."""
+        with get_sessionmaker()() as db:
+            if self.pending:
+                db.add_all(
+                    LlmCall(
+                        job_id=self.job_id,
+                        key=c.key,
+                        purpose=c.purpose,
+                        model=c.model,
+                        tokens_in=c.tokens_in,
+                        tokens_out=c.tokens_out,
+                        latency_ms=c.latency_ms,
+                        cost_usd=c.cost_usd,
+                        finish_reason=c.finish_reason,
+                        cached=c.cached,
+                        error=(c.error or None) and c.error[:500],
+                    )
+                    for c in self.pending
+                )
+                db.commit()
+                self.pending = []
+            tin, tout, cost = db.execute(
+                select(
+                    func.coalesce(func.sum(LlmCall.tokens_in), 0),
+                    func.coalesce(func.sum(LlmCall.tokens_out), 0),
+                    func.coalesce(func.sum(LlmCall.cost_usd), 0.0),
+                ).where(LlmCall.job_id == self.job_id, LlmCall.cached.is_(False))
+            ).one()
+        return {"tokens_in": int(tin), "tokens_out": int(tout), "cost_usd": round(float(cost), 6)}

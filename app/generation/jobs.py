@@ -1,0 +1,233 @@
+"""Generation jobs: Self-Instruct, Evol-Instruct and the LLM judge, run on the default queue.
+
+Resumable by construction: the pipelines are deterministic given the teacher's answers, every answer is
+in the database cache, and records are written with stable keys. A redelivered job replays the finished
+rounds from the cache (no paid call repeated) and writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from app.config import get_settings
+from app.datasets.models import Dataset
+from app.errors import Invalid, NotFound
+from app.generation.cache import CallLog, DbResponseCache
+from app.generation.schemas import SelfInstructJobParams, TeacherChoice
+from app.pipeline.llm import Gateway, TeacherConfig, TeacherUnavailable, load_teachers
+from app.records.models import Record
+
+
+def teachers() -> dict[str, TeacherConfig]:
+    try:
+        return load_teachers(get_settings().teachers)
+    except ValueError as exc:
+        raise Invalid(f"IF_TEACHERS is invalid: {exc}") from exc
+
+
+def get_teacher(choice: TeacherChoice) -> TeacherConfig:
+    known = teachers()
+    teacher = known.get(choice.teacher)
+    if teacher is None:
+        names = ", ".join(sorted(known)) or "none configured (set IF_TEACHERS)"
+        raise Invalid(f"unknown teacher {choice.teacher!r}; known: {names}", field="params.teacher")
+    if choice.concurrency:
+        teacher = teacher.model_copy(update={"max_concurrency": choice.concurrency})
+    return teacher
+
+
+def validate_teacher(params: dict[str, Any]) -> None:
+    """Job-creation hook: refuse an unknown teacher before anything is queued."""
+    get_teacher(
+        TeacherChoice.model_validate({k: params.get(k) for k in ("teacher", "concurrency", "budget_usd")})
+    )
+
+
+def _insert_ignore(db: Any) -> Any:
+    return pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+def upsert_generated(ctx: Any, records: Sequence[Any], *, dataset_id: int, key_prefix: str) -> None:
+    """Write generated records by stable key; a replayed round finds its keys and writes nothing new."""
+    if not records:
+        return
+    with ctx.session() as db:
+        parents = {r.parent_key for r in records if r.parent_key}
+        parent_ids: dict[str, int] = {}
+        if parents:
+            rows = db.execute(
+                select(Record.gen_key, Record.id).where(
+                    Record.dataset_id == dataset_id,
+                    or_(
+                        Record.gen_key.in_([f"{key_prefix}:{p}" for p in parents]),
+                        Record.gen_key.in_(list(parents)),
+                    ),
+                )
+            ).all()
+            for gen_key, rid in rows:
+                parent_ids[gen_key.removeprefix(f"{key_prefix}:")] = rid
+        values = []
+        for r in records:
+            meta = dict(r.metadata or {})
+            if r.detail:
+                meta["reason_detail"] = r.detail
+            meta.update({"round": r.round, **({"operation": r.operation} if r.operation else {})})
+            values.append(
+                {
+                    "dataset_id": dataset_id,
+                    "instruction": r.instruction,
+                    "input": r.input,
+                    "output": r.output,
+                    "status": "pending" if r.status == "kept" else "filtered",
+                    "reason": None if r.status == "kept" else (r.reason or "rejected"),
+                    "source": r.source,
+                    "teacher_model": r.teacher_model,
+                    "prompt_hash": r.prompt_hash,
+                    "gen_key": f"{key_prefix}:{r.key}",
+                    "job_id": ctx.job_id,
+                    "is_classification": r.is_classification,
+                    "label": r.label,
+                    "parent_id": parent_ids.get(r.parent_key) if r.parent_key else None,
+                    "meta": meta,
+                    "tags": [],
+                    "version": 1,
+                    "flagged": False,
+                }
+            )
+        stmt = _insert_ignore(db)(Record).on_conflict_do_nothing(index_elements=["dataset_id", "gen_key"])
+        db.execute(stmt, values)
+
+
+def load_seeds(ctx: Any, dataset_id: int) -> tuple[list[Any], list[str], str]:
+    """Seed tasks: records with source 'seed'; accepted records join the pool the dedup compares to."""
+    from app.pipeline.self_instruct import SeedTask
+
+    with ctx.session() as db:
+        dataset = db.get(Dataset, dataset_id)
+        if dataset is None:
+            raise NotFound(f"dataset {dataset_id} not found")
+        seeds = db.execute(
+            select(Record.id, Record.instruction, Record.input, Record.output, Record.is_classification)
+            .where(
+                Record.dataset_id == dataset_id,
+                Record.source == "seed",
+                Record.status.in_(["pending", "accepted"]),
+            )
+            .order_by(Record.id)
+        ).all()
+        extra = db.scalars(
+            select(Record.instruction).where(
+                Record.dataset_id == dataset_id, Record.status == "accepted", Record.source != "seed"
+            )
+        ).all()
+        language = dataset.language
+    tasks = [
+        SeedTask(instruction=i, instances=((inp, out),), is_classification=bool(c), key=f"rec:{rid}")
+        for rid, i, inp, out, c in seeds
+    ]
+    if not tasks:
+        raise Invalid("the dataset has no seed tasks: import Self-Instruct seed tasks first (source 'seed')")
+    return tasks, list(extra), language
+
+
+def _report(ctx: Any, log: CallLog, progress: Any, done: int, total: int | None) -> None:
+    counters = {
+        "round": progress.round,
+        "kept_tasks": progress.kept,
+        "records_kept": progress.records_kept,
+        "records_rejected": progress.records_rejected,
+        "rejected_by_reason": progress.rejected_by_reason,
+    }
+    ctx.progress(done, total, counters=counters, usage=log.flush())
+
+
+def run_self_instruct_job(ctx: Any) -> None:
+    from app.pipeline.llm import Sampling
+    from app.pipeline.self_instruct import SelfInstructParams, run_self_instruct
+    from workers.runner import JobCancelled, JobPaused
+
+    p = SelfInstructJobParams.model_validate(ctx.params)
+    teacher = get_teacher(p)
+    seeds, extra, language = load_seeds(ctx, ctx.dataset_id)
+    params = SelfInstructParams(
+        target=p.target,
+        batch_size=p.batch_size,
+        num_human=p.num_human,
+        num_machine=p.num_machine,
+        threshold=p.threshold,
+        max_instances_per_task=p.max_instances_per_task,
+        language="zh" if language.startswith("zh") else "en",
+        sampling=Sampling(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens),
+        seed=p.seed,
+    )
+    log = CallLog(ctx.job_id)
+    key_prefix = f"si{ctx.job_id}"
+
+    def emit(event: Any) -> None:
+        upsert_generated(ctx, event.records, dataset_id=ctx.dataset_id, key_prefix=key_prefix)
+        _report(ctx, log, event.progress, event.progress.kept, p.target)
+
+    async def go() -> Any:
+        async with Gateway(teacher, cache=DbResponseCache(), on_call=log, budget_usd=p.budget_usd) as gateway:
+            return await run_self_instruct(
+                gateway=gateway,
+                seeds=seeds,
+                params=params,
+                emit=emit,
+                should_stop=lambda: ctx.cancelled,
+                pool_extra=extra,
+            )
+
+    try:
+        result = asyncio.run(go())
+    except TeacherUnavailable as exc:
+        log.flush()
+        raise JobPaused(
+            f"paused: the teacher is unavailable ({exc}); resume the job when it is back"
+        ) from exc
+    usage = log.flush()
+    ctx.set_result(
+        {
+            "stop_reason": result.stop_reason,
+            "message": result.message,
+            "kept_tasks": result.kept_tasks,
+            "records_kept": result.records_kept,
+            "records_rejected": result.records_rejected,
+            "rejected_by_reason": result.rejected_by_reason,
+            "rounds": result.rounds,
+            **usage,
+        }
+    )
+    if result.stop_reason == "stopped" and ctx.cancelled:
+        raise JobCancelled()
+
+
+def scope_rows(ctx: Any, dataset_id: int, scope: Any, limit: int | None) -> list[Any]:
+    from app.records.service import filter_clauses
+
+    with ctx.session() as db:
+        query = select(Record).where(and_(*filter_clauses(dataset_id, scope))).order_by(Record.id)
+        if limit:
+            query = query.limit(limit)
+        rows = db.scalars(query).all()
+        for r in rows:
+            db.expunge(r)
+        return list(rows)
+
+
+_UPDATE_JUDGE = (
+    update(Record)
+    .where(Record.id == bindparam("rid"))
+    .values(
+        judge_score=bindparam("score"),
+        meta=bindparam("new_meta"),
+        status=bindparam("new_status"),
+        reason=bindparam("new_reason"),
+    )
+)

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from app.records.schemas import RecordFilter
+
+
+class TeacherChoice(BaseModel):
+    teacher: str = Field(description="A teacher named in IF_TEACHERS (see GET /api/v1/teachers).")
+    concurrency: int | None = Field(None, ge=1, le=256, description="Override the teacher's max_concurrency.")
+    budget_usd: float | None = Field(
+        None, gt=0, description="Hard budget: the job stops cleanly when reached."
+    )
+
+
+class SelfInstructJobParams(TeacherChoice):
+    """Self-Instruct from the dataset's seed tasks (source 'seed') and accepted records."""
+
+    target: int = Field(100, ge=1, le=1_000_000, description="Tasks to keep.")
+    batch_size: int = Field(
+        8, ge=1, le=1000, description="Instruction prompts per round (in flight together)."
+    )
+    num_human: int = Field(6, ge=0, le=20)
+    num_machine: int = Field(2, ge=0, le=20)
+    threshold: float = Field(0.7, gt=0, le=1)
+    max_instances_per_task: int = Field(3, ge=1, le=20)
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(0.5, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=16, le=32_000)
+    seed: int = 0
+
+
+class EvolJobParams(TeacherChoice):
+    """Evol-Instruct rounds over records of the dataset (default: accepted and pending)."""
+
+    rounds: int = Field(1, ge=1, le=10)
+    scope: RecordFilter = Field(default_factory=lambda: RecordFilter(status=["accepted", "pending"]))
+    max_items: int = Field(100, ge=1, le=1_000_000)
+    seed: int = 0
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Further EvolParams fields (docs/generation.md)."
+    )
+
+
+class JudgeJobParams(TeacherChoice):
+    """LLM-as-judge (Alpagasus): score 1-5 with a rationale; below the threshold is filtered."""
+
+    threshold: float = Field(4.5, ge=1, le=5)
+    rubric: str | None = Field(
+        None, max_length=20_000, description="A curator's rubric; default: helpfulness+accuracy."
+    )
+    scope: RecordFilter = Field(default_factory=lambda: RecordFilter(status=["pending", "accepted"]))
+    apply: bool = Field(
+        True, description="Filter records scored below the threshold (else only store scores)."
+    )
+    max_items: int | None = Field(None, ge=1)
+
+
+class EstimateRequest(BaseModel):
+    dataset_id: int
+    kind: str = Field(description="self_instruct | evol | judge")
+    params: dict[str, Any] = Field(default_factory=dict)
+    sample_prompts: int = Field(3, ge=1, le=10)
+
+
+class EstimateRead(BaseModel):
+    sampled_calls: int
+    tokens_in_per_call: float
+    tokens_out_per_call: float
+    cost_per_call_usd: float
+    total_calls: int
+    estimated_cost_usd: float
+
+
+class TeacherRead(BaseModel):
+    name: str
+    model: str
+    base_url: str
+    api: str
+    max_concurrency: int
+    price_in_per_1k: float
+    price_out_per_1k: float
