@@ -104,6 +104,7 @@ def create_run(
         dataset_id=None,
         params={"run_id": 0},
         enqueue=False,
+        internal=True,
     )
     run = TrainingRun(
         project_id=dataset.project_id,

@@ -1,0 +1,207 @@
+"""Generation jobs against the fake OpenAI-compatible teacher (real openai client over HTTP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.imports.service import parse_file, write_records
+from app.jobs import service as jobs
+from app.jobs.models import Job
+from app.llm.models import LlmCall
+from app.records.models import Record
+from tests.conftest import PG_URL
+from tests.factories import make_dataset, make_project, make_user
+from tests.fake_teacher import FakeTeacher
+from tests.procs import kill, service_env, start_worker
+from workers.runner import run_job
+
+
+@pytest.fixture
+def teacher(monkeypatch):
+    with FakeTeacher.start() as t:
+        config = json.dumps(
+            [
+                {
+                    "name": "fake",
+                    "base_url": t.base_url,
+                    "model": "fake-model",
+                    "max_concurrency": 8,
+                    "price_in_per_1k": 0.001,
+                    "price_out_per_1k": 0.002,
+                    "backoff_base_s": 0.05,
+                    "backoff_max_s": 0.2,
+                    "max_retries": 2,
+                }
+            ]
+        )
+        monkeypatch.setattr(get_settings(), "teachers", config)
+        t.config = config
+        yield t
+
+
+def _seeded(engine, shared_data, language="en") -> tuple[int, object]:
+    seeds = shared_data / (
+        "belle/zh_seed_tasks.json" if language == "zh" else "self-instruct/seed_tasks.jsonl"
+    )
+    with Session(engine) as db:
+        curator = make_user(db, "curator")
+        dataset = make_dataset(db, make_project(db, (curator, "curator")), language=language)
+        records, _, fmt = parse_file(seeds, fmt="self_instruct", filename=None, skip_bad=False)
+        write_records(
+            db=db,
+            dataset_id=dataset.id,
+            records=records,
+            fmt=fmt,
+            key_prefix="seed",
+            job_id=None,
+            batch_size=1000,
+        )
+        db.commit()
+        return dataset.id, curator
+
+
+def _create(engine, curator, dataset_id, kind, params) -> int:
+    with Session(engine) as db:
+        job = jobs.create_job(
+            db=db,
+            user=db.merge(curator),
+            kind=kind,
+            project_id=None,
+            dataset_id=dataset_id,
+            params=params,
+            enqueue=False,
+        )
+        db.commit()
+        return job.id
+
+
+def _job(engine, job_id) -> Job:
+    with Session(engine) as db:
+        job = db.get(Job, job_id)
+        db.expunge(job)
+        return job
+
+
+def test_self_instruct_job_generates_classification_aware_records_with_provenance(
+    committed_pg, shared_data, teacher
+):
+    dataset_id, curator = _seeded(committed_pg, shared_data)
+    job_id = _create(
+        committed_pg, curator, dataset_id, "self_instruct", {"teacher": "fake", "target": 25, "batch_size": 4}
+    )
+    assert run_job(job_id) == "succeeded", _job(committed_pg, job_id).error
+    job = _job(committed_pg, job_id)
+    with Session(committed_pg) as db:
+        rows = db.scalars(select(Record).where(Record.job_id == job_id)).all()
+        calls = db.scalar(select(func.count()).where(LlmCall.job_id == job_id, LlmCall.cached.is_(False)))
+    kept = [r for r in rows if r.status == "pending"]
+    rejected = [r for r in rows if r.status == "filtered"]
+    assert job.result["kept_tasks"] >= 25 and kept
+    assert len(kept) == job.result["records_kept"] and len(rejected) == job.result["records_rejected"]
+    assert all(r.reason for r in rejected)
+    assert {r.teacher_model for r in rows} == {"fake-model"} and all(
+        r.source.startswith("self_instruct") for r in rows
+    )
+    assert any(r.is_classification for r in kept) and all(r.label for r in kept if r.is_classification)
+    assert calls > 0 and job.tokens_in > 0 and job.cost_usd > 0
+
+
+def test_teacher_down_pauses_the_job_with_a_clear_message(committed_pg, shared_data, teacher):
+    dataset_id, curator = _seeded(committed_pg, shared_data)
+    teacher.fault(500, count=10_000)
+    job_id = _create(committed_pg, curator, dataset_id, "self_instruct", {"teacher": "fake", "target": 5})
+    assert run_job(job_id) == "paused"
+    job = _job(committed_pg, job_id)
+    assert "teacher" in job.error and "resume" in job.error
+
+
+def test_unknown_teacher_is_refused_at_creation(db, teacher):
+    from app.errors import Invalid
+
+    curator = make_user(db, "curator")
+    dataset = make_dataset(db, make_project(db, (curator, "curator")))
+    with pytest.raises(Invalid, match="unknown teacher 'nope'; known: fake"):
+        jobs.create_job(
+            db=db,
+            user=curator,
+            kind="self_instruct",
+            project_id=None,
+            dataset_id=dataset.id,
+            params={"teacher": "nope"},
+            enqueue=False,
+        )
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_mid_generation_resumes_without_duplicates_or_repaid_calls(
+    committed_pg, shared_data, teacher, redis_url, tmp_path
+):
+    teacher.set_latency(150)
+    dataset_id, curator = _seeded(committed_pg, shared_data)
+    target = 60
+    job_id = _create(
+        committed_pg,
+        curator,
+        dataset_id,
+        "self_instruct",
+        {"teacher": "fake", "target": target, "batch_size": 4},
+    )
+    env = service_env(
+        database_url=PG_URL,
+        broker_url=redis_url,
+        data_dir=Path(os.environ["IF_DATA_DIR"]),
+        IF_TEACHERS=teacher.config,
+        IF_JOB_LEASE_SECONDS="3",
+        IF_REAPER_INTERVAL_SECONDS="1",
+        IF_BROKER_VISIBILITY_TIMEOUT="4",
+    )
+    app = Celery(broker=redis_url)
+    app.send_task("workers.tasks.run_job_task", args=[job_id], queue="default")
+    app.close()
+    first = start_worker(env, tmp_path / "w1.log")
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            job = _job(committed_pg, job_id)
+            if job.counters.get("round", 0) >= 2:
+                break
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        kill(first)
+    at_kill = teacher.stats()
+    assert 0 < _job(committed_pg, job_id).progress_done < target
+
+    second = start_worker(env, tmp_path / "w2.log")
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and _job(committed_pg, job_id).status not in ("succeeded", "failed"):
+            time.sleep(0.2)
+    finally:
+        kill(second)
+    job = _job(committed_pg, job_id)
+    assert job.status == "succeeded", job.error
+    assert job.attempts >= 2
+    final = teacher.stats()
+    with Session(committed_pg) as db:
+        n = db.scalar(select(func.count()).where(Record.job_id == job_id))
+        keys = db.scalar(select(func.count(func.distinct(Record.gen_key))).where(Record.job_id == job_id))
+        replayed = db.scalar(select(func.count()).where(LlmCall.job_id == job_id, LlmCall.cached.is_(True)))
+    assert n == keys == job.result["records_kept"] + job.result["records_rejected"]
+    repeated = {h: c for h, c in final["completed_by_hash"].items() if c > 1}
+    # Only calls in flight at the instant of the kill (answered but never received) may be asked again;
+    # every call answered before it came back from the cache.
+    assert len(repeated) <= 8, repeated
+    assert at_kill["completions"] > 3 * len(repeated)
+    assert replayed >= at_kill["completions"] - len(repeated) - 8
