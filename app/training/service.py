@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,8 @@ def create_run(
     )
     db.add(run)
     db.flush()
-    run.artifacts_dir = str(runs_dir() / f"run-{run.id}")
+    # A unique folder: a reset database must never resume from another run's checkpoints.
+    run.artifacts_dir = str(runs_dir() / f"run-{run.id}-{uuid.uuid4().hex[:8]}")
     job.params = {"run_id": run.id}
     audit.record(
         db=db,

@@ -179,3 +179,70 @@ def test_gpu_worker_trains_streams_metrics_and_produces_a_loadable_adapter(
     model, tokenizer, fmt = load_for_inference(out)
     texts = generate(model, tokenizer, fmt, ["Name a primary colour."], max_new_tokens=8)
     assert isinstance(texts[0], str)
+
+
+@pytest.mark.slow
+def test_cancel_stops_the_trainer_between_steps_and_frees_the_worker(
+    committed_pg, models_dir, redis_url, tmp_path, monkeypatch
+):
+    import json
+
+    from app.jobs import service as jobs
+
+    monkeypatch.setattr(get_settings(), "models_dir", models_dir)
+    with Session(committed_pg) as db:
+        curator, snap = _snapshot(db)
+        db.commit()
+        run = training.create_run(
+            db=db,
+            user=curator,
+            snapshot_id=snap.id,
+            base_model="tiny-llama",
+            method="lora",
+            hyperparameters={
+                "max_steps": 100_000,
+                "batch_size": 2,
+                "grad_accum": 1,
+                "logging_steps": 1,
+                "eval_steps": 0,
+                "val_fraction": 0.0,
+                "gradient_checkpointing": False,
+                "max_seq_len": 128,
+                "save_steps": 1000,
+            },
+        )
+        run_id, job_id = run.id, run.job_id
+        artifacts = Path(run.artifacts_dir)
+    app = Celery(broker=redis_url)
+    app.send_task("workers.tasks.run_job_task", args=[job_id], queue="gpu")
+    app.close()
+    env = service_env(
+        database_url=PG_URL,
+        broker_url=redis_url,
+        data_dir=Path(os.environ["IF_DATA_DIR"]),
+        IF_MODELS_DIR=str(models_dir),
+        IF_JOB_LEASE_SECONDS="4",
+    )
+    worker = start_worker(env, tmp_path / "gpu.log", queues="gpu")
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            with Session(committed_pg) as db:
+                if db.scalar(select(TrainingMetric.id).where(TrainingMetric.run_id == run_id).limit(1)):
+                    break
+            time.sleep(0.5)
+        with Session(committed_pg) as db:
+            jobs.cancel_job(db=db, user=db.merge(curator), job_id=job_id)
+            db.commit()
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            with Session(committed_pg) as db:
+                status = db.get(Job, job_id).status
+            if status != "running":
+                break
+            time.sleep(0.5)
+    finally:
+        kill(worker)
+    assert status == "cancelled"
+    state = json.loads((artifacts / "status.json").read_text())
+    assert state["state"] == "cancelled" and 0 < state["step"] < 100_000
