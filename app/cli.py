@@ -118,8 +118,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     cmd_db_upgrade(argparse.Namespace(revision="head"))
     ensure_admin()
+
     # One worker process consumes both queues on a laptop: training runs there too (on CPU or a local GPU).
-    worker = subprocess.Popen(worker_argv("default,gpu", settings.worker_concurrency))
+    def start_worker() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(worker_argv("default,gpu", settings.worker_concurrency))
+
+    worker = start_worker()
     api = subprocess.Popen(
         [
             sys.executable,
@@ -136,23 +140,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(
         f"InstructForge is starting at http://{args.host}:{args.port}  (Ctrl-C stops everything)", flush=True
     )
-    children = [api, worker]
+    stopping = False
 
     def _stop(*_: Any) -> None:
-        for child in children:
+        nonlocal stopping
+        stopping = True
+        for child in (api, worker):
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, _stop)
     try:
-        while all(c.poll() is None for c in children):
+        while not stopping and api.poll() is None:
+            if worker.poll() is not None:
+                # A crashed worker is replaced; its job is handed over when its lease expires.
+                print(f"worker exited with {worker.returncode}; starting a new one", flush=True)
+                worker = start_worker()
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
         _stop()
         deadline = time.time() + 20
-        for child in children:
+        for child in (api, worker):
             try:
                 child.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:

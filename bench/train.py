@@ -1,0 +1,372 @@
+"""LoRA training throughput: our trainer (packing, response-only logits) vs HF Trainer + peft (pad to longest).
+
+Models are random-weight Llama-3-8B- and Llama-3.2-1B-shaped; the data are real instruction records from
+../shared/data, so sample lengths follow a real distribution. Only real (non-padding) tokens are counted.
+MFU = 4 * N * real tokens/s / the GPU's dense bf16 peak (forward plus input gradients through the frozen
+base; gradient-checkpointing recomputation is not counted as useful work).
+
+    python bench/train.py            # GPU: 8B and 1B LoRA, plus 8B QLoRA peak memory
+    python bench/train.py --tiny     # CPU smoke run on a tiny model (figures mean nothing)
+
+Prints its figures, then one JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainer.config import TrainConfig
+from trainer.data import load_dataset
+from trainer.formats import build_format, encode_conversation, truncate
+from trainer.methods import bitsandbytes_available, detect_linear_targets
+from trainer.run import main as train_main
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SOURCES = [  # (file, output key): chat, code, maths and role-play answers of very different lengths
+    ("alpaca_eval/gpt4_1106_preview.model_outputs.json", "output"),
+    ("codealpaca/code_alpaca_2k.json", "output"),
+    ("alpacadatacleaned/gsm_8k_train.json", "output"),
+    ("gpteacher/roleplay-simple-deduped-roleplay-instruct.json", "response"),
+]
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama-3-8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "tie_word_embeddings": False,
+    },
+    "llama-3.2-1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "tie_word_embeddings": True,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 2048,
+        "tie_word_embeddings": False,
+    },
+}
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def real_records(limit: int, seed: int) -> list[dict[str, str]]:
+    records = []
+    for name, key in SOURCES:
+        for r in json.loads((DATA / name).read_text(encoding="utf-8")):
+            if r.get(key, "").strip():
+                records.append(
+                    {"instruction": r["instruction"], "input": r.get("input", ""), "output": r[key]}
+                )
+    random.Random(seed).shuffle(records)
+    return records[:limit]
+
+
+def build_tokenizer(records: list[dict[str, str]], vocab: int) -> Any:
+    """A byte-level BPE trained on the data: no hub download; lengths close to a real tokenizer's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = [t for r in records for t in (r["instruction"], r["input"], r["output"])]
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=vocab,
+            special_tokens=["<unk>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    hf = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    hf.pad_token = hf.eos_token
+    return hf
+
+
+def save_random_model(path: Path, shape: str, tokenizer: Any, *, dtype: torch.dtype) -> int:
+    """Random weights straight on the GPU in bf16 (an 8B fp32 CPU init would take minutes)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        **SHAPES[shape],
+        max_position_embeddings=8192,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    n_params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return n_params
+
+
+def reset_peak() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def run_ours(config: TrainConfig, warmup: int) -> tuple[float, float | None]:
+    reset_peak()
+    summary = train_main(config)
+    assert summary.state == "succeeded", summary
+    rows = [json.loads(x) for x in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in rows if r["step"] > warmup]
+    start = next(r["timestamp"] for r in rows if r["step"] == warmup)
+    tokens = sum(r["tokens"] for r in timed)
+    return tokens / (timed[-1]["timestamp"] - start), peak_gib()
+
+
+def run_baseline(
+    model_dir: Path,
+    data_path: Path,
+    out: Path,
+    *,
+    batch: int,
+    steps: int,
+    warmup: int,
+    max_len: int,
+    bf16: bool,
+) -> tuple[float, float | None]:
+    """HF Trainer + peft LoRA on the same samples and labels, random batches padded to the longest."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+    reset_peak()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    fmt = build_format("alpaca", tokenizer)
+    examples = []
+    for conv in load_dataset(data_path).conversations:
+        enc = truncate(encode_conversation(fmt, tokenizer, conv), max_len)
+        if enc is not None:
+            examples.append({"input_ids": enc.input_ids, "labels": enc.labels})
+    pad = tokenizer.pad_token_id
+    real_per_batch: list[int] = []
+
+    def collate(features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        real_per_batch.append(sum(len(f["input_ids"]) for f in features))
+        return {
+            "input_ids": torch.tensor(
+                [f["input_ids"] + [pad] * (width - len(f["input_ids"])) for f in features]
+            ),
+            "labels": torch.tensor([f["labels"] + [-100] * (width - len(f["labels"])) for f in features]),
+            "attention_mask": torch.tensor(
+                [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features]
+            ),
+        }
+
+    marks: dict[int, float] = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            marks[state.global_step] = time.perf_counter()
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
+    if torch.cuda.is_available():
+        model.to("cuda")
+    model = get_peft_model(
+        model,
+        LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, target_modules=detect_linear_targets(model)),
+    )
+    args = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1,
+        max_steps=steps,
+        learning_rate=2e-4,
+        bf16=bf16,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=examples, data_collator=collate, callbacks=[Clock()]
+    )
+    trainer.train()
+    peak = peak_gib()
+    tokens = sum(real_per_batch[warmup:steps])
+    rate = tokens / (marks[steps] - marks[warmup])
+    del trainer, model
+    reset_peak()
+    return rate, peak
+
+
+def gpu_peak_tflops(override: float | None) -> float | None:
+    if override:
+        return override
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def bench_model(
+    shape: str, args: argparse.Namespace, work: Path, records: list[dict[str, str]]
+) -> dict[str, Any]:
+    bf16 = torch.cuda.is_available()
+    tokenizer = build_tokenizer(records, 1000 if args.tiny else 32000)
+    model_dir = work / shape
+    n_params = save_random_model(model_dir, shape, tokenizer, dtype=torch.bfloat16 if bf16 else torch.float32)
+    data_path = work / "data.jsonl"
+    data_path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    lengths = [len(tokenizer(r["instruction"] + r["input"] + r["output"])["input_ids"]) for r in records]
+    mean_len = sum(lengths) / len(lengths)
+    log(f"[{shape}] {n_params / 1e6:,.1f}M params; {len(records)} samples, mean {mean_len:.0f} tokens")
+
+    baseline, baseline_peak = run_baseline(
+        model_dir,
+        data_path,
+        work / "hf",
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        max_len=args.max_len,
+        bf16=bf16,
+    )
+    log(f"[{shape}] baseline HF Trainer: {baseline:,.0f} real tokens/s, peak {baseline_peak} GiB")
+
+    # about as many real tokens per step as the baseline's batch
+    rows = max(1, round(args.batch * min(mean_len, args.max_len) / args.max_len))
+    config = TrainConfig(
+        base_model=str(model_dir),
+        dataset_path=str(data_path),
+        output_dir=str(work / f"ours-{shape}"),
+        method="lora",
+        r=16,
+        alpha=32,
+        max_seq_len=args.max_len,
+        packing=True,
+        batch_size=rows,
+        grad_accum=1,
+        max_steps=args.steps,
+        val_fraction=0.0,
+        logging_steps=1,
+        eval_steps=0,
+        save_steps=0,
+        sample_prompts=0,
+        gradient_checkpointing=True,
+        prompt_format="alpaca",
+        resume=False,
+    )
+    ours, ours_peak = run_ours(config, args.warmup)
+    peak = gpu_peak_tflops(args.peak_tflops)
+    mfu = round(4 * n_params * ours / (peak * 1e12), 4) if peak else None
+    log(
+        f"[{shape}] ours: {ours:,.0f} real tokens/s ({rows} packed rows of {args.max_len}), peak {ours_peak} GiB"
+    )
+    log(f"[{shape}] speedup {ours / baseline:.2f}x, MFU {mfu}")
+
+    qlora_peak = None
+    if shape == "llama-3-8b" and bitsandbytes_available():
+        qcfg = config.model_copy(
+            update={"method": "qlora", "output_dir": str(work / "qlora"), "max_steps": 5}
+        )
+        _rate, qlora_peak = run_ours(qcfg, 1)
+        log(f"[{shape}] QLoRA peak {qlora_peak} GiB")
+    elif shape == "llama-3-8b":
+        log(f"[{shape}] QLoRA skipped: needs CUDA and bitsandbytes")
+    shutil.rmtree(model_dir, ignore_errors=True)
+    return {
+        "model": shape,
+        "params": n_params,
+        "tokens_per_s": round(ours, 1),
+        "baseline_tokens_per_s": round(baseline, 1),
+        "speedup": round(ours / baseline, 3),
+        "mfu": mfu,
+        "peak_mem_gb": ours_peak,
+        "baseline_peak_mem_gb": baseline_peak,
+        "qlora_peak_mem_gb": qlora_peak,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke run on a tiny model")
+    parser.add_argument("--models", default="llama-3-8b,llama-3.2-1b")
+    parser.add_argument("--samples", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8, help="baseline samples per step")
+    parser.add_argument("--max-len", type=int, default=2048)
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="dense bf16 peak, if not in the table"
+    )
+    args = parser.parse_args()
+    if args.tiny:
+        args.models, args.samples, args.steps, args.warmup, args.max_len = "tiny", 300, 8, 2, 512
+        torch.set_num_threads(1)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    log(f"device: {device}; torch {torch.__version__}")
+    records = real_records(args.samples, seed=0)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        for shape in args.models.split(","):
+            results.append(bench_model(shape, args, Path(tmp), records))
+    head = results[0]
+    print(json.dumps({**head, "device": device, "runs": results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""TrainConfig: every knob of a training run, validated, loadable from YAML or JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal["lora", "qlora", "dora", "adalora", "ia3", "prefix", "prompt", "bitfit"]
+PromptFormatName = Literal["auto", "chat_template", "alpaca", "chatml"]
+Scheduler = Literal["cosine", "linear", "constant"]
+Optimizer = Literal["auto", "adamw", "paged_adamw_32bit", "paged_adamw_8bit"]
+
+PROMPT_LEARNING_METHODS: frozenset[str] = frozenset({"prefix", "prompt"})
+LORA_FAMILY: frozenset[str] = frozenset({"lora", "qlora", "dora", "adalora"})
+
+
+class TrainConfig(BaseModel):
+    """A fully described SFT run; `train_config.yaml` in the artifacts is this model, resolved."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- what to train on -------------------------------------------------------------------------
+    base_model: str = Field(
+        description="Local directory of a Hugging Face causal LM (config.json, weights, tokenizer). "
+        "A hub id is accepted only when allow_hub_download is true."
+    )
+    models_dir: str | None = Field(
+        default=None,
+        description="If set, base_model must resolve to a path inside this folder; anything else is refused.",
+    )
+    allow_hub_download: bool = Field(
+        default=False, description="Allow fetching base_model from the Hugging Face hub when it is not local."
+    )
+    dataset_path: str = Field(
+        description="Alpaca JSON/JSONL (instruction/input/output) or messages JSONL "
+        '({"messages": [{"role", "content"}]}); the format is detected per record.'
+    )
+    output_dir: str = Field(description="Artifacts folder: adapter, metrics, status, checkpoints, summary.")
+
+    # --- method -----------------------------------------------------------------------------------
+    method: Method = Field(default="lora", description="PEFT method.")
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="Module names to adapt (e.g. q_proj, v_proj). None detects them from the architecture: "
+        "every linear layer of the decoder blocks (IA3: keys, values and the MLP down projection).",
+    )
+    r: int = Field(default=16, ge=1, description="LoRA/DoRA rank; AdaLoRA's initial rank.")
+    alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    adalora_target_r: int = Field(default=8, ge=1, description="AdaLoRA: average rank after budget pruning.")
+    num_virtual_tokens: int = Field(default=20, ge=1, description="Prefix/prompt tuning: virtual tokens.")
+    optimizer: Optimizer = Field(
+        default="auto",
+        description="auto = paged_adamw_32bit for qlora (bitsandbytes, as in the QLoRA paper), adamw otherwise.",
+    )
+
+    # --- data and prompt format -------------------------------------------------------------------
+    prompt_format: PromptFormatName = Field(
+        default="auto",
+        description="auto: the tokenizer's chat template when it has one, else alpaca for single-turn "
+        "instruction data and ChatML for multi-turn conversations.",
+    )
+    system_prompt: str | None = Field(
+        default=None, description="System message prepended to conversations that have none."
+    )
+    max_seq_len: int = Field(default=2048, ge=8, description="Tokens per sample (and per packed row).")
+    packing: bool = Field(
+        default=True,
+        description="Pack several samples per row with position ids restarting per sample and no attention "
+        "across samples. Ignored (with a note in the summary) for prefix/prompt tuning.",
+    )
+    group_by_length: bool = Field(
+        default=True, description="Without packing: batch samples of similar length to cut padding."
+    )
+    val_fraction: float = Field(default=0.05, ge=0.0, lt=0.9, description="Share of samples held out.")
+
+    # --- optimisation -----------------------------------------------------------------------------
+    epochs: float = Field(
+        default=3.0, gt=0, description="Passes over the training split (if max_steps <= 0)."
+    )
+    max_steps: int = Field(default=-1, description="Optimizer steps; > 0 overrides epochs.")
+    lr: float = Field(default=2e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    scheduler: Scheduler = Field(default="cosine", description="Learning-rate decay after warmup.")
+    warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0, description="Share of steps for linear warmup.")
+    batch_size: int = Field(default=4, ge=1, description="Rows per micro-batch.")
+    grad_accum: int = Field(default=4, ge=1, description="Micro-batches per optimizer step.")
+    seed: int = Field(default=42, description="Seeds the split, batch order, init and dropout.")
+
+    # --- bookkeeping ------------------------------------------------------------------------------
+    logging_steps: int = Field(default=10, ge=1, description="Write a metrics line every N optimizer steps.")
+    eval_steps: int = Field(default=100, ge=0, description="Validate every N steps (0: only at the end).")
+    save_steps: int = Field(
+        default=200, ge=0, description="Checkpoint every N steps (0: only on cancel/end)."
+    )
+    save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept (oldest removed first).")
+    resume: bool = Field(default=True, description="Continue from the latest checkpoint in output_dir.")
+    sample_prompts: int = Field(
+        default=5, ge=0, description="Held-out prompts to generate from after training (samples.jsonl)."
+    )
+    sample_max_new_tokens: int = Field(default=128, ge=1, description="Generation length for samples.")
+
+    # --- hardware ---------------------------------------------------------------------------------
+    bf16: bool | Literal["auto"] = Field(
+        default="auto", description="bf16 weights and autocast; auto = on when CUDA supports it."
+    )
+    gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward.")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        default="auto", description="auto: flash_attention_2 when installed on CUDA, else sdpa."
+    )
+    merge: bool = Field(
+        default=False,
+        description="Also export merged/: the adapter merged into the original 16-bit base "
+        "(never into a dequantised 4-bit one). Not possible for prefix/prompt tuning.",
+    )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> TrainConfig:
+        if self.merge and self.method in PROMPT_LEARNING_METHODS:
+            raise ValueError(
+                f"merge is not possible for method={self.method}: virtual tokens have no weights"
+            )
+        if self.method == "adalora" and self.adalora_target_r >= self.r:
+            raise ValueError("adalora_target_r must be below r: AdaLoRA prunes from r down to it")
+        return self
+
+    def resolved_base_model(self) -> Path | str:
+        """The base model directory (checked against models_dir), or a hub id when downloads are allowed."""
+        path = Path(self.base_model).expanduser()
+        if self.models_dir is not None:
+            root = Path(self.models_dir).expanduser().resolve()
+            candidate = path if path.is_absolute() else root / path
+            resolved = candidate.resolve()
+            if not resolved.is_relative_to(root):
+                raise ValueError(f"base_model {self.base_model!r} resolves outside models_dir {str(root)!r}")
+            path = resolved
+        if path.is_dir():
+            return path.resolve()
+        if self.allow_hub_download and self.models_dir is None:
+            return self.base_model
+        raise FileNotFoundError(
+            f"base_model {self.base_model!r} is not a local directory"
+            + ("" if self.allow_hub_download else " (hub downloads are disabled: allow_hub_download=false)")
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
+        return cls.model_validate(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """YAML or JSON, by extension."""
+        if str(path).endswith(".json"):
+            data: Any = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls.model_validate(data)
+        return cls.from_yaml(path)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(
+            yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
+            encoding="utf-8",
+        )

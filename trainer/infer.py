@@ -1,0 +1,156 @@
+"""Loading a trained adapter with its saved prompt format, batched generation, and merged export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.config import TrainConfig
+from trainer.data import Message
+from trainer.formats import PromptFormat, encode_prompt, prompt_messages
+from trainer.methods import (
+    BITFIT_CONFIG,
+    cuda_bf16,
+    load_base_model,
+    load_bitfit,
+    load_tokenizer,
+    resolve_attn_implementation,
+)
+
+PROMPT_FORMAT_FILE = "prompt_format.json"
+ADAPTER_DIR = "adapter"
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _attach_adapter(model: Any, adapter_dir: Path) -> Any:
+    if (adapter_dir / BITFIT_CONFIG).exists():
+        load_bitfit(model, adapter_dir)
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir))
+
+
+def _load_base(output_dir: Path, base_model: str | None, *, dtype: torch.dtype | str) -> tuple[Any, Any]:
+    cfg = TrainConfig.from_yaml(output_dir / "train_config.yaml")
+    base = base_model or cfg.base_model
+    local_only = not cfg.allow_hub_download
+    # the saved tokenizer, not the base one: it carries any tokens added for the prompt format
+    tokenizer = load_tokenizer(output_dir, local_only=True)
+    model = load_base_model(
+        base,
+        dtype=dtype,  # type: ignore[arg-type]
+        attn_implementation=resolve_attn_implementation("auto"),
+        local_only=local_only,
+    )
+    if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
+        # the trained rows come from the adapter (modules_to_save); no point initialising them here
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return model, tokenizer
+
+
+def load_for_inference(
+    output_dir: str | Path, base_model: str | None = None, *, device: torch.device | None = None
+) -> tuple[Any, Any, PromptFormat]:
+    """(model, tokenizer, prompt format) from an artifacts folder; the base is loaded in 16 bits on GPU."""
+    out = Path(output_dir)
+    dtype = torch.bfloat16 if cuda_bf16() else torch.float32
+    model, tokenizer = _load_base(out, base_model, dtype=dtype)
+    model = _attach_adapter(model, out / ADAPTER_DIR)
+    model.to(device or _device())
+    model.eval()
+    fmt = PromptFormat.load(out / PROMPT_FORMAT_FILE)
+    return model, tokenizer, fmt
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer: Any,
+    fmt: PromptFormat,
+    prompts: list[str] | list[list[dict[str, str]]] | list[list[Message]],
+    *,
+    max_new_tokens: int = 128,
+    greedy: bool = True,
+    batch_size: int = 8,
+) -> list[str]:
+    """Completions for user prompts (or conversations ending with a user turn), built with the saved format.
+
+    Batches are left-padded so every prompt ends where generation starts.
+    """
+    stop_ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in fmt.stop_tokens]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    results: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            encoded = [encode_prompt(fmt, tokenizer, prompt_messages(p)) for p in chunk]
+            width = max(len(e) for e in encoded)
+            input_ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
+            attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=max_new_tokens,
+                do_sample=not greedy,
+                eos_token_id=stop_ids,
+                pad_token_id=pad_id,
+            )
+            for row in output[:, width:].tolist():
+                cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
+                results.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def export_merged(
+    output_dir: str | Path, dest: str | Path | None = None, base_model: str | None = None
+) -> Path:
+    """Merge the adapter into the original base weights (its stored 16-bit dtype, never a 4-bit copy)."""
+    out = Path(output_dir)
+    target = Path(dest) if dest is not None else out / "merged"
+    cfg = TrainConfig.from_yaml(out / "train_config.yaml")
+    if cfg.method in ("prefix", "prompt"):
+        raise ValueError(f"{cfg.method} tuning has no weights to merge")
+    # dtype="auto" keeps the checkpoint's own precision; no quantization_config is ever passed here
+    model, tokenizer = _load_base(out, base_model, dtype="auto")
+    model = _attach_adapter(model, out / ADAPTER_DIR)
+    if cfg.method == "bitfit":
+        _complete_bitfit_biases(model)
+    else:
+        model = model.merge_and_unload()
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(target))
+    tokenizer.save_pretrained(str(target))
+    PromptFormat.load(out / PROMPT_FORMAT_FILE).save(target / PROMPT_FORMAT_FILE)
+    return target
+
+
+def _complete_bitfit_biases(model: Any) -> None:
+    """A merged BitFit model must load with its biases: turn on the config's bias flags, zero-fill the rest."""
+    cfg = model.config
+    if not (hasattr(cfg, "attention_bias") and hasattr(cfg, "mlp_bias")):
+        if any(m.bias is None for m in _decoder_linears(model)):
+            raise ValueError(f"cannot export merged BitFit for model_type={cfg.model_type}: no bias flags")
+        return
+    for module in _decoder_linears(model):
+        if module.bias is None:
+            module.bias = torch.nn.Parameter(
+                torch.zeros(module.out_features, dtype=module.weight.dtype, device=module.weight.device)
+            )
+    cfg.attention_bias = True
+    cfg.mlp_bias = True
+
+
+def _decoder_linears(model: Any) -> list[torch.nn.Linear]:
+    head = model.get_output_embeddings()
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]

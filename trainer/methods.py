@@ -1,0 +1,288 @@
+"""Base model loading and the PEFT methods: LoRA, QLoRA, DoRA, AdaLoRA, IA3, prefix, prompt tuning, BitFit."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer.config import PROMPT_LEARNING_METHODS, TrainConfig
+
+BITFIT_WEIGHTS = "bitfit.safetensors"
+BITFIT_CONFIG = "bitfit_config.json"
+_LINEAR_CLASS_NAMES = {"Linear", "Linear4bit", "Linear8bitLt"}
+
+
+def cuda_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def use_bf16(config: TrainConfig) -> bool:
+    if config.bf16 == "auto":
+        return cuda_bf16()
+    return bool(config.bf16)
+
+
+def resolve_attn_implementation(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def bitsandbytes_available() -> bool:
+    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+
+
+def load_tokenizer(path: Path | str, *, local_only: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local_only)
+    if tokenizer.pad_token_id is None:
+        # pad == eos is safe here: labels are built from spans, never from the padding mask
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_base_model(
+    path: Path | str,
+    *,
+    dtype: torch.dtype,
+    attn_implementation: str,
+    quantize_4bit: bool = False,
+    local_only: bool = True,
+) -> Any:
+    """The base model in `dtype`; with quantize_4bit, NF4 + double quantisation (QLoRA) on CUDA."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "attn_implementation": attn_implementation,
+        "local_files_only": local_only,
+    }
+    if quantize_4bit:
+        if not bitsandbytes_available():
+            raise RuntimeError("QLoRA needs CUDA and the bitsandbytes package")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ in _LINEAR_CLASS_NAMES
+
+
+def _output_embedding_names(model: Any) -> set[str]:
+    out = model.get_output_embeddings()
+    return {name for name, module in model.named_modules() if module is out and name}
+
+
+def detect_linear_targets(model: Any) -> list[str]:
+    """Leaf names of every linear layer except the output head: the "all-linear" LoRA recipe (QLoRA paper)."""
+    skip = _output_embedding_names(model)
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if name and _is_linear(module) and name not in skip
+    }
+    return sorted(names)
+
+
+def detect_ia3_targets(model: Any) -> tuple[list[str], list[str]]:
+    """(target, feed-forward) modules for IA3: keys, values and the MLP output, as in the IA3 paper."""
+    from peft.utils import (
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING,
+        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
+    )
+
+    model_type = getattr(model.config, "model_type", "")
+    if model_type in TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
+        return (
+            list(TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING[model_type]),
+            list(TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING[model_type]),
+        )
+    linears = detect_linear_targets(model)
+    ff = [n for n in linears if any(k in n for k in ("down", "fc2", "fc_out", "4h_to_h", "w2"))]
+    kv = [n for n in linears if any(k in n for k in ("k_proj", "v_proj", "key", "value"))]
+    if not ff or not kv:
+        raise ValueError(
+            f"cannot detect IA3 target modules for model_type={model_type!r}: set target_modules"
+        )
+    return kv + ff, ff
+
+
+def embedding_module_names(model: Any) -> list[str]:
+    """Leaf names of the input and (untied) output embeddings: trained and saved when tokens were added."""
+    names = []
+    inp = model.get_input_embeddings()
+    out = model.get_output_embeddings()
+    for name, module in model.named_modules():
+        if module is inp or (module is out and out is not None and out.weight is not inp.weight):
+            names.append(name.rsplit(".", 1)[-1])
+    return names
+
+
+def build_peft_model(model: Any, config: TrainConfig, *, total_steps: int, new_tokens: bool) -> Any:
+    """Wrap the base model in the configured PEFT method (BitFit: add/unfreeze biases in place)."""
+    method = config.method
+    if method == "bitfit":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        add_bitfit_biases(model, config.target_modules or detect_linear_targets(model))
+        if new_tokens:
+            for p in model.get_input_embeddings().parameters():
+                p.requires_grad_(True)
+            out = model.get_output_embeddings()
+            if out is not None:
+                for p in out.parameters():
+                    p.requires_grad_(True)
+        return model
+
+    from peft import (
+        AdaLoraConfig,
+        IA3Config,
+        LoraConfig,
+        PrefixTuningConfig,
+        PromptTuningConfig,
+        TaskType,
+        get_peft_model,
+    )
+
+    modules_to_save = embedding_module_names(model) if new_tokens else None
+    peft_config: Any
+    if method in ("lora", "qlora", "dora"):
+        peft_config = LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=config.r,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=config.target_modules or detect_linear_targets(model),
+            use_dora=method == "dora",
+            modules_to_save=modules_to_save,
+        )
+    elif method == "adalora":
+        tinit = max(1, total_steps // 10)
+        tfinal = max(1, total_steps // 5)
+        if tinit >= total_steps - tfinal:
+            tinit, tfinal = 0, 0
+        peft_config = AdaLoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            init_r=config.r,
+            target_r=config.adalora_target_r,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=config.target_modules or detect_linear_targets(model),
+            total_step=max(total_steps, 1),
+            tinit=tinit,
+            tfinal=tfinal,
+            modules_to_save=modules_to_save,
+        )
+    elif method == "ia3":
+        if config.target_modules:
+            targets = list(config.target_modules)
+            ff = [n for n in targets if any(k in n for k in ("down", "fc2", "fc_out", "4h_to_h", "w2"))]
+        else:
+            targets, ff = detect_ia3_targets(model)
+        peft_config = IA3Config(
+            task_type=TaskType.CAUSAL_LM,
+            target_modules=targets,
+            feedforward_modules=ff,
+            modules_to_save=modules_to_save,
+        )
+    elif method == "prefix":
+        peft_config = PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=config.num_virtual_tokens,
+            modules_to_save=modules_to_save,
+        )
+    elif method == "prompt":
+        peft_config = PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=config.num_virtual_tokens,
+            modules_to_save=modules_to_save,
+        )
+    else:  # pragma: no cover - the config Literal forbids it
+        raise ValueError(f"unknown method {method}")
+    return get_peft_model(model, peft_config)
+
+
+# --------------------------------------------------------------------------------------------------
+# BitFit
+
+
+def add_bitfit_biases(model: nn.Module, targets: list[str]) -> list[str]:
+    """Unfreeze biases of the target linears, adding zero biases where the architecture has none.
+
+    Llama-style models have no biases at all; a zero bias is the identity at start, so training it is
+    BitFit's "biases only" on such models. Returns the module paths that received a new bias.
+    """
+    wanted = set(targets)
+    added: list[str] = []
+    for name, module in model.named_modules():
+        if not name or name.rsplit(".", 1)[-1] not in wanted or not isinstance(module, nn.Linear):
+            continue
+        if module.bias is None:
+            module.bias = nn.Parameter(
+                torch.zeros(module.out_features, dtype=module.weight.dtype, device=module.weight.device)
+            )
+            added.append(name)
+        module.bias.requires_grad_(True)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("BitFit found no linear layers to train; set target_modules")
+    return added
+
+
+def bitfit_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_bitfit(model: nn.Module, adapter_dir: Path, *, base_model: str, targets: list[str]) -> None:
+    from safetensors.torch import save_file
+
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    state = bitfit_state(model)
+    save_file(state, str(adapter_dir / BITFIT_WEIGHTS))
+    (adapter_dir / BITFIT_CONFIG).write_text(
+        json.dumps(
+            {
+                "method": "bitfit",
+                "note": "biases only; linears listed in target_modules got a zero bias if they had none",
+                "base_model_name_or_path": base_model,
+                "target_modules": targets,
+                "tensors": sorted(state),
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+
+
+def load_bitfit(model: nn.Module, adapter_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    meta = json.loads((adapter_dir / BITFIT_CONFIG).read_text(encoding="utf-8"))
+    add_bitfit_biases(model, list(meta["target_modules"]))
+    state = load_file(str(adapter_dir / BITFIT_WEIGHTS))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor.to(params[name].dtype))
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def is_prompt_learning(method: str) -> bool:
+    return method in PROMPT_LEARNING_METHODS

@@ -1,0 +1,615 @@
+"""The training loop: plain torch + peft, token-normalised loss, checkpoints, resume and cancel."""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import json
+import math
+import random
+import subprocess
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from trainer.batching import Batch, MicroBatch, collate, plan_epoch
+from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.config import LORA_FAMILY, TrainConfig
+from trainer.data import Message, load_dataset
+from trainer.formats import (
+    IGNORE_INDEX,
+    Encoded,
+    PromptFormat,
+    TemplateError,
+    add_special_tokens,
+    build_format,
+    choose_kind,
+    encode_conversation,
+    missing_special_tokens,
+    truncate,
+)
+from trainer.infer import ADAPTER_DIR, PROMPT_FORMAT_FILE, export_merged, generate
+from trainer.methods import (
+    bitsandbytes_available,
+    build_peft_model,
+    detect_linear_targets,
+    is_prompt_learning,
+    load_base_model,
+    load_tokenizer,
+    resolve_attn_implementation,
+    save_bitfit,
+    use_bf16,
+)
+from trainer.reporting import Reporter, plot_loss_curve, write_json_atomic
+
+EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
+
+
+@dataclass
+class TrainSummary:
+    state: str
+    step: int = 0
+    max_steps: int = 0
+    samples_total: int = 0
+    samples_used: int = 0
+    samples_train: int = 0
+    samples_val: int = 0
+    samples_dropped: dict[str, int] = field(default_factory=dict)
+    train_tokens: int = 0  # tokens of the training split per epoch (prompt + response)
+    train_target_tokens: int = 0  # response tokens the loss sees per epoch
+    tokens_seen: int = 0  # real tokens processed by the optimizer steps of this run, all epochs
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    seconds: float = 0.0
+    prompt_format: str = ""
+    method: str = ""
+    packing: bool = False
+    resumed_from_step: int | None = None
+    code_version: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def exit_code(self) -> int:
+        return {"succeeded": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(self.state, EXIT_FAILED)
+
+
+def code_version() -> str:
+    """The package version plus the git commit when the trainer runs from a checkout."""
+    try:
+        version = importlib.metadata.version("instructforge")
+    except importlib.metadata.PackageNotFoundError:
+        version = "0+unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{version}+{commit}" if commit else version
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# data preparation
+
+
+@dataclass
+class Prepared:
+    fmt: PromptFormat
+    train: list[Encoded]
+    val: list[Encoded]
+    val_conversations: list[list[Message]]
+    dropped: Counter[str]
+    total: int
+    added_tokens: list[str]
+
+
+def prepare_data(config: TrainConfig, tokenizer: Any) -> Prepared:
+    data = load_dataset(config.dataset_path)
+    kind = choose_kind(config.prompt_format, tokenizer, single_turn=data.single_turn)
+    missing = missing_special_tokens(kind, tokenizer)
+    if missing:
+        add_special_tokens(tokenizer, missing)
+    fmt = build_format(kind, tokenizer, system_prompt=config.system_prompt, added_tokens=tuple(missing))
+
+    order = list(range(len(data.conversations)))
+    random.Random(config.seed).shuffle(order)
+    n_val = 0
+    if config.val_fraction > 0 and len(order) >= 2:
+        n_val = max(1, round(len(order) * config.val_fraction))
+    val_idx, train_idx = set(order[:n_val]), order[n_val:]
+
+    dropped = Counter(data.dropped)
+    train: list[Encoded] = []
+    val: list[Encoded] = []
+    val_convs: list[list[Message]] = []
+    for i in [*train_idx, *sorted(val_idx)]:
+        conv = data.conversations[i]
+        try:
+            enc = truncate(encode_conversation(fmt, tokenizer, conv), config.max_seq_len)
+        except TemplateError:
+            dropped["template_error"] += 1
+            continue
+        if enc is None:
+            dropped["response_truncated"] += 1
+            continue
+        if i in val_idx:
+            val.append(enc)
+            val_convs.append(conv)
+        else:
+            train.append(enc)
+    total = len(data.conversations) + sum(data.dropped.values())
+    if not train:
+        raise ValueError(f"no usable training samples in {config.dataset_path}: dropped {dict(dropped)}")
+    return Prepared(fmt, train, val, val_convs, dropped, total, missing)
+
+
+def plan_training(
+    config: TrainConfig, lengths: list[int], *, packing: bool
+) -> tuple[list[MicroBatch], int, float]:
+    """(micro-batches in order, optimizer steps, steps per epoch); deterministic from the seed for resume."""
+    rng = random.Random(config.seed + 1)
+
+    def epoch_plan() -> list[MicroBatch]:
+        return plan_epoch(
+            lengths,
+            batch_size=config.batch_size,
+            max_seq_len=config.max_seq_len,
+            packing=packing,
+            group_by_length=config.group_by_length,
+            rng=rng,
+        )
+
+    plan = epoch_plan()
+    per_epoch = len(plan)
+    steps_per_epoch = max(per_epoch / config.grad_accum, 1e-9)
+    if config.max_steps > 0:
+        total = config.max_steps
+    else:
+        total = max(1, math.ceil(per_epoch * config.epochs / config.grad_accum))
+    while len(plan) < total * config.grad_accum:
+        plan += epoch_plan()
+    return plan[: total * config.grad_accum], total, steps_per_epoch
+
+
+# --------------------------------------------------------------------------------------------------
+# loss
+
+
+def token_loss_sum(model: Any, batch: Batch, *, full_logits: bool) -> torch.Tensor:
+    """Summed cross-entropy over response tokens; labels are unshifted, shifted once here."""
+    targets_mask = batch.labels[:, 1:] != IGNORE_INDEX
+    targets = batch.labels[:, 1:][targets_mask]
+    kwargs: dict[str, Any] = {"input_ids": batch.input_ids, "use_cache": False}
+    if batch.attention_mask is not None:
+        kwargs["attention_mask"] = batch.attention_mask
+    if batch.position_ids is not None:
+        # with no 2D mask, restarting position ids make transformers build the per-sample block mask
+        kwargs["position_ids"] = batch.position_ids
+    if full_logits:
+        logits = model(**kwargs).logits
+        seq = batch.input_ids.shape[1]
+        logits = logits[:, -seq:][:, :-1][targets_mask]  # prompt tuning prepends virtual tokens
+    else:
+        # the vocabulary projection only where a target exists: prompts cost no logits memory
+        keep = torch.zeros_like(batch.labels, dtype=torch.bool)
+        keep[:, :-1] = targets_mask
+        logits = model(**kwargs, logits_to_keep=keep).logits
+        logits = logits.reshape(-1, logits.shape[-1])
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def adalora_orth_reg(model: Any) -> torch.Tensor | None:
+    """AdaLoRA's orthogonality penalty on P and Q (peft only adds it when the model computes the loss)."""
+    cfg = next(iter(model.peft_config.values()))
+    terms = []
+    for name, p in model.named_parameters():
+        if p.requires_grad and ("lora_A" in name or "lora_B" in name):
+            cov = p @ p.T if "lora_A" in name else p.T @ p
+            eye = torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)
+            terms.append(torch.linalg.matrix_norm(cov - eye))
+    if not terms:
+        return None
+    weight = float(cfg.orth_reg_weight)
+    return weight * torch.stack(terms).mean()
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any, examples: list[Encoded], *, batch_size: int, pad_id: int, device: torch.device, amp: Any
+) -> float | None:
+    if not examples:
+        return None
+    was_training = model.training
+    model.eval()
+    full = _needs_full_logits(model)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    total, count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        batch = collate(
+            examples, [[i] for i in order[start : start + batch_size]], pad_id=pad_id, packed=False
+        )
+        with amp():
+            total += float(token_loss_sum(model, batch.to(device), full_logits=full))
+        count += batch.num_targets
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _needs_full_logits(model: Any) -> bool:
+    cfg = getattr(model, "peft_config", None)
+    if not cfg:
+        return False
+    return any(getattr(c, "is_prompt_learning", False) for c in cfg.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# optimizer and schedule
+
+
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    choice = config.optimizer
+    if choice == "auto":
+        choice = "paged_adamw_32bit" if config.method == "qlora" else "adamw"
+    if choice.startswith("paged"):
+        if not bitsandbytes_available():
+            raise RuntimeError(f"optimizer {choice} needs CUDA and bitsandbytes")
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.PagedAdamW8bit if choice.endswith("8bit") else bnb.optim.PagedAdamW32bit
+        opt: torch.optim.Optimizer = cls(params, lr=config.lr, weight_decay=config.weight_decay)
+        return opt
+    fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total: int) -> Any:
+    warmup = int(total * config.warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if config.scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if config.scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------------------------------
+# main
+
+
+def main(config: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> TrainSummary:
+    """Train, write artifacts into config.output_dir; never raises for a cancel (state="cancelled").
+
+    on_step(step) is called after every optimizer step, before the cancel check (progress hooks).
+    Failures write status "failed" with the traceback and re-raise.
+    """
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reporter = Reporter(out)
+    reporter.status("running", step=0, max_steps=0)
+    try:
+        return _train(config, reporter, on_step)
+    except BaseException:
+        previous = _read_status(reporter)
+        reporter.status(
+            "failed",
+            step=int(previous.get("step", 0)),
+            max_steps=int(previous.get("max_steps", 0)),
+            error=traceback.format_exc(),
+        )
+        raise
+
+
+def _read_status(reporter: Reporter) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(reporter.status_path.read_text(encoding="utf-8"))
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+class _Loop:
+    """Mutable state of one run; kept together so checkpoints and the summary read the same numbers."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.step = 0
+        self.tokens_seen = 0
+        self.window_loss = 0.0
+        self.window_targets = 0
+        self.window_tokens = 0
+        self.window_start = time.perf_counter()
+        self.last_loss: float | None = None
+        self.last_eval: float | None = None
+
+
+def _train(config: TrainConfig, reporter: Reporter, on_step: Callable[[int], None] | None) -> TrainSummary:
+    started = time.perf_counter()
+    out = reporter.output_dir
+    _seed_everything(config.seed)
+    notes: list[str] = []
+
+    base_path = config.resolved_base_model()
+    local_only = not config.allow_hub_download
+    tokenizer = load_tokenizer(base_path, local_only=local_only)
+    prepared = prepare_data(config, tokenizer)
+    fmt = prepared.fmt
+
+    packing = config.packing
+    if packing and is_prompt_learning(config.method):
+        packing = False
+        notes.append(f"packing disabled: {config.method} tuning prepends virtual tokens to every row")
+    plan, total, steps_per_epoch = plan_training(
+        config, [len(e.input_ids) for e in prepared.train], packing=packing
+    )
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = use_bf16(config)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    attn = resolve_attn_implementation(config.attn_implementation)
+    if config.method == "qlora" and not bitsandbytes_available():
+        raise RuntimeError("method=qlora needs a CUDA GPU and the bitsandbytes package (4-bit NF4 weights)")
+    model = load_base_model(
+        base_path,
+        dtype=dtype,
+        attn_implementation=attn,
+        quantize_4bit=config.method == "qlora",
+        local_only=local_only,
+    )
+    if config.method != "qlora":
+        model.to(device)
+    if prepared.added_tokens:
+        model.resize_token_embeddings(len(tokenizer))
+        notes.append(f"added special tokens {prepared.added_tokens}; embeddings resized and saved")
+    model.config.use_cache = False
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(config.seed)
+    model = build_peft_model(model, config, total_steps=total, new_tokens=bool(prepared.added_tokens))
+    if config.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if bf16:
+        # master copies of the few trainable weights in fp32; autocast runs the matmuls in bf16
+        for p in trainable:
+            p.data = p.data.float()
+    optimizer = make_optimizer(config, trainable)
+    scheduler = make_scheduler(config, optimizer, total)
+
+    def amp() -> Any:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    targets = config.target_modules or (
+        detect_linear_targets(model) if config.method in LORA_FAMILY | {"bitfit"} else []
+    )
+    resolved = config.model_copy(
+        update={
+            "base_model": str(base_path),
+            "prompt_format": fmt.kind,
+            "packing": packing,
+            "bf16": bf16,
+            "attn_implementation": attn,
+            "target_modules": targets or None,
+            "optimizer": config.optimizer
+            if config.optimizer != "auto"
+            else ("paged_adamw_32bit" if config.method == "qlora" else "adamw"),
+        }
+    )
+    resolved.to_yaml(out / "train_config.yaml")
+    fmt.save(out / PROMPT_FORMAT_FILE)
+    tokenizer.save_pretrained(str(out))
+
+    loop = _Loop(total)
+    ckpt_root = out / "checkpoints"
+    resumed_from: int | None = None
+    ckpt = latest_checkpoint(ckpt_root) if config.resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        loop.step = int(state["step"])
+        loop.tokens_seen = int(state.get("tokens_seen", 0))
+        resumed_from = loop.step
+        reporter.reset_metrics(keep_up_to_step=loop.step)
+        notes.append(f"resumed from checkpoint step {loop.step}")
+    else:
+        reporter.reset_metrics(keep_up_to_step=0)
+
+    summary = TrainSummary(
+        state="running",
+        max_steps=total,
+        samples_total=prepared.total,
+        samples_used=len(prepared.train) + len(prepared.val),
+        samples_train=len(prepared.train),
+        samples_val=len(prepared.val),
+        samples_dropped=dict(prepared.dropped),
+        train_tokens=sum(len(e.input_ids) for e in prepared.train),
+        train_target_tokens=sum(e.num_trained() for e in prepared.train),
+        prompt_format=fmt.kind,
+        method=config.method,
+        packing=packing,
+        resumed_from_step=resumed_from,
+        code_version=code_version(),
+        notes=notes,
+    )
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            ckpt_root,
+            step=loop.step,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            extra={"tokens_seen": loop.tokens_seen, "max_steps": total},
+            keep=config.save_total_limit,
+        )
+
+    def finish(state: str) -> TrainSummary:
+        summary.state = state
+        summary.step = loop.step
+        summary.tokens_seen = loop.tokens_seen
+        summary.train_loss = loop.last_loss
+        summary.eval_loss = loop.last_eval
+        summary.seconds = round(time.perf_counter() - started, 3)
+        write_json_atomic(out / "summary.json", summary.to_dict())
+        return summary
+
+    pad_id = int(tokenizer.pad_token_id)
+    full_logits = _needs_full_logits(model)
+    is_adalora = config.method == "adalora"
+    model.train()
+    reporter.status("running", step=loop.step, max_steps=total)
+
+    for micro in _step_batches(plan, config.grad_accum, start_step=loop.step):
+        if reporter.cancel_requested():
+            checkpoint()
+            reporter.status("cancelled", step=loop.step, max_steps=total)
+            return finish("cancelled")
+        batches = [collate(prepared.train, mb, pad_id=pad_id, packed=packing) for mb in micro]
+        n_targets = max(1, sum(b.num_targets for b in batches))
+        step_loss = 0.0
+        for i, batch in enumerate(batches):
+            with amp():
+                # dividing by the whole step's target count makes every response token weigh the same,
+                # however the tokens fall across micro-batches
+                loss = token_loss_sum(model, batch.to(device), full_logits=full_logits) / n_targets
+                step_loss += float(loss.detach())
+                if is_adalora and i == 0:
+                    reg = adalora_orth_reg(model)
+                    if reg is not None:
+                        loss = loss + reg
+            loss.backward()  # type: ignore[no-untyped-call]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
+        lr = float(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+        if is_adalora:
+            model.base_model.update_and_allocate(loop.step)
+        optimizer.zero_grad(set_to_none=True)
+
+        loop.step += 1
+        real = sum(b.num_real_tokens for b in batches)
+        loop.tokens_seen += real
+        loop.window_tokens += real
+        loop.window_loss += step_loss * n_targets
+        loop.window_targets += n_targets
+        loop.last_loss = step_loss
+
+        last = loop.step == total
+        do_eval = bool(prepared.val) and (
+            last or (config.eval_steps > 0 and loop.step % config.eval_steps == 0)
+        )
+        if do_eval:
+            loop.last_eval = evaluate(
+                model, prepared.val, batch_size=config.batch_size, pad_id=pad_id, device=device, amp=amp
+            )
+        if last or do_eval or loop.step % config.logging_steps == 0:
+            _log(reporter, loop, steps_per_epoch, lr=lr, grad_norm=grad_norm, eval_loss=do_eval)
+        if config.save_steps > 0 and loop.step % config.save_steps == 0 and not last:
+            checkpoint()
+        reporter.status("running", step=loop.step, max_steps=total)
+        if on_step is not None:
+            on_step(loop.step)
+
+    _save_adapter(model, config, out, base_path=str(base_path), targets=targets)
+    _write_samples(model, tokenizer, fmt, prepared.val_conversations, config, out, notes)
+    plot_loss_curve(reporter.read_metrics(), out / "loss_curve.png")
+    if config.merge:
+        del model, optimizer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        export_merged(out)
+    reporter.status("succeeded", step=loop.step, max_steps=total)
+    return finish("succeeded")
+
+
+def _step_batches(plan: list[MicroBatch], grad_accum: int, *, start_step: int) -> Iterator[list[MicroBatch]]:
+    for start in range(start_step * grad_accum, len(plan), grad_accum):
+        yield plan[start : start + grad_accum]
+
+
+def _log(
+    reporter: Reporter, loop: _Loop, steps_per_epoch: float, *, lr: float, grad_norm: float, eval_loss: bool
+) -> None:
+    now = time.perf_counter()
+    elapsed = max(now - loop.window_start, 1e-9)
+    row: dict[str, Any] = {
+        "step": loop.step,
+        "epoch": round(loop.step / steps_per_epoch, 4),
+        "loss": loop.window_loss / max(loop.window_targets, 1),
+        "learning_rate": lr,
+        "grad_norm": grad_norm,
+        "tokens_per_s": loop.window_tokens / elapsed,
+        "tokens": loop.window_tokens,  # real (non-padding) tokens since the previous line
+        "timestamp": time.time(),
+    }
+    if eval_loss:
+        row["eval_loss"] = loop.last_eval
+    reporter.metrics(row)
+    loop.window_loss, loop.window_targets, loop.window_tokens = 0.0, 0, 0
+    loop.window_start = now
+
+
+def _save_adapter(model: Any, config: TrainConfig, out: Path, *, base_path: str, targets: list[str]) -> None:
+    adapter_dir = out / ADAPTER_DIR
+    if config.method == "bitfit":
+        save_bitfit(model, adapter_dir, base_model=base_path, targets=targets)
+        return
+    model.save_pretrained(str(adapter_dir), safe_serialization=True)
+
+
+def _write_samples(
+    model: Any,
+    tokenizer: Any,
+    fmt: PromptFormat,
+    conversations: list[list[Message]],
+    config: TrainConfig,
+    out: Path,
+    notes: list[str],
+) -> None:
+    path = out / "samples.jsonl"
+    if config.sample_prompts == 0:
+        path.write_text("", encoding="utf-8")
+        return
+    if not conversations:
+        notes.append("no held-out samples to generate from (val_fraction=0 or too little data)")
+        path.write_text("", encoding="utf-8")
+        return
+    prompts: list[list[Message]] = []
+    references: list[str] = []
+    for conv in conversations[: config.sample_prompts]:
+        last = max(i for i, m in enumerate(conv) if m["role"] == "assistant")
+        prompts.append(conv[:last])
+        references.append(conv[last]["content"])
+    outputs = generate(model, tokenizer, fmt, prompts, max_new_tokens=config.sample_max_new_tokens)
+    with path.open("w", encoding="utf-8") as fh:
+        for prompt, ref, gen in zip(prompts, references, outputs, strict=True):
+            fh.write(json.dumps({"prompt": prompt, "reference": ref, "generation": gen}, ensure_ascii=False))
+            fh.write("\n")
