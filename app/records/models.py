@@ -25,8 +25,12 @@ class Record(TimestampMixin, Base):
         Index("ix_records_dataset_status_id", "dataset_id", "status", "id"),
         Index("ix_records_dataset_id_id", "dataset_id", "id"),
         # Partial: imported rows have no parent, and an index entry per row would slow every import.
-        Index("ix_records_parent_id", "parent_id", postgresql_where=text("parent_id IS NOT NULL"),
-              sqlite_where=text("parent_id IS NOT NULL")),
+        Index(
+            "ix_records_parent_id",
+            "parent_id",
+            postgresql_where=text("parent_id IS NOT NULL"),
+            sqlite_where=text("parent_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -40,7 +44,9 @@ class Record(TimestampMixin, Base):
     # Why the status is what it is: a rule code, "rouge_dup", "judge_below", "human"...
     reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     source: Mapped[str] = mapped_column(String(64), default="human")
-    parent_id: Mapped[int | None] = mapped_column(ForeignKey("records.id", ondelete="SET NULL"), nullable=True)
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("records.id", ondelete="SET NULL"), nullable=True
+    )
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
     teacher_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
     prompt_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
