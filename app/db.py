@@ -28,7 +28,9 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # More connections than request threads (see app.main.THREADS): a request thread must never wait
+    # for a connection held by a request whose cleanup needs a free thread (a pool/thread deadlock).
+    return create_engine(url, pool_pre_ping=True, pool_size=12, max_overflow=20, pool_timeout=30)
 
 
 @lru_cache

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -24,6 +27,8 @@ from app.records.router import router as records_router
 from app.snapshots.router import router as snapshots_router
 
 log = logging.getLogger(__name__)
+# Request threads per process; fewer than the database pool's connections (app.db.make_engine).
+THREADS = 24
 
 
 class BodyLimitMiddleware:
@@ -70,7 +75,14 @@ def health(request: Request) -> dict[str, Any]:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="InstructForge",
         version=__version__,
         description="Build instruction-tuning datasets: generate, curate, review, snapshot, export and train.",

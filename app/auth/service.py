@@ -58,7 +58,10 @@ def user_for_token(*, db: Session, plain: str) -> User | None:
     )
     if token is None:
         return None
-    token.last_used_at = utcnow()
+    now = utcnow()
+    # At most one write a minute per token: every request updating one row would serialise them all.
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        token.last_used_at = now
     user = db.get(User, token.user_id)
     return user if user is not None and user.is_active else None
 

@@ -1,0 +1,40 @@
+"""Dataset formats: readers (import) with precise errors, writers (export), train/validation split.
+
+Pure and streaming: no database, no HTTP. See docs/formats.md for the formats and the rules.
+"""
+
+from app.pipeline.formats.model import FORMATS, BadLine, FormatError, Limits, ParsedRecord
+from app.pipeline.formats.readers import detect_format, iter_records, parse_all
+from app.pipeline.formats.split import split
+from app.pipeline.formats.writers import (
+    EXPORT_MEDIA_TYPES,
+    EXPORTERS,
+    to_alpaca,
+    to_messages,
+    to_sharegpt,
+    write_alpaca,
+    write_alpaca_jsonl,
+    write_openai_jsonl,
+    write_sharegpt,
+)
+
+__all__ = [
+    "EXPORTERS",
+    "EXPORT_MEDIA_TYPES",
+    "FORMATS",
+    "BadLine",
+    "FormatError",
+    "Limits",
+    "ParsedRecord",
+    "detect_format",
+    "iter_records",
+    "parse_all",
+    "split",
+    "to_alpaca",
+    "to_messages",
+    "to_sharegpt",
+    "write_alpaca",
+    "write_alpaca_jsonl",
+    "write_openai_jsonl",
+    "write_sharegpt",
+]

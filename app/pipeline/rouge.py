@@ -1,0 +1,463 @@
+"""Exact ROUGE-L with a CJK-aware tokenizer, and an incremental near-duplicate index.
+
+The Self-Instruct / Alpaca recipe keeps a new instruction iff its ROUGE-L F-measure against every
+instruction already in the pool is at most 0.7, calling ``rouge_score`` on every pair. This module gives
+the same decisions without scoring every pair:
+
+* :func:`tokenize` equals ``rouge_score``'s default tokenizer token for token on ASCII text, and also
+  handles Chinese/Japanese/Korean (one token per ideograph, kana or hangul syllable) and other scripts
+  (letters are kept, where ``rouge_score`` drops every character outside ``[a-z0-9]``).
+* :func:`rouge_l_f` computes the F-measure with the very floating-point expression ``rouge_score`` uses, so
+  scores are bit-identical and a pair sitting exactly on the threshold is decided the same way.
+* :class:`NearDuplicateIndex` finds every pool record that could reach a score with an inverted index over
+  a *prefix* of each record's tokens (rarest first) and a length window, both derived from the bound
+  ``LCS <= multiset overlap <= min(m, n)``; only those candidates get an exact bit-parallel LCS
+  (rapidfuzz). The pruning is exact: it only skips pairs whose score is provably below ``floor``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import unicodedata
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+from itertools import chain
+
+from rapidfuzz.distance import LCSseq
+
+__all__ = [
+    "DedupDecision",
+    "NearDuplicateIndex",
+    "greedy_filter",
+    "nearest_neighbours",
+    "rouge_l",
+    "rouge_l_f",
+    "tokenize",
+]
+
+_ASCII_TOKEN_RE = re.compile(r"[a-z0-9]+")
+
+# Scripts written without spaces between words: every character is its own token, as in the Chinese
+# ROUGE variants. Punctuation inside these blocks (e.g. the katakana middle dot) is left out.
+_CJK_CLASS = (
+    "\u1100-\u11ff"  # Hangul Jamo
+    "\u2e80-\u2fdf"  # CJK and Kangxi radicals
+    "\u3005\u3007\u3021-\u3029\u3038-\u303b"  # iteration mark, ideographic zero, Hangzhou numerals
+    "\u3041-\u309f"  # Hiragana
+    "\u30a1-\u30fa\u30fc-\u30ff"  # Katakana
+    "\u3105-\u312f\u31a0-\u31bf"  # Bopomofo
+    "\u3131-\u318e"  # Hangul compatibility jamo
+    "\u31f0-\u31ff"  # Katakana phonetic extensions
+    "\u3400-\u4dbf\u4e00-\u9fff"  # CJK unified ideographs (+ extension A)
+    "\ua960-\ua97f\uac00-\ud7a3\ud7b0-\ud7ff"  # Hangul jamo extensions and syllables
+    "\uf900-\ufaff"  # CJK compatibility ideographs
+    "\uff66-\uff9f"  # half-width katakana
+    "\U00020000-\U0003134f"  # CJK extensions B-G and compatibility supplement
+)
+
+# A pair is never pruned unless its bound is below the floor by more than this: float rounding in the
+# bounds must not be able to hide a pair whose (rational) score reaches the floor.
+_EPS = 1e-9
+
+# Token ids are encoded as code points so rapidfuzz compares records as plain strings (its fastest path);
+# the surrogate block is skipped because those code points are not characters.
+_SURROGATE_START = 0xD800
+_SURROGATE_SPAN = 0x800
+_MAX_CODE_POINT = sys.maxunicode
+
+# Records are re-indexed with a fresh rarity order each time the pool doubles past this size.
+_FIRST_REORDER = 1024
+# Ranks assigned at a reorder start here, so tokens first seen later (rank = their id) sort as rarest.
+_ORDERED_RANK_BASE = 1 << 40
+# Prefixes are this many tokens longer than the bare minimum, so a qualifying pair shares at least this
+# many prefix tokens: counting hits is far cheaper than scoring every record that shares one.
+_PREFIX_SLACK = 2
+
+
+@cache
+def _token_pattern() -> re.Pattern[str]:
+    """The non-ASCII tokenizer pattern; built on first use because listing the mark ranges takes ~50 ms."""
+    marks: list[str] = []
+    start = -1
+    # Combining marks are letters' parts in Indic, Thai, Arabic...; without them words would be cut apart.
+    # Outside the first two planes the only marks are the variation selectors, added by hand below.
+    for cp in range(0x20000):
+        if unicodedata.category(chr(cp)).startswith("M"):
+            if start < 0:
+                start = cp
+            prev = cp
+        elif start >= 0:
+            marks.append(f"{chr(start)}-{chr(prev)}")
+            start = -1
+    marks.append("\U000e0100-\U000e01ef")
+    mark_class = "".join(marks)
+    return re.compile(f"[{_CJK_CLASS}]|(?:[^\\W_{_CJK_CLASS}]|[{mark_class}])+")
+
+
+@cache
+def _stemmer() -> Callable[[str], str]:
+    from nltk.stem import porter  # imported lazily: nltk costs ~0.3 s and stemming is opt-in
+
+    return porter.PorterStemmer().stem
+
+
+@cache
+def _stem(token: str) -> str:
+    return _stemmer()(token)
+
+
+def tokenize(text: str, *, stem: bool = False) -> list[str]:
+    """Split text into ROUGE tokens.
+
+    ASCII text gives exactly ``rouge_score``'s default tokens (lower-case, runs of ``[a-z0-9]``). Other text
+    is NFKC-normalised first; then each CJK ideograph, kana and hangul character is one token, and any other
+    run of letters, digits and combining marks is one token. This is where we deliberately differ from
+    ``rouge_score``, which drops every non-``[a-z0-9]`` character: ``"café"`` is ``["café"]`` here and
+    ``["caf"]`` there, and a Chinese sentence is a list of characters here and nothing there.
+
+    With ``stem=True``, ASCII tokens longer than 3 characters go through NLTK's Porter stemmer, as in
+    ``rouge_score``; other tokens are left alone.
+    """
+    if text.isascii():
+        tokens = _ASCII_TOKEN_RE.findall(text.lower())
+    else:
+        tokens = _token_pattern().findall(unicodedata.normalize("NFKC", text).lower())
+    if stem:
+        tokens = [_stem(t) if len(t) > 3 and t.isascii() else t for t in tokens]
+    return tokens
+
+
+def _f_measure(lcs: int, m: int, n: int) -> float:
+    """F-measure written as ``rouge_score`` writes it, so results are bit-identical (and symmetric)."""
+    if lcs == 0:
+        return 0.0
+    precision = lcs / n
+    recall = lcs / m
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_l_f(a: Sequence[str], b: Sequence[str]) -> float:
+    """ROUGE-L F-measure of two token sequences; 0.0 when either is empty."""
+    if not a or not b:
+        return 0.0
+    # Map tokens to small ints ourselves: rapidfuzz would otherwise compare 64-bit hashes of the strings.
+    ids: dict[str, int] = {}
+    ia = [ids.setdefault(t, len(ids)) for t in a]
+    ib = [ids.setdefault(t, len(ids)) for t in b]
+    return _f_measure(LCSseq.similarity(ia, ib), len(a), len(b))
+
+
+def rouge_l(a_text: str, b_text: str, *, stem: bool = False) -> float:
+    """ROUGE-L F-measure of two texts with :func:`tokenize`."""
+    return rouge_l_f(tokenize(a_text, stem=stem), tokenize(b_text, stem=stem))
+
+
+@dataclass(frozen=True)
+class DedupDecision:
+    """The outcome for one candidate: kept or not, its max score against the pool and that neighbour."""
+
+    key: str
+    kept: bool
+    score: float
+    nearest: str | None
+
+
+_Encoded = str | list[int]
+
+
+def _encode(ids: list[int]) -> _Encoded:
+    """Token ids as a string of code points (or a list of ints when the vocabulary outgrows Unicode)."""
+    codes = [i if i < _SURROGATE_START else i + _SURROGATE_SPAN for i in ids]
+    if codes and max(codes) > _MAX_CODE_POINT:
+        # rapidfuzz compares a one-character string and an int by code point, so mixing the two forms
+        # across records stays exact.
+        return codes
+    return "".join(map(chr, codes))
+
+
+def _decode(seq: _Encoded) -> list[int]:
+    codes = [ord(c) for c in seq] if isinstance(seq, str) else seq
+    return [c if c < _SURROGATE_START else c - _SURROGATE_SPAN for c in codes]
+
+
+def _length_bounds() -> list[int]:
+    """Lower ends of the length buckets: one per length up to 15, then about 10% wider each."""
+    bounds = list(range(16))
+    while bounds[-1] < 1 << 31:
+        bounds.append(max(bounds[-1] + 1, bounds[-1] * 11 // 10))
+    return bounds
+
+
+_BOUNDS = _length_bounds()
+_N_BUCKETS = len(_BOUNDS)
+
+
+def _bucket(n: int) -> int:
+    return bisect_right(_BOUNDS, n) - 1
+
+
+class NearDuplicateIndex:
+    """A growing pool of texts that answers "what is the max ROUGE-L of this text against the pool?".
+
+    Exactness: every pool record whose score with the query is ``>= floor`` is scored exactly, so the
+    keep/reject decision (``max <= threshold``) and, for rejected texts, the nearest neighbour are always
+    exact. For a kept text the reported max and neighbour are exact whenever the max is ``>= floor``
+    (default: the threshold itself, the cheapest setting); below the floor they are the best among the
+    records that happened to be scored, possibly ``(0.0, None)``. A lower floor costs speed.
+
+    Ties between equally near neighbours go to the record added first.
+
+    How candidates are found (all bounds are upper bounds on the LCS, so no qualifying pair is lost):
+    tokens are ordered rarest first; each record is indexed under the tokens of a *prefix* of that order,
+    bucketed by the record's length. A pair can score ``>= floor`` only if its multiset overlap is at least
+    ``alpha = floor * (m + n) / 2``; with prefixes ``alpha - k`` tokens short of the full records, such a
+    pair shares at least ``k`` prefix tokens (the prefix-filter principle), so only records hit ``k``
+    times in the length window get an exact LCS.
+    """
+
+    def __init__(self, *, threshold: float = 0.7, stem: bool = False, floor: float | None = None) -> None:
+        floor = threshold if floor is None else floor
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        if not 0.0 < floor <= 1.0:
+            raise ValueError(f"floor must be in (0, 1], got {floor}")
+        self.threshold = threshold
+        self.stem = stem
+        self.floor = min(floor, threshold)
+        # A record of n tokens can score >= floor only with a partner sharing at least
+        # floor * n / (2 - floor) tokens (LCS <= overlap <= the partner's length).
+        self._overlap_frac = self.floor / (2.0 - self.floor)
+        self._token_ids: dict[str, int] = {}
+        self._rank: list[int] = []  # token id -> position in the rarest-first order
+        self._df: list[int] = []  # token id -> how many records contain it
+        self._keys: list[str] = []
+        self._seqs: list[_Encoded] = []
+        self._lens: list[int] = []
+        self._postings: dict[int, list[int]] = {}
+        self._order_frozen = False
+        self._next_reorder = _FIRST_REORDER
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    # -- public API -------------------------------------------------------------------------------------
+
+    def add(self, key: str, text: str) -> None:
+        """Add a text unconditionally (seed tasks, an existing pool)."""
+        self._insert(key, self._ids(tokenize(text, stem=self.stem)))
+
+    def nearest(self, text: str) -> tuple[float, str | None]:
+        """Max ROUGE-L of ``text`` against the pool and the key reaching it (exact when >= ``floor``)."""
+        ids = self._ids(tokenize(text, stem=self.stem), create=False)
+        score, rid = self._best(ids)
+        return score, (self._keys[rid] if rid is not None else None)
+
+    def check_and_add(self, key: str, text: str) -> DedupDecision:
+        """Decide ``text`` against the pool (keep iff max score <= threshold) and add it when kept."""
+        return self._check_and_add_ids(key, self._ids(tokenize(text, stem=self.stem)))
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _ids(self, tokens: list[str], *, create: bool = True) -> list[int]:
+        """Token ids; with ``create=False`` unseen tokens become -1 (they match nothing in the pool)."""
+        table = self._token_ids
+        out: list[int] = []
+        for tok in tokens:
+            tid = table.get(tok)
+            if tid is None:
+                if not create:
+                    out.append(-1)
+                    continue
+                tid = len(table)
+                table[tok] = tid
+                self._rank.append(tid)
+                self._df.append(0)
+            out.append(tid)
+        return out
+
+    def _check_and_add_ids(self, key: str, ids: list[int]) -> DedupDecision:
+        score, rid = self._best(ids)
+        kept = score <= self.threshold
+        if kept:
+            self._insert(key, ids)
+        return DedupDecision(
+            key=key, kept=kept, score=score, nearest=self._keys[rid] if rid is not None else None
+        )
+
+    def _alpha(self, m: int, n: int) -> int:
+        """Least multiset overlap that lets a pair of lengths m and n score >= floor."""
+        return max(1, math.ceil(self.floor * (m + n) / 2.0 - _EPS))
+
+    def _sorted(self, ids: list[int]) -> list[int]:
+        rank = self._rank
+        # Unseen query tokens (-1) sort first: the rarest of all, they match nothing.
+        return sorted(ids, key=lambda i: rank[i] if i >= 0 else -1)
+
+    def _index_record(self, postings: dict[int, list[int]], rid: int, ids: list[int]) -> None:
+        n = len(ids)
+        if n == 0:
+            return
+        # The shortest partner (m = alpha) gives the smallest alpha for this record: its prefix must cover it.
+        alpha = max(1, math.ceil(n * self._overlap_frac - _EPS))
+        keep = min(n, n - alpha + _PREFIX_SLACK)
+        base = _bucket(n)
+        for tid in self._sorted(ids)[:keep]:
+            key = tid * _N_BUCKETS + base
+            bucket = postings.get(key)
+            if bucket is None:
+                postings[key] = [rid]
+            else:
+                bucket.append(rid)
+
+    def _insert(self, key: str, ids: list[int]) -> None:
+        rid = len(self._keys)
+        self._keys.append(key)
+        self._seqs.append(_encode(ids))
+        self._lens.append(len(ids))
+        df = self._df
+        for tid in set(ids):
+            df[tid] += 1
+        self._index_record(self._postings, rid, ids)
+        if not self._order_frozen and len(self._keys) >= self._next_reorder:
+            self._next_reorder *= 2
+            self._reorder()
+
+    def _reorder(self) -> None:
+        """Rank tokens rarest first by current document frequency and rebuild the postings.
+
+        Any fixed order keeps the prefix filter exact; rare-first keeps the postings it probes short.
+        Tokens first seen after this (rank = their id, below the base) count as rarest until the next one.
+        """
+        order = sorted(range(len(self._df)), key=self._df.__getitem__)
+        rank = self._rank
+        for pos, tid in enumerate(order):
+            rank[tid] = _ORDERED_RANK_BASE + pos
+        postings: dict[int, list[int]] = {}
+        for rid, seq in enumerate(self._seqs):
+            self._index_record(postings, rid, _decode(seq))
+        self._postings = postings
+
+    def _freeze_order(self, token_lists: Iterable[list[str]]) -> list[list[int]]:
+        """Fix the token order from all texts known up front (a batch run) and return their ids."""
+        id_lists = [self._ids(tokens) for tokens in token_lists]
+        counts = list(self._df)
+        for ids in id_lists:
+            for tid in set(ids):
+                counts[tid] += 1
+        saved, self._df = self._df, counts
+        self._reorder()
+        self._df = saved
+        self._order_frozen = True
+        return id_lists
+
+    def _candidates(self, ids: list[int], lo: int, hi: int) -> list[int]:
+        """Records of length lo..hi hit at least ``_PREFIX_SLACK`` times by the query's prefix tokens."""
+        m = len(ids)
+        # Keys of the query's distinct known tokens, rarest first, and how many of them lie within the
+        # first j elements: a prefix of j elements probes keys[:within[j]].
+        keys: list[int] = []
+        within = [0]
+        previous = -2
+        for tid in self._sorted(ids):
+            if tid != previous and tid >= 0:
+                keys.append(tid * _N_BUCKETS)
+            within.append(len(keys))
+            previous = tid
+        get = self._postings.get
+        lists: list[list[int]] = []
+        floor = self.floor
+        for b in range(_bucket(lo), _bucket(hi) + 1):
+            # The bucket's shortest length gives the least required overlap, hence the longest prefix.
+            alpha = max(1, math.ceil(floor * (m + max(lo, _BOUNDS[b])) / 2.0 - _EPS))
+            keep = min(m, m - alpha + _PREFIX_SLACK)
+            lists.extend(filter(None, map(get, [k + b for k in keys[: within[keep]]])))
+        if not lists:
+            return []
+        if _PREFIX_SLACK == 1:
+            return list(set(chain.from_iterable(lists)))
+        counts = Counter(chain.from_iterable(lists))
+        return [rid for rid, hits in counts.items() if hits >= _PREFIX_SLACK]
+
+    def _scored_candidates(self, ids: list[int]) -> Iterator[tuple[float, int]]:
+        """(score, record id) for every record that could score >= floor (and some that don't)."""
+        m = len(ids)
+        if m == 0:
+            return
+        # Length window: LCS <= min(m, n), so the shorter side must hold floor * (m + n) / 2 tokens.
+        lo = max(1, math.ceil(m * self._overlap_frac - _EPS))
+        hi = math.floor(m / self._overlap_frac + _EPS)
+        candidates = self._candidates(ids, lo, hi)
+        if not candidates:
+            return
+        unseen = len(self._rank)
+        query = _encode([i if i >= 0 else unseen for i in ids])
+        lens = self._lens
+        seqs = self._seqs
+        similarity = LCSseq.similarity
+        for rid in candidates:
+            n = lens[rid]
+            if lo <= n <= hi:
+                yield _f_measure(similarity(query, seqs[rid]), m, n), rid
+
+    def _best(self, ids: list[int]) -> tuple[float, int | None]:
+        best = 0.0
+        best_rid: int | None = None
+        for score, rid in self._scored_candidates(ids):
+            if score > best or (score == best and best_rid is not None and rid < best_rid):
+                best, best_rid = score, rid
+        return best, best_rid
+
+
+def greedy_filter(
+    pool: Iterable[tuple[str, str]],
+    candidates: Iterable[tuple[str, str]],
+    *,
+    threshold: float = 0.7,
+    stem: bool = False,
+) -> list[DedupDecision]:
+    """Self-Instruct's filter: keep each candidate, in order, iff its max ROUGE-L against the pool and the
+    candidates kept before it is <= threshold. Returns one decision per candidate, in order."""
+    pool = list(pool)
+    candidates = list(candidates)
+    index = NearDuplicateIndex(threshold=threshold, stem=stem)
+    id_lists = index._freeze_order(tokenize(text, stem=stem) for _, text in [*pool, *candidates])
+    for (key, _), ids in zip(pool, id_lists, strict=False):
+        index._insert(key, ids)
+    return [
+        index._check_and_add_ids(key, ids)
+        for (key, _), ids in zip(candidates, id_lists[len(pool) :], strict=True)
+    ]
+
+
+def nearest_neighbours(
+    items: Sequence[tuple[str, str]], *, floor: float = 0.3, stem: bool = False
+) -> list[tuple[float, str | None]]:
+    """For each (key, text) its max ROUGE-L against every *other* item and that item's key.
+
+    Exact whenever the max is >= ``floor``; below it, the best score among the pairs that were scored (a
+    lower bound, possibly ``(0.0, None)``). Ties go to the earliest item.
+    """
+    index = NearDuplicateIndex(threshold=1.0, stem=stem, floor=floor)
+    id_lists = index._freeze_order(tokenize(text, stem=stem) for _, text in items)
+    best = [0.0] * len(items)
+    best_rid: list[int | None] = [None] * len(items)
+    # Each pair is scored once, when its later item is queried against the earlier ones; ROUGE-L is
+    # symmetric, so the score updates both ends.
+    for i, ((key, _), ids) in enumerate(zip(items, id_lists, strict=True)):
+        for score, j in index._scored_candidates(ids):
+            if score == 0.0:
+                continue
+            current = best_rid[i]
+            if score > best[i] or (score == best[i] and (current is None or j < current)):
+                best[i], best_rid[i] = score, j
+            if score > best[j]:
+                best[j], best_rid[j] = score, i
+        index._insert(key, ids)
+    return [
+        (score, items[rid][0] if rid is not None else None) for score, rid in zip(best, best_rid, strict=True)
+    ]

@@ -1,0 +1,504 @@
+"""Self-Instruct (Wang et al., 2023) with classification-aware instance synthesis.
+
+Resumable by construction: the run proceeds in rounds; a round's prompts are built from the pool as it
+was at the round's start with an RNG seeded by (seed, round, prompt index); answers are processed in
+prompt order, never arrival order. With the same seed and the same response cache a re-run therefore
+sends no request twice and emits the same records under the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.pipeline.instances import (
+    Instance,
+    filter_instances,
+    instance_prompt,
+    parse_input_first,
+    parse_output_first,
+)
+from app.pipeline.listparse import parse_numbered_list, parse_yes_no
+from app.pipeline.llm import (
+    BudgetExceeded,
+    Completion,
+    Gateway,
+    Sampling,
+    TeacherError,
+    TeacherUnavailable,
+    gather_or_cancel,
+)
+from app.pipeline.prompts import render_prompt
+from app.pipeline.rouge import NearDuplicateIndex
+from app.pipeline.rules import RuleConfig, evaluate
+
+Language = Literal["en", "zh"]
+# Room for this many prompts per round in a sample index: index = round * ROUND_STRIDE + prompt.
+ROUND_STRIDE = 100_000
+
+
+@dataclass(frozen=True)
+class SeedTask:
+    instruction: str
+    instances: tuple[tuple[str, str], ...] = ()
+    is_classification: bool = False
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class GenRecord:
+    """One generated record, kept or rejected; ``key`` is stable across re-runs (idempotent upserts)."""
+
+    key: str
+    instruction: str
+    input: str
+    output: str
+    status: Literal["kept", "rejected"]
+    reason: str | None
+    source: str
+    teacher_model: str
+    round: int
+    detail: str | None = None
+    is_classification: bool | None = None
+    label: str | None = None
+    prompt_hash: str | None = None
+    parent_key: str | None = None
+    operation: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GenProgress:
+    round: int
+    target: int
+    kept: int
+    """Tasks (Self-Instruct) or evolutions (Evol-Instruct) kept so far."""
+    records_kept: int
+    records_rejected: int
+    rejected_by_reason: dict[str, int]
+
+
+@dataclass(frozen=True)
+class GenEvent:
+    """Everything one round produced: write ``records`` (upsert by key) and ``progress`` in one transaction."""
+
+    round: int
+    records: tuple[GenRecord, ...]
+    progress: GenProgress
+
+
+StopReason = Literal["target", "stopped", "budget", "exhausted"]
+
+
+@dataclass(frozen=True)
+class SelfInstructResult:
+    kept_tasks: int
+    records_kept: int
+    records_rejected: int
+    rejected_by_reason: dict[str, int]
+    rounds: int
+    stop_reason: StopReason
+    message: str = ""
+
+
+class SelfInstructParams(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    target: int = Field(100, ge=1, description="Kept tasks (instructions with at least one kept instance).")
+    batch_size: int = Field(8, ge=1, lt=ROUND_STRIDE, description="Instruction prompts per round.")
+    num_human: int = Field(6, ge=0, description="In-context instructions from the seed pool.")
+    num_machine: int = Field(2, ge=0, description="In-context machine instructions once the pool has them.")
+    threshold: float = Field(0.7, gt=0, le=1, description="ROUGE-L F above which an instruction is a dup.")
+    max_instances_per_task: int = Field(3, ge=1)
+    language: Language = "en"
+    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.5, max_tokens=1024))
+    instance_sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.0, max_tokens=600))
+    seed: int = 0
+    rules: RuleConfig | None = None
+    check_instances: bool = Field(True, description="Run the full curation rules on each instance too.")
+    max_stale_rounds: int = Field(
+        5, ge=1, description="Stop when this many rounds in a row keep nothing (the teacher is exhausted)."
+    )
+
+
+def load_seed_tasks(path: str | Path) -> list[SeedTask]:
+    """Seed tasks from the Self-Instruct seed format or Alpaca-style records (JSON array or JSONL)."""
+    text = Path(path).read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    rows: list[dict[str, Any]]
+    if stripped.startswith("["):
+        rows = json.loads(stripped)
+    else:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    seeds: list[SeedTask] = []
+    for n, row in enumerate(rows):
+        instruction = str(row.get("instruction") or row.get("Instruction") or "").strip()
+        if not instruction:
+            continue
+        if "instances" in row:
+            instances = tuple((str(i.get("input", "")), str(i.get("output", ""))) for i in row["instances"])
+        else:
+            instances = ((str(row.get("input", "")), str(row.get("output", ""))),)
+        seeds.append(
+            SeedTask(
+                instruction=instruction,
+                instances=instances,
+                is_classification=bool(row.get("is_classification", False)),
+                key=str(row.get("id") or f"seed:{n}"),
+            )
+        )
+    return seeds
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().rstrip(":：")
+
+
+def build_instruction_prompt(
+    *, human: Sequence[str], machine: Sequence[str], rng: random.Random, params: SelfInstructParams
+) -> tuple[str, int]:
+    """The "continue this numbered list" prompt and the number the teacher should continue with."""
+    n_machine = min(params.num_machine, len(machine))
+    n_human = min(len(human), params.num_human + params.num_machine - n_machine)
+    chosen = rng.sample(list(human), n_human) + rng.sample(list(machine), n_machine)
+    rng.shuffle(chosen)
+    examples = "\n".join(f"{i}. {_one_line(text)}" for i, text in enumerate(chosen, start=1))
+    nxt = len(chosen) + 1
+    return render_prompt("instruction_gen", params.language, examples=examples, next=nxt), nxt
+
+
+def classification_prompt(instruction: str, *, language: Language) -> str:
+    return render_prompt("classify", language, instruction=_one_line(instruction))
+
+
+@dataclass
+class _Candidate:
+    key: str
+    instruction: str
+    prompt_hash: str
+    metadata: dict[str, Any]
+
+
+@dataclass
+class _Synthesis:
+    is_classification: bool
+    instances: list[Instance]
+    labels: list[str]
+    prompt_hash: str | None
+    error: str | None
+    classify_unparsed: bool
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.kept_tasks = 0
+        self.records_kept = 0
+        self.records_rejected = 0
+        self.by_reason: Counter[str] = Counter()
+
+    def add(self, records: Iterable[GenRecord]) -> None:
+        for record in records:
+            if record.status == "kept":
+                self.records_kept += 1
+            else:
+                self.records_rejected += 1
+                self.by_reason[record.reason or "unknown"] += 1
+
+
+async def run_self_instruct(
+    *,
+    gateway: Gateway,
+    seeds: list[SeedTask],
+    params: SelfInstructParams,
+    emit: Callable[[GenEvent], None],
+    should_stop: Callable[[], bool] = lambda: False,
+    pool_extra: Sequence[str] = (),
+) -> SelfInstructResult:
+    """Generate until ``params.target`` tasks are kept, the caller stops us, the budget or the teacher ends.
+
+    ``pool_extra``: more instructions (e.g. the dataset's accepted records) that new instructions must not
+    duplicate. A teacher that keeps failing raises :class:`TeacherUnavailable` (pause the job); a reached
+    budget returns normally with ``stop_reason="budget"``.
+    """
+    if not seeds:
+        raise ValueError("Self-Instruct needs at least one seed task")
+    human = [s.instruction for s in seeds]
+    machine: list[str] = []
+    index = NearDuplicateIndex(threshold=params.threshold)
+    for n, seed in enumerate(seeds):
+        index.add(seed.key or f"seed:{n}", seed.instruction)
+    for n, text in enumerate(pool_extra):
+        index.add(f"extra:{n}", text)
+
+    tally = _Tally()
+    round_no = 0
+    stale = 0
+    stop_reason: StopReason = "target"
+    message = ""
+    while tally.kept_tasks < params.target:
+        if should_stop():
+            stop_reason = "stopped"
+            break
+        if stale >= params.max_stale_rounds:
+            stop_reason, message = "exhausted", f"{stale} rounds in a row kept nothing"
+            break
+        try:
+            records, kept = await _run_round(
+                round_no=round_no,
+                gateway=gateway,
+                human=human,
+                machine=machine,
+                index=index,
+                params=params,
+                needed=params.target - tally.kept_tasks,
+            )
+        except BudgetExceeded as exc:
+            stop_reason, message = "budget", str(exc)
+            break
+        tally.add(records)
+        tally.kept_tasks += len(kept)
+        machine.extend(kept)
+        stale = 0 if kept else stale + 1
+        emit(
+            GenEvent(
+                round=round_no,
+                records=tuple(records),
+                progress=GenProgress(
+                    round=round_no,
+                    target=params.target,
+                    kept=tally.kept_tasks,
+                    records_kept=tally.records_kept,
+                    records_rejected=tally.records_rejected,
+                    rejected_by_reason=dict(tally.by_reason),
+                ),
+            )
+        )
+        round_no += 1
+    return SelfInstructResult(
+        kept_tasks=tally.kept_tasks,
+        records_kept=tally.records_kept,
+        records_rejected=tally.records_rejected,
+        rejected_by_reason=dict(tally.by_reason),
+        rounds=round_no,
+        stop_reason=stop_reason,
+        message=message,
+    )
+
+
+async def _run_round(
+    *,
+    round_no: int,
+    gateway: Gateway,
+    human: list[str],
+    machine: list[str],
+    index: NearDuplicateIndex,
+    params: SelfInstructParams,
+    needed: int,
+) -> tuple[list[GenRecord], list[str]]:
+    model = gateway.model
+    prompts: list[tuple[str, int]] = []
+    for i in range(params.batch_size):
+        rng = random.Random(f"{params.seed}:{round_no}:{i}")
+        prompts.append(build_instruction_prompt(human=human, machine=machine, rng=rng, params=params))
+    answers = await gather_or_cancel(
+        [
+            _complete_or_none(
+                gateway,
+                prompt,
+                purpose="self_instruct.instructions",
+                sampling=params.sampling,
+                sample_index=round_no * ROUND_STRIDE + i,
+            )
+            for i, (prompt, _) in enumerate(prompts)
+        ]
+    )
+
+    # Phase 1: rules and ROUGE-L on every new instruction, in prompt order, before anything else is spent.
+    # Candidates beyond what the target still needs (plus slack for tasks whose instances all fail) are
+    # neither checked nor emitted: they would only be paid for and thrown away.
+    cap = needed + max(2, math.ceil(needed * 0.25))
+    rejected_at: dict[tuple[int, int], GenRecord] = {}
+    candidates: list[tuple[tuple[int, int], _Candidate]] = []
+    for i, answer in enumerate(answers):
+        if len(candidates) >= cap:
+            break
+        if answer is None:
+            continue
+        text = answer.text
+        if gateway.teacher.api == "completions":
+            # A completion model continues right after the prompt's "9.", so its first item has no number.
+            text = f"{prompts[i][1]}. {text}"
+        items = parse_numbered_list(text, truncated=answer.finish_reason == "length")
+        for j, item in enumerate(items):
+            if len(candidates) >= cap:
+                break
+            instruction = _one_line(item) if "\n" not in item.strip() else item.strip()
+            key = f"si:{round_no}:{i}:{j}"
+            base = dict(
+                key=key,
+                instruction=instruction,
+                input="",
+                output="",
+                status="rejected",
+                source="self_instruct",
+                teacher_model=model,
+                round=round_no,
+                prompt_hash=answer.key,
+            )
+            hits = evaluate(instruction=instruction, language=params.language, config=params.rules)
+            if hits:
+                rejected_at[(i, j)] = GenRecord(
+                    **base,  # type: ignore[arg-type]
+                    reason=hits[0].code,
+                    detail=hits[0].detail,
+                    metadata={"rules": [h.code for h in hits]},
+                )
+                continue
+            decision = index.check_and_add(key, instruction)
+            if not decision.kept:
+                rejected_at[(i, j)] = GenRecord(
+                    **base,  # type: ignore[arg-type]
+                    reason="rouge_dup",
+                    detail=f"ROUGE-L {decision.score:.3f} with {decision.nearest}",
+                    metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
+                )
+                continue
+            candidates.append(
+                (
+                    (i, j),
+                    _Candidate(
+                        key=key,
+                        instruction=instruction,
+                        prompt_hash=answer.key,
+                        metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
+                    ),
+                )
+            )
+
+    # Phase 2: classification, then instances, for every candidate at once (bounded by the gateway).
+    syntheses = await gather_or_cancel([_synthesize(gateway, c, params) for _, c in candidates])
+
+    # Phase 3: records in prompt order; stop exactly at the target.
+    by_position: dict[tuple[int, int], tuple[_Candidate, _Synthesis]] = {
+        pos: (cand, syn) for (pos, cand), syn in zip(candidates, syntheses, strict=True)
+    }
+    records: list[GenRecord] = []
+    kept_instructions: list[str] = []
+    for pos in sorted(set(rejected_at) | set(by_position)):
+        if len(kept_instructions) >= needed:
+            break
+        if pos in rejected_at:
+            records.append(rejected_at[pos])
+            continue
+        cand, syn = by_position[pos]
+        task_records = _task_records(cand, syn, params=params, model=model, round_no=round_no)
+        records.extend(task_records)
+        if any(r.status == "kept" for r in task_records):
+            kept_instructions.append(cand.instruction)
+    return records, kept_instructions
+
+
+async def _complete_or_none(
+    gateway: Gateway, prompt: str, *, purpose: str, sampling: Sampling, sample_index: int = 0
+) -> Completion | None:
+    """A completion, or None when the teacher refused this one request (HTTP 400 and the like)."""
+    try:
+        return await gateway.complete(prompt, purpose=purpose, sampling=sampling, sample_index=sample_index)
+    except TeacherUnavailable:
+        raise
+    except TeacherError:
+        return None
+
+
+async def _synthesize(gateway: Gateway, cand: _Candidate, params: SelfInstructParams) -> _Synthesis:
+    answer = await _complete_or_none(
+        gateway,
+        classification_prompt(cand.instruction, language=params.language),
+        purpose="self_instruct.classify",
+        sampling=Sampling(temperature=0.0, max_tokens=5),
+    )
+    verdict = parse_yes_no(answer.text) if answer else None
+    is_cls = bool(verdict)
+    result = await _complete_or_none(
+        gateway,
+        instance_prompt(cand.instruction, classification=is_cls, language=params.language),
+        purpose="self_instruct.instances",
+        sampling=params.instance_sampling,
+    )
+    if result is None:
+        return _Synthesis(is_cls, [], [], None, "teacher_error", verdict is None)
+    truncated = result.finish_reason == "length"
+    if is_cls:
+        labels, instances = parse_output_first(result.text, truncated=truncated)
+    else:
+        labels, instances = [], parse_input_first(result.text, truncated=truncated)
+    return _Synthesis(is_cls, instances, labels, result.key, None, verdict is None)
+
+
+def _task_records(
+    cand: _Candidate, syn: _Synthesis, *, params: SelfInstructParams, model: str, round_no: int
+) -> list[GenRecord]:
+    meta = dict(cand.metadata)
+    meta["instruction_prompt_hash"] = cand.prompt_hash
+    if syn.labels:
+        meta["labels"] = syn.labels
+    if syn.classify_unparsed:
+        meta["classification_unparsed"] = True
+
+    def record(
+        n: int | None,
+        inst: Instance | None,
+        status: Literal["kept", "rejected"],
+        reason: str | None,
+        **kw: Any,
+    ) -> GenRecord:
+        return GenRecord(
+            key=cand.key if n is None else f"{cand.key}:{n}",
+            instruction=cand.instruction,
+            input=inst.input if inst else "",
+            output=inst.output if inst else "",
+            status=status,
+            reason=reason,
+            source="self_instruct",
+            teacher_model=model,
+            round=round_no,
+            is_classification=syn.is_classification,
+            label=inst.label if inst else None,
+            prompt_hash=syn.prompt_hash or cand.prompt_hash,
+            metadata=meta,
+            **kw,
+        )
+
+    if not syn.instances:
+        return [record(None, None, "rejected", syn.error or "no_instances")]
+    decisions = filter_instances(
+        syn.instances, max_per_task=params.max_instances_per_task, classification=syn.is_classification
+    )
+    out: list[GenRecord] = []
+    for n, decision in enumerate(decisions):
+        inst, reason = decision.instance, decision.reason
+        if reason is None and params.check_instances:
+            hits = evaluate(
+                instruction=cand.instruction,
+                input=inst.input,
+                output=inst.output,
+                language=params.language,
+                config=params.rules,
+            )
+            if hits:
+                out.append(record(n, inst, "rejected", hits[0].code, detail=hits[0].detail))
+                continue
+        out.append(record(n, inst, "kept" if reason is None else "rejected", reason))
+    return out
