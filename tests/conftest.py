@@ -140,7 +140,7 @@ def client(db: Session) -> Iterator[Any]:
         yield c
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA}")
