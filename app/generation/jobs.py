@@ -72,6 +72,8 @@ def upsert_generated(ctx: Any, records: Sequence[Any], *, dataset_id: int, key_p
             ).all()
             for gen_key, rid in rows:
                 parent_ids[gen_key.removeprefix(f"{key_prefix}:")] = rid
+        # Evolution starts from existing records, named "rec:<id>".
+        parent_ids.update({p: int(p.removeprefix("rec:")) for p in parents if p.startswith("rec:")})
         values = []
         for r in records:
             meta = dict(r.metadata or {})
@@ -231,3 +233,148 @@ _UPDATE_JUDGE = (
         reason=bindparam("new_reason"),
     )
 )
+
+
+def _language(ctx: Any) -> str:
+    with ctx.session() as db:
+        dataset = db.get(Dataset, ctx.dataset_id)
+        if dataset is None:
+            raise NotFound(f"dataset {ctx.dataset_id} not found")
+        return "zh" if dataset.language.startswith("zh") else "en"
+
+
+def run_evol_job(ctx: Any) -> None:
+    from app.generation.schemas import EvolJobParams
+    from app.pipeline.evol import EvolItem, EvolParams, run_evol
+    from workers.runner import JobCancelled, JobPaused
+
+    p = EvolJobParams.model_validate(ctx.params)
+    teacher = get_teacher(p)
+    language = _language(ctx)
+    rows = scope_rows(ctx, ctx.dataset_id, p.scope, p.max_items)
+    items = [
+        EvolItem(key=f"rec:{r.id}", instruction=r.instruction, input=r.input, output=r.output)
+        for r in rows
+        if r.instruction
+    ]
+    if not items:
+        raise Invalid("no records in the scope to evolve")
+    params = EvolParams.model_validate({**p.extra, "rounds": p.rounds, "language": language, "seed": p.seed})
+    log = CallLog(ctx.job_id)
+    key_prefix = f"ev{ctx.job_id}"
+    total = len(items) * p.rounds
+
+    def emit(event: Any) -> None:
+        upsert_generated(ctx, event.records, dataset_id=ctx.dataset_id, key_prefix=key_prefix)
+        done = event.progress.records_kept + event.progress.records_rejected
+        _report(ctx, log, event.progress, done, total)
+
+    async def go() -> Any:
+        async with Gateway(teacher, cache=DbResponseCache(), on_call=log, budget_usd=p.budget_usd) as gateway:
+            return await run_evol(
+                gateway=gateway, items=items, params=params, emit=emit, should_stop=lambda: ctx.cancelled
+            )
+
+    try:
+        result = asyncio.run(go())
+    except TeacherUnavailable as exc:
+        log.flush()
+        raise JobPaused(
+            f"paused: the teacher is unavailable ({exc}); resume the job when it is back"
+        ) from exc
+    usage = log.flush()
+    ctx.set_result(
+        {
+            "stop_reason": result.stop_reason,
+            "message": result.message,
+            "records_kept": result.kept,
+            "records_rejected": result.rejected,
+            "rejected_by_reason": result.rejected_by_reason,
+            "rounds": result.rounds,
+            "items": len(items),
+            **usage,
+        }
+    )
+    if result.stop_reason == "stopped" and ctx.cancelled:
+        raise JobCancelled()
+
+
+def run_judge_job(ctx: Any) -> None:
+    from app.generation.schemas import JudgeJobParams
+    from app.pipeline.judge import JudgeItem, JudgeParams, run_judge
+    from workers.runner import JobCancelled, JobPaused
+
+    p = JudgeJobParams.model_validate(ctx.params)
+    teacher = get_teacher(p)
+    language = _language(ctx)
+    rows = scope_rows(ctx, ctx.dataset_id, p.scope, p.max_items)
+    metas = {r.id: dict(r.meta or {}) for r in rows}
+    statuses = {r.id: (r.status, r.reason) for r in rows}
+    items = []
+    for r in rows:
+        instruction, output = r.instruction, r.output
+        if r.messages and not instruction:
+            instruction = next((m["content"] for m in r.messages if m.get("role") == "user"), "")
+            output = next((m["content"] for m in reversed(r.messages) if m.get("role") == "assistant"), "")
+        items.append(JudgeItem(key=f"rec:{r.id}", instruction=instruction, input=r.input, output=output))
+    params = JudgeParams(rubric=p.rubric, threshold=p.threshold, language=language)
+    log = CallLog(ctx.job_id)
+    counters: dict[str, Any] = {"scored": 0, "kept": 0, "below_threshold": 0, "unscored": 0}
+    ctx.progress(0, len(items), counters=counters)
+
+    def emit(results: list[Any]) -> None:
+        updates = []
+        for res in results:
+            rid = int(res.key.removeprefix("rec:"))
+            meta = metas[rid]
+            meta["judge"] = {
+                "score": res.score,
+                "rationale": res.rationale,
+                "status": res.status,
+                "threshold": p.threshold,
+                "attempts": res.attempts,
+                "model": teacher.model,
+            }
+            status, reason = statuses[rid]
+            if p.apply and res.status == "rejected":
+                status, reason = "filtered", "judge_below"
+                counters["below_threshold"] += 1
+            elif res.status == "unscored":
+                counters["unscored"] += 1
+            else:
+                counters["kept"] += 1
+            counters["scored"] += res.score is not None
+            updates.append(
+                {"rid": rid, "score": res.score, "new_meta": meta, "new_status": status, "new_reason": reason}
+            )
+        with ctx.session() as db:
+            db.connection().execute(_UPDATE_JUDGE.execution_options(synchronize_session=False), updates)
+        done = counters["kept"] + counters["below_threshold"] + counters["unscored"]
+        ctx.progress(done, len(items), counters=counters, usage=log.flush())
+
+    async def go() -> Any:
+        async with Gateway(teacher, cache=DbResponseCache(), on_call=log, budget_usd=p.budget_usd) as gateway:
+            return await run_judge(
+                gateway=gateway, items=items, params=params, emit=emit, should_stop=lambda: ctx.cancelled
+            )
+
+    try:
+        summary = asyncio.run(go())
+    except TeacherUnavailable as exc:
+        log.flush()
+        raise JobPaused(
+            f"paused: the teacher is unavailable ({exc}); resume the job when it is back"
+        ) from exc
+    ctx.set_result(
+        {
+            "stop_reason": summary.stop_reason,
+            "message": summary.message,
+            "kept": summary.kept,
+            "below_threshold": summary.rejected,
+            "unscored": summary.unscored,
+            "mean_score": summary.mean_score,
+            **log.flush(),
+        }
+    )
+    if summary.stop_reason == "stopped" and ctx.cancelled:
+        raise JobCancelled()

@@ -93,3 +93,23 @@ register(
         validator="app.generation.jobs.validate_teacher",
     )
 )
+register(
+    JobKind(
+        "evol",
+        "default",
+        "app.generation.schemas.EvolJobParams",
+        "app.generation.jobs.run_evol_job",
+        "Evol-Instruct: in-depth and in-breadth evolution, failed evolutions eliminated with a reason.",
+        validator="app.generation.jobs.validate_teacher",
+    )
+)
+register(
+    JobKind(
+        "judge",
+        "default",
+        "app.generation.schemas.JudgeJobParams",
+        "app.generation.jobs.run_judge_job",
+        "LLM-as-judge (Alpagasus): a 1-5 score and rationale per record; below the threshold is filtered.",
+        validator="app.generation.jobs.validate_teacher",
+    )
+)

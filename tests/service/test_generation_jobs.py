@@ -205,3 +205,56 @@ def test_sigkilled_worker_mid_generation_resumes_without_duplicates_or_repaid_ca
     assert len(repeated) <= 8, repeated
     assert at_kill["completions"] > 3 * len(repeated)
     assert replayed >= at_kill["completions"] - len(repeated) - 8
+
+
+def test_evol_job_records_lineage_operation_round_and_eliminations(committed_pg, shared_data, teacher):
+    dataset_id, curator = _seeded(committed_pg, shared_data)
+    job_id = _create(
+        committed_pg,
+        curator,
+        dataset_id,
+        "evol",
+        {"teacher": "fake", "rounds": 2, "max_items": 20, "scope": {"source": "seed"}},
+    )
+    assert run_job(job_id) == "succeeded", _job(committed_pg, job_id).error
+    job = _job(committed_pg, job_id)
+    with Session(committed_pg) as db:
+        rows = db.scalars(select(Record).where(Record.job_id == job_id)).all()
+        seed_ids = set(
+            db.scalars(select(Record.id).where(Record.dataset_id == dataset_id, Record.source == "seed"))
+        )
+    by_id = {r.id: r for r in rows}
+    kept = [r for r in rows if r.status == "pending"]
+    assert kept and len(rows) == job.result["records_kept"] + job.result["records_rejected"]
+    for r in rows:
+        assert r.parent_id in seed_ids or r.parent_id in by_id, "every evolution points to its parent"
+        assert r.source.startswith("evol") and r.meta.get("operation") and "round" in r.meta
+    second_round = [r for r in kept if r.meta["round"] == 1]
+    assert all(r.parent_id in by_id or r.parent_id in seed_ids for r in second_round)
+    for r in rows:
+        if r.status == "filtered":
+            assert r.reason
+
+
+def test_judge_job_scores_filters_below_threshold_and_never_invents_a_score(
+    committed_pg, shared_data, teacher
+):
+    dataset_id, curator = _seeded(committed_pg, shared_data)
+    job_id = _create(committed_pg, curator, dataset_id, "judge", {"teacher": "fake", "threshold": 4.0})
+    assert run_job(job_id) == "succeeded", _job(committed_pg, job_id).error
+    job = _job(committed_pg, job_id)
+    with Session(committed_pg) as db:
+        rows = db.scalars(select(Record).where(Record.dataset_id == dataset_id)).all()
+    assert all("judge" in r.meta for r in rows)
+    for r in rows:
+        judged = r.meta["judge"]
+        if judged["status"] == "unscored":
+            assert r.judge_score is None and judged["score"] is None
+        else:
+            assert 1 <= r.judge_score <= 5 and judged["rationale"] is not None
+            assert (r.status == "filtered") == (r.judge_score < 4.0)
+            if r.status == "filtered":
+                assert r.reason == "judge_below"
+    assert (
+        job.counters["kept"] + job.counters["below_threshold"] + job.counters["unscored"] == len(rows) == 175
+    )
