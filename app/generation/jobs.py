@@ -79,7 +79,14 @@ def upsert_generated(ctx: Any, records: Sequence[Any], *, dataset_id: int, key_p
             meta = dict(r.metadata or {})
             if r.detail:
                 meta["reason_detail"] = r.detail
-            meta.update({"round": r.round, **({"operation": r.operation} if r.operation else {})})
+            # The generation-time decision stays in meta when later curation changes the status.
+            meta.update(
+                {
+                    "round": r.round,
+                    "generation": r.status,
+                    **({"operation": r.operation} if r.operation else {}),
+                }
+            )
             values.append(
                 {
                     "dataset_id": dataset_id,

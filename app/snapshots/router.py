@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from app.deps import CurrentUser, SessionDep
+from app.pipeline import formats
 from app.snapshots import service
 from app.snapshots.models import Snapshot
 from app.snapshots.schemas import ExportFormat, SnapshotCreate, SnapshotDiff, SnapshotRead
@@ -51,5 +52,8 @@ def export_snapshot(
     path, name = service.export_snapshot(
         db=db, user=user, snapshot_id=snapshot_id, fmt=format, val_fraction=val_fraction, seed=seed
     )
-    media = "application/zip" if name.endswith(".zip") else "application/json"
+    ext = name.rsplit(".", 1)[-1]
+    media = (
+        "application/zip" if ext == "zip" else formats.EXPORT_MEDIA_TYPES.get(ext, "application/octet-stream")
+    )
     return FileResponse(path, filename=name, media_type=media)

@@ -214,33 +214,22 @@ def diff(*, db: Session, user: User, a_id: int, b_id: int) -> dict[str, Any]:
     return {"added": added, "removed": removed, "changed": changed, "unchanged": len(common) - len(changed)}
 
 
-EXPORT_EXT = {"alpaca": "json", "alpaca_jsonl": "jsonl", "sharegpt": "json", "openai": "jsonl"}
-
-
-def _writer(fmt: str) -> Any:
-    return {
-        "alpaca": formats.write_alpaca,
-        "alpaca_jsonl": formats.write_alpaca_jsonl,
-        "sharegpt": formats.write_sharegpt,
-        "openai": formats.write_openai_jsonl,
-    }[fmt]
-
-
 def export_snapshot(
     *, db: Session, user: User, snapshot_id: int, fmt: str, val_fraction: float = 0.0, seed: int = 0
 ) -> tuple[Path, str]:
     """Write the export to a file under DATA_DIR/exports. With a split, a zip of train + validation files."""
     snap = require_snapshot(db=db, user=user, snapshot_id=snapshot_id, min_role=Role.curator.value)
-    if fmt not in EXPORT_EXT:
-        raise Invalid(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_EXT)}", field="format")
+    if fmt not in formats.EXPORTERS:
+        raise Invalid(
+            f"unknown export format {fmt!r}; use one of {', '.join(formats.EXPORTERS)}", field="format"
+        )
     if not 0.0 <= val_fraction < 1.0:
         raise Invalid("val_fraction must be in [0, 1)", field="val_fraction")
     out_dir = get_settings().data_dir / "exports"
     out_dir.mkdir(parents=True, exist_ok=True)
     records = list(iter_contents(db, snap.id))
-    ext = EXPORT_EXT[fmt]
+    writer, ext = formats.EXPORTERS[fmt]
     base = f"snapshot-{snap.id}-{snap.content_hash[:12]}-{fmt}"
-    writer = _writer(fmt)
     if val_fraction <= 0:
         path = out_dir / f"{base}.{ext}"
         with path.open("w", encoding="utf-8") as fh:
