@@ -188,7 +188,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             import uuid
 
             write_records(
-                db=db,
+                sessions=[db],
                 dataset_id=args.dataset,
                 records=records,
                 fmt=fmt,

@@ -143,7 +143,7 @@ def main() -> None:
                 skip_bad=False,
             )
             write_records(
-                db=db,
+                sessions=[db],
                 dataset_id=dataset.id,
                 records=seeds,
                 fmt=fmt,

@@ -200,54 +200,60 @@ def _refuse_nul(records: list[formats.ParsedRecord]) -> tuple[list[formats.Parse
 
 def write_records(
     *,
-    db: Session,
+    sessions: Sequence[Session],
     dataset_id: int,
     records: Sequence[formats.ParsedRecord],
     fmt: str,
     key_prefix: str,
     job_id: int | None,
     batch_size: int,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[Session, int], None] | None = None,
     fresh: bool = False,
 ) -> None:
-    """Write in batches, each its own transaction when `on_batch` commits; keys make re-runs idempotent.
+    """Write in batches; keys make re-runs idempotent. `on_batch(session, rows)` may commit each batch.
 
-    One thread builds rows while another streams the previous batch to the database, so the server's
-    work (index maintenance, WAL) overlaps ours; `db` is only ever used by the writer thread.
+    The calling thread builds rows while one writer thread per session streams batches to the
+    database, so the server's work (index maintenance, WAL) overlaps ours and, with two sessions,
+    runs on two server processes. A session is only ever used by its own writer thread.
     """
     source = "seed" if fmt == "self_instruct" else f"import:{fmt}"
-    batches: queue.Queue[tuple[int, list[Row]] | None] = queue.Queue(maxsize=2)
+    batches: queue.Queue[list[Row] | None] = queue.Queue(maxsize=2 * len(sessions))
     failure: list[BaseException] = []
 
-    def writer() -> None:
-        while (item := batches.get()) is not None:
+    def writer(db: Session) -> None:
+        while (rows := batches.get()) is not None:
             if failure:
                 continue  # drain after an error so the producer never blocks
-            done, rows = item
             try:
                 insert_ignore_duplicates(db.connection(), rows, fresh=fresh)
                 if on_batch is not None:
-                    on_batch(done)
+                    on_batch(db, len(rows))
             except BaseException as exc:
                 failure.append(exc)
 
-    thread = threading.Thread(target=writer, name="import-writer", daemon=True)
-    thread.start()
+    threads = [
+        threading.Thread(target=writer, args=(db,), name=f"import-writer-{n}", daemon=True)
+        for n, db in enumerate(sessions)
+    ]
+    for thread in threads:
+        thread.start()
     try:
         for start in range(0, len(records), batch_size):
             if failure:
                 break
-            chunk = records[start : start + batch_size]
-            rows = [
-                record_row(
-                    r, dataset_id=dataset_id, source=source, key=f"{key_prefix}:{r.line}", job_id=job_id
-                )
-                for r in chunk
-            ]
-            batches.put((start + len(chunk), rows))
+            batches.put(
+                [
+                    record_row(
+                        r, dataset_id=dataset_id, source=source, key=f"{key_prefix}:{r.line}", job_id=job_id
+                    )
+                    for r in records[start : start + batch_size]
+                ]
+            )
     finally:
-        batches.put(None)
-        thread.join()
+        for _ in threads:
+            batches.put(None)
+        for thread in threads:
+            thread.join()
     if failure:
         raise failure[0]
 
@@ -270,7 +276,7 @@ def import_inline(
     records, bad, detected = parse_file(path, fmt=fmt, filename=filename, skip_bad=skip_bad)
     key_prefix = f"imp:{uuid.uuid4().hex[:12]}"
     write_records(
-        db=db,
+        sessions=[db],
         dataset_id=dataset_id,
         records=records,
         fmt=detected,
@@ -298,14 +304,22 @@ def run_import_job(ctx: Any) -> None:
     ctx.progress(0, total, counters={"parsed": total, "bad": len(bad), "format": detected})
     key_prefix = f"imp:j{ctx.job_id}"
     settings = get_settings()
-    with ctx.session() as db:
+    lock = threading.Lock()
+    written = 0
 
-        def commit_batch(written: int) -> None:
-            db.commit()
+    def commit_batch(db: Session, rows: int) -> None:
+        nonlocal written
+        db.commit()
+        with lock:
+            written += rows
             ctx.progress(written, total, counters={"parsed": total, "bad": len(bad), "format": detected})
 
+    with contextlib.ExitStack() as stack:
+        # Two writers on PostgreSQL: the server's share of the work then runs on two cores.
+        n_writers = 2 if settings.resolved_database_url.startswith("postgresql") else 1
+        sessions = [stack.enter_context(ctx.session()) for _ in range(n_writers)]
         write_records(
-            db=db,
+            sessions=sessions,
             dataset_id=ctx.dataset_id,
             records=records,
             fmt=detected,
@@ -316,6 +330,7 @@ def run_import_job(ctx: Any) -> None:
             # A first attempt cannot collide with itself; a redelivered one skips what was written.
             fresh=ctx.attempt == 1,
         )
+    with ctx.session() as db:
         imported = count_with_prefix(db, ctx.dataset_id, key_prefix)
     ctx.set_result({"imported": imported, "bad": bad[:1000], "bad_count": len(bad), "format": detected})
     ctx.progress(

@@ -58,7 +58,7 @@ def _seeded(engine, shared_data, language="en") -> tuple[int, object]:
         dataset = make_dataset(db, make_project(db, (curator, "curator")), language=language)
         records, _, fmt = parse_file(seeds, fmt="self_instruct", filename=None, skip_bad=False)
         write_records(
-            db=db,
+            sessions=[db],
             dataset_id=dataset.id,
             records=records,
             fmt=fmt,
