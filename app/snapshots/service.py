@@ -142,7 +142,9 @@ def create_snapshot(
         raise Invalid("no records match the snapshot filter", field="filter")
     snap.content_hash = digest.hexdigest()
     snap.record_count = count
-    snap.stats = compute_stats(iter_contents(db, snap.id))
+    stats = compute_stats(iter_contents(db, snap.id))
+    stats["max_rouge_l_hist"] = rouge_histogram(db, snap.id, count)
+    snap.stats = stats
     audit.record(
         db=db,
         user_id=user.id,
@@ -154,6 +156,32 @@ def create_snapshot(
     )
     db.flush()
     return snap
+
+
+ROUGE_STATS_MAX_RECORDS = 50_000
+ROUGE_FLOOR = 0.3
+
+
+def rouge_histogram(db: Session, snapshot_id: int, count: int) -> dict[str, Any]:
+    """Histogram of each record's max ROUGE-L (instruction) to the rest of the snapshot.
+
+    Exact for scores >= 0.3 (lower ones land in the first bucket); skipped above 50,000 records, where
+    the nearest-neighbour scores stored by the dedup job (`nn_rouge_hist`) stand in.
+    """
+    if count > ROUGE_STATS_MAX_RECORDS:
+        return {"skipped": f"more than {ROUGE_STATS_MAX_RECORDS} records; see nn_rouge_hist"}
+    from app.pipeline.rouge import nearest_neighbours
+
+    items = []
+    for c in iter_contents(db, snapshot_id):
+        text = c["instruction"] or next(
+            (m["content"] for m in c.get("messages") or [] if m["role"] == "user"), ""
+        )
+        items.append((str(c["record_id"]), text))
+    hist: Counter[str] = Counter()
+    for score, _ in nearest_neighbours(items, floor=ROUGE_FLOOR):
+        hist[_bucket(score, SCORE_BUCKETS)] += 1
+    return dict(hist)
 
 
 def iter_contents(db: Session, snapshot_id: int) -> Iterator[dict[str, Any]]:

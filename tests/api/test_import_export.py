@@ -135,6 +135,8 @@ def test_snapshot_is_immutable_and_hashed(client, db, ds, shared_data):
     snap = client.get(f"/api/v1/snapshots/{sid}", headers=h).json()
     assert snap["record_count"] == 2017 and len(snap["content_hash"]) == 64
     assert snap["stats"]["by_status"] == {"accepted": 2017}
+    assert sum(snap["stats"]["max_rouge_l_hist"].values()) == 2017
+    assert sum(snap["stats"]["prompt_chars_hist"].values()) == 2017
     rec = db.query(Record).filter_by(dataset_id=dataset.id).order_by(Record.id).first()
     client.patch(
         f"/api/v1/records/{rec.id}", json={"version": rec.version, "output": "changed later"}, headers=h

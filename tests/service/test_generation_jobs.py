@@ -258,3 +258,53 @@ def test_judge_job_scores_filters_below_threshold_and_never_invents_a_score(
     assert (
         job.counters["kept"] + job.counters["below_threshold"] + job.counters["unscored"] == len(rows) == 175
     )
+
+
+def test_cost_estimate_dry_runs_the_jobs_own_first_prompts(client, db, shared_data, teacher):
+    from tests.factories import token_for
+
+    curator = make_user(db, "curator")
+    dataset = make_dataset(db, make_project(db, (curator, "curator")))
+    records, _, fmt = parse_file(
+        shared_data / "self-instruct" / "seed_tasks.jsonl", fmt="self_instruct", filename=None, skip_bad=False
+    )
+    write_records(
+        sessions=[db],
+        dataset_id=dataset.id,
+        records=records,
+        fmt=fmt,
+        key_prefix="seed",
+        job_id=None,
+        batch_size=1000,
+    )
+    body = {
+        "dataset_id": dataset.id,
+        "kind": "self_instruct",
+        "params": {"teacher": "fake", "target": 300},
+        "sample_prompts": 3,
+    }
+    resp = client.post("/api/v1/generation/estimate", json=body, headers=token_for(db, curator))
+    assert resp.status_code == 200, resp.text
+    est = resp.json()
+    assert est["sampled_calls"] == 3 and est["total_calls"] == 700
+    assert est["estimated_cost_usd"] == pytest.approx(est["cost_per_call_usd"] * 700)
+    assert teacher.stats()["completions"] == 3
+    again = client.post("/api/v1/generation/estimate", json=body, headers=token_for(db, curator))
+    assert (
+        again.json()["sampled_calls"] == 3 and teacher.stats()["completions"] == 3
+    )  # answered from the cache
+
+
+def test_budget_stops_the_job_cleanly(committed_pg, shared_data, teacher):
+    dataset_id, curator = _seeded(committed_pg, shared_data)
+    job_id = _create(
+        committed_pg,
+        curator,
+        dataset_id,
+        "self_instruct",
+        {"teacher": "fake", "target": 500, "batch_size": 4, "budget_usd": 0.01},
+    )
+    assert run_job(job_id) == "succeeded"
+    job = _job(committed_pg, job_id)
+    assert job.result["stop_reason"] == "budget" and job.result["kept_tasks"] < 500
+    assert job.cost_usd <= 0.01 + 1e-9
