@@ -8,6 +8,7 @@ sends no request twice and emits the same records under the same keys.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -189,6 +190,7 @@ class _Candidate:
     instruction: str
     prompt_hash: str
     metadata: dict[str, Any]
+    synthesis: asyncio.Task[_Synthesis] | None = None
 
 
 @dataclass
@@ -247,45 +249,65 @@ async def run_self_instruct(
     stale = 0
     stop_reason: StopReason = "target"
     message = ""
-    while tally.kept_tasks < params.target:
-        if should_stop():
-            stop_reason = "stopped"
-            break
-        if stale >= params.max_stale_rounds:
-            stop_reason, message = "exhausted", f"{stale} rounds in a row kept nothing"
-            break
-        try:
-            records, kept = await _run_round(
-                round_no=round_no,
-                gateway=gateway,
-                human=human,
-                machine=machine,
-                index=index,
-                params=params,
-                needed=params.target - tally.kept_tasks,
-            )
-        except BudgetExceeded as exc:
-            stop_reason, message = "budget", str(exc)
-            break
-        tally.add(records)
-        tally.kept_tasks += len(kept)
-        machine.extend(kept)
-        stale = 0 if kept else stale + 1
-        emit(
-            GenEvent(
-                round=round_no,
-                records=tuple(records),
-                progress=GenProgress(
+    # Round r's prompts are built from the machine pool as it stood before round r-1's tasks were added.
+    # The one-round lag lets round r's instruction calls run during round r-1's instance calls, and it is
+    # the same whether or not they were prefetched, so the run stays deterministic.
+    lagged_machine: list[str] = []
+    prefetch: list[asyncio.Task[Completion | None]] | None = None
+    live: list[asyncio.Task[Any]] = []  # every call task not yet consumed: cancelled if we leave early
+    try:
+        while tally.kept_tasks < params.target:
+            if should_stop():
+                stop_reason = "stopped"
+                break
+            if stale >= params.max_stale_rounds:
+                stop_reason, message = "exhausted", f"{stale} rounds in a row kept nothing"
+                break
+            needed = params.target - tally.kept_tasks
+            prompts = _round_prompts(round_no, human=human, machine=lagged_machine, params=params)
+            try:
+                answers = prefetch or _ask_instructions(gateway, round_no, prompts, params)
+                prefetch = None
+                live = list(answers)
+                rejected_at, candidates = await _screen(
+                    round_no, prompts, answers, gateway, index, params, needed, live=live
+                )
+                lagged_machine = list(machine)
+                if len(candidates) < needed:
+                    # This round cannot reach the target: the next round's instructions are needed anyway.
+                    nxt = _round_prompts(round_no + 1, human=human, machine=lagged_machine, params=params)
+                    prefetch = _ask_instructions(gateway, round_no + 1, nxt, params)
+                    live.extend(prefetch)
+                records, kept = await _finish_round(
+                    round_no, gateway, rejected_at, candidates, params=params, needed=needed
+                )
+            except BudgetExceeded as exc:
+                stop_reason, message = "budget", str(exc)
+                break
+            tally.add(records)
+            tally.kept_tasks += len(kept)
+            machine.extend(kept)
+            stale = 0 if kept else stale + 1
+            emit(
+                GenEvent(
                     round=round_no,
-                    target=params.target,
-                    kept=tally.kept_tasks,
-                    records_kept=tally.records_kept,
-                    records_rejected=tally.records_rejected,
-                    rejected_by_reason=dict(tally.by_reason),
-                ),
+                    records=tuple(records),
+                    progress=GenProgress(
+                        round=round_no,
+                        target=params.target,
+                        kept=tally.kept_tasks,
+                        records_kept=tally.records_kept,
+                        records_rejected=tally.records_rejected,
+                        rejected_by_reason=dict(tally.by_reason),
+                    ),
+                )
             )
-        )
-        round_no += 1
+            round_no += 1
+    finally:
+        pending = [task for task in live if not task.done()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
     return SelfInstructResult(
         kept_tasks=tally.kept_tasks,
         records_kept=tally.records_kept,
@@ -297,23 +319,25 @@ async def run_self_instruct(
     )
 
 
-async def _run_round(
-    *,
-    round_no: int,
-    gateway: Gateway,
-    human: list[str],
-    machine: list[str],
-    index: NearDuplicateIndex,
-    params: SelfInstructParams,
-    needed: int,
-) -> tuple[list[GenRecord], list[str]]:
-    model = gateway.model
-    prompts: list[tuple[str, int]] = []
-    for i in range(params.batch_size):
-        rng = random.Random(f"{params.seed}:{round_no}:{i}")
-        prompts.append(build_instruction_prompt(human=human, machine=machine, rng=rng, params=params))
-    answers = await gather_or_cancel(
-        [
+Position = tuple[int, int]
+
+
+def _round_prompts(
+    round_no: int, *, human: list[str], machine: list[str], params: SelfInstructParams
+) -> list[tuple[str, int]]:
+    return [
+        build_instruction_prompt(
+            human=human, machine=machine, rng=random.Random(f"{params.seed}:{round_no}:{i}"), params=params
+        )
+        for i in range(params.batch_size)
+    ]
+
+
+def _ask_instructions(
+    gateway: Gateway, round_no: int, prompts: list[tuple[str, int]], params: SelfInstructParams
+) -> list[asyncio.Task[Completion | None]]:
+    return [
+        asyncio.ensure_future(
             _complete_or_none(
                 gateway,
                 prompt,
@@ -321,19 +345,37 @@ async def _run_round(
                 sampling=params.sampling,
                 sample_index=round_no * ROUND_STRIDE + i,
             )
-            for i, (prompt, _) in enumerate(prompts)
-        ]
-    )
+        )
+        for i, (prompt, _) in enumerate(prompts)
+    ]
 
-    # Phase 1: rules and ROUGE-L on every new instruction, in prompt order, before anything else is spent.
-    # Candidates beyond what the target still needs (plus slack for tasks whose instances all fail) are
-    # neither checked nor emitted: they would only be paid for and thrown away.
+
+async def _screen(
+    round_no: int,
+    prompts: list[tuple[str, int]],
+    answers: list[asyncio.Task[Completion | None]],
+    gateway: Gateway,
+    index: NearDuplicateIndex,
+    params: SelfInstructParams,
+    needed: int,
+    *,
+    live: list[asyncio.Task[Any]],
+) -> tuple[dict[Position, GenRecord], list[tuple[Position, _Candidate]]]:
+    """Phase 1: rules and ROUGE-L on every new instruction, in prompt order, before anything else is spent.
+
+    Answers are screened in prompt order as they arrive, and each surviving candidate's classification and
+    instance calls start at once (phase 2 overlaps phase 1). Candidates beyond what the target still needs
+    (plus slack for tasks whose instances all fail) are neither checked nor emitted: they would only be paid
+    for and thrown away.
+    """
+    model = gateway.model
     cap = needed + max(2, math.ceil(needed * 0.25))
-    rejected_at: dict[tuple[int, int], GenRecord] = {}
-    candidates: list[tuple[tuple[int, int], _Candidate]] = []
-    for i, answer in enumerate(answers):
+    rejected_at: dict[Position, GenRecord] = {}
+    candidates: list[tuple[Position, _Candidate]] = []
+    for i, pending in enumerate(answers):
         if len(candidates) >= cap:
             break
+        answer = await pending
         if answer is None:
             continue
         text = answer.text
@@ -375,23 +417,34 @@ async def _run_round(
                     metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
                 )
                 continue
-            candidates.append(
-                (
-                    (i, j),
-                    _Candidate(
-                        key=key,
-                        instruction=instruction,
-                        prompt_hash=answer.key,
-                        metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
-                    ),
-                )
+            cand = _Candidate(
+                key=key,
+                instruction=instruction,
+                prompt_hash=answer.key,
+                metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
             )
+            cand.synthesis = asyncio.ensure_future(_synthesize(gateway, cand, params))
+            live.append(cand.synthesis)
+            candidates.append(((i, j), cand))
 
-    # Phase 2: classification, then instances, for every candidate at once (bounded by the gateway).
-    syntheses = await gather_or_cancel([_synthesize(gateway, c, params) for _, c in candidates])
+    return rejected_at, candidates
+
+
+async def _finish_round(
+    round_no: int,
+    gateway: Gateway,
+    rejected_at: dict[Position, GenRecord],
+    candidates: list[tuple[Position, _Candidate]],
+    *,
+    params: SelfInstructParams,
+    needed: int,
+) -> tuple[list[GenRecord], list[str]]:
+    model = gateway.model
+    # Phase 2 (started during phase 1): classification, then instances, bounded by the gateway.
+    syntheses = [await cand.synthesis for _, cand in candidates if cand.synthesis is not None]
 
     # Phase 3: records in prompt order; stop exactly at the target.
-    by_position: dict[tuple[int, int], tuple[_Candidate, _Synthesis]] = {
+    by_position: dict[Position, tuple[_Candidate, _Synthesis]] = {
         pos: (cand, syn) for (pos, cand), syn in zip(candidates, syntheses, strict=True)
     }
     records: list[GenRecord] = []
@@ -477,7 +530,7 @@ def _task_records(
             is_classification=syn.is_classification,
             label=inst.label if inst else None,
             prompt_hash=syn.prompt_hash or cand.prompt_hash,
-            metadata=meta,
+            metadata=dict(meta),
             **kw,
         )
 
@@ -502,3 +555,73 @@ def _task_records(
                 continue
         out.append(record(n, inst, "kept" if reason is None else "rejected", reason))
     return out
+
+
+@dataclass(frozen=True)
+class SelfInstructEstimate:
+    """A dry run's extrapolation to the whole job (see :func:`estimate_self_instruct_cost`)."""
+
+    sampled_prompts: int
+    instructions_per_prompt: float
+    """New instructions per prompt that pass the rules and ROUGE-L against the seeds."""
+    calls: int
+    cost_usd: float
+    tokens_in: int
+    tokens_out: int
+
+
+async def estimate_self_instruct_cost(
+    *, gateway: Gateway, seeds: list[SeedTask], params: SelfInstructParams, prompts: int = 3
+) -> SelfInstructEstimate:
+    """Dry-run the job's own first prompts and extrapolate the cost of reaching ``params.target``.
+
+    The dry run sends exactly the requests the job sends first, so with the job's response cache the
+    job does not pay for them again.
+    """
+    human = [s.instruction for s in seeds]
+    sampled = _round_prompts(0, human=human, machine=[], params=params)[: max(1, prompts)]
+    replies = await gather_or_cancel(_ask_instructions(gateway, 0, sampled, params))
+    answers = [a for a in replies if a is not None]
+    index = NearDuplicateIndex(threshold=params.threshold)
+    for n, seed in enumerate(seeds):
+        index.add(seed.key or f"seed:{n}", seed.instruction)
+    survivors: list[str] = []
+    for n, (answer, (_, next_number)) in enumerate(zip(replies, sampled, strict=True)):
+        if answer is None:
+            continue
+        text = f"{next_number}. {answer.text}" if gateway.teacher.api == "completions" else answer.text
+        for j, item in enumerate(parse_numbered_list(text, truncated=answer.finish_reason == "length")):
+            instruction = _one_line(item)
+            rules_ok = not evaluate(instruction=instruction, language=params.language, config=params.rules)
+            if rules_ok and index.check_and_add(f"dry:{n}:{j}", instruction).kept:
+                survivors.append(instruction)
+    per_prompt = max(len(survivors) / max(1, len(answers)), 0.5)
+    # One task's own calls (classification, then instances), measured on a couple of survivors with the
+    # very requests the job will send for them.
+    task_in = task_out = 0.0
+    for text in survivors[:2]:
+        cls = await gateway.complete(
+            classification_prompt(text, language=params.language),
+            purpose="self_instruct.classify",
+            sampling=Sampling(temperature=0.0, max_tokens=5),
+        )
+        inst = await gateway.complete(
+            instance_prompt(text, classification=bool(parse_yes_no(cls.text)), language=params.language),
+            purpose="self_instruct.instances",
+            sampling=params.instance_sampling,
+        )
+        task_in += (cls.tokens_in + inst.tokens_in) / min(2, len(survivors))
+        task_out += (cls.tokens_out + inst.tokens_out) / min(2, len(survivors))
+    prompt_in = sum(a.tokens_in for a in answers) / max(1, len(answers))
+    prompt_out = sum(a.tokens_out for a in answers) / max(1, len(answers))
+    prompt_calls = math.ceil(params.target / per_prompt)
+    tokens_in = round(prompt_calls * prompt_in + params.target * task_in)
+    tokens_out = round(prompt_calls * prompt_out + params.target * task_out)
+    return SelfInstructEstimate(
+        sampled_prompts=len(answers),
+        instructions_per_prompt=round(per_prompt, 2),
+        calls=prompt_calls + 2 * params.target,
+        cost_usd=gateway.cost(tokens_in, tokens_out),
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+    )

@@ -1,0 +1,183 @@
+"""Self-Instruct throughput: our concurrent pipeline vs the reference's sequential loop, same run.
+
+A fake OpenAI-compatible teacher runs in a separate process and answers every request after 300 ms
+(so its CPU is not ours). Both sides use the same prompts, parsers, rules and ROUGE-L filter; the
+reference sends one request at a time, as Alpaca's / Self-Instruct's scripts do. Prints figures, then
+one JSON line: {"kept_per_min", "reference_kept_per_min", "speedup", "cpu_ms_per_record", ...}.
+
+    .venv/bin/python bench/generate.py [--latency-ms 300] [--concurrency 32] [--target 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.pipeline.instances import filter_instances, instance_prompt, parse_input_first, parse_output_first  # noqa: E402
+from app.pipeline.listparse import parse_numbered_list, parse_yes_no  # noqa: E402
+from app.pipeline.llm import Gateway, TeacherConfig  # noqa: E402
+from app.pipeline.rouge import NearDuplicateIndex  # noqa: E402
+from app.pipeline.rules import evaluate  # noqa: E402
+from app.pipeline.self_instruct import (  # noqa: E402
+    GenEvent,
+    SelfInstructParams,
+    build_instruction_prompt,
+    classification_prompt,
+    load_seed_tasks,
+    run_self_instruct,
+)
+
+SEEDS = ROOT.parent / "shared" / "data" / "self-instruct" / "seed_tasks.jsonl"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_server(latency_ms: float) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_teacher", "--port", str(port), "--latency-ms", str(latency_ms)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/v1/models", timeout=1).read()
+            return proc, url
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("fake teacher did not start") from None
+            time.sleep(0.1)
+
+
+def run_ours(base_url: str, *, concurrency: int, target: int) -> dict[str, float]:
+    seeds = load_seed_tasks(SEEDS)
+    teacher = TeacherConfig(name="bench", base_url=base_url, model="fake", max_concurrency=concurrency)
+    params = SelfInstructParams(target=target, batch_size=concurrency, seed=1)
+    kept = 0
+
+    def emit(event: GenEvent) -> None:
+        nonlocal kept
+        kept = event.progress.records_kept
+
+    async def main() -> None:
+        async with Gateway(teacher) as gateway:
+            await run_self_instruct(gateway=gateway, seeds=seeds, params=params, emit=emit)
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    asyncio.run(main())
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return {"kept": kept, "wall_s": wall, "cpu_s": cpu}
+
+
+def run_reference(base_url: str, *, seconds: float, k: int = 3) -> dict[str, float]:
+    """The reference's loop: one prompt, then each new task's classification and instances, one by one."""
+    client = openai.OpenAI(api_key="none", base_url=base_url, max_retries=0)
+    params = SelfInstructParams(seed=2)
+    seeds = load_seed_tasks(SEEDS)
+    human = [s.instruction for s in seeds]
+    machine: list[str] = []
+    index = NearDuplicateIndex(threshold=0.7)
+    for s in seeds:
+        index.add(s.key, s.instruction)
+
+    def ask(prompt: str, temperature: float, max_tokens: int) -> tuple[str, str | None]:
+        r = client.chat.completions.create(
+            model="fake",
+            messages=[{"role": "user", "content": prompt}],
+            temperature=temperature,
+            max_tokens=max_tokens,
+        )
+        return r.choices[0].message.content or "", r.choices[0].finish_reason
+
+    kept = 0
+    started = time.perf_counter()
+    n = 0
+    while time.perf_counter() - started < seconds:
+        prompt, _ = build_instruction_prompt(
+            human=human, machine=machine, rng=random.Random(f"ref:{n}"), params=params
+        )
+        n += 1
+        text, finish = ask(prompt, 0.7, 1024)
+        for item in parse_numbered_list(text, truncated=finish == "length"):
+            if time.perf_counter() - started >= seconds:
+                break
+            if evaluate(instruction=item) or not index.check_and_add(f"r{n}:{item[:20]}", item).kept:
+                continue
+            is_cls = bool(parse_yes_no(ask(classification_prompt(item, language="en"), 0.0, 5)[0]))
+            answer, finish = ask(instance_prompt(item, classification=is_cls), 0.0, 600)
+            if is_cls:
+                instances = parse_output_first(answer, truncated=finish == "length")[1]
+            else:
+                instances = parse_input_first(answer, truncated=finish == "length")
+            decisions = filter_instances(instances, max_per_task=k, classification=is_cls)
+            good = [
+                d
+                for d in decisions
+                if d.reason is None
+                and not evaluate(instruction=item, input=d.instance.input, output=d.instance.output)
+            ]
+            kept += len(good)
+            if good:
+                machine.append(item)
+    return {"kept": kept, "wall_s": time.perf_counter() - started}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--latency-ms", type=float, default=300)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--target", type=int, default=400, help="Tasks our pipeline generates.")
+    ap.add_argument("--reference-seconds", type=float, default=30, help="How long the sequential loop runs.")
+    args = ap.parse_args()
+    proc, url = start_server(args.latency_ms)
+    try:
+        ours = run_ours(f"{url}/v1", concurrency=args.concurrency, target=args.target)
+        ref = run_reference(f"{url}/v1", seconds=args.reference_seconds)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    kept_per_min = ours["kept"] / ours["wall_s"] * 60
+    ref_per_min = ref["kept"] / ref["wall_s"] * 60
+    cpu_ms = ours["cpu_s"] * 1000 / max(1, ours["kept"])
+    print(f"teacher latency {args.latency_ms:.0f} ms, concurrency {args.concurrency}")
+    print(f"ours:      {ours['kept']:.0f} kept records in {ours['wall_s']:.1f} s -> {kept_per_min:.0f}/min")
+    print(f"reference: {ref['kept']:.0f} kept records in {ref['wall_s']:.1f} s -> {ref_per_min:.0f}/min")
+    print(f"our CPU: {ours['cpu_s']:.2f} s = {cpu_ms:.2f} ms per kept record")
+    print(
+        json.dumps(
+            {
+                "kept_per_min": round(kept_per_min, 1),
+                "reference_kept_per_min": round(ref_per_min, 1),
+                "speedup": round(kept_per_min / ref_per_min, 2) if ref_per_min else None,
+                "cpu_ms_per_record": round(cpu_ms, 3),
+                "kept_records": ours["kept"],
+                "latency_ms": args.latency_ms,
+                "concurrency": args.concurrency,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
