@@ -24,6 +24,8 @@ class Record(TimestampMixin, Base):
         UniqueConstraint("dataset_id", "gen_key", name="uq_records_dataset_gen_key"),
         Index("ix_records_dataset_status_id", "dataset_id", "status", "id"),
         Index("ix_records_dataset_id_id", "dataset_id", "id"),
+        # "Which records chose this one as nearest neighbour": the review page's near-duplicate panel.
+        Index("ix_records_dataset_nn_record", "dataset_id", "nn_record_id"),
         # Partial: imported rows have no parent, and an index entry per row would slow every import.
         Index(
             "ix_records_parent_id",

@@ -335,6 +335,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("records", schema=None) as batch_op:
         batch_op.create_index("ix_records_dataset_id_id", ["dataset_id", "id"], unique=False)
+        batch_op.create_index("ix_records_dataset_nn_record", ["dataset_id", "nn_record_id"], unique=False)
         batch_op.create_index("ix_records_dataset_status_id", ["dataset_id", "status", "id"], unique=False)
         batch_op.create_index(
             "ix_records_parent_id",
@@ -589,6 +590,7 @@ def downgrade() -> None:
             sqlite_where=sa.text("parent_id IS NOT NULL"),
         )
         batch_op.drop_index("ix_records_dataset_status_id")
+        batch_op.drop_index("ix_records_dataset_nn_record")
         batch_op.drop_index("ix_records_dataset_id_id")
 
     op.drop_table("records")

@@ -1,0 +1,1 @@
+"""Human review: the annotator queue, decisions and their undo, assignments, agreement and dataset stats."""

@@ -1,0 +1,431 @@
+"""What curators look at: dataset stats, annotator progress and speed, agreement, near-duplicate groups,
+and the preference pairs that human edits yield."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import combinations, pairwise
+from typing import Any
+
+from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy.orm import Session
+
+from app.auth.models import Role, User
+from app.datasets.service import require_dataset
+from app.errors import NotFound
+from app.records import service as records
+from app.records.models import Record, RecordAssignment, RecordRevision, ReviewEvent
+from app.records.schemas import RecordFilter
+from app.review.service import DECISION_ACTIONS
+
+LENGTH_EDGES = (0, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+# A gap longer than this between two decisions is a break, not review time.
+IDLE_CAP_S = 300.0
+MAX_EVENTS = 50_000
+
+
+def _bucket_expr(value: ColumnElement[Any], edges: Sequence[float]) -> ColumnElement[Any]:
+    """The index of the highest edge <= value, computed in SQL so a 100k-row dataset is one scan."""
+    return case(*[(value >= e, i) for i, e in reversed(list(enumerate(edges)))], else_=0)
+
+
+def _edge_label(edges: Sequence[float], i: int) -> str:
+    """A bucket by its lower bound, short enough for a chart axis: 0, 20, ..., 1k, 2k, 5k+."""
+    edge = edges[i]
+    text = f"{edge / 1000:g}k" if edge >= 1000 else f"{edge:g}"
+    return text + ("+" if i + 1 == len(edges) else "")
+
+
+def _first_word(db: Session) -> ColumnElement[str]:
+    text = func.lower(func.ltrim(Record.instruction))
+    if db.get_bind().dialect.name == "postgresql":
+        return func.split_part(text, " ", 1)
+    return func.substr(text, 1, func.instr(text + " ", " ") - 1)
+
+
+def dataset_stats(*, db: Session, user: User, dataset_id: int) -> dict[str, Any]:
+    """Counts by status, source and label, prompt/response length histograms, the nearest-neighbour ROUGE-L
+    histogram and the most common leading words of instructions: one grouped scan plus two top-N queries."""
+    require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    prompt_len = func.length(Record.instruction) + func.length(Record.input)
+    nn_bucket = case((Record.nn_score.is_(None), -1), else_=func.floor(Record.nn_score * 10))
+    pb = _bucket_expr(prompt_len, LENGTH_EDGES).label("pb")
+    ob = _bucket_expr(func.length(Record.output), LENGTH_EDGES).label("ob")
+    nb = nn_bucket.label("nb")
+    rows = db.execute(
+        select(Record.status, Record.source, pb, ob, nb, func.count())
+        .where(Record.dataset_id == dataset_id)
+        .group_by(Record.status, Record.source, pb, ob, nb)
+    ).all()
+    by_status: Counter[str] = Counter()
+    by_source: Counter[str] = Counter()
+    prompt_hist = [0] * len(LENGTH_EDGES)
+    output_hist = [0] * len(LENGTH_EDGES)
+    nn_hist = [0] * 10
+    for status, source, pb, ob, nb, n in rows:
+        by_status[status] += n
+        by_source[source] += n
+        prompt_hist[int(pb)] += n
+        output_hist[int(ob)] += n
+        if nb is not None and int(nb) >= 0:
+            nn_hist[min(int(nb), 9)] += n
+    labels = db.execute(
+        select(Record.label, func.count())
+        .where(Record.dataset_id == dataset_id, Record.label.is_not(None))
+        .group_by(Record.label)
+        .order_by(func.count().desc())
+        .limit(20)
+    ).all()
+    word = _first_word(db)
+    verbs = db.execute(
+        select(word, func.count())
+        .where(Record.dataset_id == dataset_id, Record.instruction != "")
+        .group_by(word)
+        .order_by(func.count().desc())
+        .limit(20)
+    ).all()
+    return {
+        "total": sum(by_status.values()),
+        "by_status": dict(by_status.most_common()),
+        "by_source": dict(by_source.most_common(20)),
+        "by_label": {str(k): int(v) for k, v in labels},
+        "prompt_chars": {_edge_label(LENGTH_EDGES, i): n for i, n in enumerate(prompt_hist)},
+        "output_chars": {_edge_label(LENGTH_EDGES, i): n for i, n in enumerate(output_hist)},
+        "nn_rouge": {f"{i / 10:.1f}": n for i, n in enumerate(nn_hist)},
+        "leading_words": {str(w).strip(".,:;!?\"'()") or "(blank)": int(n) for w, n in verbs},
+    }
+
+
+@dataclass
+class AnnotatorStats:
+    user_id: int
+    username: str
+    decisions: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    active_minutes: float = 0.0
+    assigned: int = 0
+    assigned_done: int = 0
+    last_at: str | None = None
+
+    @property
+    def per_minute(self) -> float | None:
+        return round(self.decisions / self.active_minutes, 2) if self.active_minutes > 0 else None
+
+
+def annotator_progress(*, db: Session, user: User, dataset_id: int) -> list[AnnotatorStats]:
+    """Per annotator: decisions, records per minute of active review (gaps over 5 minutes are breaks)
+    and assignment progress, from the timestamped review events."""
+    require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    events = db.execute(
+        select(ReviewEvent.user_id, ReviewEvent.action, ReviewEvent.at)
+        .where(
+            ReviewEvent.dataset_id == dataset_id,
+            ReviewEvent.action.in_(DECISION_ACTIONS),
+            ReviewEvent.undone.is_(False),
+            ReviewEvent.user_id.is_not(None),
+        )
+        .order_by(ReviewEvent.id.desc())
+        .limit(MAX_EVENTS)
+    ).all()
+    stats: dict[int, AnnotatorStats] = {}
+    times: dict[int, list[datetime]] = defaultdict(list)
+    for uid, action, at in events:
+        if uid is None:
+            continue
+        s = stats.setdefault(uid, AnnotatorStats(uid, ""))
+        s.decisions += 1
+        s.accepted += action in ("accept", "accepted")
+        s.rejected += action in ("reject", "rejected")
+        s.skipped += action == "skip"
+        times[uid].append(at)
+    for uid, ts in times.items():
+        ts.sort()
+        gaps = [(b - a).total_seconds() for a, b in pairwise(ts)]
+        typical = sorted(gaps)[len(gaps) // 2] if gaps else 10.0
+        # The first decision of each sitting took about as long as a typical one.
+        sittings = 1 + sum(g > IDLE_CAP_S for g in gaps)
+        worked = sum(g for g in gaps if g <= IDLE_CAP_S) + sittings * min(typical, IDLE_CAP_S)
+        stats[uid].active_minutes = round(worked / 60, 3)
+        stats[uid].last_at = ts[-1].isoformat(timespec="seconds")
+    for uid, done, n in db.execute(
+        select(RecordAssignment.user_id, RecordAssignment.done, func.count())
+        .where(RecordAssignment.dataset_id == dataset_id)
+        .group_by(RecordAssignment.user_id, RecordAssignment.done)
+    ).all():
+        s = stats.setdefault(uid, AnnotatorStats(uid, ""))
+        s.assigned += n
+        s.assigned_done += n if done else 0
+    names = dict(db.execute(select(User.id, User.username).where(User.id.in_(stats))).tuples().all())
+    for s in stats.values():
+        s.username = names.get(s.user_id, f"user {s.user_id}")
+    return sorted(stats.values(), key=lambda s: s.username)
+
+
+def kappa(pairs: Sequence[tuple[bool, bool]]) -> float | None:
+    """Cohen's kappa for two raters' binary (accept / reject) decisions on the same items."""
+    n = len(pairs)
+    if n == 0:
+        return None
+    po = sum(a == b for a, b in pairs) / n
+    pa = sum(a for a, _ in pairs) / n
+    pb = sum(b for _, b in pairs) / n
+    pe = pa * pb + (1 - pa) * (1 - pb)
+    if pe >= 1.0:
+        return 1.0 if po == 1.0 else 0.0
+    return round((po - pe) / (1 - pe), 4)
+
+
+@dataclass
+class Agreement:
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    judge: list[dict[str, Any]] = field(default_factory=list)
+    judge_threshold: float = 4.0
+
+
+def _votes(db: Session, dataset_id: int) -> dict[int, dict[int, bool]]:
+    """record -> user -> accepted?, from assignment votes and the latest undone-free decision events."""
+    votes: dict[int, dict[int, bool]] = defaultdict(dict)
+    for rid, uid, decision in db.execute(
+        select(RecordAssignment.record_id, RecordAssignment.user_id, RecordAssignment.decision).where(
+            RecordAssignment.dataset_id == dataset_id, RecordAssignment.decision.is_not(None)
+        )
+    ).all():
+        votes[rid][uid] = decision == "accepted"
+    for rid, event_uid, action in db.execute(
+        select(ReviewEvent.record_id, ReviewEvent.user_id, ReviewEvent.action)
+        .where(
+            ReviewEvent.dataset_id == dataset_id,
+            ReviewEvent.action.in_(("accept", "reject", "accepted", "rejected")),
+            ReviewEvent.undone.is_(False),
+            ReviewEvent.user_id.is_not(None),
+        )
+        .order_by(ReviewEvent.id.desc())
+        .limit(MAX_EVENTS)
+    ).all():
+        if event_uid is not None:
+            votes[rid].setdefault(event_uid, action in ("accept", "accepted"))
+    return votes
+
+
+def agreement(*, db: Session, user: User, dataset_id: int, judge_threshold: float = 4.0) -> Agreement:
+    """Pairwise agreement (share and Cohen's kappa) between annotators who decided the same records, and
+    between each annotator and the LLM judge (judge accepts iff its score >= the threshold)."""
+    require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    votes = _votes(db, dataset_id)
+    by_pair: dict[tuple[int, int], list[tuple[bool, bool]]] = defaultdict(list)
+    for per_user in votes.values():
+        for a, b in combinations(sorted(per_user), 2):
+            by_pair[(a, b)].append((per_user[a], per_user[b]))
+    judged = dict(
+        db.execute(
+            select(Record.id, Record.judge_score).where(
+                Record.dataset_id == dataset_id,
+                Record.judge_score.is_not(None),
+                Record.id.in_(list(votes)) if len(votes) < 30_000 else Record.reviewed_by.is_not(None),
+            )
+        )
+        .tuples()
+        .all()
+    )
+    by_judge: dict[int, list[tuple[bool, bool]]] = defaultdict(list)
+    for rid, per_user in votes.items():
+        score = judged.get(rid)
+        if score is None:
+            continue
+        for uid, accepted in per_user.items():
+            by_judge[uid].append((accepted, score >= judge_threshold))
+    uids = {u for pair in by_pair for u in pair} | set(by_judge)
+    names = dict(db.execute(select(User.id, User.username).where(User.id.in_(uids))).tuples().all())
+    out = Agreement(judge_threshold=judge_threshold)
+    for (a, b), pairs in sorted(by_pair.items()):
+        out.pairs.append(
+            {
+                "a": names.get(a, str(a)),
+                "b": names.get(b, str(b)),
+                "records": len(pairs),
+                "agree": round(sum(x == y for x, y in pairs) / len(pairs), 4),
+                "kappa": kappa(pairs),
+            }
+        )
+    for uid, pairs in sorted(by_judge.items(), key=lambda kv: names.get(kv[0], "")):
+        out.judge.append(
+            {
+                "annotator": names.get(uid, str(uid)),
+                "records": len(pairs),
+                "agree": round(sum(x == y for x, y in pairs) / len(pairs), 4),
+                "kappa": kappa(pairs),
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------- near-duplicate groups
+
+
+def duplicate_groups(
+    *, db: Session, user: User, dataset_id: int, min_score: float = 0.7, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Groups of records whose nearest neighbour (found by dedup) is the same record, biggest first."""
+    require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    rows = db.execute(
+        select(Record.nn_record_id, func.count(), func.max(Record.nn_score))
+        .where(
+            Record.dataset_id == dataset_id,
+            Record.nn_record_id.is_not(None),
+            Record.nn_score >= min_score,
+        )
+        .group_by(Record.nn_record_id)
+        .order_by(func.count().desc(), Record.nn_record_id)
+        .limit(limit)
+    ).all()
+    anchors = {
+        r.id: r
+        for r in db.scalars(select(Record).where(Record.id.in_([a for a, _, _ in rows if a is not None])))
+    }
+    return [
+        {
+            "anchor_id": a,
+            "anchor_instruction": anchors[a].instruction[:300] if a in anchors else "",
+            "anchor_status": anchors[a].status if a in anchors else "missing",
+            "members": int(n),
+            "max_score": round(float(s or 0.0), 4),
+        }
+        for a, n, s in rows
+        if a is not None
+    ]
+
+
+def group_members(
+    *, db: Session, user: User, dataset_id: int, anchor_id: int, min_score: float = 0.0
+) -> list[Record]:
+    require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    return list(
+        db.scalars(
+            select(Record)
+            .where(
+                Record.dataset_id == dataset_id,
+                Record.nn_record_id == anchor_id,
+                Record.nn_score >= min_score,
+            )
+            .order_by(Record.nn_score.desc(), Record.id)
+            .limit(1000)
+        ).all()
+    )
+
+
+def decide_group(
+    *,
+    db: Session,
+    user: User,
+    dataset_id: int,
+    anchor_id: int,
+    status: str,
+    include_anchor: bool,
+    min_score: float = 0.0,
+) -> int:
+    """Set the status of a whole near-duplicate group at once (the original too, if asked)."""
+    members = group_members(db=db, user=user, dataset_id=dataset_id, anchor_id=anchor_id, min_score=min_score)
+    if not members:
+        raise NotFound(f"no near-duplicate group around record {anchor_id}")
+    ids = [m.id for m in members] + ([anchor_id] if include_anchor else [])
+    return records.bulk_set_status(
+        db=db,
+        user=user,
+        dataset_id=dataset_id,
+        flt=RecordFilter(ids=ids),
+        status=status,
+        reason="dup_group",
+    )
+
+
+# ---------------------------------------------------------------- preference pairs
+
+
+def _split_conversation(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+    if last < 0:
+        return messages, ""
+    return messages[:last], str(messages[last].get("content", ""))
+
+
+def _pair(original: RecordRevision, latest: RecordRevision, record_id: int) -> dict[str, Any] | None:
+    if latest.messages:
+        turns, chosen = _split_conversation(latest.messages)
+        rejected = _split_conversation(original.messages)[1] if original.messages else original.output
+        if chosen == rejected or not chosen:
+            return None
+        return {
+            "prompt": turns,
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "record_id": record_id,
+            "versions": [original.version, latest.version],
+        }
+    if latest.output == original.output or not latest.output:
+        return None
+    prompt = f"{latest.instruction}\n\n{latest.input}" if latest.input else latest.instruction
+    if latest.system:
+        return {
+            "system": latest.system,
+            "prompt": prompt,
+            "chosen": latest.output,
+            "rejected": original.output,
+            "record_id": record_id,
+            "versions": [original.version, latest.version],
+        }
+    return {
+        "prompt": prompt,
+        "chosen": latest.output,
+        "rejected": original.output,
+        "record_id": record_id,
+        "versions": [original.version, latest.version],
+    }
+
+
+def preference_pairs(*, db: Session, user: User, dataset_id: int) -> Iterator[dict[str, Any]]:
+    """DPO pairs from human edits: prompt (as edited), chosen = the latest edited response, rejected =
+    the original one. Records a person rejected or curation filtered are left out."""
+    require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    last = 0
+    while True:
+        spans = db.execute(
+            select(
+                RecordRevision.record_id, func.min(RecordRevision.version), func.max(RecordRevision.version)
+            )
+            .join(Record, Record.id == RecordRevision.record_id)
+            .where(
+                Record.dataset_id == dataset_id,
+                Record.status.in_(("pending", "accepted")),
+                RecordRevision.record_id > last,
+            )
+            .group_by(RecordRevision.record_id)
+            .having(func.max(RecordRevision.version) > func.min(RecordRevision.version))
+            .order_by(RecordRevision.record_id)
+            .limit(500)
+        ).all()
+        if not spans:
+            return
+        wanted = {(rid, v) for rid, lo, hi in spans for v in (lo, hi)}
+        revs = {
+            (r.record_id, r.version): r
+            for r in db.scalars(
+                select(RecordRevision).where(RecordRevision.record_id.in_([rid for rid, _, _ in spans]))
+            )
+            if (r.record_id, r.version) in wanted
+        }
+        for rid, lo, hi in spans:
+            pair = _pair(revs[(rid, lo)], revs[(rid, hi)], rid)
+            if pair is not None:
+                yield pair
+        last = spans[-1][0]
+
+
+def preference_jsonl(*, db: Session, user: User, dataset_id: int) -> Iterator[str]:
+    for pair in preference_pairs(db=db, user=user, dataset_id=dataset_id):
+        yield json.dumps(pair, ensure_ascii=False) + "\n"

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from app.records.schemas import Message, RecordFilter
+
+DecisionAction = Literal["accept", "reject", "rate", "tag", "skip", "flag"]
+
+
+class Neighbour(BaseModel):
+    id: int
+    score: float = Field(description="ROUGE-L F-measure between the two instructions.")
+    instruction: str
+    status: str
+    relation: str = Field(description="nearest (found by dedup), points_here, or parent.")
+
+
+class Provenance(BaseModel):
+    source: str
+    teacher_model: str | None
+    job_id: int | None
+    job_kind: str | None
+    parent_id: int | None
+    parent_instruction: str | None
+    operation: str | None
+    round: int | None
+    prompt_hash: str | None
+
+
+class Machine(BaseModel):
+    """What curation found: the status reason, the rules that fired, the judge's score and rationale."""
+
+    reason: str | None
+    rules: list[dict[str, Any]]
+    judge_score: float | None
+    judge_rationale: str | None
+    nn_score: float | None
+    nn_record_id: int | None
+    label: str | None
+    is_classification: bool | None
+    labels: list[str]
+
+
+class ReviewItem(BaseModel):
+    id: int
+    dataset_id: int
+    version: int
+    instruction: str
+    input: str
+    output: str
+    system: str | None
+    messages: list[dict[str, Any]] | None
+    status: str
+    rating: int | None
+    tags: list[str]
+    flagged: bool
+    assigned: bool
+    provenance: Provenance
+    machine: Machine
+    neighbours: list[Neighbour]
+
+
+class QueuePage(BaseModel):
+    items: list[ReviewItem]
+    remaining_hint: int | None = Field(
+        None, description="Pending assignments left for you (None when you review the open queue)."
+    )
+
+
+class DecisionIn(BaseModel):
+    """One keyboard action. `prefetch_after`/`prefetch` refill the client's buffer in the same round trip."""
+
+    action: DecisionAction
+    version: int
+    reason: str | None = Field(None, max_length=64)
+    rating: int | None = Field(None, ge=1, le=5)
+    tags: list[str] | None = None
+    note: str = Field("", max_length=2000)
+    prefetch_after: int | None = Field(None, description="Highest record id the client already holds.")
+    prefetch: int = Field(0, ge=0, le=20, description="How many further queue records to return.")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: list[str] | None) -> list[str] | None:
+        if tags is None:
+            return None
+        cleaned = sorted({t.strip() for t in tags if t.strip()})
+        if any(len(t) > 64 for t in cleaned):
+            raise ValueError("a tag is at most 64 characters")
+        return cleaned
+
+
+class RecordState(BaseModel):
+    id: int
+    version: int
+    status: str
+    rating: int | None
+    tags: list[str]
+    flagged: bool
+
+
+class DecisionOut(BaseModel):
+    record: RecordState
+    next: list[ReviewItem]
+
+
+class EditIn(BaseModel):
+    version: int
+    instruction: str | None = None
+    input: str | None = None
+    output: str | None = None
+    messages: list[Message] | None = None
+    note: str = Field("", max_length=2000)
+
+
+class DiffPart(BaseModel):
+    op: Literal["equal", "insert", "delete"]
+    text: str
+
+
+class RevisionDiff(BaseModel):
+    version: int
+    edited_by: str | None
+    edited_at: str
+    note: str
+    changes: dict[str, list[DiffPart]] = Field(
+        description="Per changed field, the diff from the version before."
+    )
+
+
+class EditOut(BaseModel):
+    record: RecordState
+    history: list[RevisionDiff]
+
+
+class UndoOut(BaseModel):
+    undone_action: str
+    item: ReviewItem
+
+
+class AssignIn(BaseModel):
+    user_ids: list[int] = Field(min_length=1, max_length=1000)
+    k: int = Field(1, ge=1, le=20, description="Annotators per record.")
+    filter: RecordFilter = Field(default_factory=lambda: RecordFilter(status=["pending"]))
+    limit: int = Field(10_000, ge=1, le=100_000)
+
+
+class AssignOut(BaseModel):
+    records: int
+    assignments: int
+
+
+class GroupDecisionIn(BaseModel):
+    status: Literal["accepted", "rejected"]
+    include_anchor: bool = Field(
+        False, description="Also set the group's original (the record the others duplicate)."
+    )
+
+
+class BulkOut(BaseModel):
+    updated: int

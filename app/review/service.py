@@ -1,0 +1,647 @@
+"""The review flow: the annotator's queue (with soft locks), one-request decisions, undo, edits, assignments."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from itertools import pairwise
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from app.auth.models import Role, User
+from app.base import utcnow
+from app.datasets.models import Dataset
+from app.datasets.service import require_dataset
+from app.errors import Conflict, Invalid, NotFound
+from app.jobs.models import Job
+from app.projects.models import ProjectMember
+from app.records import service as records
+from app.records.models import Record, RecordAssignment, RecordRevision, ReviewEvent
+from app.records.schemas import RecordFilter, RecordUpdate
+from app.review.schemas import (
+    DiffPart,
+    EditIn,
+    Machine,
+    Neighbour,
+    Provenance,
+    RecordState,
+    ReviewItem,
+    RevisionDiff,
+)
+
+# A record handed to one annotator stays out of the others' queues this long (it is released on decision).
+LOCK_MINUTES = 15
+VOTES = {"accept": "accepted", "reject": "rejected"}
+# Events that move an annotator past a record: what "records per minute" counts.
+DECISION_ACTIONS = ("accept", "reject", "skip", "flag", "accepted", "rejected")
+CONTENT_TEXT_FIELDS = ("instruction", "input", "output")
+
+
+def state_of(record: Record) -> dict[str, Any]:
+    """The reviewable state of a record, as stored in a ReviewEvent so that undo can restore it."""
+    return {
+        "status": record.status,
+        "reason": record.reason,
+        "rating": record.rating,
+        "tags": list(record.tags or []),
+        "label": record.label,
+        "flagged": record.flagged,
+        "reviewed_by": record.reviewed_by,
+        "reviewed_at": record.reviewed_at.isoformat() if record.reviewed_at else None,
+    }
+
+
+def record_state(record: Record) -> RecordState:
+    return RecordState(
+        id=record.id,
+        version=record.version,
+        status=record.status,
+        rating=record.rating,
+        tags=list(record.tags or []),
+        flagged=record.flagged,
+    )
+
+
+# ---------------------------------------------------------------- queue
+
+
+def _has_assignments(db: Session, user_id: int, dataset_id: int) -> bool:
+    return (
+        db.scalar(
+            select(RecordAssignment.record_id)
+            .where(RecordAssignment.user_id == user_id, RecordAssignment.dataset_id == dataset_id)
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def queue_records(
+    *, db: Session, user: User, dataset_id: int, after_id: int | None = None, limit: int = 5
+) -> tuple[list[Record], bool]:
+    """The next records for this user: their open assignments if a curator assigned them any, otherwise
+    pending, unflagged, unassigned records nobody else holds. Handed-out records are soft-locked."""
+    limit = max(0, min(limit, 50))
+    if limit == 0:
+        return [], False
+    after = after_id or 0
+    if _has_assignments(db, user.id, dataset_id):
+        rows = db.scalars(
+            select(Record)
+            .join(RecordAssignment, RecordAssignment.record_id == Record.id)
+            .where(
+                RecordAssignment.user_id == user.id,
+                RecordAssignment.dataset_id == dataset_id,
+                RecordAssignment.done.is_(False),
+                Record.id > after,
+            )
+            .order_by(Record.id)
+            .limit(limit)
+        ).all()
+        return list(rows), True
+    now = utcnow()
+    rows = db.scalars(
+        select(Record)
+        .where(
+            Record.dataset_id == dataset_id,
+            Record.status == "pending",
+            Record.id > after,
+            Record.flagged.is_(False),
+            or_(Record.locked_by.is_(None), Record.locked_by == user.id, Record.locked_until < now),
+            ~exists().where(RecordAssignment.record_id == Record.id),
+        )
+        .order_by(Record.id)
+        .limit(limit)
+    ).all()
+    if rows:
+        db.execute(
+            update(Record)
+            .where(Record.id.in_([r.id for r in rows]))
+            .values(locked_by=user.id, locked_until=now + timedelta(minutes=LOCK_MINUTES))
+            .execution_options(synchronize_session=False)
+        )
+    return list(rows), False
+
+
+def open_assignments(*, db: Session, user: User, dataset_id: int) -> int | None:
+    """Open assignments of the user in the dataset; None when they review the open queue."""
+    if not _has_assignments(db, user.id, dataset_id):
+        return None
+    return int(
+        db.scalar(
+            select(func.count())
+            .select_from(RecordAssignment)
+            .where(
+                RecordAssignment.user_id == user.id,
+                RecordAssignment.dataset_id == dataset_id,
+                RecordAssignment.done.is_(False),
+            )
+        )
+        or 0
+    )
+
+
+# ---------------------------------------------------------------- what the machine knows
+
+
+def _judge_rationale(meta: dict[str, Any]) -> str | None:
+    judge = meta.get("judge")
+    if isinstance(judge, dict):
+        value = judge.get("rationale") or judge.get("explanation")
+        return str(value) if value is not None else None
+    value = meta.get("judge_rationale")
+    return str(value) if value is not None else None
+
+
+def _rules(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    rules = meta.get("rules")
+    out = [r for r in rules if isinstance(r, dict)] if isinstance(rules, list) else []
+    if meta.get("reason_detail"):
+        out.append({"code": "generation", "detail": meta["reason_detail"]})
+    return out
+
+
+def _dedup_nearest(meta: dict[str, Any]) -> int | None:
+    dedup = meta.get("dedup")
+    if isinstance(dedup, dict) and isinstance(dedup.get("nearest"), int):
+        return int(dedup["nearest"])
+    return None
+
+
+def _prompt_text(record: Record) -> str:
+    if record.instruction or not record.messages:
+        return f"{record.instruction}\n{record.input}".strip()
+    return next((str(m.get("content", "")) for m in record.messages if m.get("role") == "user"), "")
+
+
+_INDEXED: dict[str, bool] = {}
+
+
+def reverse_lookup_indexed(db: Session) -> bool:
+    """Whether records can be found by `nn_record_id` through an index. Without one, "which records
+    found this one as their nearest neighbour" scans the whole dataset (~70 ms at 100k records), too slow
+    for every review action, so the review page then shows only the forward neighbours and the parent."""
+    bind = db.get_bind()
+    key = str(bind.engine.url)
+    if key not in _INDEXED:
+        from sqlalchemy import inspect
+
+        _INDEXED[key] = any(
+            "nn_record_id" in (ix.get("column_names") or [])[:2]
+            for ix in inspect(bind).get_indexes(Record.__tablename__)
+        )
+    return _INDEXED[key]
+
+
+def review_items(*, db: Session, rows: Sequence[Record], assigned: bool = False) -> list[ReviewItem]:
+    """Records with their provenance, curation findings and nearest neighbours, loaded in a few batched
+    queries (never one per record). Neighbours come from a bounded set: the nearest one the dedup job
+    found, the records that point at this one (when that lookup is indexed), and the parent, each scored
+    with exact ROUGE-L."""
+    from app.pipeline.rouge import rouge_l
+
+    if not rows:
+        return []
+    ids = [r.id for r in rows]
+    dataset_id = rows[0].dataset_id
+    wanted: set[int] = set()
+    for r in rows:
+        for rid in (r.nn_record_id, _dedup_nearest(r.meta or {}), r.parent_id):
+            if rid is not None:
+                wanted.add(rid)
+    pointing: dict[int, list[Record]] = {}
+    if reverse_lookup_indexed(db):
+        for other in db.scalars(
+            select(Record)
+            .where(Record.dataset_id == dataset_id, Record.nn_record_id.in_(ids))
+            .order_by(Record.nn_score.desc())
+            .limit(10 * len(ids))
+        ):
+            if other.nn_record_id is not None:
+                pointing.setdefault(other.nn_record_id, []).append(other)
+    known = {r.id: r for r in rows}
+    missing = wanted - set(known)
+    if missing:
+        known.update({r.id: r for r in db.scalars(select(Record).where(Record.id.in_(missing)))})
+    job_ids = {r.job_id for r in rows if r.job_id is not None}
+    kinds = dict(db.execute(select(Job.id, Job.kind).where(Job.id.in_(job_ids))).all()) if job_ids else {}
+    items = []
+    for r in rows:
+        meta = r.meta or {}
+        text = _prompt_text(r)
+        neighbours: list[Neighbour] = []
+        seen: set[int] = {r.id}
+        candidates: list[tuple[Record, str]] = []
+        for rid in (r.nn_record_id, _dedup_nearest(meta)):
+            if rid is not None and rid in known:
+                candidates.append((known[rid], "nearest"))
+        candidates += [(o, "points_here") for o in pointing.get(r.id, [])[:5]]
+        if r.parent_id is not None and r.parent_id in known:
+            candidates.append((known[r.parent_id], "parent"))
+        for other, relation in candidates:
+            if other.id in seen:
+                continue
+            seen.add(other.id)
+            neighbours.append(
+                Neighbour(
+                    id=other.id,
+                    score=round(rouge_l(text, _prompt_text(other)), 4),
+                    instruction=_prompt_text(other)[:500],
+                    status=other.status,
+                    relation=relation,
+                )
+            )
+        neighbours.sort(key=lambda n: -n.score)
+        parent = known.get(r.parent_id) if r.parent_id is not None else None
+        labels = meta.get("labels")
+        items.append(
+            ReviewItem(
+                id=r.id,
+                dataset_id=r.dataset_id,
+                version=r.version,
+                instruction=r.instruction,
+                input=r.input,
+                output=r.output,
+                system=r.system,
+                messages=r.messages,
+                status=r.status,
+                rating=r.rating,
+                tags=list(r.tags or []),
+                flagged=r.flagged,
+                assigned=assigned,
+                provenance=Provenance(
+                    source=r.source,
+                    teacher_model=r.teacher_model,
+                    job_id=r.job_id,
+                    job_kind=kinds.get(r.job_id) if r.job_id is not None else None,
+                    parent_id=r.parent_id,
+                    parent_instruction=_prompt_text(parent)[:500] if parent is not None else None,
+                    operation=str(meta["operation"]) if meta.get("operation") else None,
+                    round=meta["round"] if isinstance(meta.get("round"), int) else None,
+                    prompt_hash=r.prompt_hash,
+                ),
+                machine=Machine(
+                    reason=r.reason,
+                    rules=_rules(meta),
+                    judge_score=r.judge_score,
+                    judge_rationale=_judge_rationale(meta),
+                    nn_score=r.nn_score,
+                    nn_record_id=r.nn_record_id,
+                    label=r.label,
+                    is_classification=r.is_classification,
+                    labels=[str(x) for x in labels] if isinstance(labels, list) else [],
+                ),
+                neighbours=neighbours,
+            )
+        )
+    return items
+
+
+def queue(
+    *, db: Session, user: User, dataset_id: int, after_id: int | None = None, limit: int = 5
+) -> list[ReviewItem]:
+    """The next records to review, with everything the review page shows beside them."""
+    require_dataset(db=db, user=user, dataset_id=dataset_id)
+    rows, assigned = queue_records(db=db, user=user, dataset_id=dataset_id, after_id=after_id, limit=limit)
+    return review_items(db=db, rows=rows, assigned=assigned)
+
+
+# ---------------------------------------------------------------- decisions
+
+
+def _conflict(record: Record, version: int) -> Conflict:
+    return Conflict(
+        f"record {record.id} was changed by someone else since you loaded it (your version {version}, "
+        f"now {record.version}); reload it to see their change",
+        current_version=record.version,
+    )
+
+
+def _resolve_votes(db: Session, record: Record) -> None:
+    """When every assigned annotator has voted: a unanimous vote sets the status, a split one is
+    flagged for a curator with who voted what."""
+    votes = db.execute(
+        select(User.username, RecordAssignment.done, RecordAssignment.decision)
+        .join(User, User.id == RecordAssignment.user_id)
+        .where(RecordAssignment.record_id == record.id)
+    ).all()
+    if not votes or not all(done and decision for _, done, decision in votes):
+        return
+    decisions = {str(decision) for _, _, decision in votes}
+    if len(decisions) == 1:
+        record.status = decisions.pop()
+        record.reason = "consensus" if len(votes) > 1 else "human"
+        record.reviewed_at = utcnow()
+    else:
+        record.flagged = True
+        record.meta = {**(record.meta or {}), "disagreement": {u: d for u, _, d in votes}}
+    record.version += 1
+
+
+def decide(
+    *,
+    db: Session,
+    user: User,
+    record_id: int,
+    action: str,
+    version: int,
+    reason: str | None = None,
+    rating: int | None = None,
+    tags: list[str] | None = None,
+    note: str = "",
+) -> Record:
+    """Apply one review action, timestamped as a ReviewEvent whose before/after lets undo restore it.
+
+    A record assigned to this user takes accept/reject/rate as the user's vote (several annotators vote
+    on the same record, so no version check); everything else needs the version the client loaded."""
+    record = records.get_record(db=db, user=user, record_id=record_id)
+    assignment = db.get(RecordAssignment, (record_id, user.id))
+    vote = assignment is not None and action in ("accept", "reject", "rate")
+    if not vote and action != "skip" and version != record.version:
+        raise _conflict(record, version)
+    before = state_of(record)
+    before_assignment = (
+        {"done": assignment.done, "decision": assignment.decision, "rating": assignment.rating}
+        if assignment is not None
+        else None
+    )
+    now = utcnow()
+    if vote and assignment is not None:
+        if action == "rate":
+            if rating is None:
+                raise Invalid("rate needs a rating from 1 to 5", field="rating")
+            assignment.rating = rating
+        else:
+            assignment.done = True
+            assignment.decision = VOTES[action]
+            record.reviewed_by = user.id
+            db.flush()
+            _resolve_votes(db, record)
+    elif action in VOTES:
+        record.status = VOTES[action]
+        record.reason = reason or "human"
+        record.reviewed_by = user.id
+        record.reviewed_at = now
+        record.locked_by = None
+        record.locked_until = None
+        record.version += 1
+    elif action == "rate":
+        if rating is None:
+            raise Invalid("rate needs a rating from 1 to 5", field="rating")
+        record.rating = rating
+        record.version += 1
+    elif action == "tag":
+        records.set_tags(db=db, record=record, tags=tags or [])
+        record.version += 1
+    elif action == "flag":
+        record.flagged = True
+        record.meta = {
+            **(record.meta or {}),
+            "flag": {"by": user.username, "at": now.isoformat(), "note": note},
+        }
+        record.version += 1
+    elif action != "skip":
+        raise Invalid(f"unknown review action {action!r}", field="action")
+    after = state_of(record)
+    if assignment is not None:
+        before["assignment"] = before_assignment
+        after["assignment"] = {
+            "done": assignment.done,
+            "decision": assignment.decision,
+            "rating": assignment.rating,
+        }
+    db.add(
+        ReviewEvent(
+            dataset_id=record.dataset_id,
+            record_id=record.id,
+            user_id=user.id,
+            action=action,
+            before=before,
+            after=after,
+            at=now,
+        )
+    )
+    db.flush()
+    return record
+
+
+# ---------------------------------------------------------------- undo
+
+
+def _restore(record: Record, state: dict[str, Any]) -> None:
+    for key in ("status", "reason", "rating", "label", "flagged", "reviewed_by"):
+        if key in state:
+            setattr(record, key, state[key])
+    if "reviewed_at" in state:
+        value = state["reviewed_at"]
+        record.reviewed_at = datetime.fromisoformat(value) if value else None
+
+
+def _same(record: Record, state: dict[str, Any]) -> bool:
+    current = state_of(record)
+    return all(current[k] == state[k] for k in ("status", "rating", "flagged") if k in state) and (
+        "tags" not in state or sorted(current["tags"]) == sorted(state["tags"])
+    )
+
+
+def _undo_edit(db: Session, user: User, record: Record) -> None:
+    revs = db.scalars(
+        select(RecordRevision)
+        .where(RecordRevision.record_id == record.id)
+        .order_by(RecordRevision.version.desc())
+        .limit(2)
+    ).all()
+    if len(revs) < 2 or revs[0].version != record.version or revs[0].edited_by != user.id:
+        raise Conflict(f"record {record.id} was edited again since; open its history to revert by hand")
+    previous = revs[1]
+    for field in records.CONTENT_FIELDS:
+        setattr(record, field, getattr(previous, field))
+    record.version += 1
+    db.add(
+        RecordRevision(
+            record_id=record.id,
+            version=record.version,
+            edited_by=user.id,
+            note=f"undo of version {revs[0].version}",
+            **records.content_of(record),
+        )
+    )
+
+
+def undo_last(*, db: Session, user: User, dataset_id: int) -> tuple[ReviewEvent, Record]:
+    """Undo the user's most recent decision in the dataset (repeat to go further back): a misclick never
+    costs a record. Refused with 409 if someone else changed the record since."""
+    require_dataset(db=db, user=user, dataset_id=dataset_id)
+    event = db.scalar(
+        select(ReviewEvent)
+        .where(
+            ReviewEvent.dataset_id == dataset_id,
+            ReviewEvent.user_id == user.id,
+            ReviewEvent.undone.is_(False),
+            ReviewEvent.action != "undo",
+        )
+        .order_by(ReviewEvent.at.desc(), ReviewEvent.id.desc())
+        .limit(1)
+    )
+    if event is None:
+        raise NotFound("nothing to undo")
+    record = records.get_record(db=db, user=user, record_id=event.record_id)
+    assignment_before = (event.before or {}).get("assignment")
+    if event.action == "edit":
+        _undo_edit(db, user, record)
+    elif event.action != "skip":
+        if not _same(record, event.after or {}):
+            raise Conflict(
+                f"record {record.id} was changed by someone else after your {event.action}; "
+                "reload it and decide again"
+            )
+        _restore(record, event.before or {})
+        if "tags" in (event.before or {}) and sorted(record.tags or []) != sorted(event.before["tags"]):
+            records.set_tags(db=db, record=record, tags=list(event.before["tags"]))
+        record.version += 1
+    if isinstance(assignment_before, dict):
+        assignment = db.get(RecordAssignment, (record.id, user.id))
+        if assignment is not None:
+            assignment.done = bool(assignment_before.get("done"))
+            assignment.decision = assignment_before.get("decision")
+            assignment.rating = assignment_before.get("rating")
+    event.undone = True
+    db.add(
+        ReviewEvent(
+            dataset_id=dataset_id,
+            record_id=record.id,
+            user_id=user.id,
+            action="undo",
+            before={"undone_event": event.id, "action": event.action},
+            after=state_of(record),
+        )
+    )
+    db.flush()
+    return event, record
+
+
+# ---------------------------------------------------------------- edits and history
+
+
+def edit(*, db: Session, user: User, record_id: int, change: EditIn) -> Record:
+    """Save an in-place edit as a new revision (the 409 of a stale version is never a lost edit)."""
+    return records.update_record(
+        db=db,
+        user=user,
+        record_id=record_id,
+        change=RecordUpdate(
+            version=change.version,
+            instruction=change.instruction,
+            input=change.input,
+            output=change.output,
+            messages=change.messages,
+            note=change.note,
+        ),
+    )
+
+
+def _text_diff(old: str, new: str) -> list[DiffPart]:
+    """A word-level diff (whitespace kept), readable for prose and code alike."""
+    a = re.findall(r"\s+|\w+|[^\w\s]", old)
+    b = re.findall(r"\s+|\w+|[^\w\s]", new)
+    parts: list[DiffPart] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if tag == "equal":
+            parts.append(DiffPart(op="equal", text="".join(a[i1:i2])))
+            continue
+        if i2 > i1:
+            parts.append(DiffPart(op="delete", text="".join(a[i1:i2])))
+        if j2 > j1:
+            parts.append(DiffPart(op="insert", text="".join(b[j1:j2])))
+    return parts
+
+
+def _field_texts(rev: RecordRevision) -> dict[str, str]:
+    texts = {f: getattr(rev, f) or "" for f in CONTENT_TEXT_FIELDS}
+    for i, turn in enumerate(rev.messages or []):
+        texts[f"turn {i + 1} ({turn.get('role', '?')})"] = str(turn.get("content", ""))
+    return texts
+
+
+def history(*, db: Session, user: User, record_id: int) -> list[RevisionDiff]:
+    """Every revision after the original, newest first, as who changed what (a diff per changed field)."""
+    revs = list(records.revisions(db=db, user=user, record_id=record_id))
+    names = dict(
+        db.execute(
+            select(User.id, User.username).where(User.id.in_({r.edited_by for r in revs if r.edited_by}))
+        )
+        .tuples()
+        .all()
+    )
+    out: list[RevisionDiff] = []
+    for prev, rev in pairwise(revs):
+        old, new = _field_texts(prev), _field_texts(rev)
+        changes = {
+            field: _text_diff(old.get(field, ""), new.get(field, ""))
+            for field in dict.fromkeys([*old, *new])
+            if old.get(field, "") != new.get(field, "")
+        }
+        out.append(
+            RevisionDiff(
+                version=rev.version,
+                edited_by=names.get(rev.edited_by) if rev.edited_by else None,
+                edited_at=rev.edited_at.isoformat(timespec="seconds"),
+                note=rev.note,
+                changes=changes,
+            )
+        )
+    return out[::-1]
+
+
+# ---------------------------------------------------------------- assignments
+
+
+def assign(
+    *,
+    db: Session,
+    user: User,
+    dataset_id: int,
+    user_ids: Iterable[int],
+    k: int,
+    flt: RecordFilter,
+    limit: int,
+) -> tuple[int, int]:
+    """Assign each matching record to k of the given annotators, round-robin so the load is even.
+    Existing assignments are kept. Returns (records, new assignments)."""
+    dataset: Dataset = require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    people = sorted(set(user_ids))
+    members = set(
+        db.scalars(
+            select(ProjectMember.user_id).where(
+                ProjectMember.project_id == dataset.project_id, ProjectMember.user_id.in_(people)
+            )
+        )
+    )
+    outsiders = [u for u in people if u not in members]
+    if outsiders:
+        raise Invalid(f"users {outsiders} are not members of project {dataset.project_id}", field="user_ids")
+    if k > len(people):
+        raise Invalid(f"k={k} needs at least {k} annotators; {len(people)} given", field="k")
+    ids = db.scalars(
+        select(Record.id)
+        .where(and_(*records.filter_clauses(dataset_id, flt)))
+        .order_by(Record.id)
+        .limit(limit)
+    ).all()
+    rows = [
+        {"record_id": rid, "user_id": people[(i * k + j) % len(people)], "dataset_id": dataset_id}
+        for i, rid in enumerate(ids)
+        for j in range(k)
+    ]
+    created = 0
+    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    for start in range(0, len(rows), 5000):
+        stmt = insert(RecordAssignment).values(rows[start : start + 5000]).on_conflict_do_nothing()
+        created += len(db.execute(stmt.returning(RecordAssignment.record_id)).all())
+    return len(ids), created

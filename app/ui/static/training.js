@@ -1,0 +1,121 @@
+// Training runs: start form, and the run page polling its status and drawing the loss curve live (SVG).
+"use strict";
+
+(() => {
+  const { h } = IF;
+  const SVG = "http://www.w3.org/2000/svg";
+  const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+  function svg(tag, attrs, text) {
+    const el = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    if (text !== undefined) el.textContent = text;
+    return el;
+  }
+
+  // metrics rows are {step, values: {loss, eval_loss, ...}} (or flat {step, loss, ...}).
+  function series(metrics, key) {
+    const pts = [];
+    for (const m of metrics) {
+      const v = m.values ? m.values[key] : m[key];
+      if (typeof v === "number" && Number.isFinite(v)) pts.push([m.step, v]);
+    }
+    return pts;
+  }
+
+  function drawLoss(el, metrics) {
+    el.replaceChildren();
+    const W = 640, H = 240, L = 50, R = 110, T = 10, B = 30;
+    const lines = [["loss", "train"], ["eval_loss", "eval"]].map(([k, name]) => [name, series(metrics, k)]).filter(([, p]) => p.length);
+    if (!lines.length) {
+      el.append(svg("text", { x: 20, y: 30, class: "lbl" }, "no loss reported yet"));
+      return;
+    }
+    const all = lines.flatMap(([, p]) => p);
+    const x0 = Math.min(...all.map((p) => p[0])), x1 = Math.max(...all.map((p) => p[0]));
+    const y0 = Math.min(...all.map((p) => p[1])), y1 = Math.max(...all.map((p) => p[1]));
+    const sx = (x) => L + ((x - x0) / Math.max(1e-9, x1 - x0)) * (W - L - R);
+    const sy = (y) => T + (1 - (y - y0) / Math.max(1e-9, y1 - y0)) * (H - T - B);
+    el.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }), svg("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }));
+    el.append(svg("text", { x: L - 4, y: T + 8, "text-anchor": "end", class: "lbl small" }, y1.toFixed(3)));
+    el.append(svg("text", { x: L - 4, y: H - B, "text-anchor": "end", class: "lbl small" }, y0.toFixed(3)));
+    el.append(svg("text", { x: L, y: H - 8, class: "lbl small" }, `step ${x0}`));
+    el.append(svg("text", { x: W - R, y: H - 8, "text-anchor": "end", class: "lbl small" }, `step ${x1}`));
+    lines.forEach(([name, pts], i) => {
+      const d = pts.map(([x, y], j) => `${j ? "L" : "M"}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ");
+      el.append(svg("path", { d, class: `curve c${i}` }));
+      const last = pts[pts.length - 1];
+      el.append(svg("text", { x: W - R + 6, y: T + 14 + 16 * i, class: `lbl c${i}` }, `${name} ${last[1].toFixed(4)}`));
+    });
+  }
+
+  function kv(dl, obj) {
+    dl.replaceChildren();
+    for (const [k, v] of Object.entries(obj || {})) {
+      dl.append(h("dt", {}, k), h("dd", { class: "pre" }, typeof v === "string" ? v : JSON.stringify(v, null, 1)));
+    }
+  }
+
+  async function pollRun(box) {
+    const id = box.dataset.runId;
+    const q = (role) => box.querySelector(`[data-role="${role}"]`);
+    let run;
+    try {
+      run = await IF.api("GET", `/api/v1/training-runs/${id}`);
+    } catch (err) {
+      q("notice").textContent = err.status === 404
+        ? "Training run not found, or this server has no training-runs API yet."
+        : `Could not load the run: ${err.message}`;
+      return;
+    }
+    q("notice").textContent = "";
+    q("status").textContent = run.status + (run.error ? ` — ${run.error}` : "");
+    q("bar").max = run.progress_total || 1;
+    q("bar").value = run.progress_total ? run.progress_done : 0;
+    q("count").textContent = run.progress_total ? `${run.progress_done}/${run.progress_total} steps` : "";
+    kv(q("info"), { snapshot: `#${run.snapshot_id}`, "base model": run.base_model, method: run.method, job: `#${run.job_id}`, config: run.config });
+    kv(q("summary"), run.summary);
+    drawLoss(q("chart"), run.metrics || []);
+    const cancel = q("cancel");
+    cancel.hidden = FINAL.has(run.status);
+    try {
+      const arts = await IF.api("GET", `/api/v1/training-runs/${id}/artifacts`);
+      const ul = q("artifacts");
+      ul.replaceChildren();
+      for (const a of arts) {
+        const href = `/api/v1/training-runs/${id}/artifacts/${a.path.split("/").map(encodeURIComponent).join("/")}`;
+        ul.append(h("li", {}, h("a", { href, download: "" }, a.path), ` (${a.size} bytes)`));
+      }
+      if (!arts.length) ul.append(h("li", { class: "muted" }, "none yet"));
+    } catch (_) { /* artifacts appear when the run writes them */ }
+    if (!FINAL.has(run.status)) setTimeout(() => pollRun(box), 2000);
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const box = document.getElementById("run");
+    if (box) {
+      box.querySelector('[data-role="cancel"]').addEventListener("click", async () => {
+        try { await IF.api("POST", `/api/v1/training-runs/${box.dataset.runId}/cancel`); } catch (err) { window.alert(err.message); }
+      });
+      pollRun(box);
+    }
+    const form = document.getElementById("train-form");
+    if (form) {
+      form.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        const fd = new FormData(form);
+        const out = form.querySelector('[data-role="error"]');
+        let hyper;
+        try { hyper = JSON.parse(fd.get("hyperparameters") || "{}"); } catch (err) { out.textContent = `Hyperparameters: ${err.message}`; return; }
+        try {
+          const run = await IF.api("POST", "/api/v1/training-runs", {
+            snapshot_id: Number(fd.get("snapshot_id")), base_model: fd.get("base_model"), method: fd.get("method"), hyperparameters: hyper,
+          });
+          window.location.href = `/ui/training/${run.id}`;
+        } catch (err) {
+          out.textContent = err.status === 404 ? "This server has no training-runs API yet." : err.message;
+        }
+      });
+    }
+  });
+})();
