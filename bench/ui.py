@@ -240,7 +240,9 @@ def main() -> None:
             eng = create_engine(url)
             with eng.begin() as conn:
                 conn.execute(
-                    text("CREATE INDEX ix_records_dataset_nn_record_id ON records (dataset_id, nn_record_id)")
+                    text(
+                        "CREATE INDEX IF NOT EXISTS ix_records_dataset_nn_record ON records (dataset_id, nn_record_id)"
+                    )
                 )
             eng.dispose()
         tmp = Path(tempfile.mkdtemp(prefix="if-bench-ui-"))

@@ -189,7 +189,7 @@ def page(browser: Any, stack: Stack) -> Iterator[Any]:
     context = browser.new_context(
         base_url=stack.base, viewport={"width": 1400, "height": 900}, bypass_csp=True
     )
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(45_000)  # generous: CI machines are small and busy
     pg = context.new_page()
     pg.dialogs = []
     pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
