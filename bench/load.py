@@ -239,6 +239,7 @@ def main() -> None:
             "kept_tasks": job_status["counters"].get("kept_tasks"),
         },
         "machine": f"{os.cpu_count()} cores",
+        "error_samples": stats["error_samples"][:5],
     }
     if stats["error_samples"]:
         print("errors:", stats["error_samples"][:5])
