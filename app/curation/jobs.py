@@ -207,3 +207,159 @@ def run_rules_job(ctx: Any) -> None:
         counters["funnel"] = funnel(all_hits)
         ctx.progress(counters["scanned"], total, counters=counters)
     ctx.set_result(counters)
+
+
+def _insert_generated(ctx: Any, rows: list[tuple[Any, ...]]) -> None:
+    from app.imports.service import insert_ignore_duplicates
+
+    with ctx.session() as db:
+        insert_ignore_duplicates(db.connection(), rows)
+
+
+def run_convert_job(ctx: Any) -> None:
+    """Apply instruction templates to a table (CSV/TSV/JSON/JSONL/Parquet/Natural Instructions)."""
+    from pathlib import Path
+
+    from app.curation.schemas import ConvertParams
+    from app.errors import Invalid
+    from app.imports.service import uploads_dir
+    from app.pipeline.convert import (
+        NATURAL_INSTRUCTIONS_TEMPLATE,
+        ConvertError,
+        Template,
+        convert_rows,
+        read_table,
+    )
+
+    params = ConvertParams.model_validate(ctx.params)
+    path = uploads_dir() / Path(params.upload).name
+    if not path.is_file():
+        raise NotFound(f"upload {params.upload} is gone")
+    try:
+        templates = [Template(**t) for t in params.templates] or [NATURAL_INSTRUCTIONS_TEMPLATE]
+        rows = list(read_table(path))
+        if params.limit:
+            rows = rows[: params.limit]
+        records = convert_rows(rows, templates=templates, seed=params.seed, invert=params.invert)
+    except (ConvertError, TypeError) as exc:
+        raise Invalid(f"convert: {exc}") from exc
+    total = len(records)
+    ctx.progress(0, total, counters={"rows": len(rows), "records": total})
+    for start in range(0, total, BATCH):
+        chunk = records[start : start + BATCH]
+        _insert_generated(
+            ctx,
+            [
+                (
+                    ctx.dataset_id,
+                    r["instruction"],
+                    r["input"],
+                    r["output"],
+                    None,
+                    None,
+                    "pending",
+                    f"convert:{r['meta']['template']}",
+                    None,
+                    None,
+                    f"cv{ctx.job_id}:{start + n}",
+                    ctx.job_id,
+                    {"convert": r["meta"]},
+                    None,
+                )
+                for n, r in enumerate(chunk)
+            ],
+        )
+        ctx.progress(start + len(chunk), total, counters={"rows": len(rows), "records": total})
+    ctx.set_result({"rows": len(rows), "records": total, "skipped_empty": len(rows) - total})
+
+
+def run_mix_job(ctx: Any) -> None:
+    """Sample records of several datasets of the same project into this one, then dedup across sources."""
+    from app.curation.schemas import MixParams
+    from app.errors import Invalid
+    from app.pipeline.mix import mix
+
+    params = MixParams.model_validate(ctx.params)
+    sources: dict[str, list[Any]] = {}
+    with ctx.session() as db:
+        for source in params.sources:
+            dataset = db.get(Dataset, source.dataset_id)
+            # Mixing stays inside a project: the job's creator was authorised for this project only.
+            if dataset is None or dataset.project_id != ctx.project_id:
+                raise Invalid(f"source dataset {source.dataset_id} is not a dataset of this project")
+            if source.dataset_id == ctx.dataset_id:
+                raise Invalid("a mix cannot read from its own target dataset")
+            rows = db.execute(
+                select(
+                    Record.id,
+                    Record.instruction,
+                    Record.input,
+                    Record.output,
+                    Record.system,
+                    Record.messages,
+                    Record.label,
+                )
+                .where(Record.dataset_id == source.dataset_id, Record.status.in_(source.status))
+                .order_by(Record.id)
+            ).all()
+            sources[str(source.dataset_id)] = list(rows)
+    quotas = {str(s.dataset_id): s.quota for s in params.sources if s.quota is not None} or None
+    weights = {str(s.dataset_id): s.weight for s in params.sources if s.weight is not None} or None
+    result = mix(
+        sources,
+        quotas=quotas,
+        weights=weights,
+        total=params.total,
+        seed=params.seed,
+        text=lambda r: text_of("instruction_input", r.instruction, r.input, r.messages),
+        threshold=params.dedup_threshold,
+    )
+    total = len(result.items)
+    ctx.progress(0, total)
+    for start in range(0, total, BATCH):
+        rows = []
+        for r, (src, idx) in zip(
+            result.items[start : start + BATCH], result.origins[start : start + BATCH], strict=True
+        ):
+            rows.append(
+                (
+                    ctx.dataset_id,
+                    r.instruction,
+                    r.input,
+                    r.output,
+                    r.system,
+                    r.messages,
+                    "pending",
+                    f"mix:{src}",
+                    r.label,
+                    None,
+                    f"mx{ctx.job_id}:{src}:{idx}",
+                    ctx.job_id,
+                    {"mix": {"source_dataset": int(src), "source_record": r.id}},
+                    None,
+                )
+            )
+        _insert_generated(ctx, rows)
+        ctx.progress(start + len(rows), total)
+    dropped: dict[str, int] = {}
+    for d in result.dropped:
+        dropped[d.reason] = dropped.get(d.reason, 0) + 1
+    ctx.set_result(
+        {
+            "requested": result.requested,
+            "selected": result.selected,
+            "kept": result.kept,
+            "dropped": dropped,
+            "dropped_examples": [
+                {
+                    "source": d.source,
+                    "index": d.index,
+                    "reason": d.reason,
+                    "duplicate_of": d.duplicate_of,
+                    "score": d.score,
+                }
+                for d in result.dropped
+                if d.reason != "not_selected"
+            ][:200],
+        }
+    )

@@ -10,7 +10,7 @@ from starlette.datastructures import UploadFile
 from app.auth.models import Role
 from app.datasets.service import require_dataset
 from app.deps import CurrentUser, SessionDep, SettingsDep
-from app.errors import Invalid, PayloadTooLarge
+from app.errors import Forbidden, Invalid, PayloadTooLarge
 from app.imports import service
 from app.imports.schemas import FormatName, ImportResult
 from app.jobs import service as jobs
@@ -96,3 +96,24 @@ async def import_records(
     path.unlink(missing_ok=True)
     response.status_code = 201
     return ImportResult.model_validate(result)
+
+
+UPLOAD_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet"}
+
+
+@router.post("/uploads", status_code=201)
+async def upload_file(request: Request, user: CurrentUser, settings: SettingsDep) -> dict[str, str]:
+    """Store a file for a job that reads one (e.g. `convert`); returns the name to pass as `upload`."""
+    if user.role == Role.annotator.value:
+        raise Forbidden("annotators cannot upload files")
+    path, name, _ = await _store_upload(request, settings.max_upload_bytes)
+    suffix = Path(name or "").suffix.lower()
+    if suffix not in UPLOAD_SUFFIXES:
+        path.unlink(missing_ok=True)
+        raise Invalid(
+            f"unsupported file type {suffix or '(none)'!r}; use {', '.join(sorted(UPLOAD_SUFFIXES))}",
+            field="file",
+        )
+    final = path.with_suffix(suffix)
+    path.rename(final)
+    return {"upload": final.name, "filename": name or ""}

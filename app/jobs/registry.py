@@ -113,3 +113,21 @@ register(
         validator="app.generation.jobs.validate_teacher",
     )
 )
+register(
+    JobKind(
+        "convert",
+        "default",
+        "app.curation.schemas.ConvertParams",
+        "app.curation.jobs.run_convert_job",
+        "Turn a CSV/JSONL/Parquet/Natural Instructions table into records with instruction templates.",
+    )
+)
+register(
+    JobKind(
+        "mix",
+        "default",
+        "app.curation.schemas.MixParams",
+        "app.curation.jobs.run_mix_job",
+        "Mix datasets of the project into this one with quotas or weights, deduplicated across sources.",
+    )
+)

@@ -122,3 +122,74 @@ def test_rules_job_records_rule_code_and_detail_and_funnel(committed_pg, shared_
     assert all(r.meta["rules"][0]["detail"] for r in rows[:3])
     funnel = out["row"].counters["funnel"]
     assert sum(funnel.values()) == 3
+
+
+def test_convert_job_applies_seeded_templates_to_a_real_table(committed_pg, shared_data):
+    from app.imports.service import new_upload_path
+
+    src = shared_data / "self-instruct" / "t0_train_50k" / "ag_news_classify.jsonl"
+    if not src.exists():
+        src = sorted((shared_data / "self-instruct" / "t0_train_50k").glob("ag_news_*.jsonl"))[0]
+    upload = new_upload_path(".jsonl")
+    upload.write_bytes(src.read_bytes())
+    dataset_id, curator = _dataset_with(committed_pg, [])
+    templates = [
+        {
+            "name": "answer",
+            "instruction": "Answer the prompt.",
+            "input": "{prompt}",
+            "output": "{completion}",
+            "inverse_instruction": "Write a prompt that this completion answers.",
+        },
+        {
+            "name": "respond",
+            "instruction": "Respond to the following.",
+            "input": "{prompt}",
+            "output": "{completion}",
+        },
+    ]
+    out = _run(
+        committed_pg,
+        curator,
+        dataset_id,
+        "convert",
+        {"upload": upload.name, "templates": templates, "seed": 3},
+    )
+    with Session(committed_pg) as db:
+        rows = db.scalars(select(Record).where(Record.dataset_id == dataset_id).order_by(Record.id)).all()
+    assert len(rows) == out["row"].result["records"] == 200
+    assert {r.source for r in rows} == {"convert:answer", "convert:respond"}
+    assert all(r.meta["convert"]["row"] >= 0 for r in rows)
+
+
+def test_mix_job_takes_quotas_from_sources_and_dedups_across_them(committed_pg, shared_data):
+    data = json.loads((shared_data / "codealpaca" / "code_alpaca_2k.json").read_text())
+    a = [(d["instruction"], d["output"]) for d in data[:300]]
+    b = [(d["instruction"], d["output"]) for d in data[200:500]]  # 100 exact overlaps with a
+    with Session(committed_pg) as db:
+        curator = make_user(db, "curator")
+        project = make_project(db, (curator, "curator"))
+        ids = []
+        for texts in (a, b, []):
+            ds = make_dataset(db, project)
+            db.add_all(Record(dataset_id=ds.id, instruction=i, output=o, status="accepted") for i, o in texts)
+            ids.append(ds.id)
+        db.commit()
+    out = _run(
+        committed_pg,
+        curator,
+        ids[2],
+        "mix",
+        {
+            "sources": [{"dataset_id": ids[0], "quota": 300}, {"dataset_id": ids[1], "quota": 300}],
+            "seed": 1,
+            "dedup_threshold": None,
+        },
+    )
+    result = out["row"].result
+    with Session(committed_pg) as db:
+        mixed = db.scalars(select(Record).where(Record.dataset_id == ids[2])).all()
+    assert result["dropped"]["exact_duplicate"] >= 100
+    assert len(mixed) == sum(result["kept"].values()) <= 500
+    assert {r.source for r in mixed} == {f"mix:{ids[0]}", f"mix:{ids[1]}"}
+    assert len({r.instruction for r in mixed}) == len(mixed)
