@@ -21,13 +21,14 @@ import math
 import re
 import sys
 import unicodedata
+from array import array
 from bisect import bisect_right
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
-from itertools import chain
 
+import numpy as np
+from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 
 __all__ = [
@@ -76,7 +77,7 @@ _FIRST_REORDER = 1024
 _ORDERED_RANK_BASE = 1 << 40
 # Prefixes are this many tokens longer than the bare minimum, so a qualifying pair shares at least this
 # many prefix tokens: counting hits is far cheaper than scoring every record that shares one.
-_PREFIX_SLACK = 2
+_PREFIX_SLACK = 5
 
 
 @cache
@@ -103,7 +104,8 @@ def _token_pattern() -> re.Pattern[str]:
 def _stemmer() -> Callable[[str], str]:
     from nltk.stem import porter  # imported lazily: nltk costs ~0.3 s and stemming is opt-in
 
-    return porter.PorterStemmer().stem
+    stem: Callable[[str], str] = porter.PorterStemmer().stem
+    return stem
 
 
 @cache
@@ -186,10 +188,14 @@ def _decode(seq: _Encoded) -> list[int]:
 
 
 def _length_bounds() -> list[int]:
-    """Lower ends of the length buckets: one per length up to 15, then about 10% wider each."""
-    bounds = list(range(16))
+    """Lower ends of the length buckets: 0-3 exactly, then doubling (3, 6, 12, ...).
+
+    Measured on real instructions: finer buckets make the per-bucket prefixes shorter but cost more
+    dictionary probes than they save.
+    """
+    bounds = [0, 1, 2, 3]
     while bounds[-1] < 1 << 31:
-        bounds.append(max(bounds[-1] + 1, bounds[-1] * 11 // 10))
+        bounds.append(bounds[-1] * 2)
     return bounds
 
 
@@ -238,7 +244,7 @@ class NearDuplicateIndex:
         self._keys: list[str] = []
         self._seqs: list[_Encoded] = []
         self._lens: list[int] = []
-        self._postings: dict[int, list[int]] = {}
+        self._postings: dict[int, array[int]] = {}
         self._order_frozen = False
         self._next_reorder = _FIRST_REORDER
 
@@ -298,7 +304,7 @@ class NearDuplicateIndex:
         # Unseen query tokens (-1) sort first: the rarest of all, they match nothing.
         return sorted(ids, key=lambda i: rank[i] if i >= 0 else -1)
 
-    def _index_record(self, postings: dict[int, list[int]], rid: int, ids: list[int]) -> None:
+    def _index_record(self, postings: dict[int, array[int]], rid: int, ids: list[int]) -> None:
         n = len(ids)
         if n == 0:
             return
@@ -310,7 +316,7 @@ class NearDuplicateIndex:
             key = tid * _N_BUCKETS + base
             bucket = postings.get(key)
             if bucket is None:
-                postings[key] = [rid]
+                postings[key] = array("i", (rid,))
             else:
                 bucket.append(rid)
 
@@ -337,7 +343,7 @@ class NearDuplicateIndex:
         rank = self._rank
         for pos, tid in enumerate(order):
             rank[tid] = _ORDERED_RANK_BASE + pos
-        postings: dict[int, list[int]] = {}
+        postings: dict[int, array[int]] = {}
         for rid, seq in enumerate(self._seqs):
             self._index_record(postings, rid, _decode(seq))
         self._postings = postings
@@ -369,7 +375,7 @@ class NearDuplicateIndex:
             within.append(len(keys))
             previous = tid
         get = self._postings.get
-        lists: list[list[int]] = []
+        lists: list[array[int]] = []
         floor = self.floor
         for b in range(_bucket(lo), _bucket(hi) + 1):
             # The bucket's shortest length gives the least required overlap, hence the longest prefix.
@@ -378,10 +384,17 @@ class NearDuplicateIndex:
             lists.extend(filter(None, map(get, [k + b for k in keys[: within[keep]]])))
         if not lists:
             return []
-        if _PREFIX_SLACK == 1:
-            return list(set(chain.from_iterable(lists)))
-        counts = Counter(chain.from_iterable(lists))
-        return [rid for rid, hits in counts.items() if hits >= _PREFIX_SLACK]
+        # Sorted, a record hit k times is a run of k equal ids: compare each id with the one k-1 later.
+        hits = np.sort(np.concatenate(lists))
+        # Prefixes cut at the full record leave fewer than _PREFIX_SLACK spare tokens: a pair then only
+        # needs as many hits as its required overlap, at least alpha(m, lo).
+        need = min(_PREFIX_SLACK, max(1, math.ceil(floor * (m + lo) / 2.0 - _EPS)))
+        if len(hits) < need:
+            return []
+        if need > 1:
+            hits = hits[need - 1 :][hits[need - 1 :] == hits[: len(hits) - need + 1]]
+        distinct: list[int] = hits[np.flatnonzero(np.diff(hits, prepend=-1))].tolist()
+        return distinct
 
     def _scored_candidates(self, ids: list[int]) -> Iterator[tuple[float, int]]:
         """(score, record id) for every record that could score >= floor (and some that don't)."""
@@ -398,11 +411,21 @@ class NearDuplicateIndex:
         query = _encode([i if i >= 0 else unseen for i in ids])
         lens = self._lens
         seqs = self._seqs
-        similarity = LCSseq.similarity
-        for rid in candidates:
+        # No pair in the window can reach the floor with fewer common tokens than this.
+        cutoff = max(1, math.ceil(self.floor * (m + lo) / 2.0 - _EPS))
+        # One call scores all candidates in C (several times faster than a Python loop).
+        for _, lcs, i in process.extract(
+            query,
+            [seqs[rid] for rid in candidates],
+            scorer=LCSseq.similarity,
+            processor=None,
+            score_cutoff=cutoff,
+            limit=None,
+        ):
+            rid = candidates[i]
             n = lens[rid]
             if lo <= n <= hi:
-                yield _f_measure(similarity(query, seqs[rid]), m, n), rid
+                yield _f_measure(int(lcs), m, n), rid
 
     def _best(self, ids: list[int]) -> tuple[float, int | None]:
         best = 0.0

@@ -1,0 +1,287 @@
+"""ROUGE-L: the tokenizer and score against rouge_score, and the pruned filter against brute force."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rouge_score import rouge_scorer, tokenizers
+
+from app.pipeline.rouge import (
+    NearDuplicateIndex,
+    greedy_filter,
+    nearest_neighbours,
+    rouge_l,
+    rouge_l_f,
+    tokenize,
+)
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real datasets not found at {DATA}")
+
+
+def _records(name: str) -> list[dict[str, Any]]:
+    raw = (DATA / name).read_text(encoding="utf-8")
+    if name.endswith(".jsonl") or raw.lstrip().startswith("{"):
+        return [json.loads(line) for line in raw.splitlines() if line.strip()]
+    rows: list[dict[str, Any]] = json.loads(raw)
+    return rows
+
+
+def _latin_instructions() -> list[str]:
+    """Real instructions with templated near-duplicates: T0 wraps the same questions in many templates."""
+    texts = [r["instruction"] for r in _records("gpteacher/codegen-instruct.json")[:900]]
+    texts += [r["instruction"] for r in _records("codealpaca/code_alpaca_2k.json")[:900]]
+    texts += [r["instruction"] for r in _records("self-instruct/seed_tasks.jsonl")]
+    for path in sorted((DATA / "self-instruct" / "t0_train_50k").glob("trec_*.jsonl")):
+        texts += [r["prompt"] for r in _records(str(path.relative_to(DATA)))[:80]]
+    for path in sorted((DATA / "self-instruct" / "t0_train_50k").glob("glue_qqp_*.jsonl")):
+        texts += [r["prompt"] for r in _records(str(path.relative_to(DATA)))[:80]]
+    return [t for t in texts if t.isascii()]
+
+
+def _chinese_instructions() -> list[str]:
+    texts = [r["instruction"] for r in _records("alpaca-chinese-dataset/zh-data-part-00.json")[:2000]]
+    return texts + [r["instruction"] for r in _records("belle/zh_seed_tasks.json")]
+
+
+def _brute_force_greedy(
+    token_lists: list[list[str]], threshold: float, pool: int = 0
+) -> list[tuple[bool, float, int | None]]:
+    """Every pair scored: (kept, max score, index of the first item reaching it) for each item after
+    the first ``pool`` ones, which are kept unconditionally."""
+    kept: list[int] = list(range(pool))
+    out = []
+    for i, tokens in enumerate(token_lists[pool:], start=pool):
+        best, best_j = 0.0, None
+        for j in kept:
+            score = rouge_l_f(tokens, token_lists[j])
+            if score > best:
+                best, best_j = score, j
+        out.append((best <= threshold, best, best_j))
+        if best <= threshold:
+            kept.append(i)
+    return out
+
+
+# -- tokenizer -------------------------------------------------------------------------------------------
+
+
+def test_tokens_equal_rouge_score_tokens_on_real_ascii_instructions():
+    theirs = tokenizers.DefaultTokenizer(use_stemmer=False)
+    texts = _latin_instructions()
+    assert len(texts) > 2000
+    for text in texts:
+        assert tokenize(text) == theirs.tokenize(text), text
+
+
+def test_stemmed_tokens_equal_rouge_score_stemmed_tokens():
+    theirs = tokenizers.DefaultTokenizer(use_stemmer=True)
+    for text in _latin_instructions()[:400]:
+        assert tokenize(text, stem=True) == theirs.tokenize(text), text
+
+
+def test_cjk_characters_are_one_token_each_and_other_letters_are_kept():
+    assert tokenize("给出三个保持健康的秘诀。") == list("给出三个保持健康的秘诀")
+    assert tokenize("東京タワーに行きたい") == list("東京タワーに行きたい")
+    assert tokenize("한국어 문장") == ["한", "국", "어", "문", "장"]
+    # rouge_score would give ["caf", "au", "lait"] and [] for the Cyrillic sentence.
+    assert tokenize("Café au lait") == ["café", "au", "lait"]
+    assert tokenize("Привет, мир") == ["привет", "мир"]
+    assert tokenize("用Python写ＡＰＩ") == ["用", "python", "写", "api"]
+
+
+# -- score ------------------------------------------------------------------------------------------------
+
+_WORDS = st.sampled_from(["a", "b", "c", "d", "e", "the", "cat", "2", "x9"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_WORDS, max_size=30), st.lists(_WORDS, max_size=30))
+def test_score_is_bit_identical_to_rouge_score_on_random_token_sequences(a, b):
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    expected = scorer.score(" ".join(a), " ".join(b))["rougeL"].fmeasure
+    assert rouge_l_f(a, b) == expected
+    assert rouge_l(" ".join(a), " ".join(b)) == expected
+
+
+def test_score_is_bit_identical_to_rouge_score_on_real_instruction_pairs():
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    texts = _latin_instructions()
+    rnd = random.Random(7)
+    # Neighbours in the file are often near-duplicates (T0 templates), random pairs mostly are not.
+    pairs = [(texts[i], texts[i + 1]) for i in range(len(texts) - 1)]
+    pairs += [(rnd.choice(texts), rnd.choice(texts)) for _ in range(3000)]
+    for a, b in pairs:
+        assert rouge_l(a, b) == scorer.score(a, b)["rougeL"].fmeasure
+
+
+def test_chinese_sharing_one_english_word_no_longer_scores_one():
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    python_tasks = [
+        t for t in _chinese_instructions() if tokenizers.DefaultTokenizer().tokenize(t) == ["python"]
+    ]
+    assert len(python_tasks) >= 2
+    a, b = python_tasks[0], python_tasks[1]
+    assert scorer.score(a, b)["rougeL"].fmeasure == 1.0  # rouge_score's failure mode
+    assert rouge_l(a, b) < 0.5
+
+
+# -- greedy filter ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [500, pytest.param(3000, marks=pytest.mark.slow)])
+def test_greedy_filter_keeps_exactly_what_rouge_score_on_every_pair_keeps(n):
+    """The reference is Alpaca's loop verbatim (rouge_score on every pair); it is slow, hence N
+    (3000 takes a few minutes: marked slow)."""
+    texts = _latin_instructions()
+    rnd = random.Random(3)
+    sample = [texts[i] for i in sorted(rnd.sample(range(len(texts)), n))]
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    reference_tokens = [scorer._tokenizer.tokenize(t) for t in sample]
+    kept_tokens: list[list[str]] = []
+    reference: list[bool] = []
+    for tokens in reference_tokens:
+        scores = [rouge_scorer._score_lcs(tokens, other).fmeasure for other in kept_tokens]
+        keep = not scores or max(scores) <= 0.7
+        reference.append(keep)
+        if keep:
+            kept_tokens.append(tokens)
+
+    decisions = greedy_filter([], [(str(i), t) for i, t in enumerate(sample)], threshold=0.7)
+    assert [d.kept for d in decisions] == reference
+    assert 0 < reference.count(False) < len(reference)
+
+
+def test_greedy_filter_matches_brute_force_on_thousands_of_real_instructions():
+    """Same decisions, and the same nearest neighbour and score for every rejected and kept record."""
+    texts = _latin_instructions()[:3500]
+    pool, candidates = texts[:175], texts[175:]
+    expected = _brute_force_greedy([tokenize(t) for t in texts], 0.7, pool=175)
+    decisions = greedy_filter(
+        [(f"p{i}", t) for i, t in enumerate(pool)], [(f"c{i}", t) for i, t in enumerate(candidates)]
+    )
+    assert sum(not d.kept for d in decisions) > 200
+    for decision, (kept, best, best_j) in zip(decisions, expected, strict=True):
+        assert decision.kept == kept
+        if best >= 0.7:
+            assert best_j is not None
+            assert decision.score == best
+            assert decision.nearest == (f"p{best_j}" if best_j < 175 else f"c{best_j - 175}")
+
+
+def test_chinese_near_copies_are_rejected_with_their_original_as_nearest():
+    originals = _chinese_instructions()[:1500]
+    rnd = random.Random(11)
+    copies = []
+    for i in rnd.sample(range(len(originals)), 200):
+        text = originals[i]
+        edit = rnd.choice(["prefix", "replace", "punct"])
+        if edit == "prefix":
+            copy = "请" + text
+        elif edit == "replace" and len(text) > 8:
+            pos = rnd.randrange(len(text))
+            copy = text[:pos] + "的" + text[pos + 1 :]
+        else:
+            copy = text.rstrip("。？！") + "？"
+        copies.append((i, copy))
+    decisions = greedy_filter(
+        [(str(i), t) for i, t in enumerate(originals)], [(f"copy{i}", c) for i, c in copies]
+    )
+    originals_tokens = [tokenize(t) for t in originals]
+    for (i, copy), decision in zip(copies, decisions, strict=True):
+        if rouge_l(copy, originals[i]) > 0.7:
+            assert not decision.kept
+            best = max(rouge_l_f(tokenize(copy), o) for o in originals_tokens)
+            assert decision.score == best
+            assert decision.nearest is not None
+            assert rouge_l(copy, originals[int(decision.nearest)]) == best
+    assert sum(not d.kept for d in decisions) >= 190
+
+
+# -- the index against brute force on adversarial random data --------------------------------------------
+
+_SHORT = st.lists(st.sampled_from("abcdefgh"), max_size=14)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.lists(_SHORT, min_size=1, max_size=40),
+    st.sampled_from([0.3, 0.5, 0.7, 0.9, 1.0]),
+    st.sampled_from([0.2, 0.4, 0.7, 1.0]),
+)
+def test_pruning_never_changes_a_decision_or_a_reported_maximum(token_lists, threshold, floor):
+    index = NearDuplicateIndex(threshold=threshold, floor=floor)
+    effective_floor = min(floor, threshold)
+    for i, (kept, best, best_j) in enumerate(_brute_force_greedy(token_lists, threshold)):
+        decision = index.check_and_add(str(i), " ".join(token_lists[i]))
+        assert decision.kept == kept
+        if best >= effective_floor:
+            assert (decision.score, decision.nearest) == (best, str(best_j))
+
+
+def test_index_stays_exact_across_reorders_and_for_unseen_query_words():
+    rnd = random.Random(5)
+    vocabulary = [f"w{i}" for i in range(60)]
+    texts = [" ".join(rnd.choices(vocabulary, k=rnd.randint(1, 12))) for _ in range(2600)]
+    index = NearDuplicateIndex(threshold=0.7, floor=0.4)
+    for i, text in enumerate(texts):  # 2600 records: the rarity order is rebuilt at 1024 and 2048
+        index.add(str(i), text)
+    token_lists = [tokenize(t) for t in texts]
+    for _ in range(150):
+        query = rnd.choices(vocabulary, k=rnd.randint(1, 12)) + rnd.choices(
+            ["unseen", "new"], k=rnd.randint(0, 2)
+        )
+        rnd.shuffle(query)
+        scores = [rouge_l_f(query, t) for t in token_lists]
+        best = max(scores)
+        score, key = index.nearest(" ".join(query))
+        if best >= 0.4:
+            assert (score, key) == (best, str(scores.index(best)))
+        else:
+            assert score <= best
+    assert len(index) == len(texts)
+
+
+def test_nearest_neighbours_gives_every_items_exact_max_above_the_floor():
+    texts = _latin_instructions()[:1200] + _chinese_instructions()[:300]
+    items = [(str(i), t) for i, t in enumerate(texts)]
+    result = nearest_neighbours(items, floor=0.3)
+    token_lists = [tokenize(t) for t in texts]
+    for i in random.Random(2).sample(range(len(items)), 150):
+        scores = [rouge_l_f(token_lists[i], other) if j != i else -1.0 for j, other in enumerate(token_lists)]
+        best = max(scores)
+        if best >= 0.3:
+            assert result[i] == (best, str(scores.index(best)))
+        else:
+            assert result[i][0] <= best
+
+
+def test_check_and_add_reports_the_neighbour_and_only_adds_kept_texts():
+    index = NearDuplicateIndex(threshold=0.7)
+    index.add("seed", "Give three tips for staying healthy.")
+    rejected = index.check_and_add("a", "Give me three tips for staying healthy!")
+    kept = index.check_and_add("b", "Write a haiku about the autumn rain in Kyoto.")
+    assert not rejected.kept
+    assert rejected.nearest == "seed"
+    assert rejected.score == rouge_l(
+        "Give me three tips for staying healthy!", "Give three tips for staying healthy."
+    )
+    assert kept.kept
+    assert len(index) == 2
+    assert index.nearest("Write a haiku about the autumn rain in Osaka.")[1] == "b"
+
+
+def test_empty_texts_score_zero_and_are_kept():
+    decisions = greedy_filter([("seed", "...")], [("a", ""), ("b", "!!!")])
+    assert [(d.kept, d.score, d.nearest) for d in decisions] == [(True, 0.0, None), (True, 0.0, None)]
+
+
+def test_invalid_threshold_is_refused():
+    with pytest.raises(ValueError, match="threshold"):
+        NearDuplicateIndex(threshold=0.0)
