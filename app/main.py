@@ -20,11 +20,15 @@ from app.config import get_settings
 from app.datasets.router import router as datasets_router
 from app.db import get_engine
 from app.errors import DomainError
+from app.generation.router import router as generation_router
 from app.imports.router import router as imports_router
 from app.jobs.router import router as jobs_router
 from app.projects.router import router as projects_router
 from app.records.router import router as records_router
+from app.review.router import router as review_router
 from app.snapshots.router import router as snapshots_router
+from app.training.router import router as training_router
+from app.ui.router import router as ui_router
 
 log = logging.getLogger(__name__)
 # Request threads per process; fewer than the database pool's connections (app.db.make_engine).
@@ -113,29 +117,12 @@ def create_app() -> FastAPI:
         imports_router,
         jobs_router,
         snapshots_router,
+        training_router,
+        review_router,
+        generation_router,
     ):
         api.include_router(router)
-    for optional in (
-        "app.training.router",
-        "app.review.router",
-        "app.curation.router",
-        "app.generation.router",
-    ):
-        _include_optional(api, optional)
     app.include_router(api)
-    _include_optional(app, "app.ui.router")
+    app.include_router(ui_router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
     return app
-
-
-def _include_optional(parent: FastAPI | APIRouter, module: str) -> None:
-    """Routers of features that may be absent from a slim install (e.g. the UI templates)."""
-    from importlib import import_module
-
-    try:
-        router = import_module(module).router
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not module.startswith(exc.name):
-            raise
-        return
-    parent.include_router(router)

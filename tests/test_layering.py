@@ -1,0 +1,55 @@
+"""The rules of the house that imports can break silently."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"IF_DATABASE_URL": "sqlite:///:memory:", "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+def test_the_web_process_never_imports_torch():
+    loaded = _modules_after("from app.main import create_app\ncreate_app()")
+    assert not {"torch", "transformers", "peft"} & loaded
+
+
+def test_the_pipeline_imports_neither_sqlalchemy_nor_fastapi_nor_torch():
+    code = "\n".join(
+        f"import app.pipeline.{m}"
+        for m in (
+            "rouge",
+            "rules",
+            "textnorm",
+            "langid",
+            "formats",
+            "llm",
+            "self_instruct",
+            "instances",
+            "evol",
+            "judge",
+            "convert",
+            "mix",
+            "listparse",
+        )
+    )
+    loaded = _modules_after(code)
+    assert not {"sqlalchemy", "fastapi", "torch"} & loaded
+
+
+def test_the_trainer_imports_nothing_from_app():
+    loaded = _modules_after("import trainer.run, trainer.infer, trainer.config")
+    assert not any(m == "app" or m.startswith("app.") for m in loaded)
