@@ -18,7 +18,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IF_", env_file=".env", extra="ignore")
 
     env: Literal["development", "test", "production"] = Field(
-        "development", description="development allows the built-in secret; production refuses it."
+        "development",
+        description="Only development allows the built-in secret key; test and production refuse it.",
     )
     data_dir: Path = Field(
         Path("data"), description="Artifacts, uploads, exports and the embedded databases."
@@ -60,10 +61,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:
-        # A forged session cookie means full admin access: never run production with a known key.
-        if self.env == "production" and (self.secret_key == DEFAULT_SECRET or len(self.secret_key) < 32):
+        # A forged session cookie means full admin access: only a development setup may use a known key.
+        if self.env != "development" and (self.secret_key == DEFAULT_SECRET or len(self.secret_key) < 32):
             raise ValueError(
-                "IF_SECRET_KEY must be set to a random string of at least 32 characters when IF_ENV=production"
+                f"IF_SECRET_KEY must be set to a random string of at least 32 characters when IF_ENV={self.env}"
             )
         return self
 

@@ -54,7 +54,7 @@ def main() -> None:
         IF_DATABASE_URL=url,
         IF_DATA_DIR=str(tmp),
         IF_BROKER_URL="memory://",
-        IF_ENV="test",
+        IF_SECRET_KEY="bench-" + "k" * 32,
         IF_IMPORT_BATCH_SIZE=os.environ.get("IF_IMPORT_BATCH_SIZE", "10000"),
     )
 

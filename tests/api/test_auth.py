@@ -80,4 +80,7 @@ def test_default_secret_refused_in_production(monkeypatch):
     monkeypatch.delenv("IF_SECRET_KEY", raising=False)
     with pytest.raises(ValidationError, match="IF_SECRET_KEY"):
         Settings(env="production")
+    with pytest.raises(ValidationError, match="IF_SECRET_KEY"):
+        Settings(env="test", secret_key="short")
+    assert Settings(env="development").env == "development"
     assert Settings(env="production", secret_key="k" * 40).env == "production"
