@@ -216,7 +216,7 @@ def main() -> None:
             asyncio.run(run())
             elapsed = time.perf_counter() - started
             job_status = httpx.get(
-                f"{base}/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}
+                f"{base}/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}, timeout=60
             ).json()
         finally:
             kill(api)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
 
 from app.config import get_settings
+
+# One INFO line per teacher request would drown the worker's log.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def make_celery() -> Celery:
