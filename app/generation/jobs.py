@@ -8,8 +8,8 @@ rounds from the cache (no paid call repeated) and writes nothing twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -22,6 +22,8 @@ from app.generation.cache import CallLog, DbResponseCache
 from app.generation.schemas import SelfInstructJobParams, TeacherChoice
 from app.pipeline.llm import Gateway, TeacherConfig, TeacherUnavailable, load_teachers
 from app.records.models import Record
+
+T = TypeVar("T")
 
 
 def teachers() -> dict[str, TeacherConfig]:
@@ -47,6 +49,30 @@ def validate_teacher(params: dict[str, Any]) -> None:
     get_teacher(
         TeacherChoice.model_validate({k: params.get(k) for k in ("teacher", "concurrency", "budget_usd")})
     )
+
+
+def run_with_gateway(
+    ctx: Any,
+    teacher: TeacherConfig,
+    log: CallLog,
+    budget_usd: float | None,
+    pipeline: Callable[[Gateway], Awaitable[T]],
+) -> T:
+    """Run one pipeline on a fresh gateway (DB cache, call log, budget); a teacher that stays down
+    pauses the job with the reason instead of failing it."""
+    from workers.runner import JobPaused
+
+    async def go() -> T:
+        async with Gateway(teacher, cache=DbResponseCache(), on_call=log, budget_usd=budget_usd) as gateway:
+            return await pipeline(gateway)
+
+    try:
+        return asyncio.run(go())
+    except TeacherUnavailable as exc:
+        log.flush()
+        raise JobPaused(
+            f"paused: the teacher is unavailable ({exc}); resume the job when it is back"
+        ) from exc
 
 
 def _insert_ignore(db: Any) -> Any:
@@ -159,7 +185,7 @@ def _report(ctx: Any, log: CallLog, progress: Any, done: int, total: int | None)
 def run_self_instruct_job(ctx: Any) -> None:
     from app.pipeline.llm import Sampling
     from app.pipeline.self_instruct import SelfInstructParams, run_self_instruct
-    from workers.runner import JobCancelled, JobPaused
+    from workers.runner import JobCancelled
 
     p = SelfInstructJobParams.model_validate(ctx.params)
     teacher = get_teacher(p)
@@ -182,24 +208,20 @@ def run_self_instruct_job(ctx: Any) -> None:
         upsert_generated(ctx, event.records, dataset_id=ctx.dataset_id, key_prefix=key_prefix)
         _report(ctx, log, event.progress, event.progress.kept, p.target)
 
-    async def go() -> Any:
-        async with Gateway(teacher, cache=DbResponseCache(), on_call=log, budget_usd=p.budget_usd) as gateway:
-            return await run_self_instruct(
-                gateway=gateway,
-                seeds=seeds,
-                params=params,
-                emit=emit,
-                should_stop=lambda: ctx.cancelled,
-                pool_extra=extra,
-            )
-
-    try:
-        result = asyncio.run(go())
-    except TeacherUnavailable as exc:
-        log.flush()
-        raise JobPaused(
-            f"paused: the teacher is unavailable ({exc}); resume the job when it is back"
-        ) from exc
+    result = run_with_gateway(
+        ctx,
+        teacher,
+        log,
+        p.budget_usd,
+        lambda gateway: run_self_instruct(
+            gateway=gateway,
+            seeds=seeds,
+            params=params,
+            emit=emit,
+            should_stop=lambda: ctx.cancelled,
+            pool_extra=extra,
+        ),
+    )
     usage = log.flush()
     ctx.set_result(
         {
@@ -253,7 +275,7 @@ def _language(ctx: Any) -> str:
 def run_evol_job(ctx: Any) -> None:
     from app.generation.schemas import EvolJobParams
     from app.pipeline.evol import EvolItem, EvolParams, run_evol
-    from workers.runner import JobCancelled, JobPaused
+    from workers.runner import JobCancelled
 
     p = EvolJobParams.model_validate(ctx.params)
     teacher = get_teacher(p)
@@ -276,19 +298,15 @@ def run_evol_job(ctx: Any) -> None:
         done = event.progress.records_kept + event.progress.records_rejected
         _report(ctx, log, event.progress, done, total)
 
-    async def go() -> Any:
-        async with Gateway(teacher, cache=DbResponseCache(), on_call=log, budget_usd=p.budget_usd) as gateway:
-            return await run_evol(
-                gateway=gateway, items=items, params=params, emit=emit, should_stop=lambda: ctx.cancelled
-            )
-
-    try:
-        result = asyncio.run(go())
-    except TeacherUnavailable as exc:
-        log.flush()
-        raise JobPaused(
-            f"paused: the teacher is unavailable ({exc}); resume the job when it is back"
-        ) from exc
+    result = run_with_gateway(
+        ctx,
+        teacher,
+        log,
+        p.budget_usd,
+        lambda gateway: run_evol(
+            gateway=gateway, items=items, params=params, emit=emit, should_stop=lambda: ctx.cancelled
+        ),
+    )
     usage = log.flush()
     ctx.set_result(
         {
@@ -309,7 +327,7 @@ def run_evol_job(ctx: Any) -> None:
 def run_judge_job(ctx: Any) -> None:
     from app.generation.schemas import JudgeJobParams
     from app.pipeline.judge import JudgeItem, JudgeParams, run_judge
-    from workers.runner import JobCancelled, JobPaused
+    from workers.runner import JobCancelled
 
     p = JudgeJobParams.model_validate(ctx.params)
     teacher = get_teacher(p)
@@ -359,19 +377,15 @@ def run_judge_job(ctx: Any) -> None:
         done = counters["kept"] + counters["below_threshold"] + counters["unscored"]
         ctx.progress(done, len(items), counters=counters, usage=log.flush())
 
-    async def go() -> Any:
-        async with Gateway(teacher, cache=DbResponseCache(), on_call=log, budget_usd=p.budget_usd) as gateway:
-            return await run_judge(
-                gateway=gateway, items=items, params=params, emit=emit, should_stop=lambda: ctx.cancelled
-            )
-
-    try:
-        summary = asyncio.run(go())
-    except TeacherUnavailable as exc:
-        log.flush()
-        raise JobPaused(
-            f"paused: the teacher is unavailable ({exc}); resume the job when it is back"
-        ) from exc
+    summary = run_with_gateway(
+        ctx,
+        teacher,
+        log,
+        p.budget_usd,
+        lambda gateway: run_judge(
+            gateway=gateway, items=items, params=params, emit=emit, should_stop=lambda: ctx.cancelled
+        ),
+    )
     ctx.set_result(
         {
             "stop_reason": summary.stop_reason,
