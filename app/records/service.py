@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, delete, exists, or_, select, update
@@ -191,16 +192,7 @@ def update_record(*, db: Session, user: User, record_id: int, change: RecordUpda
         "label": record.label,
     }
     action = "edit" if content_changed else (change.status or "update")
-    db.add(
-        ReviewEvent(
-            dataset_id=record.dataset_id,
-            record_id=record.id,
-            user_id=user.id,
-            action=action,
-            before=before,
-            after=after,
-        )
-    )
+    add_event(db=db, record=record, user=user, action=action, before=before, after=after)
     audit.record(
         db=db,
         user_id=user.id,
@@ -211,6 +203,30 @@ def update_record(*, db: Session, user: User, record_id: int, change: RecordUpda
     )
     db.flush()
     return record
+
+
+def add_event(
+    *,
+    db: Session,
+    record: Record,
+    user: User,
+    action: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    at: datetime | None = None,
+) -> None:
+    """Log one decision on a record (timestamped: annotator speed, agreement and undo read these)."""
+    db.add(
+        ReviewEvent(
+            dataset_id=record.dataset_id,
+            record_id=record.id,
+            user_id=user.id,
+            action=action,
+            before=before,
+            after=after,
+            **({"at": at} if at is not None else {}),
+        )
+    )
 
 
 def bulk_set_status(

@@ -416,17 +416,7 @@ def decide(
             "decision": assignment.decision,
             "rating": assignment.rating,
         }
-    db.add(
-        ReviewEvent(
-            dataset_id=record.dataset_id,
-            record_id=record.id,
-            user_id=user.id,
-            action=action,
-            before=before,
-            after=after,
-            at=now,
-        )
-    )
+    records.add_event(db=db, record=record, user=user, action=action, before=before, after=after, at=now)
     db.flush()
     return record
 
@@ -512,15 +502,13 @@ def undo_last(*, db: Session, user: User, dataset_id: int) -> tuple[ReviewEvent,
             assignment.decision = assignment_before.get("decision")
             assignment.rating = assignment_before.get("rating")
     event.undone = True
-    db.add(
-        ReviewEvent(
-            dataset_id=dataset_id,
-            record_id=record.id,
-            user_id=user.id,
-            action="undo",
-            before={"undone_event": event.id, "action": event.action},
-            after=state_of(record),
-        )
+    records.add_event(
+        db=db,
+        record=record,
+        user=user,
+        action="undo",
+        before={"undone_event": event.id, "action": event.action},
+        after=state_of(record),
     )
     db.flush()
     return event, record
