@@ -105,8 +105,28 @@ _SCRIPT_LANG = {
 }
 
 
+# word -> the languages it is a stop word of: one pass over the words scores every language.
+_STOP_LANGS: dict[str, tuple[str, ...]] = {}
+for _lang, _words in _STOPWORDS.items():
+    for _word in _words:
+        _STOP_LANGS[_word] = (*_STOP_LANGS.get(_word, ()), _lang)
+
+
+def _latin_language(text: str) -> str:
+    scores = dict.fromkeys(_STOPWORDS, 0)
+    for word in _WORD.findall(text):
+        for lang in _STOP_LANGS.get(word.lower(), ()):
+            scores[lang] += 1
+    best = max(scores, key=lambda lang: scores[lang])
+    # Short or code-like text with no function words is most likely English in instruction data.
+    return best if scores[best] > scores["en"] else "en"
+
+
 def detect_language(text: str) -> str:
     """'zh', 'ja', 'ko', 'en', 'de', 'fr', 'es', 'it', 'pt', 'ru', 'ar', … or 'unknown'."""
+    if text.isascii():
+        # Only the Latin script can occur: skip counting the others (most English text takes this path).
+        return _latin_language(text) if _SCRIPTS["latin"].search(text) else "unknown"
     counts = {name: n for name, pattern in _SCRIPTS.items() if (n := len(pattern.findall(text)))}
     if not counts:
         return "unknown"
@@ -123,8 +143,4 @@ def detect_language(text: str) -> str:
         return _SCRIPT_LANG[main]
     if main != "latin":
         return "unknown"
-    words = [w.lower() for w in _WORD.findall(text)]
-    scores = {lang: sum(w in stop for w in words) for lang, stop in _STOPWORDS.items()}
-    best = max(scores, key=lambda lang: scores[lang])
-    # Short or code-like text with no function words is most likely English in instruction data.
-    return best if scores[best] > scores["en"] else "en"
+    return _latin_language(text)

@@ -47,6 +47,8 @@ _WORDS = re.compile(r"\w+", re.UNICODE)
 
 
 def _is_cjk_text(text: str) -> bool:
+    if text.isascii():
+        return False
     chars = [c for c in text if not c.isspace()]
     return bool(chars) and len(_CJK.findall(text)) / len(chars) > 0.2
 
@@ -106,11 +108,21 @@ BLACKLIST_ZH = [
 ]
 
 
+_TOKEN = re.compile(r"\w+")
+
+
 def _blacklist(t: Text, p: dict[str, Any]) -> str | None:
     text = t.instruction
     lower = text.lower()
+    tokens = set(_TOKEN.findall(lower))
     for word in p["words"]:
-        if re.search(rf"(?<![\w]){re.escape(word)}(?![\w])", lower):
+        # A one-token word stands alone exactly when it is one of the text's \w+ runs; others ("go to")
+        # are searched as whole words, and only when their first token is there at all.
+        parts = _TOKEN.findall(word)
+        if len(parts) == 1 and parts[0] == word:
+            if word in tokens:
+                return f"asks for non-text output: {word!r}"
+        elif (not parts or parts[0] in tokens) and re.search(rf"(?<![\w]){re.escape(word)}(?![\w])", lower):
             return f"asks for non-text output: {word!r}"
     for word in p["words_zh"]:
         if word in text:
@@ -210,12 +222,12 @@ def _repetition(t: Text, p: dict[str, Any]) -> str | None:
     else:
         units = _WORDS.findall(t.output.lower())
         n = p["n_words"]
-    grams = [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
-    if len(grams) < p["min_ngrams"]:
+    total = len(units) - n + 1
+    if total < p["min_ngrams"]:
         return None
-    counts = Counter(grams)
+    counts = Counter(zip(*(units[i:] for i in range(n)), strict=False))  # the n-grams, without slicing
     repeated = sum(c for c in counts.values() if c > 1)
-    share = repeated / len(grams)
+    share = repeated / total
     if share > p["max_share"]:
         return f"{share:.0%} of the output's {n}-grams repeat (max {p['max_share']:.0%})"
     return None
@@ -230,8 +242,9 @@ def _placeholder(t: Text, p: dict[str, Any]) -> str | None:
             continue
         lower = value.lower()
         for ph in p["placeholders"]:
-            pattern = rf"(?<![a-z]){re.escape(ph)}(?![a-z])" if ph.isalpha() else re.escape(ph)
-            if re.search(pattern, lower):
+            if ph not in lower:  # cheap, and necessary for either form below
+                continue
+            if not ph.isalpha() or re.search(rf"(?<![a-z]){re.escape(ph)}(?![a-z])", lower):
                 return f"{name} holds the placeholder {ph!r}"
     return None
 

@@ -44,14 +44,20 @@ def run(coro):
     return asyncio.run(coro)
 
 
+@pytest.fixture(params=["aiohttp", "httpx"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """The two ways the openai client can send (TeacherConfig.transport): behaviour must not differ."""
+    return str(request.param)
+
+
 async def _complete_once(gateway: Gateway, prompt: str = "Explain tides.", **kw):
     async with gateway:
         return await gateway.complete(prompt, purpose="test", **kw)
 
 
-def test_chat_completion_records_usage_and_cost(fake: FakeTeacher) -> None:
+def test_chat_completion_records_usage_and_cost(fake: FakeTeacher, transport: str) -> None:
     calls: list[CallRecord] = []
-    teacher = teacher_for(fake, price_in_per_1k=1.0, price_out_per_1k=2.0)
+    teacher = teacher_for(fake, price_in_per_1k=1.0, price_out_per_1k=2.0, transport=transport)
     result = run(_complete_once(Gateway(teacher, on_call=calls.append)))
     assert result.text and result.finish_reason == "stop" and not result.cached
     assert result.tokens_in > 0 and result.tokens_out > 0
@@ -60,16 +66,16 @@ def test_chat_completion_records_usage_and_cost(fake: FakeTeacher) -> None:
     assert calls[0].cost_usd == result.cost_usd and calls[0].error is None
 
 
-def test_legacy_completions_api_is_supported(fake: FakeTeacher) -> None:
-    result = run(_complete_once(Gateway(teacher_for(fake, api="completions"))))
+def test_legacy_completions_api_is_supported(fake: FakeTeacher, transport: str) -> None:
+    result = run(_complete_once(Gateway(teacher_for(fake, api="completions", transport=transport))))
     assert result.text
     assert fake.stats()["completions"] == 1
 
 
-def test_retry_after_seconds_is_honoured_on_429(fake: FakeTeacher) -> None:
+def test_retry_after_seconds_is_honoured_on_429(fake: FakeTeacher, transport: str) -> None:
     fake.fault(429, count=1, retry_after=1)
     started = time.monotonic()
-    result = run(_complete_once(Gateway(teacher_for(fake))))
+    result = run(_complete_once(Gateway(teacher_for(fake, transport=transport))))
     waited = time.monotonic() - started
     assert result.text
     assert waited >= 0.95, f"retried after {waited:.2f}s, before the server's Retry-After of 1s"
@@ -93,18 +99,18 @@ def test_retry_after_header_forms_are_parsed() -> None:
     assert _retry_after_seconds({}) is None
 
 
-def test_server_error_then_success_is_retried(fake: FakeTeacher) -> None:
+def test_server_error_then_success_is_retried(fake: FakeTeacher, transport: str) -> None:
     fake.fault(500, count=2)
-    gateway = Gateway(teacher_for(fake))
+    gateway = Gateway(teacher_for(fake, transport=transport))
     result = run(_complete_once(gateway))
     assert result.text
     assert gateway.usage.retries == 2 and gateway.usage.calls == 1
     assert fake.stats()["requests"] == 3
 
 
-def test_timeouts_are_retried_then_reported(fake: FakeTeacher) -> None:
+def test_timeouts_are_retried_then_reported(fake: FakeTeacher, transport: str) -> None:
     fake.set_latency(800)
-    gateway = Gateway(teacher_for(fake, timeout_s=0.2, max_retries=1))
+    gateway = Gateway(teacher_for(fake, timeout_s=0.2, max_retries=1, transport=transport))
     with pytest.raises(TeacherError, match="APITimeoutError"):
         run(_complete_once(gateway))
     assert gateway.usage.retries == 1
@@ -113,8 +119,8 @@ def test_timeouts_are_retried_then_reported(fake: FakeTeacher) -> None:
     assert fake.stats()["requests"] == 2
 
 
-def test_connection_errors_are_retried() -> None:
-    teacher = teacher_for_dead_port(max_retries=2)
+def test_connection_errors_are_retried(transport: str) -> None:
+    teacher = teacher_for_dead_port(max_retries=2, transport=transport)
     gateway = Gateway(teacher)
     with pytest.raises(TeacherError, match="APIConnectionError"):
         run(_complete_once(gateway))
@@ -162,10 +168,10 @@ def test_circuit_breaker_opens_when_failing_for_too_long(fake: FakeTeacher) -> N
     assert fake.stats()["requests"] < 50
 
 
-def test_bad_credentials_make_the_teacher_unavailable(fake: FakeTeacher) -> None:
+def test_bad_credentials_make_the_teacher_unavailable(fake: FakeTeacher, transport: str) -> None:
     fake.fault(401, count=1)
     with pytest.raises(TeacherUnavailable, match="credentials"):
-        run(_complete_once(Gateway(teacher_for(fake))))
+        run(_complete_once(Gateway(teacher_for(fake, transport=transport))))
 
 
 def test_missing_api_key_variable_is_a_clear_error(
