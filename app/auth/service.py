@@ -60,7 +60,13 @@ def user_for_token(*, db: Session, plain: str) -> User | None:
         return None
     now = utcnow()
     # At most one write a minute per token: every request updating one row would serialise them all.
-    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+    # The row stays locked until this request commits. Requests that read the old time meanwhile must
+    # not queue behind it one by one (a convoy of every concurrent request on one token): on PostgreSQL
+    # they skip the update when another request holds the row.
+    if (token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60) and (
+        db.get_bind().dialect.name != "postgresql"
+        or db.scalar(select(ApiToken.id).where(ApiToken.id == token.id).with_for_update(skip_locked=True))
+    ):
         token.last_used_at = now
     user = db.get(User, token.user_id)
     return user if user is not None and user.is_active else None
