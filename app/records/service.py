@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, delete, exists, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -104,7 +104,15 @@ def list_records(
     return rows[:limit], next_cursor
 
 
-def get_record(*, db: Session, user: User, record_id: int, min_role: str = Role.annotator.value) -> Record:
+def get_record(
+    *,
+    db: Session,
+    user: User,
+    record_id: int,
+    min_role: str = Role.annotator.value,
+    for_update: bool = False,
+) -> Record:
+    """The record if the user may see it; `for_update` (every change) also locks it, see lock_record."""
     record = db.get(Record, record_id)
     if record is None:
         raise NotFound(f"record {record_id} not found")
@@ -112,7 +120,20 @@ def get_record(*, db: Session, user: User, record_id: int, min_role: str = Role.
         require_dataset(db=db, user=user, dataset_id=record.dataset_id, min_role=min_role)
     except NotFound:
         raise NotFound(f"record {record_id} not found") from None
+    if for_update:
+        lock_record(db, record)
     return record
+
+
+def lock_record(db: Session, record: Record) -> None:
+    """Hold the record's row until commit and reload it. A change checked against `version` then sees
+    the latest committed version: of two edits sent with the same version one passes and the other gets
+    409, instead of both passing (a lost update, or a 500 on the revision's unique key)."""
+    if db.get_bind().dialect.name == "sqlite":
+        # SQLite drops FOR UPDATE; a write takes its database write lock (waiting out busy_timeout) and
+        # the reads after it in the same transaction see the latest commit.
+        db.execute(text("UPDATE records SET version = version WHERE id = :id"), {"id": record.id})
+    db.refresh(record, with_for_update=True)
 
 
 def content_of(record: Record | RecordRevision) -> dict[str, Any]:
@@ -128,7 +149,7 @@ def set_tags(*, db: Session, record: Record, tags: list[str]) -> None:
 
 def update_record(*, db: Session, user: User, record_id: int, change: RecordUpdate) -> Record:
     """Apply an edit; content changes are kept as revisions, and a stale version is refused with 409."""
-    record = get_record(db=db, user=user, record_id=record_id)
+    record = get_record(db=db, user=user, record_id=record_id, for_update=True)
     if change.version != record.version:
         raise Conflict(
             f"record {record_id} was changed since you loaded it (your version {change.version}, "

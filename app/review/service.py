@@ -360,7 +360,7 @@ def decide(
 
     A record assigned to this user takes accept/reject/rate as the user's vote (several annotators vote
     on the same record, so no version check); everything else needs the version the client loaded."""
-    record = records.get_record(db=db, user=user, record_id=record_id)
+    record = records.get_record(db=db, user=user, record_id=record_id, for_update=True)
     assignment = db.get(RecordAssignment, (record_id, user.id))
     vote = assignment is not None and action in ("accept", "reject", "rate")
     if not vote and action != "skip" and version != record.version:
@@ -481,7 +481,7 @@ def undo_last(*, db: Session, user: User, dataset_id: int) -> tuple[ReviewEvent,
     )
     if event is None:
         raise NotFound("nothing to undo")
-    record = records.get_record(db=db, user=user, record_id=event.record_id)
+    record = records.get_record(db=db, user=user, record_id=event.record_id, for_update=True)
     assignment_before = (event.before or {}).get("assignment")
     if event.action == "edit":
         _undo_edit(db, user, record)
