@@ -53,11 +53,15 @@ def issue_token(*, db: Session, user: User, name: str) -> tuple[ApiToken, str]:
 
 
 def user_for_token(*, db: Session, plain: str) -> User | None:
-    token = db.scalar(
-        select(ApiToken).where(ApiToken.token_hash == hash_token(plain), ApiToken.revoked.is_(False))
-    )
-    if token is None:
+    # One query for the token and its user: this runs on every API request.
+    row = db.execute(
+        select(ApiToken, User)
+        .join(User, User.id == ApiToken.user_id)
+        .where(ApiToken.token_hash == hash_token(plain), ApiToken.revoked.is_(False))
+    ).first()
+    if row is None:
         return None
+    token, user = row.tuple()
     now = utcnow()
     # At most one write a minute per token: every request updating one row would serialise them all.
     # The row stays locked until this request commits. Requests that read the old time meanwhile must
@@ -68,8 +72,7 @@ def user_for_token(*, db: Session, plain: str) -> User | None:
         or db.scalar(select(ApiToken.id).where(ApiToken.id == token.id).with_for_update(skip_locked=True))
     ):
         token.last_used_at = now
-    user = db.get(User, token.user_id)
-    return user if user is not None and user.is_active else None
+    return user if user.is_active else None
 
 
 def revoke_token(*, db: Session, user: User, token_id: int) -> None:

@@ -19,9 +19,16 @@ def require_dataset(
     *, db: Session, user: User, dataset_id: int, min_role: str = Role.annotator.value
 ) -> Dataset:
     """Load a dataset the user may act on; 404 for datasets of projects the user is not in."""
-    dataset = db.get(Dataset, dataset_id)
-    if dataset is None:
+    # The project comes in the same query (require_project then finds it in the session): every
+    # dataset and record request starts here.
+    row = db.execute(
+        select(Dataset, Project)
+        .join(Project, Project.id == Dataset.project_id)
+        .where(Dataset.id == dataset_id)
+    ).first()
+    if row is None:
         raise NotFound(f"dataset {dataset_id} not found")
+    dataset = row[0]
     try:
         require_project(db=db, user=user, project_id=dataset.project_id, min_role=min_role)
     except NotFound:
