@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint typecheck check e2e bench-import bench-dedup bench-generate bench-ui clean
+.PHONY: install run test lint typecheck check e2e bench-import bench-dedup bench-generate bench-ui bench-load clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -47,6 +47,9 @@ bench-generate: install
 
 bench-ui: install
 	$(PY) bench/ui.py
+
+bench-load: install
+	$(PY) bench/load.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
