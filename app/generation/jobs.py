@@ -7,7 +7,6 @@ rounds from the cache (no paid call repeated) and writes nothing twice.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -20,7 +19,7 @@ from app.datasets.models import Dataset
 from app.errors import Invalid, NotFound
 from app.generation.cache import CallLog, DbResponseCache
 from app.generation.schemas import SelfInstructJobParams, TeacherChoice
-from app.pipeline.llm import Gateway, TeacherConfig, TeacherUnavailable, load_teachers
+from app.pipeline.llm import Gateway, TeacherConfig, TeacherUnavailable, load_teachers, run_coroutine
 from app.records.models import Record
 
 T = TypeVar("T")
@@ -67,7 +66,7 @@ def run_with_gateway(
             return await pipeline(gateway)
 
     try:
-        return asyncio.run(go())
+        return run_coroutine(go())
     except TeacherUnavailable as exc:
         log.flush()
         raise JobPaused(

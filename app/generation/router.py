@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 
@@ -42,7 +41,7 @@ def estimate(body: EstimateRequest, user: CurrentUser, db: SessionDep) -> Estima
     from pydantic import ValidationError
 
     from app.generation.cache import DbResponseCache
-    from app.pipeline.llm import Gateway, Sampling, estimate_cost
+    from app.pipeline.llm import Gateway, Sampling, estimate_cost, run_coroutine
     from app.pipeline.self_instruct import SelfInstructParams, build_instruction_prompt
     from app.records.models import Record
 
@@ -96,4 +95,4 @@ def estimate(body: EstimateRequest, user: CurrentUser, db: SessionDep) -> Estima
             )
         return EstimateRead(**est.__dict__)
 
-    return asyncio.run(go())
+    return run_coroutine(go())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable, Iterable
@@ -22,6 +21,7 @@ from app.pipeline.llm import (
     TeacherConfig,
     TeacherUnavailable,
     load_teachers,
+    run_coroutine,
 )
 from app.pipeline.self_instruct import GenEvent, SelfInstructParams, load_seed_tasks, run_self_instruct
 
@@ -147,7 +147,7 @@ def _run(
             return await body(gateway, progress, writer)
 
     try:
-        result = asyncio.run(main())
+        result = run_coroutine(main())
     except TeacherUnavailable as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return EXIT_TEACHER_UNAVAILABLE

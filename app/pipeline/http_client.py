@@ -33,6 +33,26 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx2.create_ssl_context(trust_env=True)
 
 
+class _DeferredTransport(httpx2.AsyncBaseTransport):
+    """httpx2's own transport, made on the first request that needs it (a streamed one).
+
+    The gateway never streams, so a worker normally never pays for it: making it imports httpcore2 and
+    loads a second CA bundle (~80 ms of CPU per process).
+    """
+
+    def __init__(self) -> None:
+        self._inner: httpx2.AsyncHTTPTransport | None = None
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if self._inner is None:
+            self._inner = httpx2.AsyncHTTPTransport(verify=_ssl_context(), trust_env=True)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._inner is not None:
+            await self._inner.aclose()
+
+
 class AiohttpSendClient(httpx2.AsyncClient):
     """``httpx2.AsyncClient`` whose non-streaming ``send`` uses one aiohttp session (made on first use).
 
@@ -40,7 +60,13 @@ class AiohttpSendClient(httpx2.AsyncClient):
     """
 
     def __init__(self, *, max_connections: int, timeout_s: float) -> None:
-        super().__init__(timeout=timeout_s, follow_redirects=True, trust_env=True, verify=_ssl_context())
+        super().__init__(
+            timeout=timeout_s,
+            follow_redirects=True,
+            trust_env=True,
+            verify=_ssl_context(),
+            transport=_DeferredTransport(),
+        )
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._proxies: dict[tuple[str, str, int | None], str | None] = {}

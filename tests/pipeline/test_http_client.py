@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import openai
 import pytest
 
+from app.pipeline.http_client import AiohttpSendClient
 from app.pipeline.llm import Gateway, TeacherConfig, TeacherError
 
 ANSWER = {
@@ -125,3 +126,23 @@ def test_httpx_transport_remains_available(recorder: tuple[str, list[dict[str, A
     teacher = TeacherConfig(name="t", base_url=f"{url}/v1", model="m", transport="httpx")
     assert _ask(teacher) == "Tides follow the moon."
     assert seen[0]["path"] == "/v1/chat/completions"
+
+
+def test_a_streamed_request_goes_through_httpx2_own_transport_made_on_first_use(
+    recorder: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, seen = recorder
+
+    async def go() -> tuple[bool, bytes, bool]:
+        client = AiohttpSendClient(max_connections=2, timeout_s=10)
+        made_before = client._transport._inner is not None  # type: ignore[attr-defined]
+        async with client.stream("POST", f"{url}/v1/chat/completions", json={"model": "m"}) as answer:
+            body = await answer.aread()
+        made_after = client._transport._inner is not None  # type: ignore[attr-defined]
+        await client.aclose()
+        return made_before, body, made_after
+
+    made_before, body, made_after = asyncio.run(go())
+    assert not made_before and made_after
+    assert json.loads(body)["choices"][0]["message"]["content"] == "Tides follow the moon."
+    assert seen[0]["body"] == {"model": "m"}

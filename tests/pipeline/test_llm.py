@@ -23,6 +23,7 @@ from app.pipeline.llm import (
     estimate_cost,
     load_teachers,
     request_key,
+    run_coroutine,
 )
 from tests.fake_teacher import FakeTeacher, teacher_for
 
@@ -275,6 +276,19 @@ def test_jsonl_cache_replays_a_run_offline(fake: FakeTeacher, tmp_path) -> None:
     with path.open("a") as fh:
         fh.write('{"key": "trunc')  # a write cut short by a crash must not break the next load
     assert len(JsonlFileCache(path)) == 1
+
+
+def test_jobs_run_their_gateway_on_uvloop_and_get_the_answer(fake: FakeTeacher, transport: str) -> None:
+    async def scenario() -> tuple[str, str]:
+        loop = type(asyncio.get_running_loop()).__module__
+        async with Gateway(teacher_for(fake, transport=transport)) as gateway:
+            return loop, (await gateway.complete("Explain tides.", purpose="test")).text
+
+    fake.script_response("Explain tides.", "The moon pulls the sea.")
+    loop, text = run_coroutine(scenario())
+    assert loop.startswith("uvloop")
+    assert text == "The moon pulls the sea."
+    assert fake.stats()["requests"] == 1
 
 
 def test_estimate_cost_extrapolates_from_a_dry_run(fake: FakeTeacher) -> None:
