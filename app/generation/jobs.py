@@ -17,7 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from app.config import get_settings
 from app.datasets.models import Dataset
 from app.errors import Invalid, NotFound
-from app.generation.cache import CallLog, DbResponseCache
+from app.generation.cache import CallLog
 from app.generation.schemas import SelfInstructJobParams, TeacherChoice
 from app.pipeline.llm import Gateway, TeacherConfig, TeacherUnavailable, load_teachers, run_coroutine
 from app.records.models import Record
@@ -62,7 +62,7 @@ def run_with_gateway(
     from workers.runner import JobPaused
 
     async def go() -> T:
-        async with Gateway(teacher, cache=DbResponseCache(), on_call=log, budget_usd=budget_usd) as gateway:
+        async with Gateway(teacher, cache=log.response_cache, on_call=log, budget_usd=budget_usd) as gateway:
             return await pipeline(gateway)
 
     try:

@@ -135,7 +135,12 @@ class ResponseCache(Protocol):
 
     def get(self, key: str) -> dict[str, Any] | None: ...
 
-    def put(self, key: str, request: dict[str, Any], response: dict[str, Any]) -> None: ...
+    def put(
+        self, key: str, request: dict[str, Any], response: dict[str, Any], call: CallRecord | None = None
+    ) -> None:
+        """Keep ``response``; ``call`` is the paid call that got it, for caches that also keep the ledger
+        (the job's database cache stores both in one transaction, so a killed worker loses neither)."""
+        ...
 
 
 def request_key(request: Mapping[str, Any]) -> str:
@@ -153,7 +158,9 @@ class InMemoryCache:
         with self._lock:
             return self._data.get(key)
 
-    def put(self, key: str, request: dict[str, Any], response: dict[str, Any]) -> None:
+    def put(
+        self, key: str, request: dict[str, Any], response: dict[str, Any], call: CallRecord | None = None
+    ) -> None:
         with self._lock:
             self._data[key] = response
 
@@ -182,7 +189,9 @@ class JsonlFileCache:
         with self._lock:
             return self._data.get(key)
 
-    def put(self, key: str, request: dict[str, Any], response: dict[str, Any]) -> None:
+    def put(
+        self, key: str, request: dict[str, Any], response: dict[str, Any], call: CallRecord | None = None
+    ) -> None:
         line = json.dumps({"key": key, "request": request, "response": response}, ensure_ascii=False)
         with self._lock:
             self._data[key] = response
@@ -449,6 +458,7 @@ class Gateway:
                 self._record(completion, purpose=purpose, error=None)
                 return completion
         completion = await self._call_with_retries(request, key=key, purpose=purpose)
+        call = self._call_record(completion, purpose=purpose, error=None)
         if self.cache is not None:
             response = {
                 "text": completion.text,
@@ -456,25 +466,28 @@ class Gateway:
                 "tokens_in": completion.tokens_in,
                 "tokens_out": completion.tokens_out,
             }
-            await asyncio.to_thread(self.cache.put, key, request, response)
+            await asyncio.to_thread(self.cache.put, key, request, response, call)
+        if self.on_call is not None:
+            self.on_call(call)
         return completion
+
+    def _call_record(self, c: Completion, *, purpose: str, error: str | None) -> CallRecord:
+        return CallRecord(
+            key=c.key,
+            purpose=purpose,
+            model=self.teacher.model,
+            tokens_in=c.tokens_in,
+            tokens_out=c.tokens_out,
+            latency_ms=c.latency_ms,
+            cost_usd=c.cost_usd,
+            finish_reason=c.finish_reason,
+            cached=c.cached,
+            error=error,
+        )
 
     def _record(self, c: Completion, *, purpose: str, error: str | None) -> None:
         if self.on_call is not None:
-            self.on_call(
-                CallRecord(
-                    key=c.key,
-                    purpose=purpose,
-                    model=self.teacher.model,
-                    tokens_in=c.tokens_in,
-                    tokens_out=c.tokens_out,
-                    latency_ms=c.latency_ms,
-                    cost_usd=c.cost_usd,
-                    finish_reason=c.finish_reason,
-                    cached=c.cached,
-                    error=error,
-                )
-            )
+            self.on_call(self._call_record(c, purpose=purpose, error=error))
 
     def cost(self, tokens_in: int, tokens_out: int) -> float:
         t = self.teacher
@@ -569,8 +582,7 @@ class Gateway:
                 self.usage.tokens_out += completion.tokens_out
                 self._max_tokens_out = max(self._max_tokens_out, completion.tokens_out)
                 self.usage.cost_usd += completion.cost_usd
-                self._record(completion, purpose=purpose, error=None)
-                return completion
+                return completion  # recorded by complete(), with its cache entry
             self._note_failure(time.monotonic(), last_error)
             if attempt == t.max_retries:
                 break

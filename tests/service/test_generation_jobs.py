@@ -14,14 +14,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
+from app.generation.cache import CallLog
 from app.imports.service import parse_file, write_records
 from app.jobs import service as jobs
 from app.jobs.models import Job
-from app.llm.models import LlmCall
+from app.llm.models import LlmCacheEntry, LlmCall
+from app.pipeline.llm import Gateway, run_coroutine
 from app.records.models import Record
 from tests.conftest import PG_URL
 from tests.factories import make_dataset, make_project, make_user
-from tests.fake_teacher import FakeTeacher
+from tests.fake_teacher import FakeTeacher, teacher_for
 from tests.procs import kill, service_env, start_worker
 from workers.runner import run_job
 
@@ -142,6 +144,45 @@ def test_unknown_teacher_is_refused_at_creation(db, teacher):
         )
 
 
+def test_a_paid_call_is_in_the_job_ledger_with_its_cache_entry_before_any_flush(
+    committed_pg, shared_data, teacher
+):
+    dataset_id, curator = _seeded(committed_pg, shared_data)
+    job_id = _create(committed_pg, curator, dataset_id, "self_instruct", {"teacher": "fake", "target": 1})
+    log = CallLog(job_id)
+    prompts = [f"Explain ledger case {job_id}-{i}." for i in range(3)]
+
+    async def ask_all() -> None:
+        async with Gateway(
+            teacher_for(teacher, price_in_per_1k=1.0), cache=log.response_cache, on_call=log
+        ) as gateway:
+            for prompt in prompts:
+                await gateway.complete(prompt, purpose="test")
+            await gateway.complete(prompts[0], purpose="test")  # the same request again: a cache hit
+
+    run_coroutine(ask_all())
+
+    def ledger() -> tuple[list[bool], int]:
+        with Session(committed_pg) as db:
+            cached = list(
+                db.scalars(select(LlmCall.cached).where(LlmCall.job_id == job_id).order_by(LlmCall.id))
+            )
+            keys = {c.key for c in db.scalars(select(LlmCall).where(LlmCall.job_id == job_id))}
+            entries = db.scalar(select(func.count()).where(LlmCacheEntry.key.in_(keys)))
+        return cached, entries
+
+    # Nothing flushed yet (a worker killed here): the three paid calls are stored, with their responses.
+    assert ledger() == ([False, False, False], 3)
+    assert teacher.stats()["completions"] == 3
+    usage = log.flush()  # the cache hit joins them; the paid calls are not counted twice
+    assert ledger() == ([False, False, False, True], 3)
+    with Session(committed_pg) as db:
+        paid_cost = db.scalar(
+            select(func.sum(LlmCall.cost_usd)).where(LlmCall.job_id == job_id, LlmCall.cached.is_(False))
+        )
+    assert usage["cost_usd"] == pytest.approx(paid_cost) and usage["cost_usd"] > 0
+
+
 @pytest.mark.slow
 def test_sigkilled_worker_mid_generation_resumes_without_duplicates_or_repaid_calls(
     committed_pg, shared_data, teacher, redis_url, tmp_path
@@ -198,7 +239,17 @@ def test_sigkilled_worker_mid_generation_resumes_without_duplicates_or_repaid_ca
         n = db.scalar(select(func.count()).where(Record.job_id == job_id))
         keys = db.scalar(select(func.count(func.distinct(Record.gen_key))).where(Record.job_id == job_id))
         replayed = db.scalar(select(func.count()).where(LlmCall.job_id == job_id, LlmCall.cached.is_(True)))
+        paid, ledger_cost = db.execute(
+            select(func.count(), func.coalesce(func.sum(LlmCall.cost_usd), 0.0)).where(
+                LlmCall.job_id == job_id, LlmCall.cached.is_(False), LlmCall.error.is_(None)
+            )
+        ).one()
     assert n == keys == job.result["records_kept"] + job.result["records_rejected"]
+    # Every answer a worker received is in the ledger, those received just before the kill included (a
+    # paid call is written with its cache entry): only the calls in flight at the kill, at most one
+    # concurrency window (8), were answered by the teacher and never counted.
+    assert 0 <= final["completions"] - paid <= 8, (final["completions"], paid)
+    assert job.result["cost_usd"] == pytest.approx(ledger_cost)
     repeated = {h: c for h, c in final["completed_by_hash"].items() if c > 1}
     # Only calls in flight at the instant of the kill (answered but never received) may be asked again;
     # every call answered before it came back from the cache.
