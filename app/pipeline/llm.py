@@ -714,7 +714,8 @@ def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(coro)``, on uvloop's event loop where it is installed (Linux, macOS).
 
     Jobs, the CLI and the estimate run their gateway through this: uvloop's loop and socket transports
-    are C, which takes ~7 % off our CPU per teacher call (bench/generate.py, docs/benchmarks.md).
+    are C, which took our CPU per kept record from ~2.1 to ~1.5 ms at the median in bench/generate.py
+    (docs/benchmarks.md; single runs vary by about as much).
     """
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(coro)
