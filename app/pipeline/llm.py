@@ -457,7 +457,10 @@ class Gateway:
                 self.usage.cached_calls += 1
                 self._record(completion, purpose=purpose, error=None)
                 return completion
-        completion = await self._call_with_retries(request, key=key, purpose=purpose)
+        return await self._call_with_retries(request, key=key, purpose=purpose)
+
+    async def _keep(self, request: dict[str, Any], completion: Completion, *, purpose: str) -> None:
+        """Store a paid answer (and its call record) in the cache, then report the call."""
         call = self._call_record(completion, purpose=purpose, error=None)
         if self.cache is not None:
             response = {
@@ -466,10 +469,9 @@ class Gateway:
                 "tokens_in": completion.tokens_in,
                 "tokens_out": completion.tokens_out,
             }
-            await asyncio.to_thread(self.cache.put, key, request, response, call)
+            await asyncio.to_thread(self.cache.put, completion.key, request, response, call)
         if self.on_call is not None:
             self.on_call(call)
-        return completion
 
     def _call_record(self, c: Completion, *, purpose: str, error: str | None) -> CallRecord:
         return CallRecord(
@@ -548,6 +550,10 @@ class Gateway:
             success = False
             try:
                 completion = await self._send(request, key=key)
+                # The slot is held until the answer is stored: a worker killed at any instant has at most
+                # max_concurrency answers that were paid for and not kept (a backlog of stores would
+                # otherwise grow past it while new calls go out).
+                await self._keep(request, completion, purpose=purpose)
                 success = True
             except openai.APIStatusError as exc:
                 status = exc.status_code
@@ -582,7 +588,7 @@ class Gateway:
                 self.usage.tokens_out += completion.tokens_out
                 self._max_tokens_out = max(self._max_tokens_out, completion.tokens_out)
                 self.usage.cost_usd += completion.cost_usd
-                return completion  # recorded by complete(), with its cache entry
+                return completion
             self._note_failure(time.monotonic(), last_error)
             if attempt == t.max_retries:
                 break
