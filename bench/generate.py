@@ -21,12 +21,9 @@ import asyncio
 import functools
 import json
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import openai
@@ -47,35 +44,9 @@ from app.pipeline.self_instruct import (  # noqa: E402
     load_seed_tasks,
     run_self_instruct,
 )
+from tests.fake_teacher import teacher_process  # noqa: E402
 
 SEEDS = ROOT.parent / "shared" / "data" / "self-instruct" / "seed_tasks.jsonl"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_server(latency_ms: float) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_teacher", "--port", str(port), "--latency-ms", str(latency_ms)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/v1/models", timeout=1).read()
-            return proc, url
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("fake teacher did not start") from None
-            time.sleep(0.1)
 
 
 def run_ours(base_url: str, *, concurrency: int, target: int, loop: str = "uvloop") -> dict[str, float]:
@@ -164,15 +135,11 @@ def main() -> None:
     ap.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop", help="Ours runs on.")
     ap.add_argument("--reference-seconds", type=float, default=30, help="How long the sequential loop runs.")
     args = ap.parse_args()
-    proc, url = start_server(args.latency_ms)
-    try:
-        ours = functools.partial(run_ours, f"{url}/v1", concurrency=args.concurrency, loop=args.event_loop)
+    with teacher_process(latency_ms=args.latency_ms) as (url, _):
+        ours = functools.partial(run_ours, url, concurrency=args.concurrency, loop=args.event_loop)
         warmup = ours(target=args.warmup_target)
         runs = [ours(target=args.target) for _ in range(args.repeats)]
-        ref = run_reference(f"{url}/v1", seconds=args.reference_seconds)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        ref = run_reference(url, seconds=args.reference_seconds)
     per_min = [r["kept"] / r["wall_s"] * 60 for r in runs]
     cpu_ms = [r["cpu_s"] * 1000 / max(1, r["kept"]) for r in runs]
     kept_per_min, cpu_ms_per_record = statistics.median(per_min), statistics.median(cpu_ms)

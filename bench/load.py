@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -22,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,37 +88,6 @@ async def client_loop(http, base, token, dataset_id, ids, measure_from, deadline
         await asyncio.sleep(think * rng.uniform(0.5, 1.5))
 
 
-@contextlib.contextmanager
-def teacher_process(*, latency_ms: float) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """The fake teacher in its own process: in this one it would share the GIL with the clients."""
-    import urllib.request
-
-    from tests.procs import free_port, kill
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_teacher", "--port", str(port), "--latency-ms", str(latency_ms)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=1).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                kill(proc)
-                raise RuntimeError("fake teacher did not start") from None
-            time.sleep(0.1)
-    try:
-        yield url, proc
-    finally:
-        kill(proc)
-
-
 def cpu_by_process(
     api: subprocess.Popen[bytes], worker: subprocess.Popen[bytes], teacher: subprocess.Popen[bytes]
 ) -> dict[str, float]:
@@ -174,6 +141,7 @@ def main() -> None:
     parser.add_argument("--pg-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     args = parser.parse_args()
+    ramp_ms = args.think_ms if args.ramp_ms is None else args.ramp_ms
 
     import httpx
     import redis
@@ -189,6 +157,7 @@ def main() -> None:
     redis.Redis.from_url(args.redis_url).flushdb()
     tmp = Path(tempfile.mkdtemp(prefix="if-load-"))
 
+    from tests.fake_teacher import teacher_process
     from tests.procs import free_port, kill, service_env, start_worker, wait_http
 
     with teacher_process(latency_ms=300) as (teacher_url, teacher_proc):
@@ -329,7 +298,7 @@ def main() -> None:
                                 marks["measure_from"],
                                 deadline,
                                 args.think_ms / 1000,
-                                (args.think_ms if args.ramp_ms is None else args.ramp_ms) / 1000,
+                                ramp_ms / 1000,
                                 stats,
                             )
                             for _ in range(args.clients)
@@ -354,7 +323,7 @@ def main() -> None:
         "clients": args.clients,
         "seconds": round(elapsed, 1),
         "think_ms": args.think_ms,
-        "ramp_ms": args.think_ms if args.ramp_ms is None else args.ramp_ms,
+        "ramp_ms": ramp_ms,
         # The first seconds (new connections, cold pools and caches) are measured apart.
         "warmup_s": args.warmup_s,
         "warmup_requests": len(stats["warmup_lat"]),

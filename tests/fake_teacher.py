@@ -28,8 +28,11 @@ import json
 import random
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -860,6 +863,38 @@ class FakeTeacher:
 
     def reset(self) -> None:
         self.state.reset()
+
+
+@contextlib.contextmanager
+def teacher_process(*, latency_ms: float = 0.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The fake teacher in a process of its own, for benchmarks: its CPU and GIL are not the caller's.
+
+    Yields its base URL (ending in ``/v1``) and the process; stops it on exit.
+    """
+    from tests.procs import free_port, kill
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_teacher", "--port", str(port), "--latency-ms", str(latency_ms)],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=1).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                kill(proc)
+                raise RuntimeError("fake teacher did not start") from None
+            time.sleep(0.1)
+    try:
+        yield url, proc
+    finally:
+        kill(proc)
 
 
 def teacher_for(fake: FakeTeacher, **overrides: Any) -> Any:

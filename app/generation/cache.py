@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from sqlalchemy import func, select
@@ -14,19 +15,8 @@ from app.pipeline.llm import CallRecord
 
 
 def _llm_call(job_id: int, c: CallRecord) -> LlmCall:
-    return LlmCall(
-        job_id=job_id,
-        key=c.key,
-        purpose=c.purpose,
-        model=c.model,
-        tokens_in=c.tokens_in,
-        tokens_out=c.tokens_out,
-        latency_ms=c.latency_ms,
-        cost_usd=c.cost_usd,
-        finish_reason=c.finish_reason,
-        cached=c.cached,
-        error=(c.error or None) and c.error[:500],
-    )
+    """The ledger row of a call (the columns are CallRecord's fields)."""
+    return LlmCall(job_id=job_id, **{**dataclasses.asdict(c), "error": (c.error or None) and c.error[:500]})
 
 
 class DbResponseCache:
