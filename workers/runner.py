@@ -7,8 +7,8 @@ import os
 import socket
 import threading
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.base import utcnow
 from app.config import get_settings
-from app.db import get_sessionmaker
+from app.db import get_sessionmaker, session_scope
 from app.jobs.models import Job, JobStatus
 from app.jobs.registry import KINDS
 
@@ -48,17 +48,9 @@ class JobContext:
     _cancel: threading.Event = field(default_factory=threading.Event)
     counters: dict[str, Any] = field(default_factory=dict)
 
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        db = get_sessionmaker()()
-        try:
-            yield db
-            db.commit()
-        except BaseException:
-            db.rollback()
-            raise
-        finally:
-            db.close()
+    def session(self) -> AbstractContextManager[Session]:
+        """A short unit of work (app.db.session_scope): handlers checkpoint in many of these."""
+        return session_scope()
 
     @property
     def cancelled(self) -> bool:
