@@ -168,13 +168,53 @@ def committed_pg() -> Iterator[Engine]:
     truncate_all(engine)
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A Redis database of its own for this test (flushed before and after)."""
+# Marks a Redis database as a test run's: one holding this key (and no lock) is a finished run's leftover.
+_REDIS_MARK = "instructforge:test-run"
+_REDIS_CLAIM: list[tuple[int, Any]] = []  # this run's database and its lock file, open until the run ends
+
+
+def _redis_db_of_this_run() -> int:
+    """A Redis database no other test run on this machine holds, claimed for the whole run.
+
+    A lock file per database number (flock, released by the kernel however the run ends) keeps two runs
+    apart; a database with keys that are not a test run's (a local service's) is never taken, and neither
+    is database 0, where services keep theirs by default.
+    """
+    import fcntl
+
     import redis
 
-    url = f"{REDIS_URL}/{11}"
+    if _REDIS_CLAIM:
+        return int(_REDIS_CLAIM[0][0])
+    server = redis.Redis.from_url(REDIS_URL)
+    count = int(server.config_get("databases").get("databases", 16))
+    where = REDIS_URL.split("//", 1)[-1].replace(":", "-").replace("/", "-")
+    for n in range(1, count):
+        lock = (Path(tempfile.gettempdir()) / f"instructforge-test-redis-{where}-{n}.lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        r = redis.Redis.from_url(f"{REDIS_URL}/{n}")
+        if r.dbsize() == 0 or r.exists(_REDIS_MARK):
+            r.flushdb()
+            r.set(_REDIS_MARK, TEST_RUN)
+            _REDIS_CLAIM.append((n, lock))
+            return n
+        lock.close()  # someone's data: not ours to flush
+    pytest.fail(f"no free Redis database at {REDIS_URL}: each test run needs one of 1..{count - 1} to itself")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """This run's own Redis database (see _redis_db_of_this_run), flushed before and after the test."""
+    import redis
+
+    url = f"{REDIS_URL}/{_redis_db_of_this_run()}"
     r = redis.Redis.from_url(url)
     r.flushdb()
+    r.set(_REDIS_MARK, TEST_RUN)
     yield url
     r.flushdb()
+    r.set(_REDIS_MARK, TEST_RUN)
