@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.schema import ColumnCollectionConstraint
 
 from app.config import get_settings
+from app.errors import Conflict, DomainError, Invalid
 
 
 def make_engine(url: str) -> Engine:
@@ -48,7 +52,11 @@ def get_sessionmaker() -> sessionmaker[Session]:
 
 @contextmanager
 def session_scope() -> Iterator[Session]:
-    """A session for workers and the CLI: committed on success, rolled back on error."""
+    """The one unit of work: committed when the block ends, rolled back on error, then closed.
+
+    API and UI requests (app.deps.get_db), job handlers (JobContext.session), the CLI and benchmarks all
+    open their sessions here, so "committed" means the same thing everywhere. A request's unit of work
+    ends before its response is sent (see get_db), so a 2xx always means the change is stored."""
     session = get_sessionmaker()()
     try:
         yield session
@@ -58,3 +66,51 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+_SQLITE_UNIQUE = re.compile(r"UNIQUE constraint failed: ([\w.,\s]+)")
+
+
+def refusal(exc: DBAPIError) -> DomainError:
+    """What a client is told when the database refuses a write: 409 naming the field for a unique or
+    foreign key, 422 for a value it cannot store (NUL characters, numbers out of range, too long).
+
+    Services check what they can first (a taken name is a 409 before any SQL); this is the net under
+    them, so a refusal found only at flush or commit is never a 2xx and never a 500."""
+    orig = exc.orig
+    message = str(orig).splitlines()[0] if orig is not None else str(exc)
+    if isinstance(exc, IntegrityError):
+        table, columns = _constraint_columns(exc)
+        if "foreign key" in message.lower():
+            return Conflict(f"a referenced row does not exist or is still referenced ({message})")
+        if "not null" in message.lower():
+            return Invalid(f"a required value is missing ({message})", field=columns[-1] if columns else None)
+        if columns:
+            named = [c for c in columns if not c.endswith("_id")] or columns
+            entity = table[:-1] if table.endswith("s") else table
+            return Conflict(
+                f"another {entity} already has this {', '.join(named)}: {named[-1]} must be unique",
+                field=named[-1],
+            )
+        return Conflict(f"the change conflicts with existing data ({message})")
+    if "NUL" in message or "\\u0000" in message:
+        return Invalid("text must not contain NUL characters (\\u0000)")
+    return Invalid(f"the database cannot store a value of this request ({message})")
+
+
+def _constraint_columns(exc: IntegrityError) -> tuple[str, list[str]]:
+    """(table, columns) of the unique constraint an IntegrityError names, from our own metadata."""
+    from app.base import Base
+
+    name = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+    if name:
+        for table in Base.metadata.tables.values():
+            for constraint in table.constraints:
+                if isinstance(constraint, ColumnCollectionConstraint) and constraint.name == name:
+                    return table.name, [c.name for c in constraint.columns]
+        return "", []
+    found = _SQLITE_UNIQUE.search(str(exc.orig))
+    if not found:
+        return "", []
+    pairs = [p.strip().split(".", 1) for p in found.group(1).split(",") if "." in p]
+    return (pairs[0][0], [c for _, c in pairs]) if pairs else ("", [])

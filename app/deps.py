@@ -12,7 +12,7 @@ from app.auth import service as auth_service
 from app.auth.models import User
 from app.auth.security import check_csrf, read_session
 from app.config import Settings, get_settings
-from app.db import get_sessionmaker
+from app.db import session_scope
 from app.errors import Forbidden, Unauthorized
 
 SESSION_COOKIE = "if_session"
@@ -21,18 +21,17 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 def get_db() -> Iterator[Session]:
-    session = get_sessionmaker()()
-    try:
+    """The request's unit of work (app.db.session_scope)."""
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_db)]
+# scope="function": the unit of work ends (commit, or rollback on error) when the handler returns, before
+# the response is sent. With the default scope FastAPI would send the response first and commit after, so
+# a failed commit (a unique name taken, text the database refuses) still answered 200, and a client's next
+# request could miss a write it was told had happened. A failed commit raises into the error handlers
+# (app.main), which answer 409/422 instead.
+SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 

@@ -10,15 +10,16 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.auth.router import router as auth_router
 from app.config import get_settings
 from app.datasets.router import router as datasets_router
-from app.db import get_engine
+from app.db import get_engine, refusal
 from app.errors import DomainError
 from app.generation.router import router as generation_router
 from app.imports.router import router as imports_router
@@ -29,6 +30,7 @@ from app.review.router import router as review_router
 from app.snapshots.router import router as snapshots_router
 from app.training.router import router as training_router
 from app.ui.router import router as ui_router
+from app.ui.web import error_page
 
 log = logging.getLogger(__name__)
 # Request threads per process; fewer than the database pool's connections (app.db.make_engine).
@@ -99,6 +101,21 @@ def create_app() -> FastAPI:
         body: dict[str, Any] = {"detail": exc.message}
         body.update({k: v for k, v in exc.detail.items() if v is not None})
         return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> Response:
+        if isinstance(exc, OperationalError | InterfaceError):
+            # The database is down, or busy past its lock timeout: nothing was stored; try again.
+            log.warning("database unavailable: %s", exc.orig)
+            return JSONResponse(
+                {"detail": "the database is unavailable; nothing was stored, try again"},
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
+        domain = refusal(exc)
+        if not request.url.path.startswith("/api/"):
+            return error_page(request, domain)  # a form's commit failed: a page, as for other errors
+        return await _domain_error(request, domain)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -132,8 +132,15 @@ def client(db: Session) -> Iterator[Any]:
     app = create_app()
 
     def _db() -> Iterator[Session]:
-        yield db
-        db.flush()
+        # As app.db.session_scope, in a savepoint of the test's transaction: released when the handler
+        # returns, rolled back when it (or the flush) fails; the test's own data stays either way.
+        request_tx = db.begin_nested()
+        try:
+            yield db
+            request_tx.commit()
+        except BaseException:
+            request_tx.rollback()
+            raise
 
     app.dependency_overrides[get_db] = _db
     with TestClient(app) as c:

@@ -81,6 +81,15 @@ def create_dataset(
 
 def update_dataset(*, db: Session, user: User, dataset_id: int, changes: dict[str, Any]) -> Dataset:
     dataset = require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    name = changes.get("name")
+    if name is not None and name != dataset.name:
+        taken = db.scalar(
+            select(Dataset.id).where(
+                Dataset.project_id == dataset.project_id, Dataset.name == name, Dataset.id != dataset.id
+            )
+        )
+        if taken is not None:
+            raise Conflict(f"dataset {name!r} exists in project {dataset.project_id}", field="name")
     for key, value in changes.items():
         setattr(dataset, key, value)
     audit.record(

@@ -46,11 +46,19 @@ def list_projects(*, db: Session, user: User) -> Sequence[Project]:
     return db.scalars(query).all()
 
 
+def _check_name_free(*, db: Session, name: str, other_than: int | None = None) -> None:
+    """Project names are unique regardless of case (two projects "Demo" and "demo" confuse people)."""
+    query = select(Project.id).where(func.lower(Project.name) == name.lower())
+    if other_than is not None:
+        query = query.where(Project.id != other_than)
+    if db.scalar(query) is not None:
+        raise Conflict(f"a project named {name!r} exists", field="name")
+
+
 def create_project(*, db: Session, user: User, name: str, description: str) -> Project:
     if user.role == Role.annotator.value:
         raise Forbidden("annotators cannot create projects")
-    if db.scalar(select(Project.id).where(func.lower(Project.name) == name.lower())) is not None:
-        raise Conflict(f"a project named {name!r} exists", field="name")
+    _check_name_free(db=db, name=name)
     project = Project(name=name, description=description, created_by=user.id)
     db.add(project)
     db.flush()
@@ -71,7 +79,8 @@ def update_project(
     *, db: Session, user: User, project_id: int, name: str | None, description: str | None
 ) -> Project:
     project = require_project(db=db, user=user, project_id=project_id, min_role=Role.curator.value)
-    if name is not None:
+    if name is not None and name != project.name:
+        _check_name_free(db=db, name=name, other_than=project.id)
         project.name = name
     if description is not None:
         project.description = description

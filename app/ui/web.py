@@ -49,7 +49,7 @@ class LoginRequired(Exception):
         self.next_url = next_url
 
 
-def _error_page(request: Request, exc: DomainError) -> Response:
+def error_page(request: Request, exc: DomainError) -> Response:
     return templates.TemplateResponse(
         request,
         "error.html",
@@ -71,7 +71,7 @@ class HtmlRoute(APIRoute):
             except LoginRequired as exc:
                 return RedirectResponse(f"/login?next={quote(exc.next_url, safe='/')}", status_code=303)
             except DomainError as exc:
-                return _error_page(request, exc)
+                return error_page(request, exc)
             if isinstance(response, HTMLResponse) or response.media_type == "text/html":
                 for key, value in SECURITY_HEADERS.items():
                     response.headers.setdefault(key, value)
