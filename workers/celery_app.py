@@ -13,9 +13,10 @@ from app.config import get_settings
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def make_celery() -> Celery:
+def make_celery(broker_url: str | None = None) -> Celery:
+    """The app every process uses; `broker_url` (default: the settings') lets a test reach another broker."""
     settings = get_settings()
-    broker = settings.resolved_broker_url
+    broker = broker_url or settings.resolved_broker_url
     if broker.startswith("sqla+sqlite:///"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = Celery("instructforge", broker=broker, include=["workers.tasks"])

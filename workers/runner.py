@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.base import utcnow
 from app.config import get_settings
 from app.db import get_sessionmaker, session_scope
-from app.jobs.models import Job, JobStatus
+from app.jobs.models import FINAL_STATUSES, Job, JobStatus
 from app.jobs.registry import KINDS
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,11 @@ def _lease_deadline() -> Any:
 
 
 def claim(job_id: int) -> JobContext | None:
-    """Take the job if nobody holds a live lease on it. Returns None when there is nothing to do."""
+    """Take the job if nobody holds a live lease on it. Returns None, logging why, when there is nothing to do.
+
+    This one conditional UPDATE is what makes any number of messages for one job harmless: only one
+    delivery at a time can win it, and none once the job has finished, been cancelled or paused.
+    """
     now = utcnow()
     with get_sessionmaker()() as db:
         result = db.execute(
@@ -115,16 +119,22 @@ def claim(job_id: int) -> JobContext | None:
         )
         if not result.rowcount:  # type: ignore[attr-defined]
             job = db.get(Job, job_id)
+            if job is None:
+                # A message from another deployment sharing the broker, or a job deleted with its project.
+                log.warning("job %s not run: no such job in this worker's database", job_id)
+                return None
+            why = _why_not_claimed(job, now)
             if (
-                job is not None
-                and job.cancel_requested
+                job.cancel_requested
                 and job.status == JobStatus.running.value
                 and (job.lease_until is None or job.lease_until < now)
             ):
                 # Cancelled while its worker was dead: nobody else will ever finish it.
                 job.status = JobStatus.cancelled.value
                 job.finished_at = now
+                why = "it was cancelled while its worker was gone; marked cancelled now"
             db.commit()
+            log.info("job %s not run: %s", job_id, why)
             return None
         job = db.get(Job, job_id)
         assert job is not None
@@ -141,6 +151,21 @@ def claim(job_id: int) -> JobContext | None:
             created_by=job.created_by,
             counters=dict(job.counters or {}),
         )
+
+
+def _why_not_claimed(job: Job, now: datetime) -> str:
+    """Why a delivery of this job does nothing: an extra message (a re-send, a redelivery) ends here."""
+    if job.status == JobStatus.paused.value:
+        return "it is paused; resuming it sends it again"
+    if job.status in FINAL_STATUSES:
+        return (
+            f"it has already {job.status}" if job.status != JobStatus.cancelled.value else "it was cancelled"
+        )
+    if job.cancel_requested:
+        return "its cancel was requested"
+    if job.lease_until is not None and job.lease_until >= now:
+        return f"it is running on {job.worker} under a lease until {job.lease_until:%H:%M:%S} UTC"
+    return f"it was {job.status} and changed while this worker tried to claim it"
 
 
 def _heartbeat(ctx: JobContext, stop: threading.Event) -> None:

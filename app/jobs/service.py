@@ -86,15 +86,20 @@ def create_job(
 
 
 def send(*, db: Session, job: Job) -> None:
-    """Put the job on its Celery queue. A failure leaves it queued; the workers' reaper sends it again."""
+    """Put the job on its Celery queue. A failure leaves it queued; the workers' reaper sends it again.
+
+    `enqueued_at` gets the send time stamped on the message: the reaper compares the two to tell a lost
+    message from one waiting in the queue (workers/delivery.py).
+    """
     from workers.celery_app import celery_app
+    from workers.delivery import send_job
 
     try:
-        celery_app.send_task("workers.tasks.run_job_task", args=[job.id], queue=job.queue)
+        sent_at = send_job(celery_app, job_id=job.id, queue=job.queue)
     except Exception:
         log.exception("could not enqueue job %s; the reaper will retry", job.id)
         return
-    job.enqueued_at = utcnow()
+    job.enqueued_at = sent_at
     db.commit()
 
 
