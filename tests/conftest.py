@@ -167,6 +167,30 @@ def truncate_all(engine: Engine) -> None:
 
 
 @pytest.fixture
+def committed(backend: str) -> Iterator[Engine]:
+    """The whole app (jobs, runner, services) on committed data in the backend's test database: the
+    process's settings point at it for the test, as IF_DATABASE_URL would."""
+    from app.config import get_settings
+    from app.db import get_engine, get_sessionmaker
+
+    engine = engine_for(backend)
+    truncate_all(engine)
+    settings = get_settings()
+    before = settings.database_url
+    settings.database_url = engine.url.render_as_string(hide_password=False)
+    get_engine.cache_clear()
+    get_sessionmaker.cache_clear()
+    try:
+        yield engine
+    finally:
+        get_engine().dispose()
+        settings.database_url = before
+        get_engine.cache_clear()
+        get_sessionmaker.cache_clear()
+        truncate_all(engine)
+
+
+@pytest.fixture
 def committed_pg() -> Iterator[Engine]:
     """Committed data in the test PostgreSQL database, for tests with real worker processes."""
     engine = engine_for("postgresql")
@@ -225,3 +249,32 @@ def redis_url() -> Iterator[str]:
     yield url
     r.flushdb()
     r.set(_REDIS_MARK, TEST_RUN)
+
+
+@pytest.fixture
+def teacher(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The fake OpenAI-compatible teacher on a free port, configured as the teacher named "fake"."""
+    import json
+
+    from app.config import get_settings
+    from tests.fake_teacher import FakeTeacher
+
+    with FakeTeacher.start() as t:
+        config = json.dumps(
+            [
+                {
+                    "name": "fake",
+                    "base_url": t.base_url,
+                    "model": "fake-model",
+                    "max_concurrency": 8,
+                    "price_in_per_1k": 0.001,
+                    "price_out_per_1k": 0.002,
+                    "backoff_base_s": 0.05,
+                    "backoff_max_s": 0.2,
+                    "max_retries": 2,
+                }
+            ]
+        )
+        monkeypatch.setattr(get_settings(), "teachers", config)
+        t.config = config  # type: ignore[attr-defined]
+        yield t

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import ColumnElement, and_, func, select
 
 from app.curation.schemas import DedupParams, RulesParams
+from app.curation.verdicts import Kind, Verdict, apply_verdicts
 from app.datasets.models import Dataset
 from app.errors import NotFound
 from app.records.models import Record
@@ -17,11 +18,16 @@ from app.records.service import filter_clauses
 BATCH = 2000
 
 
-def text_of(field: str, instruction: str, input_: str, messages: list[Any] | None) -> str:
-    if field == "instruction":
+def text_of(field: str, instruction: str, input_: str, messages: list[Any] | None, output: str = "") -> str:
+    """The text a dedup key compares: see DedupParams.field."""
+    if field in ("instruction", "task"):
         return instruction if instruction or not messages else _first_user(messages)
     if field == "instruction_input":
         return f"{instruction}\n{input_}".strip() if instruction or not messages else _first_user(messages)
+    if field == "record":
+        if messages and not instruction:
+            return "\n".join(str(m["content"]) for m in messages)
+        return f"{instruction}\n{input_}\n{output}".strip()
     if messages:
         return "\n".join(m["content"] for m in messages if m.get("role") in ("user", "system"))
     return f"{instruction}\n{input_}".strip()
@@ -31,15 +37,24 @@ def _first_user(messages: list[Any]) -> str:
     return next((str(m["content"]) for m in messages if m.get("role") == "user"), "")
 
 
-def iter_scope(ctx: Any, dataset_id: int, scope: RecordFilter) -> Iterator[list[Any]]:
-    """Batches of (id, instruction, input, output, messages, meta) in id order, each from a short read."""
+def iter_scope(
+    ctx: Any, dataset_id: int, scope: RecordFilter, *extra: ColumnElement[bool]
+) -> Iterator[list[Any]]:
+    """Batches of (id, instruction, input, output, messages, meta, human_decided) in id order, each from a
+    short read."""
     last = 0
-    clauses = filter_clauses(dataset_id, scope)
+    clauses = [*filter_clauses(dataset_id, scope), *extra]
     while True:
         with ctx.session() as db:
             rows = db.execute(
                 select(
-                    Record.id, Record.instruction, Record.input, Record.output, Record.messages, Record.meta
+                    Record.id,
+                    Record.instruction,
+                    Record.input,
+                    Record.output,
+                    Record.messages,
+                    Record.meta,
+                    Record.human_decided,
                 )
                 .where(and_(*clauses), Record.id > last)
                 .order_by(Record.id)
@@ -51,105 +66,121 @@ def iter_scope(ctx: Any, dataset_id: int, scope: RecordFilter) -> Iterator[list[
         yield list(rows)
 
 
-def count_scope(ctx: Any, dataset_id: int, scope: RecordFilter) -> int:
-    from sqlalchemy import func
-
+def count_scope(ctx: Any, dataset_id: int, scope: RecordFilter, *extra: ColumnElement[bool]) -> int:
     with ctx.session() as db:
         return int(
             db.scalar(
-                select(func.count()).select_from(Record).where(and_(*filter_clauses(dataset_id, scope)))
+                select(func.count())
+                .select_from(Record)
+                .where(and_(*filter_clauses(dataset_id, scope), *extra))
             )
             or 0
         )
 
 
-_UPDATE = (
-    update(Record)
-    .where(Record.id == bindparam("rid"))
-    .values(
-        status=bindparam("new_status"),
-        reason=bindparam("new_reason"),
-        nn_score=bindparam("new_nn"),
-        nn_record_id=bindparam("new_nn_id"),
-        meta=bindparam("new_meta"),
-    )
-)
-_UPDATE_META = (
-    update(Record)
-    .where(Record.id == bindparam("rid"))
-    .values(nn_score=bindparam("new_nn"), nn_record_id=bindparam("new_nn_id"), meta=bindparam("new_meta"))
-)
+def human_first(ctx: Any, dataset_id: int, scope: RecordFilter, override: bool) -> Iterator[list[Any]]:
+    """The scope's records, those a person decided first: the records people kept are what the machine's
+    later decisions build on (a pending near-duplicate of an accepted record is the one filtered). With
+    `override` every record is the machine's to decide, in plain id order."""
+    if override:
+        yield from iter_scope(ctx, dataset_id, scope)
+        return
+    yield from iter_scope(ctx, dataset_id, scope, Record.human_decided.is_(True))
+    yield from iter_scope(ctx, dataset_id, scope, Record.human_decided.is_(False))
 
 
-def _write(ctx: Any, filtered: list[dict[str, Any]], kept: list[dict[str, Any]]) -> None:
+def _apply(ctx: Any, kind: Kind, verdicts: list[Verdict], override: bool, counters: dict[str, Any]) -> None:
     with ctx.session() as db:
-        conn = db.connection()
-        if filtered:
-            conn.execute(_UPDATE.execution_options(synchronize_session=False), filtered)
-        if kept:
-            conn.execute(_UPDATE_META.execution_options(synchronize_session=False), kept)
+        applied = apply_verdicts(db, kind, verdicts, job_id=ctx.job_id, override_human=override)
+    counters["human_advised"] = counters.get("human_advised", 0) + applied.advised
+    if override:
+        counters["human_overridden"] = counters.get("human_overridden", 0) + applied.human_overridden
 
 
 def run_dedup_job(ctx: Any) -> None:
     from app.pipeline.rouge import NearDuplicateIndex
-    from app.pipeline.textnorm import normalize
 
     params = DedupParams.model_validate(ctx.params)
     total = count_scope(ctx, ctx.dataset_id, params.scope)
     index = NearDuplicateIndex(threshold=params.threshold, stem=params.stem)
     seen_exact: dict[str, int] = {}
-    counters = {"scanned": 0, "kept": 0, "exact_dup": 0, "rouge_dup": 0}
+    # field "task": records sharing an instruction are one task's instances and share its decision.
+    tasks: dict[str, tuple[int, str | None, float, int | None]] = {}
+    counters: dict[str, Any] = {"scanned": 0, "kept": 0, "exact_dup": 0, "rouge_dup": 0, "human_advised": 0}
     ctx.progress(0, total, counters=counters)
-    for batch in iter_scope(ctx, ctx.dataset_id, params.scope):
-        filtered: list[dict[str, Any]] = []
-        kept: list[dict[str, Any]] = []
-        for rid, instruction, input_, _output, messages, meta in batch:
-            text = text_of(params.field, instruction, input_, messages)
-            meta = dict(meta or {})
+    for batch in human_first(ctx, ctx.dataset_id, params.scope, params.override_human):
+        verdicts: list[Verdict] = []
+        for rid, instruction, input_, output, messages, _meta, _human in batch:
             counters["scanned"] += 1
-            norm = normalize(text) if params.exact else None
-            if norm is not None and norm in seen_exact:
-                meta["dedup"] = {"method": "exact", "score": 1.0, "nearest": seen_exact[norm]}
-                filtered.append(
-                    {
-                        "rid": rid,
-                        "new_status": "filtered",
-                        "new_reason": "exact_dup",
-                        "new_nn": 1.0,
-                        "new_nn_id": seen_exact[norm],
-                        "new_meta": meta,
-                    }
-                )
-                counters["exact_dup"] += 1
-                continue
-            decision = index.check_and_add(str(rid), text)
-            nearest = int(decision.nearest) if decision.nearest is not None else None
-            meta["dedup"] = {
-                "method": "rouge_l",
-                "score": round(decision.score, 6),
-                "nearest": nearest,
-                "threshold": params.threshold,
-            }
-            if decision.kept:
-                if norm is not None:
-                    seen_exact[norm] = rid
-                kept.append({"rid": rid, "new_nn": decision.score, "new_nn_id": nearest, "new_meta": meta})
-                counters["kept"] += 1
-            else:
-                filtered.append(
-                    {
-                        "rid": rid,
-                        "new_status": "filtered",
-                        "new_reason": "rouge_dup",
-                        "new_nn": decision.score,
-                        "new_nn_id": nearest,
-                        "new_meta": meta,
-                    }
-                )
-                counters["rouge_dup"] += 1
-        _write(ctx, filtered, kept)
+            verdict = _dedup_one(params, index, seen_exact, tasks, rid, instruction, input_, output, messages)
+            counters[verdict.filter_reason or "kept"] += 1
+            verdicts.append(verdict)
+        _apply(ctx, "dedup", verdicts, params.override_human, counters)
         ctx.progress(counters["scanned"], total, counters=counters)
     ctx.set_result(counters)
+
+
+def _dedup_one(
+    params: DedupParams,
+    index: Any,
+    seen_exact: dict[str, int],
+    tasks: dict[str, tuple[int, str | None, float, int | None]],
+    rid: int,
+    instruction: str,
+    input_: str,
+    output: str,
+    messages: list[Any] | None,
+) -> Verdict:
+    from app.pipeline.textnorm import normalize
+
+    text = text_of(params.field, instruction, input_, messages, output)
+    exact_text = text_of("record", instruction, input_, messages, output) if params.field == "task" else text
+    norm = normalize(exact_text) if params.exact else None
+    if norm is not None and norm in seen_exact:
+        dup_of = seen_exact[norm]
+        return _dedup_verdict(
+            rid, "exact_dup", 1.0, dup_of, {"method": "exact", "score": 1.0, "nearest": dup_of}
+        )
+    if params.field == "task":
+        task_key = normalize(text)
+        if task_key in tasks:
+            # Another instance of a task already decided: same decision, never a duplicate of its sibling.
+            first, task_reason, score, task_nearest = tasks[task_key]
+            if task_reason is None and norm is not None:
+                seen_exact[norm] = rid
+            detail = {
+                "method": "same_task",
+                "task_record": first,
+                "score": round(score, 6),
+                "nearest": task_nearest,
+            }
+            return _dedup_verdict(rid, task_reason, score, task_nearest, detail)
+    decision = index.check_and_add(str(rid), text)
+    nearest = int(decision.nearest) if decision.nearest is not None else None
+    reason = None if decision.kept else "rouge_dup"
+    if params.field == "task":
+        tasks[normalize(text)] = (rid, reason, decision.score, nearest)
+    if decision.kept and norm is not None:
+        seen_exact[norm] = rid
+    detail = {
+        "method": "rouge_l",
+        "score": round(decision.score, 6),
+        "nearest": nearest,
+        "threshold": params.threshold,
+    }
+    return _dedup_verdict(rid, reason, decision.score, nearest, detail)
+
+
+def _dedup_verdict(
+    rid: int, reason: str | None, score: float, nearest: int | None, detail: dict[str, Any]
+) -> Verdict:
+    return Verdict(
+        record_id=rid,
+        filter_reason=reason,
+        meta={"dedup": detail},
+        values={"nn_score": score, "nn_record_id": nearest},
+        detail=None if reason is None else f"ROUGE-L {score:.3f} with record {nearest}",
+    )
 
 
 def run_rules_job(ctx: Any) -> None:
@@ -166,12 +197,12 @@ def run_rules_job(ctx: Any) -> None:
         enabled=params.rules or saved.get("enabled"), params={**saved.get("params", {}), **params.params}
     )
     total = count_scope(ctx, ctx.dataset_id, params.scope)
-    counters: dict[str, Any] = {"scanned": 0, "kept": 0, "filtered": 0, "funnel": {}}
+    counters: dict[str, Any] = {"scanned": 0, "kept": 0, "filtered": 0, "human_advised": 0, "funnel": {}}
     all_hits: list[list[Any]] = []
     ctx.progress(0, total, counters=counters)
     for batch in iter_scope(ctx, ctx.dataset_id, params.scope):
-        filtered: list[dict[str, Any]] = []
-        for rid, instruction, input_, output, messages, meta in batch:
+        verdicts: list[Verdict] = []
+        for rid, instruction, input_, output, messages, meta, human in batch:
             if messages and not instruction:
                 instruction = _first_user(messages)
                 output = next(
@@ -183,27 +214,21 @@ def run_rules_job(ctx: Any) -> None:
             all_hits.append(hits)
             counters["scanned"] += 1
             if hits:
-                meta = dict(meta or {})
-                meta["rules"] = [{"code": h.code, "detail": h.detail} for h in hits]
-                filtered.append(
-                    {"rid": rid, "new_status": "filtered", "new_reason": hits[0].code, "new_meta": meta}
+                verdicts.append(
+                    Verdict(
+                        record_id=rid,
+                        filter_reason=hits[0].code,
+                        meta={"rules": [{"code": h.code, "detail": h.detail} for h in hits]},
+                        detail=hits[0].detail,
+                    )
                 )
                 counters["filtered"] += 1
             else:
                 counters["kept"] += 1
-        if filtered:
-            with ctx.session() as db:
-                db.connection().execute(
-                    update(Record)
-                    .where(Record.id == bindparam("rid"))
-                    .values(
-                        status=bindparam("new_status"),
-                        reason=bindparam("new_reason"),
-                        meta=bindparam("new_meta"),
-                    )
-                    .execution_options(synchronize_session=False),
-                    filtered,
-                )
+                if human or "rules" in (meta or {}):
+                    # Clear an earlier run's hits and advice; untouched records need no write.
+                    verdicts.append(Verdict(record_id=rid, filter_reason=None, meta={"rules": []}))
+        _apply(ctx, "rules", verdicts, params.override_human, counters)
         counters["funnel"] = funnel(all_hits)
         ctx.progress(counters["scanned"], total, counters=counters)
     ctx.set_result(counters)

@@ -6,7 +6,11 @@ from pydantic import BaseModel, Field, model_validator
 
 from app.records.schemas import RecordFilter
 
-TextField = Literal["instruction", "instruction_input", "prompt"]
+TextField = Literal["task", "instruction", "instruction_input", "record", "prompt"]
+OVERRIDE_HELP = (
+    "Also change the status of records a person accepted, rejected, edited or rated. Off (the default): "
+    "their status stays and the machine's verdict is stored beside it as advice."
+)
 
 
 def _default_scope() -> RecordFilter:
@@ -20,16 +24,28 @@ class DedupParams(BaseModel):
         0.7, gt=0.0, le=1.0, description="Keep a record iff its max ROUGE-L to kept ones is <= this."
     )
     field: TextField = Field(
-        "instruction",
-        description="instruction | instruction_input (instruction + input) | prompt (whole user side).",
+        "task",
+        description=(
+            "What is compared. task (default): instructions, and the records that share one instruction are "
+            "one task's instances, kept or filtered together (never duplicates of each other); "
+            "instruction: each record's instruction (a task's 2nd instance is an exact duplicate of its 1st); "
+            "instruction_input: instruction + input; record: instruction + input + output; "
+            "prompt: the whole user side of a conversation."
+        ),
     )
     exact: bool = Field(
-        True, description="First mark exact duplicates of normalised text (NFKC, case, spaces)."
+        True,
+        description=(
+            "First mark exact duplicates of normalised text (NFKC, case, spaces); with field=task, of the "
+            "whole record."
+        ),
     )
     stem: bool = Field(False, description="Porter-stem Latin tokens, as rouge_score's use_stemmer.")
     scope: RecordFilter = Field(
-        default_factory=_default_scope, description="Which records take part, in id order."
+        default_factory=_default_scope,
+        description="Which records take part: those a person decided first, then the rest, in id order.",
     )
+    override_human: bool = Field(False, description=OVERRIDE_HELP)
 
 
 class RulesParams(BaseModel):
@@ -40,6 +56,7 @@ class RulesParams(BaseModel):
         default_factory=dict, description="Per-rule parameter overrides."
     )
     scope: RecordFilter = Field(default_factory=_default_scope)
+    override_human: bool = Field(False, description=OVERRIDE_HELP)
 
 
 class MixSource(BaseModel):

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.config import get_settings
+from app.curation.verdicts import Verdict, apply_verdicts
 from app.datasets.models import Dataset
 from app.errors import Invalid, NotFound
 from app.generation.cache import CallLog
@@ -78,29 +79,28 @@ def _insert_ignore(db: Any) -> Any:
     return pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
-def upsert_generated(ctx: Any, records: Sequence[Any], *, dataset_id: int, key_prefix: str) -> None:
-    """Write generated records by stable key; a replayed round finds its keys and writes nothing new."""
+def upsert_generated(ctx: Any, records: Sequence[Any], *, dataset_id: int, key_prefix: str) -> int:
+    """Write generated records by stable key; a replayed round finds its keys and writes nothing new.
+
+    A record whose parent and content (instruction, input, output) the dataset already holds is not
+    written again either: a second job on the same inputs, answered from the cache, adds no copies.
+    The nearest neighbour the generation-time ROUGE-L check found is stored as `nn_record_id` and
+    `nn_score`, as the dedup job stores it. Returns how many records were skipped as copies."""
     if not records:
-        return
+        return 0
     with ctx.session() as db:
         parents = {r.parent_key for r in records if r.parent_key}
-        parent_ids: dict[str, int] = {}
-        if parents:
-            rows = db.execute(
-                select(Record.gen_key, Record.id).where(
-                    Record.dataset_id == dataset_id,
-                    or_(
-                        Record.gen_key.in_([f"{key_prefix}:{p}" for p in parents]),
-                        Record.gen_key.in_(list(parents)),
-                    ),
-                )
-            ).all()
-            for gen_key, rid in rows:
-                parent_ids[gen_key.removeprefix(f"{key_prefix}:")] = rid
-        # Evolution starts from existing records, named "rec:<id>".
-        parent_ids.update({p: int(p.removeprefix("rec:")) for p in parents if p.startswith("rec:")})
+        key_ids = _ids_of_keys(db, dataset_id, key_prefix, parents)
+        existing = _existing_content(db, dataset_id, records, key_ids)
         values = []
+        skipped = 0
         for r in records:
+            parent_id = key_ids.get(r.parent_key) if r.parent_key else None
+            if (parent_id, r.source, r.instruction, r.input, r.output) in existing[0] and (
+                f"{key_prefix}:{r.key}" not in existing[1]
+            ):
+                skipped += 1
+                continue
             meta = dict(r.metadata or {})
             if r.detail:
                 meta["reason_detail"] = r.detail
@@ -127,18 +127,97 @@ def upsert_generated(ctx: Any, records: Sequence[Any], *, dataset_id: int, key_p
                     "job_id": ctx.job_id,
                     "is_classification": r.is_classification,
                     "label": r.label,
-                    "parent_id": parent_ids.get(r.parent_key) if r.parent_key else None,
+                    "parent_id": parent_id,
                     "meta": meta,
+                    "nn_score": meta.get("rouge_l"),
                     "tags": [],
                     "version": 1,
                     "flagged": False,
                 }
             )
-        stmt = _insert_ignore(db)(Record).on_conflict_do_nothing(index_elements=["dataset_id", "gen_key"])
-        db.execute(stmt, values)
+        if values:
+            stmt = _insert_ignore(db)(Record).on_conflict_do_nothing(index_elements=["dataset_id", "gen_key"])
+            db.execute(stmt, values)
+            _link_nearest(db, dataset_id, key_prefix, values)
+        return skipped
 
 
-def load_seeds(ctx: Any, dataset_id: int) -> tuple[list[Any], list[str], str]:
+# A Self-Instruct task's records are keyed by its instruction's key plus ":<instance>"; a neighbour found
+# by the instruction's key is its task's first stored instance.
+MAX_INSTANCE_KEYS = 32
+
+
+def _ids_of_keys(
+    db: Any, dataset_id: int, key_prefix: str, keys: set[str], *, instances: bool = False
+) -> dict[str, int]:
+    """Record ids of pipeline keys: "rec:<id>" names an existing record, others a record of this job
+    (with `instances`, or else the first instance of the task that key names)."""
+    ids = {k: int(k.removeprefix("rec:")) for k in keys if k.startswith("rec:") and k[4:].isdigit()}
+    wanted = [k for k in keys if k not in ids]
+    if not wanted:
+        return ids
+    names = {f"{key_prefix}:{k}": (k, -1) for k in wanted} | {k: (k, -1) for k in wanted}
+    if instances:
+        names |= {f"{key_prefix}:{k}:{n}": (k, n) for k in wanted for n in range(MAX_INSTANCE_KEYS)}
+    found: dict[str, tuple[int, int]] = {}
+    for gen_key, rid in db.execute(
+        select(Record.gen_key, Record.id).where(
+            Record.dataset_id == dataset_id, Record.gen_key.in_(list(names))
+        )
+    ):
+        key, n = names[gen_key]
+        if key not in found or n < found[key][0]:
+            found[key] = (n, rid)
+    ids.update({k: rid for k, (_, rid) in found.items()})
+    return ids
+
+
+def _existing_content(
+    db: Any, dataset_id: int, records: Sequence[Any], key_ids: dict[str, int]
+) -> tuple[set[tuple[Any, ...]], set[str]]:
+    """(parent_id, source, instruction, input, output) of the dataset's records like these, and their
+    gen keys (a replay of this very job is the insert's own business)."""
+    instructions = list({r.instruction for r in records})
+    parent_ids = {key_ids[r.parent_key] for r in records if r.parent_key in key_ids}
+    sources = list({r.source for r in records})
+    query = select(
+        Record.parent_id, Record.source, Record.instruction, Record.input, Record.output, Record.gen_key
+    ).where(Record.dataset_id == dataset_id, Record.source.in_(sources))
+    if parent_ids and all(r.parent_key for r in records):
+        query = query.where(Record.parent_id.in_(parent_ids))  # indexed: evolutions of these parents
+    else:
+        query = query.where(Record.instruction.in_(instructions))
+    content: set[tuple[Any, ...]] = set()
+    keys: set[str] = set()
+    for parent_id, source, instruction, input_, output, gen_key in db.execute(query):
+        content.add((parent_id, source, instruction, input_, output))
+        if gen_key:
+            keys.add(gen_key)
+    return content, keys
+
+
+def _link_nearest(db: Any, dataset_id: int, key_prefix: str, values: list[dict[str, Any]]) -> None:
+    """Point each new record at the record its generation-time nearest neighbour key names."""
+    nearest = {str(v["meta"]["nearest"]) for v in values if v["meta"].get("nearest")}
+    if not nearest:
+        return
+    ids = _ids_of_keys(db, dataset_id, key_prefix, nearest, instances=True)
+    links = [
+        {"k": v["gen_key"], "nn": ids[str(v["meta"]["nearest"])]}
+        for v in values
+        if v["meta"].get("nearest") and str(v["meta"]["nearest"]) in ids
+    ]
+    if links:
+        db.connection().execute(
+            update(Record)
+            .where(Record.dataset_id == dataset_id, Record.gen_key == bindparam("k"))
+            .values(nn_record_id=bindparam("nn"))
+            .execution_options(synchronize_session=False),
+            links,
+        )
+
+
+def load_seeds(ctx: Any, dataset_id: int) -> tuple[list[Any], list[tuple[str, str]], str]:
     """Seed tasks: records with source 'seed'; accepted records join the pool the dedup compares to."""
     from app.pipeline.self_instruct import SeedTask
 
@@ -155,11 +234,14 @@ def load_seeds(ctx: Any, dataset_id: int) -> tuple[list[Any], list[str], str]:
             )
             .order_by(Record.id)
         ).all()
-        extra = db.scalars(
-            select(Record.instruction).where(
-                Record.dataset_id == dataset_id, Record.status == "accepted", Record.source != "seed"
+        extra = [
+            (f"rec:{rid}", instruction)
+            for rid, instruction in db.execute(
+                select(Record.id, Record.instruction).where(
+                    Record.dataset_id == dataset_id, Record.status == "accepted", Record.source != "seed"
+                )
             )
-        ).all()
+        ]
         language = dataset.language
     tasks = [
         SeedTask(instruction=i, instances=((inp, out),), is_classification=bool(c), key=f"rec:{rid}")
@@ -203,8 +285,10 @@ def run_self_instruct_job(ctx: Any) -> None:
     log = CallLog(ctx.job_id)
     key_prefix = f"si{ctx.job_id}"
 
+    copies = [0]
+
     def emit(event: Any) -> None:
-        upsert_generated(ctx, event.records, dataset_id=ctx.dataset_id, key_prefix=key_prefix)
+        copies[0] += upsert_generated(ctx, event.records, dataset_id=ctx.dataset_id, key_prefix=key_prefix)
         _report(ctx, log, event.progress, event.progress.kept, p.target)
 
     result = run_with_gateway(
@@ -231,6 +315,7 @@ def run_self_instruct_job(ctx: Any) -> None:
             "records_rejected": result.records_rejected,
             "rejected_by_reason": result.rejected_by_reason,
             "rounds": result.rounds,
+            "copies_skipped": copies[0],
             **usage,
         }
     )
@@ -249,18 +334,6 @@ def scope_rows(ctx: Any, dataset_id: int, scope: Any, limit: int | None) -> list
         for r in rows:
             db.expunge(r)
         return list(rows)
-
-
-_UPDATE_JUDGE = (
-    update(Record)
-    .where(Record.id == bindparam("rid"))
-    .values(
-        judge_score=bindparam("score"),
-        meta=bindparam("new_meta"),
-        status=bindparam("new_status"),
-        reason=bindparam("new_reason"),
-    )
-)
 
 
 def _language(ctx: Any) -> str:
@@ -292,8 +365,10 @@ def run_evol_job(ctx: Any) -> None:
     key_prefix = f"ev{ctx.job_id}"
     total = len(items) * p.rounds
 
+    copies = [0]
+
     def emit(event: Any) -> None:
-        upsert_generated(ctx, event.records, dataset_id=ctx.dataset_id, key_prefix=key_prefix)
+        copies[0] += upsert_generated(ctx, event.records, dataset_id=ctx.dataset_id, key_prefix=key_prefix)
         done = event.progress.records_kept + event.progress.records_rejected
         _report(ctx, log, event.progress, done, total)
 
@@ -315,6 +390,7 @@ def run_evol_job(ctx: Any) -> None:
             "records_rejected": result.rejected,
             "rejected_by_reason": result.rejected_by_reason,
             "rounds": result.rounds,
+            "copies_skipped": copies[0],
             "items": len(items),
             **usage,
         }
@@ -326,14 +402,13 @@ def run_evol_job(ctx: Any) -> None:
 def run_judge_job(ctx: Any) -> None:
     from app.generation.schemas import JudgeJobParams
     from app.pipeline.judge import JudgeItem, JudgeParams, run_judge
+    from app.pipeline.textnorm import normalize
     from workers.runner import JobCancelled
 
     p = JudgeJobParams.model_validate(ctx.params)
     teacher = get_teacher(p)
     language = _language(ctx)
     rows = scope_rows(ctx, ctx.dataset_id, p.scope, p.max_items)
-    metas = {r.id: dict(r.meta or {}) for r in rows}
-    statuses = {r.id: (r.status, r.reason) for r in rows}
     items = []
     for r in rows:
         instruction, output = r.instruction, r.output
@@ -343,38 +418,80 @@ def run_judge_job(ctx: Any) -> None:
         items.append(JudgeItem(key=f"rec:{r.id}", instruction=instruction, input=r.input, output=output))
     params = JudgeParams(rubric=p.rubric, threshold=p.threshold, language=language)
     log = CallLog(ctx.job_id)
-    counters: dict[str, Any] = {"scored": 0, "kept": 0, "below_threshold": 0, "unscored": 0}
+    counters: dict[str, Any] = {
+        "scored": 0,
+        "kept": 0,
+        "below_threshold": 0,
+        "unscored": 0,
+        "human_advised": 0,
+    }
     ctx.progress(0, len(items), counters=counters)
 
-    def emit(results: list[Any]) -> None:
-        updates = []
-        for res in results:
-            rid = int(res.key.removeprefix("rec:"))
-            meta = metas[rid]
-            meta["judge"] = {
-                "score": res.score,
-                "rationale": res.rationale,
-                "status": res.status,
-                "threshold": p.threshold,
-                "attempts": res.attempts,
-                "model": teacher.model,
-            }
-            status, reason = statuses[rid]
-            if p.apply and res.status == "rejected":
-                status, reason = "filtered", "judge_below"
-                counters["below_threshold"] += 1
-            elif res.status == "unscored":
-                counters["unscored"] += 1
-            else:
-                counters["kept"] += 1
-            counters["scored"] += res.score is not None
-            updates.append(
-                {"rid": rid, "score": res.score, "new_meta": meta, "new_status": status, "new_reason": reason}
-            )
+    # The instances of one classification task are judged together: their mean score decides for all of
+    # them, so the judge never drops some of a task's labels and undoes output-first balance.
+    task_of = {r.id: normalize(r.instruction) for r in rows if r.is_classification and r.instruction}
+    members: dict[str, set[int]] = {}
+    for rid, task in task_of.items():
+        members.setdefault(task, set()).add(rid)
+    waiting: dict[str, list[Any]] = {}
+
+    def verdict(res: Any, below: bool, task_mean: float | None) -> Verdict:
+        if below:
+            counters["below_threshold"] += 1
+        elif res.status == "unscored":
+            counters["unscored"] += 1
+        else:
+            counters["kept"] += 1
+        counters["scored"] += res.score is not None
+        judged = {
+            "score": res.score,
+            "rationale": res.rationale,
+            "status": "rejected" if below else ("unscored" if res.status == "unscored" else "kept"),
+            "threshold": p.threshold,
+            "attempts": res.attempts,
+            "model": teacher.model,
+            **({"task_mean": task_mean} if task_mean is not None else {}),
+        }
+        shown = res.score if task_mean is None else f"{task_mean:.2f} (task mean)"
+        return Verdict(
+            record_id=int(res.key.removeprefix("rec:")),
+            # A kept or unscored record's status is never touched (a judge never promotes one).
+            filter_reason="judge_below" if p.apply and below else None,
+            meta={"judge": judged},
+            values={"judge_score": res.score},
+            detail=f"judge {shown} < {p.threshold}" if below else None,
+        )
+
+    def task_verdicts(results: list[Any], complete: bool) -> list[Verdict]:
+        scores = [r.score for r in results if r.score is not None]
+        mean = sum(scores) / len(scores) if scores else None
+        below = complete and mean is not None and mean < p.threshold
+        return [verdict(r, below, mean) for r in results]
+
+    def write(verdicts: list[Verdict]) -> None:
+        if not verdicts:
+            return
         with ctx.session() as db:
-            db.connection().execute(_UPDATE_JUDGE.execution_options(synchronize_session=False), updates)
+            applied = apply_verdicts(
+                db, "judge", verdicts, job_id=ctx.job_id, override_human=p.override_human
+            )
+        counters["human_advised"] += applied.advised
+        if p.override_human:
+            counters["human_overridden"] = counters.get("human_overridden", 0) + applied.human_overridden
         done = counters["kept"] + counters["below_threshold"] + counters["unscored"]
         ctx.progress(done, len(items), counters=counters, usage=log.flush())
+
+    def emit(results: list[Any]) -> None:
+        verdicts = []
+        for res in results:
+            task = task_of.get(int(res.key.removeprefix("rec:")))
+            if task is None:
+                verdicts.append(verdict(res, res.status == "rejected", None))
+                continue
+            waiting.setdefault(task, []).append(res)
+            if len(waiting[task]) == len(members[task]):
+                verdicts.extend(task_verdicts(waiting.pop(task), complete=True))
+        write(verdicts)
 
     summary = run_with_gateway(
         ctx,
@@ -385,14 +502,17 @@ def run_judge_job(ctx: Any) -> None:
             gateway=gateway, items=items, params=params, emit=emit, should_stop=lambda: ctx.cancelled
         ),
     )
+    # A stopped job leaves tasks judged in part: their scores are stored, their statuses left alone.
+    write([v for results in waiting.values() for v in task_verdicts(results, complete=False)])
     ctx.set_result(
         {
             "stop_reason": summary.stop_reason,
             "message": summary.message,
-            "kept": summary.kept,
-            "below_threshold": summary.rejected,
-            "unscored": summary.unscored,
+            "kept": counters["kept"],
+            "below_threshold": counters["below_threshold"],
+            "unscored": counters["unscored"],
             "mean_score": summary.mean_score,
+            "human_advised": counters["human_advised"],
             **log.flush(),
         }
     )

@@ -4,6 +4,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from app.curation.schemas import OVERRIDE_HELP
 from app.records.schemas import RecordFilter
 
 
@@ -55,6 +56,7 @@ class JudgeJobParams(TeacherChoice):
     apply: bool = Field(
         True, description="Filter records scored below the threshold (else only store scores)."
     )
+    override_human: bool = Field(False, description=OVERRIDE_HELP)
     max_items: int | None = Field(None, ge=1)
 
 

@@ -226,12 +226,12 @@ async def run_self_instruct(
     params: SelfInstructParams,
     emit: Callable[[GenEvent], None],
     should_stop: Callable[[], bool] = lambda: False,
-    pool_extra: Sequence[str] = (),
+    pool_extra: Sequence[str | tuple[str, str]] = (),
 ) -> SelfInstructResult:
     """Generate until ``params.target`` tasks are kept, the caller stops us, the budget or the teacher ends.
 
     ``pool_extra``: more instructions (e.g. the dataset's accepted records) that new instructions must not
-    duplicate. A teacher that keeps failing raises :class:`TeacherUnavailable` (pause the job); a reached
+    duplicate, each a text or a (key, text) pair: a rejected record's ``metadata["nearest"]`` is that key. A teacher that keeps failing raises :class:`TeacherUnavailable` (pause the job); a reached
     budget returns normally with ``stop_reason="budget"``.
     """
     if not seeds:
@@ -241,8 +241,9 @@ async def run_self_instruct(
     index = NearDuplicateIndex(threshold=params.threshold)
     for n, seed in enumerate(seeds):
         index.add(seed.key or f"seed:{n}", seed.instruction)
-    for n, text in enumerate(pool_extra):
-        index.add(f"extra:{n}", text)
+    for n, extra in enumerate(pool_extra):
+        key, text = extra if isinstance(extra, tuple) else (f"extra:{n}", extra)
+        index.add(key, text)
 
     tally = _Tally()
     round_no = 0
@@ -536,23 +537,39 @@ def _task_records(
 
     if not syn.instances:
         return [record(None, None, "rejected", syn.error or "no_instances")]
-    decisions = filter_instances(
-        syn.instances, max_per_task=params.max_instances_per_task, classification=syn.is_classification
-    )
-    out: list[GenRecord] = []
-    for n, decision in enumerate(decisions):
-        inst, reason = decision.instance, decision.reason
-        if reason is None and params.check_instances:
+    # Rules first, then the instance filters and the per-label choice among what the rules left: an
+    # instance the rules reject is replaced by another of its label, so output-first balance holds.
+    rule_hits: dict[int, Any] = {}
+    if params.check_instances:
+        for n, inst in enumerate(syn.instances):
             hits = evaluate(
                 instruction=cand.instruction,
-                input=inst.input,
-                output=inst.output,
+                input=inst.input.strip(),
+                output=inst.output.strip(),
                 language=params.language,
                 config=params.rules,
             )
             if hits:
-                out.append(record(n, inst, "rejected", hits[0].code, detail=hits[0].detail))
-                continue
+                rule_hits[n] = hits[0]
+    eligible = [n for n in range(len(syn.instances)) if n not in rule_hits]
+    decisions = dict(
+        zip(
+            eligible,
+            filter_instances(
+                [syn.instances[n] for n in eligible],
+                max_per_task=params.max_instances_per_task,
+                classification=syn.is_classification,
+            ),
+            strict=True,
+        )
+    )
+    out: list[GenRecord] = []
+    for n, raw in enumerate(syn.instances):
+        if n in rule_hits:
+            inst = Instance(raw.input.strip(), raw.output.strip(), raw.label)
+            out.append(record(n, inst, "rejected", rule_hits[n].code, detail=rule_hits[n].detail))
+            continue
+        inst, reason = decisions[n].instance, decisions[n].reason
         out.append(record(n, inst, "kept" if reason is None else "rejected", reason))
     return out
 

@@ -4,7 +4,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import Boolean, Float, ForeignKey, Index, String, Text, UniqueConstraint, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.base import Base, BigId, TimestampMixin, UTCDateTime, utcnow
@@ -26,6 +26,14 @@ class Record(TimestampMixin, Base):
         Index("ix_records_dataset_id_id", "dataset_id", "id"),
         # "Which records chose this one as nearest neighbour": the review page's near-duplicate panel.
         Index("ix_records_dataset_nn_record", "dataset_id", "nn_record_id"),
+        # Partial: few records carry advice (human-decided ones a machine job disagreed with).
+        Index(
+            "ix_records_dataset_advice",
+            "dataset_id",
+            "advice",
+            postgresql_where=text("advice IS NOT NULL"),
+            sqlite_where=text("advice IS NOT NULL"),
+        ),
         # Partial: imported rows have no parent, and an index entry per row would slow every import.
         Index(
             "ix_records_parent_id",
@@ -69,6 +77,13 @@ class Record(TimestampMixin, Base):
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )
     reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A person accepted, rejected, edited or rated this record (DESIGN rule 7): machine jobs leave its
+    # status alone unless a curator asks otherwise for that job (`override_human`), and record their
+    # verdict as advice instead.
+    human_decided: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The reason a machine job would have filtered this human-decided record (judge_below, rouge_dup, a
+    # rule code); meta["advice"] keeps each job kind's verdict with its detail. NULL: no machine objects.
+    advice: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class RecordTag(Base):

@@ -39,6 +39,8 @@ def list_records(
     max_nn_score: float | None = None,
     min_judge_score: float | None = None,
     max_judge_score: float | None = None,
+    human_decided: bool | None = None,
+    disagreement: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
     desc: bool = False,
@@ -57,6 +59,8 @@ def list_records(
         max_nn_score=max_nn_score,
         min_judge_score=min_judge_score,
         max_judge_score=max_judge_score,
+        human_decided=human_decided,
+        disagreement=disagreement,
     )
     rows, next_cursor = service.list_records(
         db=db, user=user, dataset_id=dataset_id, flt=flt, limit=limit, cursor=cursor, desc=desc

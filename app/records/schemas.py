@@ -37,6 +37,16 @@ class RecordFilter(BaseModel):
     min_judge_score: float | None = None
     max_judge_score: float | None = None
     ids: list[int] | None = Field(None, max_length=100_000)
+    human_decided: bool | None = Field(
+        None, description="Only records a person accepted, rejected, edited or rated (or only the others)."
+    )
+    disagreement: bool | None = Field(
+        None,
+        description=(
+            "Only records a person kept (accepted, or rated/edited and still pending) that a machine job "
+            "would have filtered: its reason is in `advice`, its detail in meta.advice."
+        ),
+    )
 
 
 class RecordRead(BaseModel):
@@ -65,6 +75,8 @@ class RecordRead(BaseModel):
     meta: dict[str, Any]
     version: int
     flagged: bool
+    human_decided: bool
+    advice: str | None
     created_at: datetime
     updated_at: datetime
 

@@ -74,6 +74,15 @@ def filter_clauses(dataset_id: int, flt: RecordFilter) -> list[ColumnElement[boo
         clauses.append(Record.judge_score <= flt.max_judge_score)
     if flt.ids is not None:
         clauses.append(Record.id.in_(flt.ids))
+    if flt.human_decided is not None:
+        clauses.append(Record.human_decided.is_(flt.human_decided))
+    if flt.disagreement is not None:
+        disagree = and_(
+            Record.human_decided.is_(True),
+            Record.advice.is_not(None),
+            Record.status.in_(("pending", "accepted")),
+        )
+        clauses.append(disagree if flt.disagreement else ~disagree)
     return clauses
 
 
@@ -206,6 +215,8 @@ def update_record(*, db: Session, user: User, record_id: int, change: RecordUpda
         record.reviewed_at = utcnow()
     if not content_changed and (change.status or change.rating or change.tags is not None or change.label):
         record.version += 1
+    if content_changed or change.status or change.rating is not None or change.label is not None:
+        record.human_decided = True  # tags alone are not a decision about the record
     after = {
         "status": record.status,
         "rating": record.rating,
@@ -266,6 +277,7 @@ def bulk_set_status(
             reviewed_by=user.id,
             reviewed_at=utcnow(),
             updated_at=utcnow(),
+            human_decided=True,
         )
         .execution_options(synchronize_session=False)
     )

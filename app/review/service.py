@@ -54,6 +54,7 @@ def state_of(record: Record) -> dict[str, Any]:
         "flagged": record.flagged,
         "reviewed_by": record.reviewed_by,
         "reviewed_at": record.reviewed_at.isoformat() if record.reviewed_at else None,
+        "human_decided": record.human_decided,
     }
 
 
@@ -408,6 +409,8 @@ def decide(
         record.version += 1
     elif action != "skip":
         raise Invalid(f"unknown review action {action!r}", field="action")
+    if action in ("accept", "reject", "rate"):
+        record.human_decided = True  # a vote counts too: a person has weighed in on this record
     after = state_of(record)
     if assignment is not None:
         before["assignment"] = before_assignment
@@ -425,7 +428,7 @@ def decide(
 
 
 def _restore(record: Record, state: dict[str, Any]) -> None:
-    for key in ("status", "reason", "rating", "label", "flagged", "reviewed_by"):
+    for key in ("status", "reason", "rating", "label", "flagged", "reviewed_by", "human_decided"):
         if key in state:
             setattr(record, key, state[key])
     if "reviewed_at" in state:

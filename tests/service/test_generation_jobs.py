@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -13,7 +12,6 @@ from celery import Celery
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.config import get_settings
 from app.generation.cache import CallLog
 from app.imports.service import parse_file, write_records
 from app.jobs import service as jobs
@@ -23,32 +21,9 @@ from app.pipeline.llm import Gateway, run_coroutine
 from app.records.models import Record
 from tests.conftest import PG_URL
 from tests.factories import make_dataset, make_project, make_user
-from tests.fake_teacher import FakeTeacher, teacher_for
+from tests.fake_teacher import teacher_for
 from tests.procs import kill, service_env, start_worker
 from workers.runner import run_job
-
-
-@pytest.fixture
-def teacher(monkeypatch):
-    with FakeTeacher.start() as t:
-        config = json.dumps(
-            [
-                {
-                    "name": "fake",
-                    "base_url": t.base_url,
-                    "model": "fake-model",
-                    "max_concurrency": 8,
-                    "price_in_per_1k": 0.001,
-                    "price_out_per_1k": 0.002,
-                    "backoff_base_s": 0.05,
-                    "backoff_max_s": 0.2,
-                    "max_retries": 2,
-                }
-            ]
-        )
-        monkeypatch.setattr(get_settings(), "teachers", config)
-        t.config = config
-        yield t
 
 
 def _seeded(engine, shared_data, language="en") -> tuple[int, object]:
