@@ -134,12 +134,15 @@ def client(db: Session) -> Iterator[Any]:
     def _db() -> Iterator[Session]:
         # As app.db.session_scope, in a savepoint of the test's transaction: released when the handler
         # returns, rolled back when it (or the flush) fails; the test's own data stays either way.
+        # (A service that commits on its own, e.g. before it enqueues a job, has already released it.)
         request_tx = db.begin_nested()
         try:
             yield db
-            request_tx.commit()
+            if request_tx.is_active:
+                request_tx.commit()
         except BaseException:
-            request_tx.rollback()
+            if request_tx.is_active:
+                request_tx.rollback()
             raise
 
     app.dependency_overrides[get_db] = _db

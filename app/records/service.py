@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, delete, exists, or_, select, text, update
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -84,6 +84,14 @@ def filter_clauses(dataset_id: int, flt: RecordFilter) -> list[ColumnElement[boo
         )
         clauses.append(disagree if flt.disagreement else ~disagree)
     return clauses
+
+
+def count_records(*, db: Session, user: User, dataset_id: int, flt: RecordFilter) -> int:
+    """How many records of the dataset match the filter."""
+    require_dataset(db=db, user=user, dataset_id=dataset_id)
+    return int(
+        db.scalar(select(func.count()).select_from(Record).where(and_(*filter_clauses(dataset_id, flt)))) or 0
+    )
 
 
 def filtered_query(dataset_id: int, flt: RecordFilter) -> Select[Record]:

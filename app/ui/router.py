@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import ValidationError
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
 from app.auth.models import Role, User
@@ -430,11 +431,46 @@ def _kind_form(kind: str) -> tuple[Any, list[Any]]:
     return spec, form_fields(model.model_json_schema(), plain)
 
 
+def _human_decided_in_scope(
+    db: Session, user: User, dataset_id: int, kind: str, params: dict[str, Any]
+) -> int:
+    """How many records a person decided in the job's scope: what `override_human` lets the job change."""
+    fields = KINDS[kind].params_cls().model_fields
+    if "override_human" not in fields:
+        return 0
+    try:
+        raw = params.get("scope")
+        scope = (
+            RecordFilter.model_validate(raw)
+            if raw
+            else fields["scope"].get_default(call_default_factory=True)
+        )
+    except ValidationError as exc:
+        raise Invalid(jobs.validation_message(exc, prefix="params.scope")) from exc
+    flt = scope.model_copy(update={"human_decided": True})
+    return records.count_records(db=db, user=user, dataset_id=dataset_id, flt=flt)
+
+
 @router.get("/ui/datasets/{dataset_id}/jobs/new/{kind}")
 def job_form(request: Request, dataset_id: int, kind: str, user: PageUser, db: SessionDep) -> Response:
     dataset = datasets.require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
     spec, fields = _kind_form(kind)
-    return render(request, "job_form.html", user, dataset=dataset, spec=spec, fields=fields, error=None)
+    human = _human_decided_in_scope(db, user, dataset_id, kind, _defaults_of(fields))
+    return render(
+        request,
+        "job_form.html",
+        user,
+        dataset=dataset,
+        spec=spec,
+        fields=fields,
+        error=None,
+        human=human,
+        confirm=None,
+    )
+
+
+def _defaults_of(fields: list[Any]) -> dict[str, Any]:
+    return parse_form(fields, {f.name: ("on" if f.checked else f.value) for f in fields})
 
 
 @router.post("/ui/datasets/{dataset_id}/jobs/new/{kind}")
@@ -443,28 +479,41 @@ def job_start(
 ) -> Response:
     dataset = datasets.require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
     spec, fields = _kind_form(kind)
+    for f in fields:  # a form shown again shows what was posted
+        if f.kind == "checkbox":
+            f.checked = form.get(f.name) == "on"
+        else:
+            f.value = str(form.get(f.name, f.value))
+    human, confirm, error, status = 0, None, None, 422
     try:
         params = parse_form(fields, form)
-        job = jobs.create_job(
-            db=db, user=user, kind=kind, project_id=None, dataset_id=dataset_id, params=params
-        )
+        human = _human_decided_in_scope(db, user, dataset_id, kind, params)
+        if params.get("override_human") and human and form.get("confirm_override") != str(human):
+            # A curator overturning people's decisions says so twice, knowing how many.
+            confirm, status = human, 409
+            error = (
+                f"With “override human decisions” on, this job may change the status of {human} records that "
+                "a person accepted, rejected, edited or rated. Start it again to confirm, or untick the box."
+            )
+        else:
+            job = jobs.create_job(
+                db=db, user=user, kind=kind, project_id=None, dataset_id=dataset_id, params=params
+            )
+            return redirect(f"/ui/jobs/{job.id}", f"{kind} job {job.id} queued")
     except Invalid as exc:
-        for f in fields:
-            if f.kind == "checkbox":
-                f.checked = form.get(f.name) == "on"
-            else:
-                f.value = str(form.get(f.name, f.value))
-        return render(
-            request,
-            "job_form.html",
-            user,
-            status_code=422,
-            dataset=dataset,
-            spec=spec,
-            fields=fields,
-            error=exc.message,
-        )
-    return redirect(f"/ui/jobs/{job.id}", f"{kind} job {job.id} queued")
+        error = exc.message
+    return render(
+        request,
+        "job_form.html",
+        user,
+        status_code=status,
+        dataset=dataset,
+        spec=spec,
+        fields=fields,
+        error=error,
+        human=human,
+        confirm=confirm,
+    )
 
 
 @router.get("/ui/jobs")
