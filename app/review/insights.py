@@ -11,7 +11,7 @@ from datetime import datetime
 from itertools import combinations, pairwise
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, and_, case, func, null, or_, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import Role, User
@@ -20,7 +20,7 @@ from app.errors import NotFound
 from app.records import service as records
 from app.records.models import Record, RecordAssignment, RecordRevision, ReviewEvent
 from app.records.schemas import RecordFilter
-from app.review.service import DECISION_ACTIONS
+from app.review.service import DECISION_ACTIONS, generation_cutoffs, none_label
 
 LENGTH_EDGES = (0, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 # A gap longer than this between two decisions is a break, not review time.
@@ -47,32 +47,65 @@ def _first_word(db: Session) -> ColumnElement[str]:
     return func.substr(text, 1, func.instr(text + " ", " ") - 1)
 
 
+def _nn_cutoff(db: Session, job_cutoffs: dict[int, float]) -> ColumnElement[Any]:
+    """The search cutoff behind a record's stored `nn_score`, NULL when unknown: the SQL twin of
+    `app.review.service.nn_cutoff` (the dedup run's `meta.dedup.threshold` when a dedup run stored it,
+    else the threshold of the generation job that did)."""
+    threshold = Record.meta[("dedup", "threshold")]
+    if db.get_bind().dialect.name == "postgresql":
+        has_dedup = func.jsonb_typeof(Record.meta["dedup"]).is_not(None)
+        numeric = func.jsonb_typeof(threshold) == "number"
+    else:
+        has_dedup = func.json_type(Record.meta, "$.dedup").is_not(None)
+        numeric = func.json_type(Record.meta, "$.dedup.threshold").in_(("real", "integer"))
+    from_job = case(job_cutoffs, value=Record.job_id, else_=null()) if job_cutoffs else null()
+    return case((has_dedup, case((numeric, threshold.as_float()), else_=null())), else_=from_job)
+
+
 def dataset_stats(*, db: Session, user: User, dataset_id: int) -> dict[str, Any]:
     """Counts by status, source and label, prompt/response length histograms, the nearest-neighbour ROUGE-L
-    histogram and the most common leading words of instructions: one grouped scan plus two top-N queries."""
+    histogram and the most common leading words of instructions: one grouped scan plus two top-N queries
+    (and a look-up of the dataset's generation jobs, for the cutoff of the figures they stored).
+
+    The nearest-neighbour histogram puts each record in one of three places, as the review page does
+    (`app.review.service.nn_finding`): never compared (`nn_rouge_not_compared`: no dedup run or generation
+    filter has scored it), compared but no record at or above the search cutoff (the "none ≥ 0.70" bucket, first in `nn_rouge` and
+    described by `nn_rouge_none`; the 0.0 or partial figure stored for those is not a measurement), or a
+    real score, in the decile buckets "0.0" ... "0.9"."""
     require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
     prompt_len = func.length(Record.instruction) + func.length(Record.input)
-    nn_bucket = case((Record.nn_score.is_(None), -1), else_=func.floor(Record.nn_score * 10))
+    score = Record.nn_score
+    cutoff = _nn_cutoff(db, generation_cutoffs(db, dataset_id=dataset_id))
+    below = and_(score.is_not(None), or_(score <= 0, score < cutoff))
+    nn_bucket = case((score.is_(None), -1), (below, -2), else_=func.floor(score * 10))
     pb = _bucket_expr(prompt_len, LENGTH_EDGES).label("pb")
     ob = _bucket_expr(func.length(Record.output), LENGTH_EDGES).label("ob")
     nb = nn_bucket.label("nb")
+    nc = case((below, cutoff), else_=None).label("nc")
     rows = db.execute(
-        select(Record.status, Record.source, pb, ob, nb, func.count())
+        select(Record.status, Record.source, pb, ob, nb, nc, func.count())
         .where(Record.dataset_id == dataset_id)
-        .group_by(Record.status, Record.source, pb, ob, nb)
+        .group_by(Record.status, Record.source, pb, ob, nb, nc)
     ).all()
     by_status: Counter[str] = Counter()
     by_source: Counter[str] = Counter()
     prompt_hist = [0] * len(LENGTH_EDGES)
     output_hist = [0] * len(LENGTH_EDGES)
     nn_hist = [0] * 10
-    for status, source, pb, ob, nb, n in rows:
+    not_compared = 0
+    none_cutoffs: Counter[float | None] = Counter()
+    for status, source, pb, ob, nb, nc, n in rows:
         by_status[status] += n
         by_source[source] += n
         prompt_hist[int(pb)] += n
         output_hist[int(ob)] += n
-        if nb is not None and int(nb) >= 0:
+        if nb is None or int(nb) == -1:
+            not_compared += n
+        elif int(nb) == -2:
+            none_cutoffs[float(nc) if nc is not None else None] += n
+        else:
             nn_hist[min(int(nb), 9)] += n
+    none_key, none_records = none_label(set(none_cutoffs)), sum(none_cutoffs.values())
     labels = db.execute(
         select(Record.label, func.count())
         .where(Record.dataset_id == dataset_id, Record.label.is_not(None))
@@ -95,7 +128,13 @@ def dataset_stats(*, db: Session, user: User, dataset_id: int) -> dict[str, Any]
         "by_label": {str(k): int(v) for k, v in labels},
         "prompt_chars": {_edge_label(LENGTH_EDGES, i): n for i, n in enumerate(prompt_hist)},
         "output_chars": {_edge_label(LENGTH_EDGES, i): n for i, n in enumerate(output_hist)},
-        "nn_rouge": {f"{i / 10:.1f}": n for i, n in enumerate(nn_hist)},
+        "nn_rouge": {none_key: none_records, **{f"{i / 10:.1f}": n for i, n in enumerate(nn_hist)}},
+        "nn_rouge_none": {
+            "label": none_key,
+            "records": none_records,
+            "cutoffs": sorted(c for c in none_cutoffs if c is not None),
+        },
+        "nn_rouge_not_compared": not_compared,
         "leading_words": {str(w).strip(".,:;!?\"'()") or "(blank)": int(n) for w, n in verbs},
     }
 

@@ -103,6 +103,10 @@ def assign(dataset_id: int, body: AssignIn, user: CurrentUser, db: SessionDep) -
 
 @router.get("/review/datasets/{dataset_id}/stats")
 def stats(dataset_id: int, user: CurrentUser, db: SessionDep) -> dict[str, Any]:
+    """Counts and histograms. `nn_rouge` (nearest-neighbour ROUGE-L) starts with a "none ≥ 0.70" bucket:
+    records the dedup job compared without finding any at or above its cutoff (`nn_rouge_none` gives its
+    key, count and cutoffs); the deciles count real scores only; `nn_rouge_not_compared` counts records no
+    dedup run has seen."""
     return insights.dataset_stats(db=db, user=user, dataset_id=dataset_id)
 
 

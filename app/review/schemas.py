@@ -9,12 +9,21 @@ from app.records.schemas import Message, RecordFilter
 DecisionAction = Literal["accept", "reject", "rate", "tag", "skip", "flag"]
 
 
+NnStatus = Literal["not_compared", "below_cutoff", "found"]
+
+
 class Neighbour(BaseModel):
     id: int
-    score: float = Field(description="ROUGE-L F-measure between the two instructions.")
+    score: float = Field(
+        description="ROUGE-L F-measure between the two prompts (instruction and input), computed when listed."
+    )
     instruction: str
     status: str
-    relation: str = Field(description="nearest (found by dedup), points_here, or parent.")
+    relation: str = Field(
+        description="nearest: the record the dedup job named as this one's nearest (when the machine's "
+        "nn_status is below_cutoff, only the closest record it happened to score); points_here: a record "
+        "whose nearest is this one; parent: the record this one was generated from."
+    )
 
 
 class Provenance(BaseModel):
@@ -36,8 +45,22 @@ class Machine(BaseModel):
     rules: list[dict[str, Any]]
     judge_score: float | None
     judge_rationale: str | None
-    nn_score: float | None
+    nn_score: float | None = Field(
+        description="What the dedup job stored: a measurement only when nn_status is found (below the cutoff "
+        "it is 0.0 or a partial figure)."
+    )
     nn_record_id: int | None
+    nn_status: NnStatus = Field(
+        "not_compared",
+        description="not_compared: no dedup run (or generation filter) scored it; below_cutoff: compared, but no record kept before it "
+        "reached nn_cutoff (nothing lower is searched), shown as 'none ≥ cutoff'; found: nn_score is the "
+        "real max ROUGE-L, to nn_record_id.",
+    )
+    nn_cutoff: float | None = Field(
+        None,
+        description="The search cutoff (threshold) of the dedup run or generation job that stored the "
+        "figure, when known.",
+    )
     label: str | None
     is_classification: bool | None
     labels: list[str]

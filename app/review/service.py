@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Any
@@ -29,6 +29,7 @@ from app.review.schemas import (
     EditIn,
     Machine,
     Neighbour,
+    NnStatus,
     Provenance,
     RecordState,
     ReviewItem,
@@ -175,6 +176,86 @@ def _dedup_nearest(meta: dict[str, Any]) -> int | None:
     return None
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def dedup_cutoff(meta: dict[str, Any]) -> float | None:
+    """The search cutoff of the dedup run that stored the record's `nn_score`: its threshold (the index
+    searches no lower, see `app.pipeline.rouge.NearDuplicateIndex`). None when unknown (exact-duplicate
+    findings, scores from elsewhere)."""
+    dedup = meta.get("dedup")
+    return _number(dedup.get("threshold")) if isinstance(dedup, dict) else None
+
+
+# Generation kinds whose ROUGE-L filter stores the record's nn_score (kept records too); the job's
+# `threshold` param is that filter's search cutoff.
+ROUGE_GENERATION_KINDS = ("self_instruct",)
+
+
+def _job_cutoff(kind: str, params: dict[str, Any] | None) -> float | None:
+    return _number((params or {}).get("threshold")) if kind in ROUGE_GENERATION_KINDS else None
+
+
+def generation_cutoffs(
+    db: Session, *, dataset_id: int | None = None, job_ids: Iterable[int] = ()
+) -> dict[int, float]:
+    """Job id -> the ROUGE-L threshold of a generation job that stores nearest-neighbour figures: the jobs
+    given, or all of a dataset's."""
+    query = select(Job.id, Job.kind, Job.params).where(Job.kind.in_(ROUGE_GENERATION_KINDS))
+    if dataset_id is not None:
+        query = query.where(Job.dataset_id == dataset_id)
+    else:
+        query = query.where(Job.id.in_(list(job_ids)))
+    out: dict[int, float] = {}
+    for job_id, kind, params in db.execute(query).tuples():
+        cutoff = _job_cutoff(kind, params)
+        if cutoff is not None:
+            out[job_id] = cutoff
+    return out
+
+
+def nn_cutoff(record: Record, job_cutoffs: Mapping[int, float]) -> float | None:
+    """The search cutoff behind the record's stored figure: the dedup run's when one stored it (its
+    `meta["dedup"]`), else that of the generation job whose ROUGE-L filter did."""
+    meta = record.meta or {}
+    if "dedup" in meta:
+        return dedup_cutoff(meta)
+    return job_cutoffs.get(record.job_id) if record.job_id is not None else None
+
+
+def nn_finding(
+    record: Record, job_cutoffs: Mapping[int, float] | None = None
+) -> tuple[NnStatus, float | None]:
+    """What the record's stored nearest-neighbour figure is, and the cutoff it was searched at.
+
+    * ``not_compared``: no ROUGE-L check (dedup job or generation) has looked at it (`nn_score` is NULL);
+    * ``below_cutoff``: compared, and no record kept before it reached the cutoff. The index only
+      searches at or above its cutoff, so the stored 0.0 (or a partial figure it met on the way) is no
+      measurement of the nearest neighbour and must not be shown or counted as one;
+    * ``found``: a real score to `nn_record_id` (at or above the cutoff, or an exact duplicate).
+
+    `job_cutoffs` (`generation_cutoffs`) gives the cutoff of figures stored by generation.
+    `app.review.insights.dataset_stats` applies the same rule in SQL."""
+    score = record.nn_score
+    if score is None:
+        return "not_compared", None
+    cutoff = nn_cutoff(record, job_cutoffs or {})
+    if score <= 0 or (cutoff is not None and score < cutoff):
+        return "below_cutoff", cutoff
+    return "found", cutoff
+
+
+def none_label(cutoffs: set[float | None]) -> str:
+    """The histogram bucket of records compared with no neighbour at or above the cutoff: "none ≥ 0.70"
+    when they all share one known cutoff, else "none ≥ cutoff"."""
+    if len(cutoffs) == 1:
+        (cutoff,) = cutoffs
+        if cutoff is not None:
+            return f"none ≥ {cutoff:.2f}"
+    return "none ≥ cutoff"
+
+
 def _prompt_text(record: Record) -> str:
     if record.instruction or not record.messages:
         return f"{record.instruction}\n{record.input}".strip()
@@ -231,7 +312,15 @@ def review_items(*, db: Session, rows: Sequence[Record], assigned: bool = False)
     if missing:
         known.update({r.id: r for r in db.scalars(select(Record).where(Record.id.in_(missing)))})
     job_ids = {r.job_id for r in rows if r.job_id is not None}
-    kinds = dict(db.execute(select(Job.id, Job.kind).where(Job.id.in_(job_ids))).all()) if job_ids else {}
+    kinds: dict[int, str] = {}
+    job_cutoffs: dict[int, float] = {}
+    if job_ids:
+        for job_id, kind, params in db.execute(
+            select(Job.id, Job.kind, Job.params).where(Job.id.in_(job_ids))
+        ):
+            kinds[job_id] = kind
+            if (cutoff := _job_cutoff(kind, params)) is not None:
+                job_cutoffs[job_id] = cutoff
     items = []
     for r in rows:
         meta = r.meta or {}
@@ -261,6 +350,7 @@ def review_items(*, db: Session, rows: Sequence[Record], assigned: bool = False)
         neighbours.sort(key=lambda n: -n.score)
         parent = known.get(r.parent_id) if r.parent_id is not None else None
         labels = meta.get("labels")
+        nn_status, cutoff = nn_finding(r, job_cutoffs)
         items.append(
             ReviewItem(
                 id=r.id,
@@ -294,6 +384,8 @@ def review_items(*, db: Session, rows: Sequence[Record], assigned: bool = False)
                     judge_rationale=_judge_rationale(meta),
                     nn_score=r.nn_score,
                     nn_record_id=r.nn_record_id,
+                    nn_status=nn_status,
+                    nn_cutoff=cutoff,
                     label=r.label,
                     is_classification=r.is_classification,
                     labels=[str(x) for x in labels] if isinstance(labels, list) else [],

@@ -7,7 +7,7 @@ import io
 import json
 import zipfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from app.pipeline import formats
 from app.records.models import Record
 from app.records.schemas import RecordFilter
 from app.records.service import filter_clauses
+from app.review.service import generation_cutoffs, nn_finding, none_label
 from app.snapshots.models import Snapshot, SnapshotItem
 
 LENGTH_BUCKETS = (0, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -68,7 +69,16 @@ def _length(content: dict[str, Any]) -> tuple[int, int]:
     return len(content["instruction"]) + len(content["input"]), len(content["output"])
 
 
-def compute_stats(contents: Iterator[dict[str, Any]]) -> dict[str, Any]:
+def compute_stats(
+    contents: Iterator[dict[str, Any]], below_cutoff: Mapping[int, float | None] | None = None
+) -> dict[str, Any]:
+    """Counts and histograms of a snapshot's contents.
+
+    `below_cutoff` maps the records whose stored nearest-neighbour figure is no score (compared, no
+    neighbour at or above the dedup cutoff: `app.review.service.nn_finding`) to that cutoff; they make the
+    "none ≥ 0.70" bucket of `nn_rouge_hist` rather than "0.0". Without it, only a stored 0.0 is known to be
+    such a record."""
+    below = below_cutoff or {}
     by_status: Counter[str] = Counter()
     by_source: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
@@ -76,6 +86,8 @@ def compute_stats(contents: Iterator[dict[str, Any]]) -> dict[str, Any]:
     prompt_len: Counter[str] = Counter()
     response_len: Counter[str] = Counter()
     nn: Counter[str] = Counter()
+    nn_none: Counter[float | None] = Counter()
+    nn_unseen = 0
     n = 0
     for c in contents:
         n += 1
@@ -88,8 +100,16 @@ def compute_stats(contents: Iterator[dict[str, Any]]) -> dict[str, Any]:
         p, r = _length(c)
         prompt_len[_bucket(p, LENGTH_BUCKETS)] += 1
         response_len[_bucket(r, LENGTH_BUCKETS)] += 1
-        if c.get("nn_score") is not None:
-            nn[_bucket(float(c["nn_score"]), SCORE_BUCKETS)] += 1
+        score = c.get("nn_score")
+        if score is None:
+            nn_unseen += 1
+        elif c.get("record_id") in below or float(score) <= 0:
+            nn_none[below.get(c.get("record_id", -1))] += 1
+        else:
+            nn[_bucket(float(score), SCORE_BUCKETS)] += 1
+    none_key, none_records = none_label(set(nn_none)), sum(nn_none.values())
+    if none_records:
+        nn = Counter({none_key: none_records, **nn})
     return {
         "records": n,
         "by_status": dict(by_status),
@@ -99,6 +119,12 @@ def compute_stats(contents: Iterator[dict[str, Any]]) -> dict[str, Any]:
         "prompt_chars_hist": dict(prompt_len),
         "response_chars_hist": dict(response_len),
         "nn_rouge_hist": dict(nn),
+        "nn_rouge_none": {
+            "label": none_key,
+            "records": none_records,
+            "cutoffs": sorted(c for c in nn_none if c is not None),
+        },
+        "nn_rouge_not_compared": nn_unseen,
     }
 
 
@@ -121,6 +147,8 @@ def create_snapshot(
     digest = hashlib.sha256()
     last_id = 0
     count = 0
+    below_cutoff: dict[int, float | None] = {}
+    job_cutoffs = generation_cutoffs(db, dataset_id=dataset_id)
     clauses = filter_clauses(dataset_id, flt)
     while True:
         rows = db.scalars(
@@ -130,6 +158,9 @@ def create_snapshot(
             break
         items = []
         for r in rows:
+            nn_status, nn_cutoff = nn_finding(r, job_cutoffs)
+            if nn_status == "below_cutoff":
+                below_cutoff[r.id] = nn_cutoff
             content = record_content(r)
             items.append(
                 {"snapshot_id": snap.id, "record_id": r.id, "record_version": r.version, "content": content}
@@ -142,8 +173,9 @@ def create_snapshot(
         raise Invalid("no records match the snapshot filter", field="filter")
     snap.content_hash = digest.hexdigest()
     snap.record_count = count
-    stats = compute_stats(iter_contents(db, snap.id))
+    stats = compute_stats(iter_contents(db, snap.id), below_cutoff)
     stats["max_rouge_l_hist"] = rouge_histogram(db, snap.id, count)
+    stats["max_rouge_l_cutoff"] = ROUGE_FLOOR
     snap.stats = stats
     audit.record(
         db=db,
@@ -165,8 +197,9 @@ ROUGE_FLOOR = 0.3
 def rouge_histogram(db: Session, snapshot_id: int, count: int) -> dict[str, Any]:
     """Histogram of each record's max ROUGE-L (instruction) to the rest of the snapshot.
 
-    Exact for scores >= 0.3 (lower ones land in the first bucket); skipped above 50,000 records, where
-    the nearest-neighbour scores stored by the dedup job (`nn_rouge_hist`) stand in.
+    Exact for scores >= 0.3 (`max_rouge_l_cutoff`): a record whose max is lower is counted as
+    "none ≥ 0.30", never at the partial figure the pruned search met (often 0.0). Skipped above 50,000
+    records, where the nearest-neighbour scores stored by the dedup job (`nn_rouge_hist`) stand in.
     """
     if count > ROUGE_STATS_MAX_RECORDS:
         return {"skipped": f"more than {ROUGE_STATS_MAX_RECORDS} records; see nn_rouge_hist"}
@@ -180,7 +213,7 @@ def rouge_histogram(db: Session, snapshot_id: int, count: int) -> dict[str, Any]
         items.append((str(c["record_id"]), text))
     hist: Counter[str] = Counter()
     for score, _ in nearest_neighbours(items, floor=ROUGE_FLOOR):
-        hist[_bucket(score, SCORE_BUCKETS)] += 1
+        hist[_bucket(score, SCORE_BUCKETS) if score >= ROUGE_FLOOR else none_label({ROUGE_FLOOR})] += 1
     return dict(hist)
 
 

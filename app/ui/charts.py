@@ -35,6 +35,7 @@ ROW_H = 20
 PLOT_W = 260
 COL_W = 34
 PLOT_H = 120
+LABEL_CHAR_W = 6  # a column label's characters at the axis font size (10px), roughly
 
 
 def bar_chart(title: str, data: Mapping[str, int], *, horizontal: bool = True) -> Chart:
@@ -48,8 +49,12 @@ def bar_chart(title: str, data: Mapping[str, int], *, horizontal: bool = True) -
         for i, (label, value) in enumerate(values):
             chart.bars.append(Bar(label, value, LABEL_W, i * ROW_H + 2, PLOT_W * value / peak, ROW_H - 6))
         return chart
-    chart = Chart(title, max(1, len(values)) * COL_W + 10, PLOT_H + 40, False, total=total)
-    for i, (label, value) in enumerate(values):
+    # A column is as wide as its label ("none ≥ 0.70" needs more room than "0.3").
+    widths = [max(COL_W, LABEL_CHAR_W * len(label) + 6) for label, _ in values]
+    chart = Chart(title, max(COL_W, sum(widths)) + 10, PLOT_H + 40, False, total=total)
+    x = 5
+    for (label, value), width in zip(values, widths, strict=True):
         h = PLOT_H * value / peak
-        chart.bars.append(Bar(label, value, 5 + i * COL_W, 14 + PLOT_H - h, COL_W - 6, h))
+        chart.bars.append(Bar(label, value, x, 14 + PLOT_H - h, width - 6, h))
+        x += width
     return chart

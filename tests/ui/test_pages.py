@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
 import pytest
 
 from app.records.models import Record
+from app.ui.charts import COL_W, LABEL_CHAR_W, bar_chart
 from tests.factories import PASSWORD, make_dataset, make_project, make_records, make_user
+from tests.review.inline_dedup import deduped_records
 
 XSS_OUTPUT = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
 
@@ -188,6 +191,30 @@ def test_dataset_page_draws_stats_as_svg(client, world):
     assert page.status_code == 200
     assert page.text.count("<svg") >= 5
     assert "Nearest-neighbour ROUGE-L" in page.text and "pending: 6" in page.text
+
+
+def test_dataset_page_draws_records_without_a_neighbour_at_the_cutoff_as_their_own_bar(client, db, world):
+    ds = make_dataset(db, world["project"])
+    deduped_records(db, ds)  # 4 with none ≥ 0.70, 2 real scores in 0.9, 1 never compared
+    login(client, world["curator"])
+    page = client.get(f"/ui/datasets/{ds.id}")
+    assert page.status_code == 200
+    nn = page.text.split("Nearest-neighbour ROUGE-L</figcaption>", 1)[1].split("</figure>", 1)[0]
+    bars = re.findall(r"<title>([^<]*): (\d+)</title>", nn)
+    assert bars[:2] == [("none ≥ 0.70", "4"), ("0.0", "0")] and bars[-1] == ("0.9", "2")
+    assert "1 record never compared" in page.text and "no record at or above the dedup cutoff" in page.text
+
+
+def test_chart_columns_are_as_wide_as_their_labels_so_labels_never_overlap():
+    chart = bar_chart("NN", {"none ≥ 0.70": 4, "0.0": 0, "0.1": 3}, horizontal=False)
+
+    def extent(bar):
+        centre, half = bar.x + bar.w / 2, LABEL_CHAR_W * len(bar.label) / 2
+        return centre - half, centre + half
+
+    spans = [extent(b) for b in chart.bars]
+    assert all(left[1] <= right[0] for left, right in pairwise(spans))
+    assert chart.bars[2].x - chart.bars[1].x == COL_W and chart.width >= spans[-1][1]
 
 
 def test_curator_creates_project_dataset_and_member_through_forms(client, db, world):

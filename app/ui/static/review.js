@@ -261,10 +261,33 @@
 
   function kv(dl, pairs) {
     dl.replaceChildren();
-    for (const [k, v] of pairs) {
+    for (const [k, v, title] of pairs) {
       if (v === null || v === undefined || v === "" || (Array.isArray(v) && !v.length)) continue;
-      dl.append(h("dt", {}, k), h("dd", {}, v));
+      dl.append(h("dt", {}, k), h("dd", title ? { title } : {}, v));
     }
+  }
+
+  // The dedup job's nearest-neighbour figure says which of three things it is. Below its cutoff the
+  // index searches nothing, so the 0.0 it stores there is no score and is never shown as one.
+  const fixed2 = (x) => Number(x).toFixed(2);
+  function nnFigure(m) {
+    const status = m.nn_status || (m.nn_score === null || m.nn_score === undefined ? "not_compared" : "found");
+    const cutoff = m.nn_cutoff === null || m.nn_cutoff === undefined ? "the cutoff" : fixed2(m.nn_cutoff);
+    if (status === "not_compared") {
+      return ["not compared (no dedup run)", "No dedup job (nor generation's ROUGE-L filter) has compared this record with others yet."];
+    }
+    if (status === "below_cutoff") {
+      return [`none ≥ ${cutoff} among records checked before it`,
+        `The ROUGE-L check (dedup job or generation filter) compared this record with the records kept before it and searches only for a score at or above ${cutoff}: none reached it. The listed neighbours' scores are computed now.`];
+    }
+    return [`${fixed2(m.nn_score)}${m.nn_record_id ? ` · record #${m.nn_record_id}` : ""}`,
+      "The highest ROUGE-L the check (dedup job or generation filter) found between this record and one kept before it."];
+  }
+
+  function relationText(relation, m) {
+    if (relation === "nearest") return m.nn_status === "below_cutoff" ? "closest record dedup scored (below the cutoff)" : "dedup's nearest";
+    if (relation === "points_here") return "has this one as its nearest";
+    return relation;
   }
 
   function field(label, value, cls) {
@@ -315,21 +338,24 @@
     if (p.job_id) prov.append(h("dt", {}, "Job"), h("dd", {}, h("a", { href: `/ui/jobs/${p.job_id}` }, `#${p.job_id} ${p.job_kind || ""}`)));
     if (p.parent_id) prov.append(h("dt", {}, "Parent"), h("dd", {}, `#${p.parent_id} `, h("span", { class: "snippet" }, p.parent_instruction || "")));
     const m = item.machine;
+    const [nnText, nnTitle] = nnFigure(m);
     kv($("machine"), [
       ["Status reason", m.reason],
       ["Rules", m.rules.map((r) => `${r.code}${r.detail ? `: ${typeof r.detail === "string" ? r.detail : JSON.stringify(r.detail)}` : ""}`).join("\n")],
       ["Judge score", m.judge_score],
       ["Judge rationale", m.judge_rationale],
-      ["NN ROUGE-L", m.nn_score !== null && m.nn_score !== undefined ? `${m.nn_score.toFixed(3)}${m.nn_record_id ? ` (record #${m.nn_record_id})` : ""}` : null],
+      ["NN ROUGE-L", nnText, nnTitle],
       ["Label", m.label],
       ["Classification", m.is_classification === null ? null : m.is_classification ? "yes" : "no"],
       ["Labels", m.labels.join(", ")],
     ]);
     const nb = $("neighbours");
     nb.replaceChildren();
-    if (!item.neighbours.length) nb.append(h("li", { class: "muted" }, "none known (run a dedup job)"));
+    if (!item.neighbours.length) {
+      nb.append(h("li", { class: "muted" }, m.nn_status === "not_compared" ? "none known (run a dedup job)" : "none known"));
+    }
     for (const n of item.neighbours) {
-      nb.append(h("li", {}, h("span", { class: "score" }, n.score.toFixed(2)), " ", h("small", { class: "muted" }, `#${n.id} · ${n.status} · ${n.relation}`), h("div", { class: "snippet" }, n.instruction)));
+      nb.append(h("li", {}, h("span", { class: "score" }, fixed2(n.score)), " ", h("small", { class: "muted" }, `#${n.id} · ${n.status} · ${relationText(n.relation, m)}`), h("div", { class: "snippet" }, n.instruction)));
     }
     if (S.historyFor !== null && S.historyFor !== item.id) {
       $("history-box").hidden = true;
