@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 
 from app.pipeline.langid import detect_language
-from app.pipeline.rules import RULES, RuleConfig, evaluate, funnel
+from app.pipeline.rules import RULES, RuleConfig, RuleHit, evaluate, funnel
 from app.pipeline.textnorm import exact_duplicates, normalize
 
 
@@ -171,3 +172,139 @@ def test_exact_duplicates_ignore_case_width_spaces_and_cjk_punctuation():
     ]
     assert exact_duplicates(items) == {"b": "a", "d": "c"}
     assert normalize("  Ｔｅｓｔ\u3000ＩＮＧ  ") == "test ing"
+
+
+# Issue 14 §4: what the language rules did to the 350 human-written seed tasks.
+
+
+@pytest.fixture(scope="module")
+def zh_seeds(shared_data):
+    return [json.loads(line) for line in (shared_data / "belle" / "zh_seed_tasks.json").open()]
+
+
+def seed_codes(task: dict, language: str) -> list[str]:
+    instance = task["instances"][0]
+    return codes(
+        instruction=task["instruction"], input=instance["input"], output=instance["output"], language=language
+    )
+
+
+def by_id(tasks: list[dict], *ids: int) -> list[dict]:
+    wanted = {f"seed_task_{i}" for i in ids}
+    found = [t for t in tasks if t["id"] in wanted]
+    assert len(found) == len(wanted)
+    return found
+
+
+def test_no_seed_task_breaks_language_mismatch(seeds, zh_seeds):
+    # Was 14 English and 16 Chinese seeds ("Write a knock knock joke about bananas." -> "instruction is pt").
+    flagged = [t["id"] for t in seeds if "language_mismatch" in seed_codes(t, "en")]
+    flagged += [t["id"] for t in zh_seeds if "language_mismatch" in seed_codes(t, "zh")]
+    assert flagged == []
+
+
+def test_short_english_instructions_are_english_not_portuguese(seeds):
+    for task in by_id(seeds, 11, 24, 52, 55, 63, 84, 93, 124):  # knock knock joke, grocery list, dad joke...
+        assert detect_language(task["instruction"]) == "en", task["instruction"]
+
+
+def test_an_equation_answer_is_in_no_language(seeds, zh_seeds):
+    for task, language in ((by_id(seeds, 144)[0], "en"), (by_id(zh_seeds, 144)[0], "zh")):
+        assert task["instances"][0]["output"].replace("\xa0", " ") == "x = 3, y = 2"
+        assert detect_language(task["instances"][0]["output"]) == "unknown"
+        assert "language_mismatch" not in seed_codes(task, language)
+
+
+def test_a_translation_task_is_not_flagged_for_the_language_it_translates_into(seeds, zh_seeds):
+    english, chinese = by_id(seeds, 117)[0], by_id(zh_seeds, 117)[0]
+    assert english["instruction"] == "Translate the English sentence into Chinese."
+    assert detect_language(english["instances"][0]["output"]) == "zh"
+    assert "language_mismatch" not in seed_codes(english, "en")
+    assert "language_mismatch" not in seed_codes(chinese, "zh")
+    # Asking for another language than the answer's is still a mismatch.
+    assert "language_mismatch" in codes(
+        instruction="Translate the English sentence into French.",
+        input="She went to school on Monday.",
+        output=chinese["instances"][0]["output"],
+    )
+
+
+def test_chinese_seed_answers_in_sql_code_fen_or_numbers_are_language_neutral(zh_seeds):
+    # text_to_sql, regex, JavaScript, Python, LeetCode, chess FEN, equations, "1.00E+06"
+    for task in by_id(zh_seeds, 50, 41, 140, 72, 31, 37, 139, 69, 141, 106, 35, 164):
+        assert "language_mismatch" not in seed_codes(task, "zh"), task["name"]
+
+
+def test_a_chinese_instruction_stays_chinese_when_its_input_is_code(zh_seeds):
+    task = by_id(zh_seeds, 28)[0]  # "添加注释到给定的函数中..." with a Python function as input
+    assert task["instances"][0]["input"].startswith("def")
+    assert detect_language(task["instruction"]) == "zh"
+    assert seed_codes(task, "zh") == []
+
+
+def test_ends_with_colon_checks_instances_as_self_instruct_does(seeds):
+    summarize = next(t for t in seeds if t["instruction"] == "Summarize this email into a single sentence:")
+    assert summarize["instances"][0]["input"] and "ends_with_colon" not in seed_codes(summarize, "en")
+    # prepare_for_finetuning.filter_invalid_instances: input or output ending with ':' is cut off.
+    assert "ends_with_colon" in codes(
+        instruction="Rewrite the text.", input="Here is the text to rewrite:", output="Done."
+    )
+    assert "ends_with_colon" in codes(instruction="List three fruits.", output="Here are three fruits:")
+    assert "ends_with_colon" in codes(instruction="列出三种水果。", output="以下是三种水果：", language="zh")
+    # A form or an analogy whose last field the output fills is not cut off (two seed tasks are so).
+    assert "ends_with_colon" not in codes(
+        instruction="Write the adjectives that represent the given religions.",
+        input="Atheism:\nChristianity:\nIslam:",
+        output="Atheism: secular.\nChristianity: spiritual.\nIslam: devout.",
+    )
+    # During generation (no instance yet) the rule has nothing to check.
+    assert "ends_with_colon" not in codes(instruction="Summarize this email into a single sentence:")
+
+
+def test_an_english_instruction_in_a_chinese_dataset_is_flagged(shared_data):
+    hits = evaluate(instruction="Use a table to present the result.", output="| 年份 | 销量 |", language="zh")
+    assert RuleHit("dataset_language", "instruction is en, dataset is zh") in hits
+    assert "dataset_language" not in codes(instruction="Use a table to present the result.", language="en")
+    # At generation time too: a generated English instruction for a Chinese dataset.
+    assert "dataset_language" in codes(instruction="Use a table to present the result.", language="zh")
+    # A Chinese instruction that quotes English, and a named translation, are in their dataset's language.
+    assert "dataset_language" not in codes(
+        instruction="翻译下面这个句子：I will always remember the day we met for the first time.",
+        language="zh",
+    )
+    assert "dataset_language" not in codes(
+        instruction="Translate 'bonjour tout le monde' into Chinese.", language="en"
+    )
+    # No declared language to hold records to.
+    assert "dataset_language" not in codes(instruction="Use a table to present the result.", language="mul")
+
+    def queries(lang: str) -> list[str]:
+        return [
+            json.loads(line)["query"]
+            for line in (shared_data / f"llmzoo/multilingual/{lang}100.jsonl").open()
+        ]
+
+    def flagged(lang: str, dataset: str) -> int:
+        return sum("dataset_language" in codes(instruction=q, language=dataset) for q in queries(lang))
+
+    # Five English queries ask to translate "into English", so English is named: kept, as it should be.
+    assert flagged("en", "zh") >= 90 and flagged("zh", "en") >= 95 and flagged("de", "en") >= 90
+    assert flagged("en", "en") == 0 and flagged("zh", "zh") == 0
+
+
+def test_language_mismatch_still_catches_real_answers_in_another_language(shared_data):
+    def queries(lang: str) -> list[str]:
+        return [
+            json.loads(line)["query"]
+            for line in (shared_data / f"llmzoo/multilingual/{lang}100.jsonl").open()
+        ]
+
+    en, zh, fr = queries("en"), queries("zh"), queries("fr")
+    assert (
+        sum("language_mismatch" in codes(instruction=q, output=a) for q, a in zip(en, zh, strict=True))
+        >= 90  # 5 of the English queries are "translate into English"
+    )
+    assert (
+        sum("language_mismatch" in codes(instruction=q, output=a) for q, a in zip(en, fr, strict=True)) >= 85
+    )
+    assert sum("language_mismatch" in codes(instruction=q, output=a) for q, a in itertools.pairwise(en)) == 0
