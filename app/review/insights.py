@@ -307,8 +307,13 @@ def agreement(*, db: Session, user: User, dataset_id: int, judge_threshold: floa
 # ---------------------------------------------------------------- near-duplicate groups
 
 
+# A record is listed in, and decided with, its nearest neighbour's group from this ROUGE-L on: the same
+# bound for both, so a group's decision changes exactly the members the page counted.
+GROUP_MIN_SCORE = 0.7
+
+
 def duplicate_groups(
-    *, db: Session, user: User, dataset_id: int, min_score: float = 0.7, limit: int = 50
+    *, db: Session, user: User, dataset_id: int, min_score: float = GROUP_MIN_SCORE, limit: int = 50
 ) -> list[dict[str, Any]]:
     """Groups of records whose nearest neighbour (found by dedup) is the same record, biggest first."""
     require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
@@ -341,7 +346,7 @@ def duplicate_groups(
 
 
 def group_members(
-    *, db: Session, user: User, dataset_id: int, anchor_id: int, min_score: float = 0.0
+    *, db: Session, user: User, dataset_id: int, anchor_id: int, min_score: float = GROUP_MIN_SCORE
 ) -> list[Record]:
     require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
     return list(
@@ -366,7 +371,7 @@ def decide_group(
     anchor_id: int,
     status: str,
     include_anchor: bool,
-    min_score: float = 0.0,
+    min_score: float = GROUP_MIN_SCORE,
 ) -> int:
     """Set the status of a whole near-duplicate group at once (the original too, if asked)."""
     members = group_members(db=db, user=user, dataset_id=dataset_id, anchor_id=anchor_id, min_score=min_score)

@@ -128,7 +128,11 @@ def agreement(
 
 @router.get("/review/datasets/{dataset_id}/duplicate-groups")
 def duplicate_groups(
-    dataset_id: int, user: CurrentUser, db: SessionDep, min_score: float = 0.7, limit: int = 50
+    dataset_id: int,
+    user: CurrentUser,
+    db: SessionDep,
+    min_score: float = insights.GROUP_MIN_SCORE,
+    limit: int = 50,
 ) -> list[dict[str, Any]]:
     return insights.duplicate_groups(
         db=db, user=user, dataset_id=dataset_id, min_score=min_score, limit=max(1, min(limit, 500))
@@ -147,6 +151,7 @@ def decide_group(
         anchor_id=anchor_id,
         status=body.status,
         include_anchor=body.include_anchor,
+        min_score=body.min_score,
     )
     return BulkOut(updated=n)
 

@@ -180,6 +180,13 @@ class GroupDecisionIn(BaseModel):
     include_anchor: bool = Field(
         False, description="Also set the group's original (the record the others duplicate)."
     )
+    min_score: float = Field(
+        0.7,
+        ge=0.0,
+        le=1.0,
+        description="Members are the records whose nearest is the original at this ROUGE-L or more: use "
+        "the min_score the groups were listed with.",
+    )
 
 
 class BulkOut(BaseModel):

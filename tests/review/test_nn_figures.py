@@ -213,6 +213,27 @@ def test_snapshot_stats_count_records_without_a_neighbour_at_the_cutoff_in_their
     assert stats["max_rouge_l_hist"] == {"1.0": 2, "0.9": 1, "0.6": 1, "0.3": 1, "none ≥ 0.30": 2}
 
 
+def test_deciding_a_duplicate_group_changes_the_members_it_listed_not_records_below_the_cutoff(
+    client: Any, db: Any, deduped: dict[str, Any]
+) -> None:
+    recs, h, ds = deduped["recs"], token_for(db, deduped["curator"]), deduped["ds"].id
+    groups = client.get(f"/api/v1/review/datasets/{ds}/duplicate-groups", headers=h).json()
+    assert [(g["anchor_id"], g["members"]) for g in groups] == [(recs["sea"].id, 2)]
+    # night points at sea too, with the 0.632 met below the cutoff: it is no duplicate of sea.
+    resp = client.post(
+        f"/api/v1/review/datasets/{ds}/duplicate-groups/{recs['sea'].id}",
+        json={"status": "rejected"},
+        headers=h,
+    )
+    assert resp.json() == {"updated": 2}
+    db.expire_all()
+    assert [db.get(Record, recs[k].id).status for k in ("today", "sea_upper", "night")] == [
+        "rejected",
+        "rejected",
+        "pending",
+    ]
+
+
 # ---------------------------------------------------------------- the review page in a browser
 
 CHROMIUM = Path("/usr/bin/chromium")
