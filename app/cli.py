@@ -53,12 +53,21 @@ def cmd_users_create(args: argparse.Namespace) -> int:
 
 
 def ensure_admin() -> None:
+    """Create the first admin when the database has no user at all (IF_ADMIN_USERNAME, IF_ADMIN_PASSWORD)."""
+    from sqlalchemy import func, select
+    from sqlalchemy.exc import IntegrityError
+
+    from app.auth.models import User
     from app.auth.service import ensure_admin as _ensure
     from app.db import session_scope
 
     settings = _settings()
-    with session_scope() as db:
-        generated = _ensure(db=db, username=settings.admin_username, password=settings.admin_password)
+    try:
+        with session_scope() as db:
+            first = not db.scalar(select(func.count(User.id)))
+            generated = _ensure(db=db, username=settings.admin_username, password=settings.admin_password)
+    except IntegrityError:
+        return  # another API replica starting at the same moment created it first
     if generated:
         bar = "=" * 64
         print(
@@ -66,14 +75,53 @@ def ensure_admin() -> None:
             f"   password: {generated}\n (shown once; set IF_ADMIN_PASSWORD to choose it)\n{bar}\n",
             flush=True,
         )
+    elif first:
+        print(
+            f"created admin account {settings.admin_username} (password from IF_ADMIN_PASSWORD)", flush=True
+        )
+
+
+def prepare(*, migrate: bool) -> int:
+    """What every way of starting the service does first: the schema, then the first admin.
+
+    `serve`, `serve --migrate` and `run` all come here, so each creates the admin the same way; with
+    `migrate` false a schema that is not at the newest revision stops the start (2) instead of serving
+    errors. Runs once, before any server process is forked: two processes never race to create the admin.
+    """
+    _settings().data_dir.mkdir(parents=True, exist_ok=True)
+    if migrate:
+        cmd_db_upgrade(argparse.Namespace(revision="head"))
+    else:
+        current, head = schema_revisions()
+        if current != head:
+            print(
+                f"error: the database schema is at {current or 'nothing (empty database)'}, this version needs "
+                f"{head}: run `instructforge db upgrade` first, or start with `instructforge serve --migrate`",
+                file=sys.stderr,
+            )
+            return 2
+    ensure_admin()
+    return 0
+
+
+def schema_revisions() -> tuple[str | None, str | None]:
+    """The database's Alembic revision and the newest one this code knows."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from app.db import get_engine
+    from app.migrate import alembic_config
+
+    with get_engine().connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    return current, ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    if args.migrate:
-        cmd_db_upgrade(argparse.Namespace(revision="head"))
-        ensure_admin()
+    if status := prepare(migrate=args.migrate):
+        return status
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -115,9 +163,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Everything on embedded defaults: migrate, create the admin, start API + one worker; Ctrl-C stops all."""
     settings = _settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    cmd_db_upgrade(argparse.Namespace(revision="head"))
-    ensure_admin()
+    prepare(migrate=True)
 
     # One worker process consumes both queues on a laptop: training runs there too (on CPU or a local GPU).
     def start_worker() -> subprocess.Popen[bytes]:
@@ -215,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--migrate", action="store_true", help="apply migrations and create the admin first")
+    p.add_argument(
+        "--migrate", action="store_true", help="apply migrations first (else: refuse an old schema)"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run a Celery worker")

@@ -1,15 +1,19 @@
-"""The `instructforge` CLI on the embedded SQLite default, as a user runs it."""
+"""The `instructforge` CLI on the embedded SQLite default, as a user runs it, and every way of starting."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import httpx
+import pytest
 from sqlalchemy import create_engine, func, select
 
 from app.records.models import Record
-from tests.procs import ROOT
+from tests.procs import ROOT, free_port, wait_http
 
 
 def _cli(tmp_path, *args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -58,3 +62,76 @@ def test_db_upgrade_users_create_and_import_from_the_command_line(tmp_path, shar
     assert refused.returncode == 2 and "line 2" in refused.stderr and "instruction" in refused.stderr
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Record.__table__)) == 175
+
+
+def _start(tmp_path, *args: str, **env_extra: str) -> tuple[subprocess.Popen[bytes], Path]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IF_")}
+    env.update(IF_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1", **env_extra)
+    log = tmp_path / f"{args[0]}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return proc, log
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: `run` stops its children too
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "steps",
+    [[["serve", "--migrate"]], [["db", "upgrade"], ["serve"]], [["run"]]],
+    ids=["serve --migrate", "db upgrade, then serve", "run"],
+)
+def test_every_way_of_starting_creates_the_admin_with_IF_ADMIN_PASSWORD(tmp_path, steps):
+    port = free_port()
+    *before, start = steps
+    for step in before:
+        assert _cli(tmp_path / "data", *step).returncode == 0
+    proc, log = _start(tmp_path, *start, "--port", str(port), IF_ADMIN_PASSWORD="chosen-admin-pw")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/v1/health", proc, log, timeout=90)
+        login = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/auth/tokens",
+            json={"username": "admin", "password": "chosen-admin-pw", "name": "t"},
+        )
+    finally:
+        _stop(proc)
+    assert login.status_code == 201, (login.text, log.read_text()[-3000:])
+    text = log.read_text()
+    assert "created admin account admin (password from IF_ADMIN_PASSWORD)" in text
+    assert "chosen-admin-pw" not in text
+
+
+@pytest.mark.slow
+def test_serve_without_migrate_refuses_a_database_that_is_not_upgraded(tmp_path):
+    out = _cli(tmp_path / "data", "serve", "--port", str(free_port()))
+    assert out.returncode == 2
+    assert "instructforge db upgrade" in out.stderr and "--migrate" in out.stderr
+    assert _cli(tmp_path / "data", "db", "upgrade").returncode == 0
+
+
+@pytest.mark.slow
+def test_a_generated_admin_password_is_printed_on_the_first_start_only(tmp_path):
+    assert _cli(tmp_path / "data", "db", "upgrade").returncode == 0
+    for start in (1, 2):
+        port = free_port()
+        proc, log = _start(tmp_path, "serve", "--port", str(port))
+        try:
+            wait_http(f"http://127.0.0.1:{port}/api/v1/health", proc, log, timeout=90)
+        finally:
+            _stop(proc)
+        printed = log.read_text().count("First start: created admin account")
+        assert printed == 1, log.read_text()[-3000:]
