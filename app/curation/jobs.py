@@ -153,6 +153,7 @@ def _dedup_one(
                 "task_record": first,
                 "score": round(score, 6),
                 "nearest": task_nearest,
+                "threshold": params.threshold,
             }
             return _dedup_verdict(rid, task_reason, score, task_nearest, detail)
     decision = index.check_and_add(str(rid), text)
