@@ -38,6 +38,15 @@ class Provenance(BaseModel):
     prompt_hash: str | None
 
 
+class Advice(BaseModel):
+    """A machine job's verdict on a record a person decided: stored beside the decision, never over it."""
+
+    kind: str = Field(description="dedup | rules | judge")
+    reason: str
+    detail: str | None = None
+    job_id: int | None = None
+
+
 class Machine(BaseModel):
     """What curation found: the status reason, the rules that fired, the judge's score and rationale."""
 
@@ -64,6 +73,10 @@ class Machine(BaseModel):
     label: str | None
     is_classification: bool | None
     labels: list[str]
+    human_decided: bool = Field(False, description="A person accepted, rejected, edited or rated it.")
+    advice: list[Advice] = Field(
+        default_factory=list, description="What machine jobs would have done to this human-decided record."
+    )
 
 
 class ReviewItem(BaseModel):

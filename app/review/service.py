@@ -25,6 +25,7 @@ from app.records import service as records
 from app.records.models import Record, RecordAssignment, RecordRevision, ReviewEvent
 from app.records.schemas import RecordFilter, RecordUpdate
 from app.review.schemas import (
+    Advice,
     DiffPart,
     EditIn,
     Machine,
@@ -256,6 +257,17 @@ def none_label(cutoffs: set[float | None]) -> str:
     return "none ≥ cutoff"
 
 
+def _advice(meta: dict[str, Any]) -> list[Advice]:
+    stored = meta.get("advice")
+    if not isinstance(stored, dict):
+        return []
+    return [
+        Advice(kind=str(kind), reason=str(v.get("reason")), detail=v.get("detail"), job_id=v.get("job_id"))
+        for kind, v in stored.items()
+        if isinstance(v, dict) and v.get("reason")
+    ]
+
+
 def _prompt_text(record: Record) -> str:
     if record.instruction or not record.messages:
         return f"{record.instruction}\n{record.input}".strip()
@@ -389,6 +401,8 @@ def review_items(*, db: Session, rows: Sequence[Record], assigned: bool = False)
                     label=r.label,
                     is_classification=r.is_classification,
                     labels=[str(x) for x in labels] if isinstance(labels, list) else [],
+                    human_decided=r.human_decided,
+                    advice=_advice(meta),
                 ),
                 neighbours=neighbours,
             )

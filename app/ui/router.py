@@ -314,6 +314,11 @@ def _filter_from(values: Any) -> RecordFilter:
     flagged = str(values.get("flagged") or "")
     if flagged in ("true", "false"):
         raw["flagged"] = flagged == "true"
+    decided = str(values.get("decided") or "")
+    if decided in ("human", "machine"):
+        raw["human_decided"] = decided == "human"
+    elif decided == "disagreement":
+        raw["disagreement"] = True
     try:
         return RecordFilter.model_validate(raw)
     except ValidationError as exc:

@@ -178,6 +178,11 @@ def test_judge_keeps_what_people_decided_and_never_rewrites_a_status_it_read(com
             assert r.status == ("filtered" if low else "pending") and r.advice is None
     disagreeing = {rid for rid, s in expected_human.items() if s != "rejected" and got[rid].advice}
     assert _disagreements(committed, curator, dataset_id) == disagreeing
+    # The review page shows the judge's verdict beside the person's decision.
+    with Session(committed) as db:
+        shown = review.review_items(db=db, rows=[db.get(Record, min(disagreeing))])[0].machine
+    assert shown.human_decided and [(a.kind, a.reason) for a in shown.advice] == [("judge", "judge_below")]
+    assert shown.advice[0].detail is not None and "< 5.0" in shown.advice[0].detail
     assert job.result["human_advised"] == sum(1 for rid in expected_human if got[rid].advice)
 
 

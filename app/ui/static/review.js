@@ -284,6 +284,12 @@
       "The highest ROUGE-L the check (dedup job or generation filter) found between this record and one kept before it."];
   }
 
+  function adviceText(m, status) {
+    if (!m.human_decided || !m.advice.length) return null;
+    const decided = status === "pending" ? "a person rated or edited it" : `a person ${status} it`;
+    return m.advice.map((a) => `${a.kind}: ${a.detail || a.reason} — ${decided}`).join("\n");
+  }
+
   function relationText(relation, m) {
     if (relation === "nearest") return m.nn_status === "below_cutoff" ? "closest record dedup scored (below the cutoff)" : "dedup's nearest";
     if (relation === "points_here") return "has this one as its nearest";
@@ -348,6 +354,7 @@
       ["Label", m.label],
       ["Classification", m.is_classification === null ? null : m.is_classification ? "yes" : "no"],
       ["Labels", m.labels.join(", ")],
+      ["Machine advice", adviceText(m, item.status), "A machine job's verdict on a record a person decided: kept beside the decision, never applied over it."],
     ]);
     const nb = $("neighbours");
     nb.replaceChildren();

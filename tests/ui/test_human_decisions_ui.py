@@ -59,3 +59,24 @@ def test_a_job_without_override_starts_at_once(client, db: Session):
         f"/ui/datasets/{ds.id}/jobs/new/dedup", data={"csrf_token": token}, follow_redirects=False
     )
     assert ok.status_code == 303
+
+
+def test_records_page_lists_the_disagreements_with_the_machines_advice(client, db: Session):
+    curator = make_user(db, "curator")
+    ds = make_dataset(db, make_project(db, (curator, "curator")))
+    recs = make_records(db, ds, 3)
+    recs[0].status, recs[0].human_decided, recs[0].advice = "accepted", True, "judge_below"
+    recs[1].status, recs[1].human_decided = "accepted", True
+    recs[2].advice = "rouge_dup"  # not decided by a person: no disagreement
+    db.flush()
+    login(client, curator)
+    page = client.get(f"/ui/datasets/{ds.id}/records", params={"decided": "disagreement"})
+    assert page.status_code == 200
+    ids = re.findall(r"review\?record=(\d+)", page.text)
+    assert ids == [str(recs[0].id)]
+    assert 'class="advice"' in page.text and "judge_below" in page.text
+    assert 'value="disagreement" selected' in page.text
+    human = client.get(f"/ui/datasets/{ds.id}/records", params={"decided": "human"})
+    assert sorted(re.findall(r"review\?record=(\d+)", human.text)) == sorted(
+        [str(recs[0].id), str(recs[1].id)]
+    )
