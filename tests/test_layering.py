@@ -53,3 +53,11 @@ def test_the_pipeline_imports_neither_sqlalchemy_nor_fastapi_nor_torch():
 def test_the_trainer_imports_nothing_from_app():
     loaded = _modules_after("import trainer.run, trainer.infer, trainer.config")
     assert not any(m == "app" or m.startswith("app.") for m in loaded)
+
+
+def test_the_trainer_contract_loads_no_torch_for_the_job_that_supervises_the_trainer():
+    # app/training/jobs.py reads the trainer's file names and exit codes from trainer.contract; it runs
+    # the trainer as a child process, so that a cancel or crash frees the GPU, and must not load torch itself
+    loaded = _modules_after("import trainer.contract\nimport app.training.jobs")
+    assert not {"torch", "transformers", "peft"} & loaded
+    assert "trainer.contract" in loaded

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer.run import EXIT_FAILED
+from trainer.contract import EXIT_FAILED
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

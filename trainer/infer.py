@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from trainer.config import TrainConfig
+from trainer.contract import ADAPTER_DIR, MERGED_DIR, PROMPT_FORMAT_FILE, TRAIN_CONFIG_FILE
 from trainer.data import Message
 from trainer.formats import PromptFormat, encode_prompt, prompt_messages
 from trainer.methods import (
@@ -18,9 +19,6 @@ from trainer.methods import (
     load_tokenizer,
     resolve_attn_implementation,
 )
-
-PROMPT_FORMAT_FILE = "prompt_format.json"
-ADAPTER_DIR = "adapter"
 
 
 def _device() -> torch.device:
@@ -37,7 +35,7 @@ def _attach_adapter(model: Any, adapter_dir: Path) -> Any:
 
 
 def _load_base(output_dir: Path, base_model: str | None, *, dtype: torch.dtype | str) -> tuple[Any, Any]:
-    cfg = TrainConfig.from_yaml(output_dir / "train_config.yaml")
+    cfg = TrainConfig.from_yaml(output_dir / TRAIN_CONFIG_FILE)
     base = base_model or cfg.base_model
     local_only = not cfg.allow_hub_download
     # the saved tokenizer, not the base one: it carries any tokens added for the prompt format
@@ -117,8 +115,8 @@ def export_merged(
 ) -> Path:
     """Merge the adapter into the original base weights (its stored 16-bit dtype, never a 4-bit copy)."""
     out = Path(output_dir)
-    target = Path(dest) if dest is not None else out / "merged"
-    cfg = TrainConfig.from_yaml(out / "train_config.yaml")
+    target = Path(dest) if dest is not None else out / MERGED_DIR
+    cfg = TrainConfig.from_yaml(out / TRAIN_CONFIG_FILE)
     if cfg.method in ("prefix", "prompt"):
         raise ValueError(f"{cfg.method} tuning has no weights to merge")
     # dtype="auto" keeps the checkpoint's own precision; no quantization_config is ever passed here

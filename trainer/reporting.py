@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from trainer.contract import CANCEL_FILE, METRICS_FILE, STATUS_FILE
+
 State = Literal["running", "succeeded", "cancelled", "failed"]
-STATUS_FILE = "status.json"
-METRICS_FILE = "metrics.jsonl"
-CANCEL_FILE = "CANCEL"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import gc
-import importlib.metadata
 import json
 import math
 import random
-import subprocess
 import time
 import traceback
 from collections import Counter
@@ -23,6 +21,19 @@ import torch.nn.functional as F
 from trainer.batching import Batch, MicroBatch, collate, plan_epoch
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import LORA_FAMILY, TrainConfig
+from trainer.contract import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    LOSS_CURVE_FILE,
+    PROMPT_FORMAT_FILE,
+    SAMPLES_FILE,
+    SUMMARY_FILE,
+    TRAIN_CONFIG_FILE,
+    code_version,
+)
 from trainer.data import Message, load_dataset
 from trainer.formats import (
     IGNORE_INDEX,
@@ -36,7 +47,7 @@ from trainer.formats import (
     missing_special_tokens,
     truncate,
 )
-from trainer.infer import ADAPTER_DIR, PROMPT_FORMAT_FILE, export_merged, generate
+from trainer.infer import export_merged, generate
 from trainer.methods import (
     bitsandbytes_available,
     build_peft_model,
@@ -49,8 +60,6 @@ from trainer.methods import (
     use_bf16,
 )
 from trainer.reporting import Reporter, plot_loss_curve, write_json_atomic
-
-EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
 
 
 @dataclass
@@ -82,26 +91,6 @@ class TrainSummary:
     @property
     def exit_code(self) -> int:
         return {"succeeded": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(self.state, EXIT_FAILED)
-
-
-def code_version() -> str:
-    """The package version plus the git commit when the trainer runs from a checkout."""
-    try:
-        version = importlib.metadata.version("instructforge")
-    except importlib.metadata.PackageNotFoundError:
-        version = "0+unknown"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{version}+{commit}" if commit else version
 
 
 def _seed_everything(seed: int) -> None:
@@ -423,12 +412,12 @@ def _train(config: TrainConfig, reporter: Reporter, on_step: Callable[[int], Non
             else ("paged_adamw_32bit" if config.method == "qlora" else "adamw"),
         }
     )
-    resolved.to_yaml(out / "train_config.yaml")
+    resolved.to_yaml(out / TRAIN_CONFIG_FILE)
     fmt.save(out / PROMPT_FORMAT_FILE)
     tokenizer.save_pretrained(str(out))
 
     loop = _Loop(total)
-    ckpt_root = out / "checkpoints"
+    ckpt_root = out / CHECKPOINTS_DIR
     resumed_from: int | None = None
     ckpt = latest_checkpoint(ckpt_root) if config.resume else None
     if ckpt is not None:
@@ -477,7 +466,7 @@ def _train(config: TrainConfig, reporter: Reporter, on_step: Callable[[int], Non
         summary.train_loss = loop.last_loss
         summary.eval_loss = loop.last_eval
         summary.seconds = round(time.perf_counter() - started, 3)
-        write_json_atomic(out / "summary.json", summary.to_dict())
+        write_json_atomic(out / SUMMARY_FILE, summary.to_dict())
         return summary
 
     pad_id = int(tokenizer.pad_token_id)
@@ -539,7 +528,7 @@ def _train(config: TrainConfig, reporter: Reporter, on_step: Callable[[int], Non
 
     _save_adapter(model, config, out, base_path=str(base_path), targets=targets)
     _write_samples(model, tokenizer, fmt, prepared.val_conversations, config, out, notes)
-    plot_loss_curve(reporter.read_metrics(), out / "loss_curve.png")
+    plot_loss_curve(reporter.read_metrics(), out / LOSS_CURVE_FILE)
     if config.merge:
         del model, optimizer
         gc.collect()
@@ -594,7 +583,7 @@ def _write_samples(
     out: Path,
     notes: list[str],
 ) -> None:
-    path = out / "samples.jsonl"
+    path = out / SAMPLES_FILE
     if config.sample_prompts == 0:
         path.write_text("", encoding="utf-8")
         return

@@ -20,10 +20,11 @@ from app.pipeline import formats
 from app.snapshots.service import iter_contents
 from app.training.models import TrainingMetric, TrainingRun
 from app.training.schemas import TrainingJobParams
+from trainer.contract import CANCEL_FILE, EXIT_CANCELLED, EXIT_OK, METRICS_FILE, STATUS_FILE, SUMMARY_FILE
 
 POLL_S = 1.0
 CANCEL_GRACE_S = 120.0
-EXIT_CANCELLED = 3
+TRAINER_LOG = "trainer.log"  # the child's stdout and stderr, appended across restarts
 
 
 def _export(run: TrainingRun, db: Any, path: Path) -> int:
@@ -71,7 +72,7 @@ def _ingest_metrics(ctx: Any, run_id: int, path: Path, offset: int) -> tuple[int
 
 def _status(out: Path) -> dict[str, Any]:
     try:
-        data = json.loads((out / "status.json").read_text())
+        data = json.loads((out / STATUS_FILE).read_text())
         return data if isinstance(data, dict) else {}
     except (OSError, json.JSONDecodeError):
         return {}
@@ -95,8 +96,8 @@ def run_training_job(ctx: Any) -> None:
     config.update(dataset_path=str(data_path), output_dir=str(out), resume=True)
     config_path = out / "job_config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    (out / "CANCEL").unlink(missing_ok=True)
-    log = (out / "trainer.log").open("ab")
+    (out / CANCEL_FILE).unlink(missing_ok=True)
+    log = (out / TRAINER_LOG).open("ab")
     # Its own process group: a cancel or a crash of the trainer frees the GPU with it.
     proc = subprocess.Popen(
         [sys.executable, "-m", "trainer", str(config_path)],
@@ -110,14 +111,14 @@ def run_training_job(ctx: Any) -> None:
     try:
         while proc.poll() is None:
             time.sleep(POLL_S)
-            offset, step = _ingest_metrics(ctx, run_id, out / "metrics.jsonl", offset)
+            offset, step = _ingest_metrics(ctx, run_id, out / METRICS_FILE, offset)
             status = _status(out)
             total = status.get("max_steps")
             try:
                 ctx.progress(int(status.get("step") or step or 0), int(total) if total else None)
             except JobCancelled:
                 if cancel_sent_at is None:
-                    (out / "CANCEL").touch()
+                    (out / CANCEL_FILE).touch()
                     cancel_sent_at = time.time()
             if cancel_sent_at is not None and time.time() - cancel_sent_at > CANCEL_GRACE_S:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -126,18 +127,18 @@ def run_training_job(ctx: Any) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
-    offset, _ = _ingest_metrics(ctx, run_id, out / "metrics.jsonl", offset)
+    offset, _ = _ingest_metrics(ctx, run_id, out / METRICS_FILE, offset)
     status = _status(out)
     with ctx.session() as db:
         run = db.get(TrainingRun, run_id)
         assert run is not None
-        summary_file = out / "summary.json"
+        summary_file = out / SUMMARY_FILE
         if summary_file.is_file():
             run.summary = json.loads(summary_file.read_text())
     if proc.returncode == EXIT_CANCELLED or cancel_sent_at is not None:
         raise JobCancelled()
-    if proc.returncode != 0:
-        tail = (out / "trainer.log").read_text(errors="replace")[-2000:]
+    if proc.returncode != EXIT_OK:
+        tail = (out / TRAINER_LOG).read_text(errors="replace")[-2000:]
         raise RuntimeError(f"trainer exited with {proc.returncode}: {status.get('error') or tail}")
     total = int(status.get("max_steps") or status.get("step") or 0)
     ctx.progress(total, total)
