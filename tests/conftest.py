@@ -240,18 +240,22 @@ def _redis_db_of_this_run() -> int:
     pytest.fail(f"no free Redis database at {REDIS_URL}: each test run needs one of 1..{count - 1} to itself")
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """This run's own Redis database (see _redis_db_of_this_run), flushed before and after the test."""
+def flushed_redis_url() -> str:
+    """This run's own Redis database (see _redis_db_of_this_run), emptied (but for this run's mark)."""
     import redis
 
     url = f"{REDIS_URL}/{_redis_db_of_this_run()}"
     r = redis.Redis.from_url(url)
     r.flushdb()
     r.set(_REDIS_MARK, TEST_RUN)
-    yield url
-    r.flushdb()
-    r.set(_REDIS_MARK, TEST_RUN)
+    return url
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """This run's own Redis database, flushed before and after the test."""
+    yield flushed_redis_url()
+    flushed_redis_url()
 
 
 @pytest.fixture

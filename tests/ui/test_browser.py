@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from tests.conftest import PG_URL, REDIS_URL, SHARED_DATA, engine_for, truncate_all
+from tests.conftest import PG_URL, SHARED_DATA, engine_for, flushed_redis_url, truncate_all
 from tests.factories import PASSWORD, make_dataset, make_project, make_user, token_for
 from tests.procs import free_port, kill, service_env, start_api, start_worker
 
@@ -39,7 +39,6 @@ XSS = [
     '"><svg onload="window.__xss=\'svg\'"></svg>',
 ]
 SHOTS = os.environ.get("IF_UI_SCREENSHOTS")
-REDIS_DB = 12
 pytestmark = pytest.mark.browser
 
 
@@ -138,13 +137,10 @@ def _seed(engine: Engine, stack: Stack) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    import redis
-
     tmp = tmp_path_factory.mktemp("ui")
     engine = engine_for("postgresql")
     truncate_all(engine)
-    broker = f"{REDIS_URL}/{REDIS_DB}"
-    redis.Redis.from_url(broker).flushdb()
+    broker = flushed_redis_url()  # this run's own database: another run's queue is never touched
     port = free_port()
     env = service_env(
         database_url=PG_URL,
@@ -163,7 +159,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         kill(api)
         kill(worker)
         truncate_all(engine)
-        redis.Redis.from_url(broker).flushdb()
+        flushed_redis_url()
 
 
 @pytest.fixture(scope="module")
