@@ -36,8 +36,9 @@ MIN_LETTERS = 3
 # Quoted passages are set aside when the rest of the text has this many letters ("Translate '你好' into
 # English" is English; "The following review expresses what sentiment? '...'" is too).
 MIN_FRAME_LETTERS = 8
-# py3langid's cost grows with the text; its guess does not change after a few hundred characters.
-MAX_CHARS = 600
+# Cost grows with the text; a guess does not change after a few hundred characters of prose.
+MAX_CHARS = 600  # passed to py3langid
+MAX_SCAN = 3000  # read for prose
 
 _SCRIPTS = {
     "kana": re.compile(r"[\u3040-\u30ff\u31f0-\u31ff]"),
@@ -164,10 +165,11 @@ def _counts(text: str) -> dict[str, int]:
 @lru_cache(maxsize=4096)  # the rules ask for the same instruction's language more than once
 def identify(text: str) -> Guess:
     """The language ``text`` is written in, with how sure the guess is (see the module docstring)."""
-    body = prose(text)
+    body = prose(text[:MAX_SCAN])
     counts = _counts(body)
     letters = sum(counts.values())
-    if letters < MIN_LETTERS:
+    # A CJK character weighs about a word: "疼痛" (pain) is an answer in Chinese.
+    if letters + counts.get("han", 0) + counts.get("kana", 0) + counts.get("hangul", 0) < MIN_LETTERS:
         return UNKNOWN
     frame = _QUOTED.sub(" ", body)
     if frame != body:  # what a text quotes is not its language; its frame is, when there is one
