@@ -308,3 +308,44 @@ def test_language_mismatch_still_catches_real_answers_in_another_language(shared
         sum("language_mismatch" in codes(instruction=q, output=a) for q, a in zip(en, fr, strict=True)) >= 85
     )
     assert sum("language_mismatch" in codes(instruction=q, output=a) for q, a in itertools.pairwise(en)) == 0
+
+
+def test_rules_keep_what_people_write_and_still_catch_generation_defects(shared_data, seeds):
+    # A short instruction is a whole task when its input holds the material (3 seed tasks).
+    assert "instruction_length" not in codes(
+        instruction="Solve this equation.", input="x^3 - 4x^2 + 6x - 24 = 0", output="x = 4"
+    )
+    assert "instruction_length" in codes(instruction="Solve this equation.", output="x = 4")
+    # Self-Instruct's "Write a program" filter is for generated instructions; a seed task asks for one.
+    program = by_id(seeds, 139)[0]
+    assert "write_a_program" not in seed_codes(program, "en")
+    assert "write_a_program" in codes(instruction=program["instruction"])
+    # Narrative mentions are not requests; requests and pointers at missing pictures are.
+    gsm8k = json.loads((shared_data / "alpacadatacleaned/gsm_8k_train.json").read_text())
+    narrative = [
+        r for r in gsm8k if any(w in r["instruction"] for w in (" go to ", " video ", " files ", " map "))
+    ]
+    assert len(narrative) > 50
+    assert not [
+        r["instruction"]
+        for r in narrative
+        if "blacklist" in codes(instruction=r["instruction"], output=r["output"])
+    ]
+    assert "blacklist" in codes(instruction="Classify the bird in the photo.", output="It is an eagle.")
+    assert "blacklist" in codes(instruction="对照片中的鸟进行分类。", output="白头鹰。", language="zh")
+    # "[Your Name]" under a letter, a name hidden as XXX in a given e-mail: how people write.
+    assert "placeholder" not in codes(
+        instruction="Write a thank-you note.", output="Thanks again,\n[Your Name]"
+    )
+    assert "placeholder" not in codes(
+        instruction="Is this a promotion e-mail?", input="Hi, XXX. Your order shipped.", output="no"
+    )
+    # An AI-assistant persona asked for is not a disclaimer.
+    assert "refusal" not in codes(
+        instruction="作为一名AI语音助手，介绍你的日常工作。",
+        output="作为一名AI语音助手，我每天……",
+        language="zh",
+    )
+    # Step-by-step solutions repeat their phrasing (GSM8K, up to 73 % before); a loop still counts.
+    amoeba = next(r for r in gsm8k if r["instruction"].startswith("An amoeba reproduces by fission"))
+    assert "ngram_repetition" not in codes(instruction=amoeba["instruction"], output=amoeba["output"])
