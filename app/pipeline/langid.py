@@ -162,7 +162,7 @@ def _counts(text: str) -> dict[str, int]:
     return {name: n for name, pattern in _SCRIPTS.items() if (n := len(pattern.findall(text)))}
 
 
-@lru_cache(maxsize=4096)  # the rules ask for the same instruction's language more than once
+@lru_cache(maxsize=1024)  # the two language rules ask for the same instruction's language
 def identify(text: str) -> Guess:
     """The language ``text`` is written in, with how sure the guess is (see the module docstring)."""
     body = prose(text[:MAX_SCAN])
