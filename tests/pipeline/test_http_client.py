@@ -1,4 +1,4 @@
-"""The aiohttp sender under the openai client (app/pipeline/http_client.py): what httpx2 did, it still does."""
+"""The aiohttp sender under the openai client (app/pipeline/llm/http_client.py): what httpx2 did, it still does."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import openai
 import pytest
 
-from app.pipeline.http_client import AiohttpSendClient
 from app.pipeline.llm import Gateway, TeacherConfig, TeacherError
+from app.pipeline.llm.http_client import AiohttpSendClient
 
 ANSWER = {
     "id": "x",

@@ -19,12 +19,12 @@ from app.pipeline.llm import (
     Sampling,
     TeacherError,
     TeacherUnavailable,
-    _retry_after_seconds,
     estimate_cost,
     load_teachers,
     request_key,
     run_coroutine,
 )
+from app.pipeline.llm.limits import retry_after_seconds
 from tests.fake_teacher import FakeTeacher, teacher_for
 
 
@@ -92,12 +92,12 @@ def test_retry_after_http_date_is_honoured(fake: FakeTeacher) -> None:
 
 
 def test_retry_after_header_forms_are_parsed() -> None:
-    assert _retry_after_seconds({"retry-after": "3"}) == 3.0
-    assert _retry_after_seconds({"retry-after-ms": "250"}) == 0.25
+    assert retry_after_seconds({"retry-after": "3"}) == 3.0
+    assert retry_after_seconds({"retry-after-ms": "250"}) == 0.25
     future = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 28 <= (_retry_after_seconds({"retry-after": future}) or 0) <= 30
-    assert _retry_after_seconds({"retry-after": "soon"}) is None
-    assert _retry_after_seconds({}) is None
+    assert 28 <= (retry_after_seconds({"retry-after": future}) or 0) <= 30
+    assert retry_after_seconds({"retry-after": "soon"}) is None
+    assert retry_after_seconds({}) is None
 
 
 def test_server_error_then_success_is_retried(fake: FakeTeacher, transport: str) -> None:

@@ -1,321 +1,47 @@
-"""The one gateway to teacher LLMs.
+"""The one gateway to a teacher LLM: every call goes through :meth:`Gateway.complete`.
 
-Every call goes through :class:`Gateway`: the official ``openai`` client against any OpenAI-compatible
-endpoint, bounded and adaptive concurrency, retries that honour ``Retry-After``, a circuit breaker, a hard
-budget, a response cache keyed by the full request, and one :class:`CallRecord` per call for accounting.
+A call is answered from the cache when this exact request was answered before (``cache.py``); otherwise
+it is sent with the official ``openai`` client and retried until it is answered, fails in a way no retry
+fixes, or runs out of retries. Each attempt goes through the same steps, each a method below:
+
+1. :meth:`Gateway._admit`: the circuit must be closed, the job's hard budget must cover the call's
+   estimated cost (reserved until the attempt ends), the whole gateway waits out a ``Retry-After``, and the
+   attempt takes a concurrency slot (``limits.py``);
+2. :meth:`Gateway._send`, then :meth:`Gateway._keep`: the answer and its ledger row are stored before the
+   slot is given back;
+3. on failure, :meth:`Gateway._raise_unless_retryable` ends the call for answers no retry changes, and
+   :meth:`Gateway._slow_down` turns the others into a smaller concurrency limit and a wait;
+4. :meth:`Gateway._account` counts an answered call; :meth:`Gateway._give_up` a call out of retries.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import hashlib
 import json
 import os
 import random
-import threading
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any
 
 import openai
-import yaml
-from pydantic import BaseModel, Field, ValidationError
 
-from app.pipeline.http_client import AiohttpSendClient
+from app.pipeline.llm.cache import ResponseCache, request_key
+from app.pipeline.llm.calls import (
+    BudgetExceeded,
+    CallRecord,
+    Completion,
+    TeacherError,
+    TeacherUnavailable,
+    Usage,
+)
+from app.pipeline.llm.config import Sampling, TeacherConfig
+from app.pipeline.llm.http_client import AiohttpSendClient
+from app.pipeline.llm.limits import AdaptiveLimit, CircuitBreaker, backoff_s, retry_after_seconds
 
-T = TypeVar("T")
 Message = Mapping[str, str]
 Prompt = str | Sequence[Message]
-
-
-class TeacherError(Exception):
-    """A teacher call failed for a reason that retrying the same request will not fix (e.g. HTTP 400)."""
-
-
-class TeacherUnavailable(TeacherError):
-    """The teacher keeps failing: the job should pause (not spin) until someone looks at the endpoint."""
-
-
-class BudgetExceeded(Exception):
-    """Issuing the next call would exceed the job's hard budget."""
-
-
-class Sampling(BaseModel):
-    """Sampling parameters; ``None`` means "use the teacher's default"."""
-
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    stop: list[str] | None = None
-
-    def merged_over(self, base: Sampling) -> Sampling:
-        """These values where set, ``base``'s elsewhere."""
-        return Sampling(**{**base.model_dump(), **self.model_dump(exclude_none=True)})
-
-
-class TeacherConfig(BaseModel):
-    """A named teacher endpoint (see docs/teachers.md)."""
-
-    name: str
-    base_url: str
-    model: str
-    api_key_env: str | None = Field(None, description="Environment variable holding the key; None for local.")
-    api: Literal["chat", "completions"] = "chat"
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int = 1024
-    stop: list[str] | None = None
-    price_in_per_1k: float = 0.0
-    price_out_per_1k: float = 0.0
-    max_concurrency: int = Field(8, ge=1)
-    timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(6, ge=0)
-    backoff_base_s: float = Field(1.0, ge=0, description="First retry waits about this long, then doubles.")
-    backoff_max_s: float = Field(60.0, ge=0)
-    breaker_failures: int = Field(
-        3, ge=1, description="Consecutive calls failing after all their retries that open the circuit."
-    )
-    breaker_window_s: float = Field(
-        600.0, gt=0, description="Open the circuit when every attempt has failed for this long."
-    )
-    extra_body: dict[str, Any] = Field(default_factory=dict, description="Vendor-specific request fields.")
-    transport: Literal["aiohttp", "httpx"] = Field(
-        "aiohttp",
-        description="How the openai client sends: over aiohttp (lean, the default) or its own httpx2 stack.",
-    )
-
-    @property
-    def default_sampling(self) -> Sampling:
-        return Sampling(
-            temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, stop=self.stop
-        )
-
-
-def load_teachers(source: str) -> dict[str, TeacherConfig]:
-    """Teachers from a YAML/JSON file path or an inline JSON string (the ``IF_TEACHERS`` setting).
-
-    Accepted shapes: ``{"teachers": [...]}``, a list of teachers, or a mapping ``name -> teacher``.
-    """
-    text = source.strip()
-    if not text:
-        return {}
-    if text[0] in "[{":
-        data: Any = json.loads(text)
-    else:
-        path = Path(text)
-        if not path.is_file():
-            raise ValueError(f"teachers config not found: {path}")
-        raw = path.read_text(encoding="utf-8")
-        data = json.loads(raw) if path.suffix == ".json" else yaml.safe_load(raw)
-    if isinstance(data, dict) and "teachers" in data:
-        data = data["teachers"]
-    if isinstance(data, dict):
-        items = [{"name": name, **cfg} for name, cfg in data.items()]
-    elif isinstance(data, list):
-        items = data
-    else:
-        raise ValueError("teachers config must be a list of teachers or a mapping name -> teacher")
-    teachers: dict[str, TeacherConfig] = {}
-    for item in items:
-        try:
-            teacher = TeacherConfig.model_validate(item)
-        except ValidationError as exc:
-            raise ValueError(f"invalid teacher config {item.get('name', '?')!r}: {exc}") from exc
-        teachers[teacher.name] = teacher
-    return teachers
-
-
-class ResponseCache(Protocol):
-    """Where teacher responses are kept, keyed by :func:`request_key`. Sync: called via a thread."""
-
-    def get(self, key: str) -> dict[str, Any] | None: ...
-
-    def put(
-        self, key: str, request: dict[str, Any], response: dict[str, Any], call: CallRecord | None = None
-    ) -> None:
-        """Keep ``response``; ``call`` is the paid call that got it, for caches that also keep the ledger
-        (the job's database cache stores both in one transaction, so a killed worker loses neither)."""
-        ...
-
-
-def request_key(request: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of the full request: model, prompt, all sampling, sample index."""
-    canonical = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-class InMemoryCache:
-    def __init__(self) -> None:
-        self._data: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        with self._lock:
-            return self._data.get(key)
-
-    def put(
-        self, key: str, request: dict[str, Any], response: dict[str, Any], call: CallRecord | None = None
-    ) -> None:
-        with self._lock:
-            self._data[key] = response
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
-class JsonlFileCache:
-    """Append-only JSONL file: one ``{"key", "request", "response"}`` per line; replays a run offline."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._data: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-        if self.path.exists():
-            with self.path.open(encoding="utf-8") as fh:
-                for line in fh:
-                    # A process killed mid-write leaves a partial last line: that one call is simply redone.
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    self._data[row["key"]] = row["response"]
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        with self._lock:
-            return self._data.get(key)
-
-    def put(
-        self, key: str, request: dict[str, Any], response: dict[str, Any], call: CallRecord | None = None
-    ) -> None:
-        line = json.dumps({"key": key, "request": request, "response": response}, ensure_ascii=False)
-        with self._lock:
-            self._data[key] = response
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    finish_reason: str | None
-    tokens_in: int
-    tokens_out: int
-    cached: bool
-    cost_usd: float
-    latency_ms: float
-    key: str
-
-
-@dataclass(frozen=True)
-class CallRecord:
-    """One call as the job's accounting sees it (cache hits included, with ``cached=True`` and no cost)."""
-
-    key: str
-    purpose: str
-    model: str
-    tokens_in: int
-    tokens_out: int
-    latency_ms: float
-    cost_usd: float
-    finish_reason: str | None
-    cached: bool
-    error: str | None
-
-
-@dataclass
-class Usage:
-    calls: int = 0
-    cached_calls: int = 0
-    failed_calls: int = 0
-    retries: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
-
-
-class _AdaptiveLimit:
-    """AIMD concurrency: halve when the endpoint pushes back, grow by one per window of successes.
-
-    Waiters queue FIFO and each released slot wakes exactly one of them: with hundreds of calls queued,
-    waking them all on every release (a Condition) costs more CPU than the calls themselves.
-    """
-
-    def __init__(self, maximum: int) -> None:
-        self.maximum = maximum
-        self.limit = float(maximum)
-        self.in_flight = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._last_decrease = 0.0
-
-    async def acquire(self) -> None:
-        if not self._waiters and self.in_flight < max(1, int(self.limit)):
-            self.in_flight += 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.in_flight -= 1  # the slot was handed to us just as we were cancelled: pass it on
-                self._wake()
-            else:
-                self._waiters.remove(waiter)
-            raise
-
-    def release(self, *, success: bool) -> None:
-        self.in_flight -= 1
-        if success and self.limit < self.maximum:
-            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters and self.in_flight < max(1, int(self.limit)):
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.in_flight += 1
-                waiter.set_result(None)
-
-    def push_back(self, started_at: float) -> None:
-        # Only requests sent under the current limit count: a burst of 32 rejected requests that were
-        # all in flight together is one congestion signal, not 32 halvings.
-        if started_at >= self._last_decrease:
-            self.limit = max(1.0, self.limit / 2)
-            self._last_decrease = time.monotonic()
-
-
-def _retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
-    if not headers:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def approx_tokens(text: str) -> int:
@@ -328,6 +54,15 @@ def _prompt_text(prompt: Prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     return "\n\n".join(m.get("content", "") for m in prompt)
+
+
+@dataclass(frozen=True)
+class _Retryable:
+    """An attempt that failed in a way a later attempt may not: what went wrong, and the wait the endpoint
+    asked for (``None``: it did not say, so the gateway backs off on its own)."""
+
+    error: str
+    retry_after: float | None
 
 
 class Gateway:
@@ -362,13 +97,11 @@ class Gateway:
         # Absolute endpoint URLs: the client then parses a URL once per call instead of merging it in.
         base = str(self._client.base_url).rstrip("/")
         self._chat_url, self._completions_url = f"{base}/chat/completions", f"{base}/completions"
-        self._limit = _AdaptiveLimit(teacher.max_concurrency)
+        self._limit = AdaptiveLimit(teacher.max_concurrency)
+        self._breaker = CircuitBreaker(teacher)
         self._resume_at = 0.0
         self._reserved_usd = 0.0
         self._max_tokens_out = 0
-        self._consecutive_failures = 0
-        self._failing_since: float | None = None
-        self._open_reason: str | None = None
         self._jitter = random.Random()
 
     @staticmethod
@@ -503,109 +236,132 @@ class Gateway:
         tokens_out = self._max_tokens_out if self.usage.calls else int(request.get("max_tokens") or 0)
         return self.cost(tokens_in, tokens_out)
 
-    def _check_open(self) -> None:
-        if self._open_reason is not None:
-            raise TeacherUnavailable(self._open_reason)
-
-    def _open(self, why: str) -> None:
-        t = self.teacher
-        self._open_reason = (
-            f"teacher {t.name!r} ({t.model} at {t.base_url}) is unavailable: {why}. "
-            "The job is paused; check the endpoint (or its rate limits) and resume the job."
-        )
-
-    def _note_failure(self, now: float, error: str) -> None:
-        if self._failing_since is None:
-            self._failing_since = now
-        elif now - self._failing_since >= self.teacher.breaker_window_s:
-            self._open(f"every attempt for {now - self._failing_since:.0f}s failed; last error: {error}")
-
     async def _call_with_retries(self, request: dict[str, Any], *, key: str, purpose: str) -> Completion:
+        """Attempts until one is answered and stored, one fails in a way no retry fixes (raised from
+        :meth:`_attempt`), or ``max_retries`` retries have failed too."""
         t = self.teacher
         last_error = ""
         for attempt in range(t.max_retries + 1):
-            self._check_open()
-            if self.budget_usd is not None:
-                estimate = self._estimate_call_cost(request)
-                if self.usage.cost_usd + self._reserved_usd + estimate > self.budget_usd:
-                    raise BudgetExceeded(
-                        f"budget ${self.budget_usd:.4f} reached: spent ${self.usage.cost_usd:.4f}, "
-                        f"${self._reserved_usd:.4f} in flight, next call ≈ ${estimate:.4f}"
-                    )
-            else:
-                estimate = 0.0
-            # Reserved from the check on, not from when a slot frees up: otherwise every call queued
-            # behind the concurrency limit would pass the check against the same spent amount.
-            self._reserved_usd += estimate
-            try:
-                wait = self._resume_at - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    self._check_open()
-                await self._limit.acquire()
-            except BaseException:
-                self._reserved_usd -= estimate
-                raise
-            started = time.monotonic()
-            success = False
-            try:
-                completion = await self._send(request, key=key)
-                # The slot is held until the answer is stored: a worker killed at any instant has at most
-                # max_concurrency answers that were paid for and not kept (a backlog of stores would
-                # otherwise grow past it while new calls go out).
-                await self._keep(request, completion, purpose=purpose)
-                success = True
-            except openai.APIStatusError as exc:
-                status = exc.status_code
-                last_error = f"HTTP {status}: {str(exc)[:200]}"
-                if status in (401, 403):
-                    self._open(f"the endpoint refused the credentials ({last_error})")
-                    raise TeacherUnavailable(self._open_reason or last_error) from exc
-                if status == 404:
-                    self._open(f"model or endpoint not found ({last_error})")
-                    raise TeacherUnavailable(self._open_reason or last_error) from exc
-                if status not in (408, 409, 429) and status < 500:
-                    self.usage.failed_calls += 1
-                    self._record_error(key, purpose, last_error)
-                    raise TeacherError(last_error) from exc
-                if status in (429, 503):
-                    self._limit.push_back(started)
-                retry_after = _retry_after_seconds(exc.response.headers if exc.response is not None else None)
-                if retry_after is not None:
-                    # Everyone waits: the endpoint said when it will take requests again.
-                    self._resume_at = max(self._resume_at, time.monotonic() + retry_after)
-            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
-                retry_after = None
-            finally:
-                self._reserved_usd -= estimate
-                self._limit.release(success=success)
-            if success:
-                self._consecutive_failures = 0
-                self._failing_since = None
-                self.usage.calls += 1
-                self.usage.tokens_in += completion.tokens_in
-                self.usage.tokens_out += completion.tokens_out
-                self._max_tokens_out = max(self._max_tokens_out, completion.tokens_out)
-                self.usage.cost_usd += completion.cost_usd
-                return completion
-            self._note_failure(time.monotonic(), last_error)
+            outcome = await self._attempt(request, key=key, purpose=purpose)
+            if isinstance(outcome, Completion):
+                self._account(outcome)
+                return outcome
+            last_error = outcome.error
+            self._breaker.attempt_failed(time.monotonic(), last_error)
             if attempt == t.max_retries:
                 break
             self.usage.retries += 1
-            if retry_after is None:
-                ceiling = min(t.backoff_max_s, t.backoff_base_s * 2**attempt)
-                await asyncio.sleep(ceiling / 2 + self._jitter.uniform(0, ceiling / 2))
-        self.usage.failed_calls += 1
-        self._consecutive_failures += 1
-        self._record_error(key, purpose, last_error)
-        if self._consecutive_failures >= t.breaker_failures:
-            self._open(
-                f"{self._consecutive_failures} consecutive calls failed after {t.max_retries} retries each; "
-                f"last error: {last_error}"
+            if outcome.retry_after is None:
+                # With a Retry-After, _admit already waits until the endpoint said it takes requests again.
+                await asyncio.sleep(
+                    backoff_s(attempt, base_s=t.backoff_base_s, max_s=t.backoff_max_s, jitter=self._jitter)
+                )
+        raise self._give_up(key=key, purpose=purpose, last_error=last_error)
+
+    async def _attempt(self, request: dict[str, Any], *, key: str, purpose: str) -> Completion | _Retryable:
+        """One attempt, admitted, sent and stored; a failure worth retrying is returned, not raised, so the
+        retry loop reads as the policy it is."""
+        estimate = await self._admit(request)
+        started = time.monotonic()
+        success = False
+        try:
+            completion = await self._send(request, key=key)
+            # The slot is held until the answer is stored: a worker killed at any instant has at most
+            # max_concurrency answers that were paid for and not kept (a backlog of stores would
+            # otherwise grow past it while new calls go out).
+            await self._keep(request, completion, purpose=purpose)
+            success = True
+            return completion
+        except openai.APIStatusError as exc:
+            error = f"HTTP {exc.status_code}: {str(exc)[:200]}"
+            self._raise_unless_retryable(exc, error, key=key, purpose=purpose)
+            return _Retryable(error, retry_after=self._slow_down(exc, started=started))
+        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            return _Retryable(f"{type(exc).__name__}: {str(exc)[:200]}", retry_after=None)
+        finally:
+            self._reserved_usd -= estimate
+            self._limit.release(success=success)
+
+    async def _admit(self, request: Mapping[str, Any]) -> float:
+        """Wait until an attempt may go out and take its concurrency slot; the budget reserved for it,
+        which the caller gives back when the attempt ends (here, if it never starts)."""
+        self._breaker.check()
+        estimate = self._reserve_budget(request)
+        try:
+            wait = self._resume_at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                self._breaker.check()  # other calls may have opened the circuit while this one waited
+            await self._limit.acquire()
+        except BaseException:
+            self._reserved_usd -= estimate
+            raise
+        return estimate
+
+    def _reserve_budget(self, request: Mapping[str, Any]) -> float:
+        """Refuse the call if its estimated cost could take the job past its budget, else reserve it.
+
+        Reserved from the check on, not from when a slot frees up: otherwise every call queued behind the
+        concurrency limit would pass the check against the same spent amount.
+        """
+        if self.budget_usd is None:
+            return 0.0
+        estimate = self._estimate_call_cost(request)
+        if self.usage.cost_usd + self._reserved_usd + estimate > self.budget_usd:
+            raise BudgetExceeded(
+                f"budget ${self.budget_usd:.4f} reached: spent ${self.usage.cost_usd:.4f}, "
+                f"${self._reserved_usd:.4f} in flight, next call ≈ ${estimate:.4f}"
             )
-            self._check_open()
-        raise TeacherError(f"teacher {t.name!r} call failed after {t.max_retries} retries: {last_error}")
+        self._reserved_usd += estimate
+        return estimate
+
+    def _raise_unless_retryable(
+        self, exc: openai.APIStatusError, error: str, *, key: str, purpose: str
+    ) -> None:
+        """End the call on an answer no retry changes.
+
+        Refused credentials and an unknown model hold for every call, so they open the circuit and the
+        job pauses; any other 4xx but a timeout (408), a conflict (409) or a rate limit (429) is about this
+        request only: it fails alone. 5xx and the three above are left to the retries.
+        """
+        status = exc.status_code
+        if status in (401, 403):
+            raise self._breaker.open(f"the endpoint refused the credentials ({error})") from exc
+        if status == 404:
+            raise self._breaker.open(f"model or endpoint not found ({error})") from exc
+        if status not in (408, 409, 429) and status < 500:
+            self.usage.failed_calls += 1
+            self._record_error(key, purpose, error)
+            raise TeacherError(error) from exc
+
+    def _slow_down(self, exc: openai.APIStatusError, *, started: float) -> float | None:
+        """Answer a retryable refusal: "too many" (429, 503) halves the concurrency limit, and a
+        ``Retry-After`` pauses the whole gateway, since the endpoint said when it takes requests again.
+        The wait it asked for, if any."""
+        if exc.status_code in (429, 503):
+            self._limit.push_back(started)
+        retry_after = retry_after_seconds(exc.response.headers if exc.response is not None else None)
+        if retry_after is not None:
+            self._resume_at = max(self._resume_at, time.monotonic() + retry_after)
+        return retry_after
+
+    def _account(self, completion: Completion) -> None:
+        """Count an answered call: it closes the breaker's counts, and its size bounds later estimates."""
+        self._breaker.call_succeeded()
+        self.usage.calls += 1
+        self.usage.tokens_in += completion.tokens_in
+        self.usage.tokens_out += completion.tokens_out
+        self._max_tokens_out = max(self._max_tokens_out, completion.tokens_out)
+        self.usage.cost_usd += completion.cost_usd
+
+    def _give_up(self, *, key: str, purpose: str, last_error: str) -> TeacherError:
+        """Count and record a call that ran out of retries; the error to raise, unless the breaker opens
+        on it (then :class:`TeacherUnavailable` is raised here, and the job pauses)."""
+        self.usage.failed_calls += 1
+        self._record_error(key, purpose, last_error)
+        self._breaker.call_failed(last_error)
+        t = self.teacher
+        return TeacherError(f"teacher {t.name!r} call failed after {t.max_retries} retries: {last_error}")
 
     def _record_error(self, key: str, purpose: str, error: str) -> None:
         failed = Completion("", None, 0, 0, cached=False, cost_usd=0.0, latency_ms=0.0, key=key)
@@ -664,6 +420,8 @@ class Gateway:
 
 @dataclass(frozen=True)
 class CostEstimate:
+    """What a job will cost, extrapolated from the mean of ``sampled_calls`` real calls."""
+
     sampled_calls: int
     tokens_in_per_call: float
     tokens_out_per_call: float
@@ -705,35 +463,3 @@ async def estimate_cost(
         total_calls=total_calls,
         estimated_cost_usd=per_call * total_calls,
     )
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:  # Windows has no uvloop: asyncio's own loop
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(coro)``, on uvloop's event loop where it is installed (Linux, macOS).
-
-    Jobs, the CLI and the estimate run their gateway through this: uvloop's loop and socket transports
-    are C, which took our CPU per kept record from ~2.1 to ~1.5 ms at the median in bench/generate.py
-    (docs/benchmarks.md; single runs vary by about as much).
-    """
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(coro)
-
-
-async def gather_or_cancel(aws: Sequence[Awaitable[T]]) -> list[T]:
-    """Results in input order; on the first error the other calls are cancelled, not left spending money."""
-    tasks = [asyncio.ensure_future(aw) for aw in aws]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
