@@ -13,7 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.auth.router import router as auth_router
@@ -57,6 +58,45 @@ class BodyLimitMiddleware:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class SecurityHeadersMiddleware:
+    """The headers every response carries, whatever produced it: JSON, downloads, /docs, errors, pages.
+
+    Pages set their own, stricter Content-Security-Policy (app.ui.web.CSP); a header a response already
+    has is never replaced. Elsewhere no browser may sniff a download into HTML (nosniff), frame a
+    response (clickjacking of /docs or a page), or, for the API, run anything a JSON body might hold;
+    API answers are personal, so no shared cache keeps them.
+    """
+
+    COMMON = (
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-Frame-Options", "DENY"),
+        ("Referrer-Policy", "same-origin"),
+    )
+    API_CSP = "default-src 'none'; frame-ancestors 'none'"
+    OTHER_CSP = "frame-ancestors 'none'"  # /docs loads Swagger UI's scripts: only framing is refused
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        api = str(scope.get("path", "")).startswith("/api/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for key, value in self.COMMON:
+                    headers.setdefault(key, value)
+                headers.setdefault("Content-Security-Policy", self.API_CSP if api else self.OTHER_CSP)
+                if api:
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -142,4 +182,5 @@ def create_app() -> FastAPI:
     app.include_router(api)
     app.include_router(ui_router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: the 413 above gets the headers too
     return app

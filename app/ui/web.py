@@ -139,7 +139,14 @@ def safe_next(target: str | None) -> str:
 def redirect(url: str, flash: str | None = None) -> RedirectResponse:
     response = RedirectResponse(url, status_code=303)
     if flash:
-        response.set_cookie(FLASH_COOKIE, quote(flash[:300]), max_age=30, httponly=True, samesite="lax")
+        response.set_cookie(
+            FLASH_COOKIE,
+            quote(flash[:300]),
+            max_age=30,
+            httponly=True,
+            samesite="lax",
+            secure=get_settings().cookie_secure,
+        )
     return response
 
 
