@@ -11,6 +11,7 @@ from app.curation.schemas import DedupParams, RulesParams
 from app.curation.verdicts import Kind, Verdict, apply_verdicts
 from app.datasets.models import Dataset
 from app.errors import NotFound
+from app.records.bulk import NewRecord, insert_new
 from app.records.models import Record
 from app.records.schemas import RecordFilter
 from app.records.service import filter_clauses
@@ -235,11 +236,9 @@ def run_rules_job(ctx: Any) -> None:
     ctx.set_result(counters)
 
 
-def _insert_generated(ctx: Any, rows: list[tuple[Any, ...]]) -> None:
-    from app.imports.service import insert_ignore_duplicates
-
+def _insert_generated(ctx: Any, rows: list[NewRecord]) -> None:
     with ctx.session() as db:
-        insert_ignore_duplicates(db.connection(), rows)
+        insert_new(db, rows)
 
 
 def run_convert_job(ctx: Any) -> None:
@@ -276,21 +275,15 @@ def run_convert_job(ctx: Any) -> None:
         _insert_generated(
             ctx,
             [
-                (
-                    ctx.dataset_id,
-                    r["instruction"],
-                    r["input"],
-                    r["output"],
-                    None,
-                    None,
-                    "pending",
-                    f"convert:{r['meta']['template']}",
-                    None,
-                    None,
-                    f"cv{ctx.job_id}:{start + n}",
-                    ctx.job_id,
-                    {"convert": r["meta"]},
-                    None,
+                NewRecord(
+                    dataset_id=ctx.dataset_id,
+                    gen_key=f"cv{ctx.job_id}:{start + n}",
+                    source=f"convert:{r['meta']['template']}",
+                    instruction=r["instruction"],
+                    input=r["input"],
+                    output=r["output"],
+                    job_id=ctx.job_id,
+                    meta={"convert": r["meta"]},
                 )
                 for n, r in enumerate(chunk)
             ],
@@ -343,28 +336,24 @@ def run_mix_job(ctx: Any) -> None:
     total = len(result.items)
     ctx.progress(0, total)
     for start in range(0, total, BATCH):
-        rows = []
-        for r, (src, idx) in zip(
-            result.items[start : start + BATCH], result.origins[start : start + BATCH], strict=True
-        ):
-            rows.append(
-                (
-                    ctx.dataset_id,
-                    r.instruction,
-                    r.input,
-                    r.output,
-                    r.system,
-                    r.messages,
-                    "pending",
-                    f"mix:{src}",
-                    r.label,
-                    None,
-                    f"mx{ctx.job_id}:{src}:{idx}",
-                    ctx.job_id,
-                    {"mix": {"source_dataset": int(src), "source_record": r.id}},
-                    None,
-                )
+        rows = [
+            NewRecord(
+                dataset_id=ctx.dataset_id,
+                gen_key=f"mx{ctx.job_id}:{src}:{idx}",
+                source=f"mix:{src}",
+                instruction=r.instruction,
+                input=r.input,
+                output=r.output,
+                system=r.system,
+                messages=r.messages,
+                label=r.label,
+                job_id=ctx.job_id,
+                meta={"mix": {"source_dataset": int(src), "source_record": r.id}},
             )
+            for r, (src, idx) in zip(
+                result.items[start : start + BATCH], result.origins[start : start + BATCH], strict=True
+            )
+        ]
         _insert_generated(ctx, rows)
         ctx.progress(start + len(rows), total)
     dropped: dict[str, int] = {}

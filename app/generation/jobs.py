@@ -11,8 +11,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import and_, bindparam, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.config import get_settings
 from app.curation.verdicts import Verdict, apply_verdicts
@@ -21,6 +19,7 @@ from app.errors import Invalid, NotFound
 from app.generation.cache import CallLog
 from app.generation.schemas import SelfInstructJobParams, TeacherChoice
 from app.pipeline.llm import Gateway, TeacherConfig, TeacherUnavailable, load_teachers, run_coroutine
+from app.records.bulk import NewRecord, insert_new
 from app.records.models import Record
 
 T = TypeVar("T")
@@ -75,10 +74,6 @@ def run_with_gateway(
         ) from exc
 
 
-def _insert_ignore(db: Any) -> Any:
-    return pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
 def upsert_generated(ctx: Any, records: Sequence[Any], *, dataset_id: int, key_prefix: str) -> int:
     """Write generated records by stable key; a replayed round finds its keys and writes nothing new.
 
@@ -92,7 +87,7 @@ def upsert_generated(ctx: Any, records: Sequence[Any], *, dataset_id: int, key_p
         parents = {r.parent_key for r in records if r.parent_key}
         key_ids = _ids_of_keys(db, dataset_id, key_prefix, parents)
         existing = _existing_content(db, dataset_id, records, key_ids)
-        values = []
+        values: list[NewRecord] = []
         skipped = 0
         for r in records:
             parent_id = key_ids.get(r.parent_key) if r.parent_key else None
@@ -130,14 +125,10 @@ def upsert_generated(ctx: Any, records: Sequence[Any], *, dataset_id: int, key_p
                     "parent_id": parent_id,
                     "meta": meta,
                     "nn_score": meta.get("rouge_l"),
-                    "tags": [],
-                    "version": 1,
-                    "flagged": False,
                 }
             )
         if values:
-            stmt = _insert_ignore(db)(Record).on_conflict_do_nothing(index_elements=["dataset_id", "gen_key"])
-            db.execute(stmt, values)
+            insert_new(db, values)
             _link_nearest(db, dataset_id, key_prefix, values)
         return skipped
 
@@ -196,7 +187,7 @@ def _existing_content(
     return content, keys
 
 
-def _link_nearest(db: Any, dataset_id: int, key_prefix: str, values: list[dict[str, Any]]) -> None:
+def _link_nearest(db: Any, dataset_id: int, key_prefix: str, values: Sequence[NewRecord]) -> None:
     """Point each new record at the record its generation-time nearest neighbour key names."""
     nearest = {str(v["meta"]["nearest"]) for v in values if v["meta"].get("nearest")}
     if not nearest:

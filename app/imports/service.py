@@ -12,8 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from app.base import utcnow
@@ -22,6 +21,7 @@ from app.datasets.models import Dataset
 from app.errors import Invalid, NotFound
 from app.imports.schemas import ImportParams
 from app.pipeline import formats
+from app.records.bulk import NewRecord, insert_new
 from app.records.models import Record
 
 BadLines = list[dict[str, Any]]
@@ -129,24 +129,35 @@ def _copy_direct(conn: Connection, rows: Sequence[Row]) -> None:
 def insert_ignore_duplicates(conn: Connection, rows: Sequence[Row], *, fresh: bool = False) -> None:
     """Insert rows; rows whose (dataset_id, gen_key) exist already are skipped (idempotent re-runs).
 
+    PostgreSQL takes the COPY paths above (the import's hot path); SQLite, app.records.bulk.insert_new.
     `fresh` promises that none of these keys can exist (a job's first attempt): PostgreSQL then takes a
     plain COPY; the unique index still turns a broken promise into an error, never into a duplicate.
     """
     if not rows:
         return
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
+    if conn.dialect.name == "postgresql":
         (_copy_direct if fresh else _copy_insert)(conn, rows)
         return
-    dicts = [dict(zip(_COPY_COLUMNS, row, strict=True)) for row in rows]
-    for d in dicts:
-        d["meta"] = d["meta"] or {}
-        d["tags"] = d["tags"] or []
-    if dialect == "sqlite":
-        stmt: Any = sqlite_insert(Record).on_conflict_do_nothing(index_elements=["dataset_id", "gen_key"])
-    else:
-        stmt = insert(Record)
-    conn.execute(stmt, dicts)
+    insert_new(conn, map(_new_record, rows))
+
+
+def _new_record(row: Row) -> NewRecord:
+    """A row (in _COPY_COLUMNS order) as app.records.bulk takes it; its tags slot is always empty."""
+    return NewRecord(
+        dataset_id=row[0],
+        instruction=row[1],
+        input=row[2],
+        output=row[3],
+        system=row[4],
+        messages=row[5],
+        status=row[6],
+        source=row[7],
+        label=row[8],
+        is_classification=row[9],
+        gen_key=row[10],
+        job_id=row[11],
+        meta=row[12] or {},
+    )
 
 
 def parse_file(
