@@ -340,17 +340,68 @@ class _Loop:
         self.last_eval: float | None = None
 
 
+@dataclass
+class _Trainee:
+    """The model being trained and what updates it; one reference, so a merge can free them all at once."""
+
+    model: Any
+    trainable: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+    bf16: bool
+    attn_implementation: str
+    full_logits: bool
+
+    def amp(self) -> Any:
+        return (
+            torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        )
+
+
+@dataclass
+class _Run:
+    """What setup hands to the step loop and the finish: the data, its plan, the counters, the summary."""
+
+    config: TrainConfig
+    reporter: Reporter
+    started: float  # perf_counter at setup: the summary's seconds include loading and writing artifacts
+    base_path: Path | str  # a hub id when allow_hub_download
+    tokenizer: Any
+    prepared: Prepared
+    packing: bool
+    plan: list[MicroBatch]
+    steps_per_epoch: float
+    targets: list[str]
+    pad_id: int
+    loop: _Loop
+    summary: TrainSummary  # its notes list is the one setup and the finish append to
+
+    @property
+    def out(self) -> Path:
+        return self.reporter.output_dir
+
+
 def _train(config: TrainConfig, reporter: Reporter, on_step: Callable[[int], None] | None) -> TrainSummary:
+    run, trainee = _setup(config, reporter)
+    if not _run_steps(run, trainee, on_step):
+        return _summarise(run, "cancelled")
+    _write_artifacts(run, trainee)
+    # the last reference: the trained model and its optimizer leave memory before a merge loads the base again
+    del trainee
+    return _succeed(run)
+
+
+def _setup(config: TrainConfig, reporter: Reporter) -> tuple[_Run, _Trainee]:
+    """Data, plan, model and optimizer, the resolved config on disk, the resume point; then status "running"."""
     started = time.perf_counter()
     out = reporter.output_dir
     _seed_everything(config.seed)
     notes: list[str] = []
 
     base_path = config.resolved_base_model()
-    local_only = not config.allow_hub_download
-    tokenizer = load_tokenizer(base_path, local_only=local_only)
+    tokenizer = load_tokenizer(base_path, local_only=not config.allow_hub_download)
     prepared = prepare_data(config, tokenizer)
-    fmt = prepared.fmt
 
     packing = config.packing
     if packing and is_prompt_learning(config.method):
@@ -359,7 +410,64 @@ def _train(config: TrainConfig, reporter: Reporter, on_step: Callable[[int], Non
     plan, total, steps_per_epoch = plan_training(
         config, [len(e.input_ids) for e in prepared.train], packing=packing
     )
+    trainee = _build_trainee(config, base_path, tokenizer, prepared, total=total, notes=notes)
+    targets = config.target_modules or (
+        detect_linear_targets(trainee.model) if config.method in LORA_FAMILY | {"bitfit"} else []
+    )
+    _write_resolved_config(
+        config, out, base_path=base_path, packing=packing, trainee=trainee, targets=targets, prepared=prepared
+    )
+    tokenizer.save_pretrained(str(out))
 
+    loop = _Loop(total)
+    resumed_from = _resume(config, reporter, trainee, loop, notes)
+    summary = TrainSummary(
+        state="running",
+        max_steps=total,
+        samples_total=prepared.total,
+        samples_used=len(prepared.train) + len(prepared.val),
+        samples_train=len(prepared.train),
+        samples_val=len(prepared.val),
+        samples_dropped=dict(prepared.dropped),
+        train_tokens=sum(len(e.input_ids) for e in prepared.train),
+        train_target_tokens=sum(e.num_trained() for e in prepared.train),
+        prompt_format=prepared.fmt.kind,
+        method=config.method,
+        packing=packing,
+        resumed_from_step=resumed_from,
+        code_version=code_version(),
+        notes=notes,
+    )
+    run = _Run(
+        config=config,
+        reporter=reporter,
+        started=started,
+        base_path=base_path,
+        tokenizer=tokenizer,
+        prepared=prepared,
+        packing=packing,
+        plan=plan,
+        steps_per_epoch=steps_per_epoch,
+        targets=targets,
+        pad_id=int(tokenizer.pad_token_id),
+        loop=loop,
+        summary=summary,
+    )
+    trainee.model.train()
+    reporter.status("running", step=loop.step, max_steps=total)
+    return run, trainee
+
+
+def _build_trainee(
+    config: TrainConfig,
+    base_path: Path | str,
+    tokenizer: Any,
+    prepared: Prepared,
+    *,
+    total: int,
+    notes: list[str],
+) -> _Trainee:
+    """The base on its device wrapped in the PEFT method, fp32 trainable weights, optimizer and schedule."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = use_bf16(config)
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -371,7 +479,7 @@ def _train(config: TrainConfig, reporter: Reporter, on_step: Callable[[int], Non
         dtype=dtype,
         attn_implementation=attn,
         quantize_4bit=config.method == "qlora",
-        local_only=local_only,
+        local_only=not config.allow_hub_download,
     )
     if config.method != "qlora":
         model.to(device)
@@ -391,21 +499,36 @@ def _train(config: TrainConfig, reporter: Reporter, on_step: Callable[[int], Non
         for p in trainable:
             p.data = p.data.float()
     optimizer = make_optimizer(config, trainable)
-    scheduler = make_scheduler(config, optimizer, total)
-
-    def amp() -> Any:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-    targets = config.target_modules or (
-        detect_linear_targets(model) if config.method in LORA_FAMILY | {"bitfit"} else []
+    return _Trainee(
+        model=model,
+        trainable=trainable,
+        optimizer=optimizer,
+        scheduler=make_scheduler(config, optimizer, total),
+        device=device,
+        bf16=bf16,
+        attn_implementation=attn,
+        full_logits=_needs_full_logits(model),
     )
+
+
+def _write_resolved_config(
+    config: TrainConfig,
+    out: Path,
+    *,
+    base_path: Path | str,
+    packing: bool,
+    trainee: _Trainee,
+    targets: list[str],
+    prepared: Prepared,
+) -> None:
+    """The config as it ran (absolute base, detected targets, chosen format...) and the prompt format."""
     resolved = config.model_copy(
         update={
             "base_model": str(base_path),
-            "prompt_format": fmt.kind,
+            "prompt_format": prepared.fmt.kind,
             "packing": packing,
-            "bf16": bf16,
-            "attn_implementation": attn,
+            "bf16": trainee.bf16,
+            "attn_implementation": trainee.attn_implementation,
             "target_modules": targets or None,
             "optimizer": config.optimizer
             if config.optimizer != "auto"
@@ -413,130 +536,144 @@ def _train(config: TrainConfig, reporter: Reporter, on_step: Callable[[int], Non
         }
     )
     resolved.to_yaml(out / TRAIN_CONFIG_FILE)
-    fmt.save(out / PROMPT_FORMAT_FILE)
-    tokenizer.save_pretrained(str(out))
+    prepared.fmt.save(out / PROMPT_FORMAT_FILE)
 
-    loop = _Loop(total)
-    ckpt_root = out / CHECKPOINTS_DIR
-    resumed_from: int | None = None
-    ckpt = latest_checkpoint(ckpt_root) if config.resume else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
-        loop.step = int(state["step"])
-        loop.tokens_seen = int(state.get("tokens_seen", 0))
-        resumed_from = loop.step
-        reporter.reset_metrics(keep_up_to_step=loop.step)
-        notes.append(f"resumed from checkpoint step {loop.step}")
-    else:
+
+def _resume(
+    config: TrainConfig, reporter: Reporter, trainee: _Trainee, loop: _Loop, notes: list[str]
+) -> int | None:
+    """Load the newest checkpoint into the trainee and the counters; the step resumed from, or None."""
+    ckpt = latest_checkpoint(reporter.output_dir / CHECKPOINTS_DIR) if config.resume else None
+    if ckpt is None:
         reporter.reset_metrics(keep_up_to_step=0)
+        return None
+    state = load_checkpoint(
+        ckpt, model=trainee.model, optimizer=trainee.optimizer, scheduler=trainee.scheduler
+    )
+    loop.step = int(state["step"])
+    loop.tokens_seen = int(state.get("tokens_seen", 0))
+    reporter.reset_metrics(keep_up_to_step=loop.step)
+    notes.append(f"resumed from checkpoint step {loop.step}")
+    return loop.step
 
-    summary = TrainSummary(
-        state="running",
-        max_steps=total,
-        samples_total=prepared.total,
-        samples_used=len(prepared.train) + len(prepared.val),
-        samples_train=len(prepared.train),
-        samples_val=len(prepared.val),
-        samples_dropped=dict(prepared.dropped),
-        train_tokens=sum(len(e.input_ids) for e in prepared.train),
-        train_target_tokens=sum(e.num_trained() for e in prepared.train),
-        prompt_format=fmt.kind,
-        method=config.method,
-        packing=packing,
-        resumed_from_step=resumed_from,
-        code_version=code_version(),
-        notes=notes,
+
+def _save_checkpoint(run: _Run, trainee: _Trainee) -> None:
+    save_checkpoint(
+        run.out / CHECKPOINTS_DIR,
+        step=run.loop.step,
+        model=trainee.model,
+        optimizer=trainee.optimizer,
+        scheduler=trainee.scheduler,
+        extra={"tokens_seen": run.loop.tokens_seen, "max_steps": run.loop.total},
+        keep=run.config.save_total_limit,
     )
 
-    def checkpoint() -> None:
-        save_checkpoint(
-            ckpt_root,
-            step=loop.step,
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            extra={"tokens_seen": loop.tokens_seen, "max_steps": total},
-            keep=config.save_total_limit,
-        )
 
-    def finish(state: str) -> TrainSummary:
-        summary.state = state
-        summary.step = loop.step
-        summary.tokens_seen = loop.tokens_seen
-        summary.train_loss = loop.last_loss
-        summary.eval_loss = loop.last_eval
-        summary.seconds = round(time.perf_counter() - started, 3)
-        write_json_atomic(out / SUMMARY_FILE, summary.to_dict())
-        return summary
-
-    pad_id = int(tokenizer.pad_token_id)
-    full_logits = _needs_full_logits(model)
-    is_adalora = config.method == "adalora"
-    model.train()
-    reporter.status("running", step=loop.step, max_steps=total)
-
-    for micro in _step_batches(plan, config.grad_accum, start_step=loop.step):
+def _run_steps(run: _Run, trainee: _Trainee, on_step: Callable[[int], None] | None) -> bool:
+    """Optimizer steps from the resume point to the last; False when a cancel stopped them (checkpoint saved)."""
+    config, loop, reporter = run.config, run.loop, run.reporter
+    for micro in _step_batches(run.plan, config.grad_accum, start_step=loop.step):
         if reporter.cancel_requested():
-            checkpoint()
-            reporter.status("cancelled", step=loop.step, max_steps=total)
-            return finish("cancelled")
-        batches = [collate(prepared.train, mb, pad_id=pad_id, packed=packing) for mb in micro]
-        n_targets = max(1, sum(b.num_targets for b in batches))
-        step_loss = 0.0
-        for i, batch in enumerate(batches):
-            with amp():
-                # dividing by the whole step's target count makes every response token weigh the same,
-                # however the tokens fall across micro-batches
-                loss = token_loss_sum(model, batch.to(device), full_logits=full_logits) / n_targets
-                step_loss += float(loss.detach())
-                if is_adalora and i == 0:
-                    reg = adalora_orth_reg(model)
-                    if reg is not None:
-                        loss = loss + reg
-            loss.backward()  # type: ignore[no-untyped-call]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
-        lr = float(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-        if is_adalora:
-            model.base_model.update_and_allocate(loop.step)
-        optimizer.zero_grad(set_to_none=True)
-
-        loop.step += 1
-        real = sum(b.num_real_tokens for b in batches)
-        loop.tokens_seen += real
-        loop.window_tokens += real
-        loop.window_loss += step_loss * n_targets
-        loop.window_targets += n_targets
-        loop.last_loss = step_loss
-
-        last = loop.step == total
-        do_eval = bool(prepared.val) and (
+            _save_checkpoint(run, trainee)
+            reporter.status("cancelled", step=loop.step, max_steps=loop.total)
+            return False
+        lr, grad_norm = _optimizer_step(run, trainee, micro)
+        last = loop.step == loop.total
+        do_eval = bool(run.prepared.val) and (
             last or (config.eval_steps > 0 and loop.step % config.eval_steps == 0)
         )
         if do_eval:
             loop.last_eval = evaluate(
-                model, prepared.val, batch_size=config.batch_size, pad_id=pad_id, device=device, amp=amp
+                trainee.model,
+                run.prepared.val,
+                batch_size=config.batch_size,
+                pad_id=run.pad_id,
+                device=trainee.device,
+                amp=trainee.amp,
             )
         if last or do_eval or loop.step % config.logging_steps == 0:
-            _log(reporter, loop, steps_per_epoch, lr=lr, grad_norm=grad_norm, eval_loss=do_eval)
+            _log(reporter, loop, run.steps_per_epoch, lr=lr, grad_norm=grad_norm, eval_loss=do_eval)
         if config.save_steps > 0 and loop.step % config.save_steps == 0 and not last:
-            checkpoint()
-        reporter.status("running", step=loop.step, max_steps=total)
+            _save_checkpoint(run, trainee)
+        reporter.status("running", step=loop.step, max_steps=loop.total)
         if on_step is not None:
             on_step(loop.step)
+    return True
 
-    _save_adapter(model, config, out, base_path=str(base_path), targets=targets)
-    _write_samples(model, tokenizer, fmt, prepared.val_conversations, config, out, notes)
-    plot_loss_curve(reporter.read_metrics(), out / LOSS_CURVE_FILE)
-    if config.merge:
-        del model, optimizer
+
+def _optimizer_step(run: _Run, trainee: _Trainee, micro: list[MicroBatch]) -> tuple[float, float]:
+    """One optimizer step over its micro-batches, counters advanced; (learning rate it used, gradient norm)."""
+    loop, model = run.loop, trainee.model
+    is_adalora = run.config.method == "adalora"
+    batches = [collate(run.prepared.train, mb, pad_id=run.pad_id, packed=run.packing) for mb in micro]
+    n_targets = max(1, sum(b.num_targets for b in batches))
+    step_loss = 0.0
+    for i, batch in enumerate(batches):
+        with trainee.amp():
+            # dividing by the whole step's target count makes every response token weigh the same,
+            # however the tokens fall across micro-batches
+            loss = (
+                token_loss_sum(model, batch.to(trainee.device), full_logits=trainee.full_logits) / n_targets
+            )
+            step_loss += float(loss.detach())
+            if is_adalora and i == 0:
+                reg = adalora_orth_reg(model)
+                if reg is not None:
+                    loss = loss + reg
+        loss.backward()  # type: ignore[no-untyped-call]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainee.trainable, run.config.max_grad_norm))
+    lr = float(trainee.scheduler.get_last_lr()[0])
+    trainee.optimizer.step()
+    trainee.scheduler.step()
+    if is_adalora:
+        model.base_model.update_and_allocate(loop.step)
+    trainee.optimizer.zero_grad(set_to_none=True)
+
+    loop.step += 1
+    real = sum(b.num_real_tokens for b in batches)
+    loop.tokens_seen += real
+    loop.window_tokens += real
+    loop.window_loss += step_loss * n_targets
+    loop.window_targets += n_targets
+    loop.last_loss = step_loss
+    return lr, grad_norm
+
+
+def _write_artifacts(run: _Run, trainee: _Trainee) -> None:
+    """Adapter, held-out samples and the loss curve of a run that reached its last step."""
+    _save_adapter(trainee.model, run.config, run.out, base_path=str(run.base_path), targets=run.targets)
+    _write_samples(
+        trainee.model,
+        run.tokenizer,
+        run.prepared.fmt,
+        run.prepared.val_conversations,
+        run.config,
+        run.out,
+        run.summary.notes,
+    )
+    plot_loss_curve(run.reporter.read_metrics(), run.out / LOSS_CURVE_FILE)
+
+
+def _succeed(run: _Run) -> TrainSummary:
+    if run.config.merge:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        export_merged(out)
-    reporter.status("succeeded", step=loop.step, max_steps=total)
-    return finish("succeeded")
+        export_merged(run.out)
+    run.reporter.status("succeeded", step=run.loop.step, max_steps=run.loop.total)
+    return _summarise(run, "succeeded")
+
+
+def _summarise(run: _Run, state: str) -> TrainSummary:
+    summary, loop = run.summary, run.loop
+    summary.state = state
+    summary.step = loop.step
+    summary.tokens_seen = loop.tokens_seen
+    summary.train_loss = loop.last_loss
+    summary.eval_loss = loop.last_eval
+    summary.seconds = round(time.perf_counter() - run.started, 3)
+    write_json_atomic(run.out / SUMMARY_FILE, summary.to_dict())
+    return summary
 
 
 def _step_batches(plan: list[MicroBatch], grad_accum: int, *, start_step: int) -> Iterator[list[MicroBatch]]:
