@@ -6,7 +6,6 @@ import logging
 import os
 import socket
 import threading
-import traceback
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Session
 from app.base import utcnow
 from app.config import get_settings
 from app.db import get_sessionmaker, session_scope
+from app.errors import DomainError
 from app.jobs.models import FINAL_STATUSES, Job, JobStatus
 from app.jobs.registry import KINDS
 
@@ -194,6 +194,18 @@ def finish(job_id: int, status: str, error: str | None = None) -> None:
         db.commit()
 
 
+def failure_message(job_id: int, exc: Exception) -> str:
+    """The failed job's `error`, which every member of its project reads. A domain error says what to fix
+    (a bad line of an upload, a dataset gone); any other exception is a fault whose SQL, traceback and file
+    paths are for operators: run_job logs them, and the job says where to find them."""
+    if isinstance(exc, DomainError):
+        return exc.message[:8000]
+    return (
+        f"the job stopped on an internal error ({type(exc).__name__}); "
+        f"an administrator finds the details in the worker's log under job {job_id}"
+    )
+
+
 def run_job(job_id: int, handler: Callable[[JobContext], None] | None = None) -> str | None:
     """Claim and run a job; returns its final status, or None if another worker has it / it is done."""
     ctx = claim(job_id)
@@ -211,9 +223,8 @@ def run_job(job_id: int, handler: Callable[[JobContext], None] | None = None) ->
         finish(job_id, JobStatus.paused.value, str(exc))
         return JobStatus.paused.value
     except Exception as exc:
-        log.exception("job %s failed", job_id)
-        tail = "".join(traceback.format_exception(exc)[-3:])
-        finish(job_id, JobStatus.failed.value, f"{type(exc).__name__}: {exc}\n{tail}"[:8000])
+        log.exception("job %s failed", job_id)  # the traceback, for operators
+        finish(job_id, JobStatus.failed.value, failure_message(job_id, exc))
         return JobStatus.failed.value
     finally:
         stop.set()

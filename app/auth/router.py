@@ -14,6 +14,7 @@ from app.auth.schemas import (
     TokenCreate,
     TokenCreated,
     TokenRead,
+    UserBrief,
     UserCreate,
     UserRead,
     UserUpdate,
@@ -91,10 +92,17 @@ def _require_admin(user: User) -> None:
 
 @router.get("/users", response_model=list[UserRead])
 def list_users(user: CurrentUser, db: SessionDep) -> Sequence[User]:
-    """Admins see everyone; curators see users so they can add members."""
+    """Every account with its role and state: admins only (curators use /users/directory)."""
+    _require_admin(user)
+    return db.scalars(select(User).order_by(User.id)).all()
+
+
+@router.get("/users/directory", response_model=list[UserBrief])
+def user_directory(user: CurrentUser, db: SessionDep) -> Sequence[User]:
+    """Active accounts by id and name, for curators adding project members (PUT /projects/{id}/members)."""
     if user.role == Role.annotator.value:
         raise Forbidden("annotators cannot list users")
-    return db.scalars(select(User).order_by(User.id)).all()
+    return db.scalars(select(User).where(User.is_active.is_(True)).order_by(User.username)).all()
 
 
 @router.post("/users", response_model=UserRead, status_code=201)

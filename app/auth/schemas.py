@@ -20,6 +20,15 @@ class UserRead(BaseModel):
     created_at: datetime
 
 
+class UserBrief(BaseModel):
+    """What a curator needs to add someone to a project: who, not their role or state."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    username: str
+
+
 class LoginResponse(BaseModel):
     user: UserRead
     csrf_token: str = Field(description="Send as X-CSRF-Token on writes made with the session cookie.")

@@ -18,12 +18,15 @@ router = APIRouter(tags=["generation"])
 
 @router.get("/teachers", response_model=list[TeacherRead])
 def list_teachers(user: CurrentUser) -> list[TeacherRead]:
-    """Teachers configured in IF_TEACHERS (their API keys stay in the environment, never shown)."""
+    """Teachers configured in IF_TEACHERS: names, models and prices for the job forms. API keys stay in the
+    environment, never shown; where a teacher is served (`base_url`, an internal address) only to admins,
+    who configure them."""
+    admin = user.role == Role.admin.value
     return [
         TeacherRead(
             name=t.name,
             model=t.model,
-            base_url=t.base_url,
+            base_url=t.base_url if admin else None,
             api=t.api,
             max_concurrency=t.max_concurrency,
             price_in_per_1k=t.price_in_per_1k,

@@ -79,7 +79,7 @@ class EstimateRead(BaseModel):
 class TeacherRead(BaseModel):
     name: str
     model: str
-    base_url: str
+    base_url: str | None = Field(None, description="Admins only: where the teacher is served.")
     api: str
     max_concurrency: int
     price_in_per_1k: float

@@ -637,4 +637,7 @@ def training_page(request: Request, user: PageUser, db: SessionDep) -> Response:
 
 @router.get("/ui/training/{run_id}")
 def training_run_page(request: Request, run_id: int, user: PageUser, db: SessionDep) -> Response:
+    from app.training import service as training
+
+    training.require_run(db=db, user=user, run_id=run_id)  # 404 as the API, unless a member of its project
     return render(request, "training_run.html", user, run_id=run_id)

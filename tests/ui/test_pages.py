@@ -236,7 +236,7 @@ def test_curator_creates_project_dataset_and_member_through_forms(client, db, wo
 def test_training_and_jobs_pages_render(client, world):
     login(client, world["curator"])
     assert client.get("/ui/training").status_code == 200
-    assert "Loading" in client.get("/ui/training/12345").text
+    assert client.get("/ui/training/12345").status_code == 404  # no such run (issue 16 §3)
     assert client.get("/ui/jobs").status_code == 200
 
 
