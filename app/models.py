@@ -4,8 +4,8 @@ from app.audit.models import AuditLog
 from app.auth.models import ApiToken, User
 from app.base import Base
 from app.datasets.models import Dataset
+from app.generation.models import LlmCacheEntry, LlmCall
 from app.jobs.models import Job
-from app.llm.models import LlmCacheEntry, LlmCall
 from app.projects.models import Project, ProjectMember
 from app.records.models import Record, RecordAssignment, RecordRevision, RecordTag, ReviewEvent
 from app.snapshots.models import Snapshot, SnapshotItem

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.db import get_sessionmaker
-from app.llm.models import LlmCacheEntry, LlmCall
+from app.generation.models import LlmCacheEntry, LlmCall
 from app.pipeline.llm import CallRecord
 
 

@@ -13,10 +13,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.generation.cache import CallLog
+from app.generation.models import LlmCacheEntry, LlmCall
 from app.imports.service import parse_file, write_records
 from app.jobs import service as jobs
 from app.jobs.models import Job
-from app.llm.models import LlmCacheEntry, LlmCall
 from app.pipeline.llm import Gateway, run_coroutine
 from app.records.models import Record
 from tests.conftest import PG_URL
