@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 
 from app.config import get_settings
 from app.curation.verdicts import Verdict, apply_verdicts
@@ -86,14 +86,12 @@ def upsert_generated(ctx: Any, records: Sequence[Any], *, dataset_id: int, key_p
     with ctx.session() as db:
         parents = {r.parent_key for r in records if r.parent_key}
         key_ids = _ids_of_keys(db, dataset_id, key_prefix, parents)
-        existing = _existing_content(db, dataset_id, records, key_ids)
+        existing = _existing_content(db, dataset_id, records, key_ids, job_id=ctx.job_id)
         values: list[NewRecord] = []
         skipped = 0
         for r in records:
             parent_id = key_ids.get(r.parent_key) if r.parent_key else None
-            if (parent_id, r.source, r.instruction, r.input, r.output) in existing[0] and (
-                f"{key_prefix}:{r.key}" not in existing[1]
-            ):
+            if (parent_id, r.source, r.instruction, r.input, r.output) in existing:
                 skipped += 1
                 continue
             meta = dict(r.metadata or {})
@@ -164,27 +162,24 @@ def _ids_of_keys(
 
 
 def _existing_content(
-    db: Any, dataset_id: int, records: Sequence[Any], key_ids: dict[str, int]
-) -> tuple[set[tuple[Any, ...]], set[str]]:
-    """(parent_id, source, instruction, input, output) of the dataset's records like these, and their
-    gen keys (a replay of this very job is the insert's own business)."""
+    db: Any, dataset_id: int, records: Sequence[Any], key_ids: dict[str, int], *, job_id: int
+) -> set[tuple[Any, ...]]:
+    """(parent_id, source, instruction, input, output) of the dataset's records like these that earlier
+    jobs wrote. This job's own records are not copies: a teacher may repeat itself within a job (each
+    repeat is a record with its own decision), and a replay of this job is the insert's business."""
     instructions = list({r.instruction for r in records})
     parent_ids = {key_ids[r.parent_key] for r in records if r.parent_key in key_ids}
     sources = list({r.source for r in records})
-    query = select(
-        Record.parent_id, Record.source, Record.instruction, Record.input, Record.output, Record.gen_key
-    ).where(Record.dataset_id == dataset_id, Record.source.in_(sources))
+    query = select(Record.parent_id, Record.source, Record.instruction, Record.input, Record.output).where(
+        Record.dataset_id == dataset_id,
+        Record.source.in_(sources),
+        or_(Record.job_id.is_(None), Record.job_id != job_id),
+    )
     if parent_ids and all(r.parent_key for r in records):
         query = query.where(Record.parent_id.in_(parent_ids))  # indexed: evolutions of these parents
     else:
         query = query.where(Record.instruction.in_(instructions))
-    content: set[tuple[Any, ...]] = set()
-    keys: set[str] = set()
-    for parent_id, source, instruction, input_, output, gen_key in db.execute(query):
-        content.add((parent_id, source, instruction, input_, output))
-        if gen_key:
-            keys.add(gen_key)
-    return content, keys
+    return {tuple(row) for row in db.execute(query)}
 
 
 def _link_nearest(db: Any, dataset_id: int, key_prefix: str, values: Sequence[NewRecord]) -> None:

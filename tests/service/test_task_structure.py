@@ -160,7 +160,16 @@ def test_generation_time_duplicates_store_their_neighbour_as_fields(
     committed: Engine, shared_data: Any, teacher: Any
 ):
     dataset_id, curator = _seeded(committed, shared_data)
-    _run(committed, curator, dataset_id, "self_instruct", {"teacher": "fake", "target": 30, "batch_size": 8})
+    job = _run(
+        committed, curator, dataset_id, "self_instruct", {"teacher": "fake", "target": 30, "batch_size": 8}
+    )
+    with Session(committed) as db:
+        written = db.scalars(select(Record).where(Record.job_id == job.id)).all()
+    # A teacher repeating itself within one job: each repeat is a record of its own, none skipped as a copy.
+    assert len(written) == job.result["records_kept"] + job.result["records_rejected"]
+    assert job.result["copies_skipped"] == 0
+    same = Counter((r.instruction, r.input, r.output) for r in written if r.status == "filtered")
+    assert max(same.values()) > 1, "the fake teacher must repeat an instruction within the job"
     with Session(committed) as db:
         dups = db.scalars(
             select(Record).where(Record.dataset_id == dataset_id, Record.reason == "rouge_dup")
