@@ -68,3 +68,20 @@ def test_the_trainer_contract_loads_no_torch_for_the_job_that_supervises_the_tra
     loaded = _modules_after("import trainer.contract\nimport app.training.jobs")
     assert not {"torch", "transformers", "peft"} & loaded
     assert "trainer.contract" in loaded
+
+
+def test_nothing_in_app_imports_from_workers():
+    """The job contract (app.jobs.context) and the broker (app.jobs.broker) are the app's; workers/ only
+    claims, heartbeats and finishes. A domain that imported the worker would depend on its process."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "app").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "workers"]
+    assert offenders == []

@@ -1,44 +1,12 @@
-"""The Celery application. Queues: `default` (import, curation, generation) and `gpu` (training)."""
+"""The worker's entry point for `celery -A workers.celery_app worker`: the app itself is app.jobs.broker."""
 
 from __future__ import annotations
 
 import logging
 
-from celery import Celery
-from kombu import Queue  # type: ignore[attr-defined]
-
-from app.config import get_settings
+from app.jobs.broker import celery_app, make_celery
 
 # One INFO line per teacher request would drown the worker's log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
-
-def make_celery(broker_url: str | None = None) -> Celery:
-    """The app every process uses; `broker_url` (default: the settings') lets a test reach another broker."""
-    settings = get_settings()
-    broker = broker_url or settings.resolved_broker_url
-    if broker.startswith("sqla+sqlite:///"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = Celery("instructforge", broker=broker, include=["workers.tasks"])
-    app.conf.update(
-        task_queues=(Queue("default"), Queue("gpu")),  # type: ignore[no-untyped-call]
-        task_default_queue="default",
-        # Acknowledge after the job ran: a worker killed mid-job leaves the message to be redelivered;
-        # jobs write idempotently and claim a lease, so redelivery neither loses nor duplicates work.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        broker_connection_retry_on_startup=True,
-        # Redis redelivers unacknowledged messages after this; other transports take no such option.
-        broker_transport_options=(
-            {"visibility_timeout": settings.broker_visibility_timeout} if broker.startswith("redis") else {}
-        ),
-        worker_hijack_root_logger=False,
-        task_serializer="json",
-        accept_content=["json"],
-    )
-    return app
-
-
-celery_app = make_celery()
+__all__ = ["celery_app", "make_celery"]

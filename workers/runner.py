@@ -7,90 +7,20 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
 
 from app.base import utcnow
 from app.config import get_settings
-from app.db import get_sessionmaker, session_scope
+from app.db import get_sessionmaker
 from app.errors import DomainError
+from app.jobs.context import JobCancelled, JobContext, JobPaused, lease_deadline
 from app.jobs.models import FINAL_STATUSES, Job, JobStatus
 from app.jobs.registry import KINDS
 
 log = logging.getLogger(__name__)
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
-
-
-class JobCancelled(Exception):
-    """Raised inside a handler at a checkpoint when the job was cancelled."""
-
-
-class JobPaused(Exception):
-    """Raised by a handler that must stop and wait for a person (teacher down, budget reached)."""
-
-
-@dataclass
-class JobContext:
-    """What a handler gets: ids and params, sessions, progress and cancellation. Never ORM objects."""
-
-    job_id: int
-    kind: str
-    project_id: int
-    dataset_id: int | None
-    params: dict[str, Any]
-    attempt: int
-    created_by: int | None
-    _cancel: threading.Event = field(default_factory=threading.Event)
-    counters: dict[str, Any] = field(default_factory=dict)
-
-    def session(self) -> AbstractContextManager[Session]:
-        """A short unit of work (app.db.session_scope): handlers checkpoint in many of these."""
-        return session_scope()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def check_cancel(self) -> None:
-        if self._cancel.is_set():
-            raise JobCancelled()
-
-    def progress(
-        self,
-        done: int,
-        total: int | None = None,
-        *,
-        counters: dict[str, Any] | None = None,
-        usage: dict[str, float] | None = None,
-    ) -> None:
-        """Write progress (and counters/usage totals) to the job row in its own short transaction."""
-        values: dict[str, Any] = {"progress_done": done, "lease_until": _lease_deadline()}
-        if total is not None:
-            values["progress_total"] = total
-        if counters is not None:
-            self.counters = dict(counters)
-            values["counters"] = self.counters
-        if usage:
-            values.update(usage)
-        with self.session() as db:
-            db.execute(update(Job).where(Job.id == self.job_id).values(**values))
-            flag = db.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
-        if flag:
-            self._cancel.set()
-        self.check_cancel()
-
-    def set_result(self, result: dict[str, Any]) -> None:
-        with self.session() as db:
-            db.execute(update(Job).where(Job.id == self.job_id).values(result=result))
-
-
-def _lease_deadline() -> Any:
-    return utcnow() + timedelta(seconds=get_settings().job_lease_seconds)
 
 
 def claim(job_id: int) -> JobContext | None:
@@ -112,7 +42,7 @@ def claim(job_id: int) -> JobContext | None:
             .values(
                 status=JobStatus.running.value,
                 worker=WORKER_NAME,
-                lease_until=_lease_deadline(),
+                lease_until=lease_deadline(),
                 attempts=Job.attempts + 1,
             )
             .execution_options(synchronize_session=False)
@@ -176,7 +106,7 @@ def _heartbeat(ctx: JobContext, stop: threading.Event) -> None:
                 db.execute(
                     update(Job)
                     .where(Job.id == ctx.job_id, Job.worker == WORKER_NAME)
-                    .values(lease_until=_lease_deadline())
+                    .values(lease_until=lease_deadline())
                 )
                 if db.scalar(select(Job.cancel_requested).where(Job.id == ctx.job_id)):
                     ctx._cancel.set()

@@ -15,9 +15,9 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from app.base import utcnow
 from app.config import get_settings
 from app.db import get_sessionmaker
+from app.jobs.delivery import oldest_waiting, send_job
 from app.jobs.models import Job, JobStatus
 from workers.celery_app import celery_app
-from workers.delivery import oldest_waiting, send_job
 from workers.runner import run_job
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def reap_once(queues: set[str], *, app: Celery = celery_app, now: datetime | Non
     """Send again the jobs of `queues` that wait for a worker but have no message that will reach one.
 
     That is a job never sent (its sender failed), one whose worker died (its lease expired), and one whose
-    last message, sent over a lease period ago, is no longer in the broker's queue (workers.delivery: how
+    last message, sent over a lease period ago, is no longer in the broker's queue (app.jobs.delivery: how
     that is told from a job waiting behind a backlog, which is left alone). `now` is for tests.
     """
     now = now or utcnow()
@@ -93,7 +93,7 @@ def lost_before(app: Celery, queue: str, now: datetime) -> datetime:
     """A waiting job whose last message was sent before this has no message in `queue` any more.
 
     Its message was sent over a lease period ago (time enough for a worker to take and claim it), and
-    before the oldest message still waiting: the queue is first in, first out (workers.delivery).
+    before the oldest message still waiting: the queue is first in, first out (app.jobs.delivery).
     """
     oldest = oldest_waiting(app, queue)
     grace = now - timedelta(seconds=get_settings().job_lease_seconds)

@@ -11,6 +11,7 @@ from app.curation.schemas import DedupParams, RulesParams
 from app.curation.verdicts import Kind, Verdict, apply_verdicts
 from app.datasets.models import Dataset
 from app.errors import NotFound
+from app.jobs.context import JobContext
 from app.records.bulk import NewRecord, insert_new
 from app.records.models import Record
 from app.records.schemas import RecordFilter
@@ -39,7 +40,7 @@ def _first_user(messages: list[Any]) -> str:
 
 
 def iter_scope(
-    ctx: Any, dataset_id: int, scope: RecordFilter, *extra: ColumnElement[bool]
+    ctx: JobContext, dataset_id: int, scope: RecordFilter, *extra: ColumnElement[bool]
 ) -> Iterator[list[Any]]:
     """Batches of (id, instruction, input, output, messages, meta, human_decided) in id order, each from a
     short read."""
@@ -67,7 +68,7 @@ def iter_scope(
         yield list(rows)
 
 
-def count_scope(ctx: Any, dataset_id: int, scope: RecordFilter, *extra: ColumnElement[bool]) -> int:
+def count_scope(ctx: JobContext, dataset_id: int, scope: RecordFilter, *extra: ColumnElement[bool]) -> int:
     with ctx.session() as db:
         return int(
             db.scalar(
@@ -79,7 +80,7 @@ def count_scope(ctx: Any, dataset_id: int, scope: RecordFilter, *extra: ColumnEl
         )
 
 
-def human_first(ctx: Any, dataset_id: int, scope: RecordFilter, override: bool) -> Iterator[list[Any]]:
+def human_first(ctx: JobContext, dataset_id: int, scope: RecordFilter, override: bool) -> Iterator[list[Any]]:
     """The scope's records, those a person decided first: the records people kept are what the machine's
     later decisions build on (a pending near-duplicate of an accepted record is the one filtered). With
     `override` every record is the machine's to decide, in plain id order."""
@@ -90,7 +91,9 @@ def human_first(ctx: Any, dataset_id: int, scope: RecordFilter, override: bool) 
     yield from iter_scope(ctx, dataset_id, scope, Record.human_decided.is_(False))
 
 
-def _apply(ctx: Any, kind: Kind, verdicts: list[Verdict], override: bool, counters: dict[str, Any]) -> None:
+def _apply(
+    ctx: JobContext, kind: Kind, verdicts: list[Verdict], override: bool, counters: dict[str, Any]
+) -> None:
     with ctx.session() as db:
         applied = apply_verdicts(db, kind, verdicts, job_id=ctx.job_id, override_human=override)
     counters["human_advised"] = counters.get("human_advised", 0) + applied.advised
@@ -98,18 +101,18 @@ def _apply(ctx: Any, kind: Kind, verdicts: list[Verdict], override: bool, counte
         counters["human_overridden"] = counters.get("human_overridden", 0) + applied.human_overridden
 
 
-def run_dedup_job(ctx: Any) -> None:
+def run_dedup_job(ctx: JobContext) -> None:
     from app.pipeline.rouge import NearDuplicateIndex
 
     params = DedupParams.model_validate(ctx.params)
-    total = count_scope(ctx, ctx.dataset_id, params.scope)
+    total = count_scope(ctx, ctx.dataset, params.scope)
     index = NearDuplicateIndex(threshold=params.threshold, stem=params.stem)
     seen_exact: dict[str, int] = {}
     # field "task": records sharing an instruction are one task's instances and share its decision.
     tasks: dict[str, tuple[int, str | None, float, int | None]] = {}
     counters: dict[str, Any] = {"scanned": 0, "kept": 0, "exact_dup": 0, "rouge_dup": 0, "human_advised": 0}
     ctx.progress(0, total, counters=counters)
-    for batch in human_first(ctx, ctx.dataset_id, params.scope, params.override_human):
+    for batch in human_first(ctx, ctx.dataset, params.scope, params.override_human):
         verdicts: list[Verdict] = []
         for rid, instruction, input_, output, messages, _meta, _human in batch:
             counters["scanned"] += 1
@@ -185,24 +188,24 @@ def _dedup_verdict(
     )
 
 
-def run_rules_job(ctx: Any) -> None:
+def run_rules_job(ctx: JobContext) -> None:
     from app.pipeline.rules import RuleConfig, evaluate, funnel
 
     params = RulesParams.model_validate(ctx.params)
     with ctx.session() as db:
-        dataset = db.get(Dataset, ctx.dataset_id)
+        dataset = db.get(Dataset, ctx.dataset)
         if dataset is None:
-            raise NotFound(f"dataset {ctx.dataset_id} not found")
+            raise NotFound(f"dataset {ctx.dataset} not found")
         language = dataset.language
         saved = dict((dataset.settings or {}).get("rules") or {})
     config = RuleConfig(
         enabled=params.rules or saved.get("enabled"), params={**saved.get("params", {}), **params.params}
     )
-    total = count_scope(ctx, ctx.dataset_id, params.scope)
+    total = count_scope(ctx, ctx.dataset, params.scope)
     counters: dict[str, Any] = {"scanned": 0, "kept": 0, "filtered": 0, "human_advised": 0, "funnel": {}}
     all_hits: list[list[Any]] = []
     ctx.progress(0, total, counters=counters)
-    for batch in iter_scope(ctx, ctx.dataset_id, params.scope):
+    for batch in iter_scope(ctx, ctx.dataset, params.scope):
         verdicts: list[Verdict] = []
         for rid, instruction, input_, output, messages, meta, human in batch:
             if messages and not instruction:
@@ -236,12 +239,12 @@ def run_rules_job(ctx: Any) -> None:
     ctx.set_result(counters)
 
 
-def _insert_generated(ctx: Any, rows: list[NewRecord]) -> None:
+def _insert_generated(ctx: JobContext, rows: list[NewRecord]) -> None:
     with ctx.session() as db:
         insert_new(db, rows)
 
 
-def run_convert_job(ctx: Any) -> None:
+def run_convert_job(ctx: JobContext) -> None:
     """Apply instruction templates to a table (CSV/TSV/JSON/JSONL/Parquet/Natural Instructions)."""
     from pathlib import Path
 
@@ -276,7 +279,7 @@ def run_convert_job(ctx: Any) -> None:
             ctx,
             [
                 NewRecord(
-                    dataset_id=ctx.dataset_id,
+                    dataset_id=ctx.dataset,
                     gen_key=f"cv{ctx.job_id}:{start + n}",
                     source=f"convert:{r['meta']['template']}",
                     instruction=r["instruction"],
@@ -292,7 +295,7 @@ def run_convert_job(ctx: Any) -> None:
     ctx.set_result({"rows": len(rows), "records": total, "skipped_empty": len(rows) - total})
 
 
-def run_mix_job(ctx: Any) -> None:
+def run_mix_job(ctx: JobContext) -> None:
     """Sample records of several datasets of the same project into this one, then dedup across sources."""
     from app.curation.schemas import MixParams
     from app.errors import Invalid
@@ -306,7 +309,7 @@ def run_mix_job(ctx: Any) -> None:
             # Mixing stays inside a project: the job's creator was authorised for this project only.
             if dataset is None or dataset.project_id != ctx.project_id:
                 raise Invalid(f"source dataset {source.dataset_id} is not a dataset of this project")
-            if source.dataset_id == ctx.dataset_id:
+            if source.dataset_id == ctx.dataset:
                 raise Invalid("a mix cannot read from its own target dataset")
             rows = db.execute(
                 select(
@@ -336,9 +339,9 @@ def run_mix_job(ctx: Any) -> None:
     total = len(result.items)
     ctx.progress(0, total)
     for start in range(0, total, BATCH):
-        rows = [
+        mixed = [
             NewRecord(
-                dataset_id=ctx.dataset_id,
+                dataset_id=ctx.dataset,
                 gen_key=f"mx{ctx.job_id}:{src}:{idx}",
                 source=f"mix:{src}",
                 instruction=r.instruction,
@@ -354,8 +357,8 @@ def run_mix_job(ctx: Any) -> None:
                 result.items[start : start + BATCH], result.origins[start : start + BATCH], strict=True
             )
         ]
-        _insert_generated(ctx, rows)
-        ctx.progress(start + len(rows), total)
+        _insert_generated(ctx, mixed)
+        ctx.progress(start + len(mixed), total)
     dropped: dict[str, int] = {}
     for d in result.dropped:
         dropped[d.reason] = dropped.get(d.reason, 0) + 1

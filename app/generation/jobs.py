@@ -18,6 +18,7 @@ from app.datasets.models import Dataset
 from app.errors import Invalid, NotFound
 from app.generation.cache import CallLog
 from app.generation.schemas import SelfInstructJobParams, TeacherChoice
+from app.jobs.context import JobCancelled, JobContext, JobPaused
 from app.pipeline.llm import Gateway, TeacherConfig, TeacherUnavailable, load_teachers, run_coroutine
 from app.records.bulk import NewRecord, insert_new
 from app.records.models import Record
@@ -51,7 +52,7 @@ def validate_teacher(params: dict[str, Any]) -> None:
 
 
 def run_with_gateway(
-    ctx: Any,
+    ctx: JobContext,
     teacher: TeacherConfig,
     log: CallLog,
     budget_usd: float | None,
@@ -59,7 +60,6 @@ def run_with_gateway(
 ) -> T:
     """Run one pipeline on a fresh gateway (DB cache, call log, budget); a teacher that stays down
     pauses the job with the reason instead of failing it."""
-    from workers.runner import JobPaused
 
     async def go() -> T:
         async with Gateway(teacher, cache=log.response_cache, on_call=log, budget_usd=budget_usd) as gateway:
@@ -74,7 +74,7 @@ def run_with_gateway(
         ) from exc
 
 
-def upsert_generated(ctx: Any, records: Sequence[Any], *, dataset_id: int, key_prefix: str) -> int:
+def upsert_generated(ctx: JobContext, records: Sequence[Any], *, dataset_id: int, key_prefix: str) -> int:
     """Write generated records by stable key; a replayed round finds its keys and writes nothing new.
 
     A record whose parent and content (instruction, input, output) the dataset already holds is not
@@ -203,7 +203,7 @@ def _link_nearest(db: Any, dataset_id: int, key_prefix: str, values: Sequence[Ne
         )
 
 
-def load_seeds(ctx: Any, dataset_id: int) -> tuple[list[Any], list[tuple[str, str]], str]:
+def load_seeds(ctx: JobContext, dataset_id: int) -> tuple[list[Any], list[tuple[str, str]], str]:
     """Seed tasks: records with source 'seed'; accepted records join the pool the dedup compares to."""
     from app.pipeline.self_instruct import SeedTask
 
@@ -238,7 +238,7 @@ def load_seeds(ctx: Any, dataset_id: int) -> tuple[list[Any], list[tuple[str, st
     return tasks, list(extra), language
 
 
-def _report(ctx: Any, log: CallLog, progress: Any, done: int, total: int | None) -> None:
+def _report(ctx: JobContext, log: CallLog, progress: Any, done: int, total: int | None) -> None:
     counters = {
         "round": progress.round,
         "kept_tasks": progress.kept,
@@ -249,14 +249,13 @@ def _report(ctx: Any, log: CallLog, progress: Any, done: int, total: int | None)
     ctx.progress(done, total, counters=counters, usage=log.flush())
 
 
-def run_self_instruct_job(ctx: Any) -> None:
+def run_self_instruct_job(ctx: JobContext) -> None:
     from app.pipeline.llm import Sampling
     from app.pipeline.self_instruct import SelfInstructParams, run_self_instruct
-    from workers.runner import JobCancelled
 
     p = SelfInstructJobParams.model_validate(ctx.params)
     teacher = get_teacher(p)
-    seeds, extra, language = load_seeds(ctx, ctx.dataset_id)
+    seeds, extra, language = load_seeds(ctx, ctx.dataset)
     params = SelfInstructParams(
         target=p.target,
         batch_size=p.batch_size,
@@ -274,7 +273,7 @@ def run_self_instruct_job(ctx: Any) -> None:
     copies = [0]
 
     def emit(event: Any) -> None:
-        copies[0] += upsert_generated(ctx, event.records, dataset_id=ctx.dataset_id, key_prefix=key_prefix)
+        copies[0] += upsert_generated(ctx, event.records, dataset_id=ctx.dataset, key_prefix=key_prefix)
         _report(ctx, log, event.progress, event.progress.kept, p.target)
 
     result = run_with_gateway(
@@ -309,7 +308,7 @@ def run_self_instruct_job(ctx: Any) -> None:
         raise JobCancelled()
 
 
-def scope_rows(ctx: Any, dataset_id: int, scope: Any, limit: int | None) -> list[Any]:
+def scope_rows(ctx: JobContext, dataset_id: int, scope: Any, limit: int | None) -> list[Any]:
     from app.records.service import filter_clauses
 
     with ctx.session() as db:
@@ -322,23 +321,22 @@ def scope_rows(ctx: Any, dataset_id: int, scope: Any, limit: int | None) -> list
         return list(rows)
 
 
-def _language(ctx: Any) -> str:
+def _language(ctx: JobContext) -> str:
     with ctx.session() as db:
-        dataset = db.get(Dataset, ctx.dataset_id)
+        dataset = db.get(Dataset, ctx.dataset)
         if dataset is None:
-            raise NotFound(f"dataset {ctx.dataset_id} not found")
+            raise NotFound(f"dataset {ctx.dataset} not found")
         return "zh" if dataset.language.startswith("zh") else "en"
 
 
-def run_evol_job(ctx: Any) -> None:
+def run_evol_job(ctx: JobContext) -> None:
     from app.generation.schemas import EvolJobParams
     from app.pipeline.evol import EvolItem, EvolParams, run_evol
-    from workers.runner import JobCancelled
 
     p = EvolJobParams.model_validate(ctx.params)
     teacher = get_teacher(p)
     language = _language(ctx)
-    rows = scope_rows(ctx, ctx.dataset_id, p.scope, p.max_items)
+    rows = scope_rows(ctx, ctx.dataset, p.scope, p.max_items)
     items = [
         EvolItem(key=f"rec:{r.id}", instruction=r.instruction, input=r.input, output=r.output)
         for r in rows
@@ -354,7 +352,7 @@ def run_evol_job(ctx: Any) -> None:
     copies = [0]
 
     def emit(event: Any) -> None:
-        copies[0] += upsert_generated(ctx, event.records, dataset_id=ctx.dataset_id, key_prefix=key_prefix)
+        copies[0] += upsert_generated(ctx, event.records, dataset_id=ctx.dataset, key_prefix=key_prefix)
         done = event.progress.records_kept + event.progress.records_rejected
         _report(ctx, log, event.progress, done, total)
 
@@ -385,16 +383,15 @@ def run_evol_job(ctx: Any) -> None:
         raise JobCancelled()
 
 
-def run_judge_job(ctx: Any) -> None:
+def run_judge_job(ctx: JobContext) -> None:
     from app.generation.schemas import JudgeJobParams
     from app.pipeline.judge import JudgeItem, JudgeParams, run_judge
     from app.pipeline.textnorm import normalize
-    from workers.runner import JobCancelled
 
     p = JudgeJobParams.model_validate(ctx.params)
     teacher = get_teacher(p)
     language = _language(ctx)
-    rows = scope_rows(ctx, ctx.dataset_id, p.scope, p.max_items)
+    rows = scope_rows(ctx, ctx.dataset, p.scope, p.max_items)
     items = []
     for r in rows:
         instruction, output = r.instruction, r.output

@@ -20,6 +20,7 @@ from app.config import get_settings
 from app.datasets.models import Dataset
 from app.errors import Invalid, NotFound
 from app.imports.schemas import ImportParams
+from app.jobs.context import JobContext
 from app.pipeline import formats
 from app.records.bulk import NewRecord, insert_new
 from app.records.models import Record
@@ -299,15 +300,15 @@ def import_inline(
     return {"imported": len(records), "bad": bad, "format": detected}
 
 
-def run_import_job(ctx: Any) -> None:
+def run_import_job(ctx: JobContext) -> None:
     """Job handler. Re-delivery after a crash re-parses and re-inserts: existing keys are skipped."""
     params = ImportParams.model_validate(ctx.params)
     path = uploads_dir() / Path(params.upload).name
     if not path.is_file():
         raise NotFound(f"upload {params.upload} is gone")
     with ctx.session() as db:
-        if db.get(Dataset, ctx.dataset_id) is None:
-            raise NotFound(f"dataset {ctx.dataset_id} not found")
+        if db.get(Dataset, ctx.dataset) is None:
+            raise NotFound(f"dataset {ctx.dataset} not found")
     records, bad, detected = parse_file(
         path, fmt=params.format, filename=params.filename, skip_bad=params.skip_bad
     )
@@ -331,7 +332,7 @@ def run_import_job(ctx: Any) -> None:
         sessions = [stack.enter_context(ctx.session()) for _ in range(n_writers)]
         write_records(
             sessions=sessions,
-            dataset_id=ctx.dataset_id,
+            dataset_id=ctx.dataset,
             records=records,
             fmt=detected,
             key_prefix=key_prefix,
@@ -342,7 +343,7 @@ def run_import_job(ctx: Any) -> None:
             fresh=ctx.attempt == 1,
         )
     with ctx.session() as db:
-        imported = count_with_prefix(db, ctx.dataset_id, key_prefix)
+        imported = count_with_prefix(db, ctx.dataset, key_prefix)
     ctx.set_result({"imported": imported, "bad": bad[:1000], "bad_count": len(bad), "format": detected})
     ctx.progress(
         total, total, counters={"parsed": total, "bad": len(bad), "format": detected, "imported": imported}

@@ -89,10 +89,10 @@ def send(*, db: Session, job: Job) -> None:
     """Put the job on its Celery queue. A failure leaves it queued; the workers' reaper sends it again.
 
     `enqueued_at` gets the send time stamped on the message: the reaper compares the two to tell a lost
-    message from one waiting in the queue (workers/delivery.py).
+    message from one waiting in the queue (app/jobs/delivery.py).
     """
-    from workers.celery_app import celery_app
-    from workers.delivery import send_job
+    from app.jobs.broker import celery_app
+    from app.jobs.delivery import send_job
 
     try:
         sent_at = send_job(celery_app, job_id=job.id, queue=job.queue)

@@ -16,6 +16,7 @@ import yaml
 from sqlalchemy import select
 
 from app.errors import NotFound
+from app.jobs.context import JobCancelled, JobContext
 from app.pipeline import formats
 from app.snapshots.service import iter_contents
 from app.training.models import TrainingMetric, TrainingRun
@@ -36,7 +37,7 @@ def _export(run: TrainingRun, db: Any, path: Path) -> int:
     return len(records)
 
 
-def _ingest_metrics(ctx: Any, run_id: int, path: Path, offset: int) -> tuple[int, int | None]:
+def _ingest_metrics(ctx: JobContext, run_id: int, path: Path, offset: int) -> tuple[int, int | None]:
     """Store metrics lines appended since `offset`; steps already stored are skipped (re-runs)."""
     if not path.is_file():
         return offset, None
@@ -78,8 +79,7 @@ def _status(out: Path) -> dict[str, Any]:
         return {}
 
 
-def run_training_job(ctx: Any) -> None:
-    from workers.runner import JobCancelled
+def run_training_job(ctx: JobContext) -> None:
 
     params = TrainingJobParams.model_validate(ctx.params)
     with ctx.session() as db:

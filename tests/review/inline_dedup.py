@@ -32,13 +32,17 @@ TEXTS = (SEA, DOG, NIGHT, GRAVITY, TODAY, SEA_UPPER)
 
 @dataclass
 class InlineJob:
-    """The parts of workers.runner.JobContext the dedup handler uses, on one (rolled back) session."""
+    """The parts of app.jobs.context.JobContext the dedup handler uses, on one (rolled back) session."""
 
     db: Session
     dataset_id: int
     params: dict[str, Any]
     job_id: int = 0
     result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dataset(self) -> int:
+        return self.dataset_id
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -20,13 +20,13 @@ from app.base import utcnow
 from app.config import get_settings
 from app.imports.service import new_upload_path
 from app.jobs import service as jobs
+from app.jobs.broker import make_celery
+from app.jobs.delivery import send_job
 from app.jobs.models import Job
 from app.records.models import Record
 from tests.conftest import PG_URL
 from tests.factories import make_dataset, make_project, make_user
 from tests.procs import kill, service_env, start_worker
-from workers.celery_app import make_celery
-from workers.delivery import send_job
 from workers.runner import run_job
 from workers.tasks import reap_once
 
