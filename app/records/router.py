@@ -11,12 +11,11 @@ from app.records.models import Record, RecordRevision
 from app.records.schemas import (
     BulkResult,
     BulkStatus,
-    RecordFilter,
     RecordPage,
+    RecordQuery,
     RecordRead,
     RecordUpdate,
     RevisionRead,
-    StatusLiteral,
 )
 
 router = APIRouter(tags=["records"])
@@ -24,46 +23,17 @@ router = APIRouter(tags=["records"])
 
 @router.get("/datasets/{dataset_id}/records", response_model=RecordPage)
 def list_records(
-    dataset_id: int,
-    user: CurrentUser,
-    db: SessionDep,
-    status: Annotated[list[StatusLiteral] | None, Query()] = None,
-    source: str | None = None,
-    tag: str | None = None,
-    q: Annotated[str | None, Query(max_length=500)] = None,
-    reason: str | None = None,
-    label: str | None = None,
-    flagged: bool | None = None,
-    job_id: int | None = None,
-    min_nn_score: float | None = None,
-    max_nn_score: float | None = None,
-    min_judge_score: float | None = None,
-    max_judge_score: float | None = None,
-    human_decided: bool | None = None,
-    disagreement: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-    desc: bool = False,
+    dataset_id: int, query: Annotated[RecordQuery, Query()], user: CurrentUser, db: SessionDep
 ) -> RecordPage:
     """Records of a dataset, filtered, in id order, with an opaque cursor for the next page."""
-    flt = RecordFilter(
-        status=status,
-        source=source,
-        tag=tag,
-        q=q,
-        reason=reason,
-        label=label,
-        flagged=flagged,
-        job_id=job_id,
-        min_nn_score=min_nn_score,
-        max_nn_score=max_nn_score,
-        min_judge_score=min_judge_score,
-        max_judge_score=max_judge_score,
-        human_decided=human_decided,
-        disagreement=disagreement,
-    )
     rows, next_cursor = service.list_records(
-        db=db, user=user, dataset_id=dataset_id, flt=flt, limit=limit, cursor=cursor, desc=desc
+        db=db,
+        user=user,
+        dataset_id=dataset_id,
+        flt=query.filter(),
+        limit=query.limit,
+        cursor=query.cursor,
+        desc=query.desc,
     )
     return RecordPage(items=[RecordRead.model_validate(r) for r in rows], next_cursor=next_cursor)
 

@@ -49,6 +49,32 @@ class RecordFilter(BaseModel):
     )
 
 
+class RecordQuery(BaseModel):
+    """The query parameters of GET /datasets/{id}/records: a filter (without `ids`) and the page wanted."""
+
+    status: list[StatusLiteral] | None = None
+    source: str | None = None
+    tag: str | None = None
+    q: str | None = Field(None, max_length=500)
+    reason: str | None = None
+    label: str | None = None
+    flagged: bool | None = None
+    job_id: int | None = None
+    min_nn_score: float | None = None
+    max_nn_score: float | None = None
+    min_judge_score: float | None = None
+    max_judge_score: float | None = None
+    human_decided: bool | None = None
+    disagreement: bool | None = None
+    limit: int = Field(50, ge=1, le=500)
+    cursor: str | None = None
+    desc: bool = False
+
+    def filter(self) -> RecordFilter:
+        """The RecordFilter these parameters describe."""
+        return RecordFilter.model_validate(self.model_dump(exclude={"limit", "cursor", "desc"}))
+
+
 class RecordRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
