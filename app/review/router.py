@@ -44,25 +44,7 @@ def review_queue(
 def decision(record_id: int, body: DecisionIn, user: CurrentUser, db: SessionDep) -> DecisionOut:
     """One keyboard action (accept, reject, rate, tag, skip, flag); the reply carries the next records,
     so an action is one request. A stale `version` gets 409."""
-    record = service.decide(
-        db=db,
-        user=user,
-        record_id=record_id,
-        action=body.action,
-        version=body.version,
-        reason=body.reason,
-        rating=body.rating,
-        tags=body.tags,
-        note=body.note,
-    )
-    nxt = (
-        service.queue(
-            db=db, user=user, dataset_id=record.dataset_id, after_id=body.prefetch_after, limit=body.prefetch
-        )
-        if body.prefetch
-        else []
-    )
-    return DecisionOut(record=service.record_state(record), next=nxt)
+    return service.decide_and_prefetch(db=db, user=user, record_id=record_id, decision=body)
 
 
 @router.post("/review/datasets/{dataset_id}/undo", response_model=UndoOut)

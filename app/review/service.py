@@ -26,6 +26,8 @@ from app.records.models import Record, RecordAssignment, RecordRevision, ReviewE
 from app.records.schemas import RecordFilter, RecordUpdate
 from app.review.schemas import (
     Advice,
+    DecisionIn,
+    DecisionOut,
     DiffPart,
     EditIn,
     Machine,
@@ -130,6 +132,16 @@ def queue_records(
             .execution_options(synchronize_session=False)
         )
     return list(rows), False
+
+
+def open_assignments_by_dataset(*, db: Session, user: User) -> dict[int, int]:
+    """The user's open assignments per dataset (a dataset without any is absent)."""
+    query = (
+        select(RecordAssignment.dataset_id, func.count())
+        .where(RecordAssignment.user_id == user.id, RecordAssignment.done.is_(False))
+        .group_by(RecordAssignment.dataset_id)
+    )
+    return dict(db.execute(query).tuples().all())
 
 
 def open_assignments(*, db: Session, user: User, dataset_id: int) -> int | None:
@@ -419,6 +431,19 @@ def queue(
     return review_items(db=db, rows=rows, assigned=assigned)
 
 
+def opening_items(
+    *, db: Session, user: User, dataset_id: int, record_id: int | None, limit: int
+) -> list[ReviewItem]:
+    """What the review page opens with: the record asked for and the queue after it, else the queue."""
+    if record_id is None:
+        return queue(db=db, user=user, dataset_id=dataset_id, limit=limit)
+    one = records.get_record(db=db, user=user, record_id=record_id)
+    if one.dataset_id != dataset_id:
+        raise NotFound(f"record {record_id} not found")
+    items = review_items(db=db, rows=[one])
+    return items + queue(db=db, user=user, dataset_id=dataset_id, after_id=one.id, limit=limit)
+
+
 # ---------------------------------------------------------------- decisions
 
 
@@ -528,6 +553,33 @@ def decide(
     records.add_event(db=db, record=record, user=user, action=action, before=before, after=after, at=now)
     db.flush()
     return record
+
+
+def decide_and_prefetch(*, db: Session, user: User, record_id: int, decision: DecisionIn) -> DecisionOut:
+    """Apply one decision and return the record with the next ones asked for: one request per keystroke."""
+    record = decide(
+        db=db,
+        user=user,
+        record_id=record_id,
+        action=decision.action,
+        version=decision.version,
+        reason=decision.reason,
+        rating=decision.rating,
+        tags=decision.tags,
+        note=decision.note,
+    )
+    nxt = (
+        queue(
+            db=db,
+            user=user,
+            dataset_id=record.dataset_id,
+            after_id=decision.prefetch_after,
+            limit=decision.prefetch,
+        )
+        if decision.prefetch
+        else []
+    )
+    return DecisionOut(record=record_state(record), next=nxt)
 
 
 # ---------------------------------------------------------------- undo
