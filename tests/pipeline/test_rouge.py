@@ -21,33 +21,33 @@ from app.pipeline.rouge import (
     tokenize,
 )
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real datasets not found at {DATA}")
+# Tests that read real instructions take the ``shared_data`` fixture (tests/conftest.py): it skips them,
+# and only them, where the datasets are absent; the others (hypothesis properties included) always run.
 
 
-def _records(name: str) -> list[dict[str, Any]]:
-    raw = (DATA / name).read_text(encoding="utf-8")
+def _records(data: Path, name: str) -> list[dict[str, Any]]:
+    raw = (data / name).read_text(encoding="utf-8")
     if name.endswith(".jsonl") or raw.lstrip().startswith("{"):
         return [json.loads(line) for line in raw.splitlines() if line.strip()]
     rows: list[dict[str, Any]] = json.loads(raw)
     return rows
 
 
-def _latin_instructions() -> list[str]:
+def _latin_instructions(data: Path) -> list[str]:
     """Real instructions with templated near-duplicates: T0 wraps the same questions in many templates."""
-    texts = [r["instruction"] for r in _records("gpteacher/codegen-instruct.json")[:900]]
-    texts += [r["instruction"] for r in _records("codealpaca/code_alpaca_2k.json")[:900]]
-    texts += [r["instruction"] for r in _records("self-instruct/seed_tasks.jsonl")]
-    for path in sorted((DATA / "self-instruct" / "t0_train_50k").glob("trec_*.jsonl")):
-        texts += [r["prompt"] for r in _records(str(path.relative_to(DATA)))[:80]]
-    for path in sorted((DATA / "self-instruct" / "t0_train_50k").glob("glue_qqp_*.jsonl")):
-        texts += [r["prompt"] for r in _records(str(path.relative_to(DATA)))[:80]]
+    texts = [r["instruction"] for r in _records(data, "gpteacher/codegen-instruct.json")[:900]]
+    texts += [r["instruction"] for r in _records(data, "codealpaca/code_alpaca_2k.json")[:900]]
+    texts += [r["instruction"] for r in _records(data, "self-instruct/seed_tasks.jsonl")]
+    for path in sorted((data / "self-instruct" / "t0_train_50k").glob("trec_*.jsonl")):
+        texts += [r["prompt"] for r in _records(data, str(path.relative_to(data)))[:80]]
+    for path in sorted((data / "self-instruct" / "t0_train_50k").glob("glue_qqp_*.jsonl")):
+        texts += [r["prompt"] for r in _records(data, str(path.relative_to(data)))[:80]]
     return [t for t in texts if t.isascii()]
 
 
-def _chinese_instructions() -> list[str]:
-    texts = [r["instruction"] for r in _records("alpaca-chinese-dataset/zh-data-part-00.json")[:2000]]
-    return texts + [r["instruction"] for r in _records("belle/zh_seed_tasks.json")]
+def _chinese_instructions(data: Path) -> list[str]:
+    texts = [r["instruction"] for r in _records(data, "alpaca-chinese-dataset/zh-data-part-00.json")[:2000]]
+    return texts + [r["instruction"] for r in _records(data, "belle/zh_seed_tasks.json")]
 
 
 def _brute_force_greedy(
@@ -72,17 +72,17 @@ def _brute_force_greedy(
 # -- tokenizer -------------------------------------------------------------------------------------------
 
 
-def test_tokens_equal_rouge_score_tokens_on_real_ascii_instructions():
+def test_tokens_equal_rouge_score_tokens_on_real_ascii_instructions(shared_data):
     theirs = tokenizers.DefaultTokenizer(use_stemmer=False)
-    texts = _latin_instructions()
+    texts = _latin_instructions(shared_data)
     assert len(texts) > 2000
     for text in texts:
         assert tokenize(text) == theirs.tokenize(text), text
 
 
-def test_stemmed_tokens_equal_rouge_score_stemmed_tokens():
+def test_stemmed_tokens_equal_rouge_score_stemmed_tokens(shared_data):
     theirs = tokenizers.DefaultTokenizer(use_stemmer=True)
-    for text in _latin_instructions()[:400]:
+    for text in _latin_instructions(shared_data)[:400]:
         assert tokenize(text, stem=True) == theirs.tokenize(text), text
 
 
@@ -110,9 +110,9 @@ def test_score_is_bit_identical_to_rouge_score_on_random_token_sequences(a, b):
     assert rouge_l(" ".join(a), " ".join(b)) == expected
 
 
-def test_score_is_bit_identical_to_rouge_score_on_real_instruction_pairs():
+def test_score_is_bit_identical_to_rouge_score_on_real_instruction_pairs(shared_data):
     scorer = rouge_scorer.RougeScorer(["rougeL"])
-    texts = _latin_instructions()
+    texts = _latin_instructions(shared_data)
     rnd = random.Random(7)
     # Neighbours in the file are often near-duplicates (T0 templates), random pairs mostly are not.
     pairs = [(texts[i], texts[i + 1]) for i in range(len(texts) - 1)]
@@ -121,10 +121,12 @@ def test_score_is_bit_identical_to_rouge_score_on_real_instruction_pairs():
         assert rouge_l(a, b) == scorer.score(a, b)["rougeL"].fmeasure
 
 
-def test_chinese_sharing_one_english_word_no_longer_scores_one():
+def test_chinese_sharing_one_english_word_no_longer_scores_one(shared_data):
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     python_tasks = [
-        t for t in _chinese_instructions() if tokenizers.DefaultTokenizer().tokenize(t) == ["python"]
+        t
+        for t in _chinese_instructions(shared_data)
+        if tokenizers.DefaultTokenizer().tokenize(t) == ["python"]
     ]
     assert len(python_tasks) >= 2
     a, b = python_tasks[0], python_tasks[1]
@@ -136,10 +138,10 @@ def test_chinese_sharing_one_english_word_no_longer_scores_one():
 
 
 @pytest.mark.parametrize("n", [500, pytest.param(3000, marks=pytest.mark.slow)])
-def test_greedy_filter_keeps_exactly_what_rouge_score_on_every_pair_keeps(n):
+def test_greedy_filter_keeps_exactly_what_rouge_score_on_every_pair_keeps(n, shared_data):
     """The reference is Alpaca's loop verbatim (rouge_score on every pair); it is slow, hence N
     (3000 takes a few minutes: marked slow)."""
-    texts = _latin_instructions()
+    texts = _latin_instructions(shared_data)
     rnd = random.Random(3)
     sample = [texts[i] for i in sorted(rnd.sample(range(len(texts)), n))]
     scorer = rouge_scorer.RougeScorer(["rougeL"])
@@ -158,9 +160,9 @@ def test_greedy_filter_keeps_exactly_what_rouge_score_on_every_pair_keeps(n):
     assert 0 < reference.count(False) < len(reference)
 
 
-def test_greedy_filter_matches_brute_force_on_thousands_of_real_instructions():
+def test_greedy_filter_matches_brute_force_on_thousands_of_real_instructions(shared_data):
     """Same decisions, and the same nearest neighbour and score for every rejected and kept record."""
-    texts = _latin_instructions()[:3500]
+    texts = _latin_instructions(shared_data)[:3500]
     pool, candidates = texts[:175], texts[175:]
     expected = _brute_force_greedy([tokenize(t) for t in texts], 0.7, pool=175)
     decisions = greedy_filter(
@@ -175,8 +177,8 @@ def test_greedy_filter_matches_brute_force_on_thousands_of_real_instructions():
             assert decision.nearest == (f"p{best_j}" if best_j < 175 else f"c{best_j - 175}")
 
 
-def test_chinese_near_copies_are_rejected_with_their_original_as_nearest():
-    originals = _chinese_instructions()[:1500]
+def test_chinese_near_copies_are_rejected_with_their_original_as_nearest(shared_data):
+    originals = _chinese_instructions(shared_data)[:1500]
     rnd = random.Random(11)
     copies = []
     for i in rnd.sample(range(len(originals)), 200):
@@ -248,8 +250,8 @@ def test_index_stays_exact_across_reorders_and_for_unseen_query_words():
     assert len(index) == len(texts)
 
 
-def test_nearest_neighbours_gives_every_items_exact_max_above_the_floor():
-    texts = _latin_instructions()[:1200] + _chinese_instructions()[:300]
+def test_nearest_neighbours_gives_every_items_exact_max_above_the_floor(shared_data):
+    texts = _latin_instructions(shared_data)[:1200] + _chinese_instructions(shared_data)[:300]
     items = [(str(i), t) for i, t in enumerate(texts)]
     result = nearest_neighbours(items, floor=0.3)
     token_lists = [tokenize(t) for t in texts]
