@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -39,6 +39,20 @@ def require_dataset(
 def list_datasets(*, db: Session, user: User, project_id: int) -> Sequence[Dataset]:
     require_project(db=db, user=user, project_id=project_id)
     return db.scalars(select(Dataset).where(Dataset.project_id == project_id).order_by(Dataset.id)).all()
+
+
+def datasets_by_project(*, db: Session, project_ids: Sequence[int]) -> dict[int, list[Dataset]]:
+    """The datasets of each of these projects in id order; a project without any has an empty list."""
+    by_project: dict[int, list[Dataset]] = {pid: [] for pid in project_ids}
+    for d in db.scalars(select(Dataset).where(Dataset.project_id.in_(project_ids)).order_by(Dataset.id)):
+        by_project[d.project_id].append(d)
+    return by_project
+
+
+def dataset_names(*, db: Session, dataset_ids: Iterable[int]) -> dict[int, str]:
+    """The names of these datasets, by id."""
+    query = select(Dataset.id, Dataset.name).where(Dataset.id.in_(set(dataset_ids)))
+    return dict(db.execute(query).tuples().all())
 
 
 def create_dataset(

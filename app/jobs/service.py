@@ -16,6 +16,8 @@ from app.errors import Invalid, NotFound
 from app.jobs.models import ACTIVE_STATUSES, Job, JobStatus
 from app.jobs.registry import KINDS, load_object
 from app.projects.service import require_project
+from app.records import service as records
+from app.records.schemas import RecordFilter
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,26 @@ def create_job(
         db.commit()
         send(db=db, job=job)
     return job
+
+
+def human_decided_in_scope(
+    *, db: Session, user: User, dataset_id: int, kind: str, params: dict[str, Any]
+) -> int:
+    """How many records a person decided in the job's scope: what its `override_human` would let it change."""
+    fields = KINDS[kind].params_cls().model_fields
+    if "override_human" not in fields:
+        return 0
+    try:
+        raw = params.get("scope")
+        scope = (
+            RecordFilter.model_validate(raw)
+            if raw
+            else fields["scope"].get_default(call_default_factory=True)
+        )
+    except ValidationError as exc:
+        raise Invalid(validation_message(exc, prefix="params.scope")) from exc
+    flt = scope.model_copy(update={"human_decided": True})
+    return records.count_records(db=db, user=user, dataset_id=dataset_id, flt=flt)
 
 
 def send(*, db: Session, job: Job) -> None:

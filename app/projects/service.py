@@ -151,3 +151,34 @@ def remove_member(*, db: Session, user: User, project_id: int, user_id: int) -> 
         project_id=project_id,
         detail={"user_id": user_id},
     )
+
+
+def roles_by_project(*, db: Session, user: User, project_ids: Sequence[int]) -> dict[int, str]:
+    """The user's role in each of these projects (admins are admins in every one)."""
+    if user.role == Role.admin.value:
+        return {pid: Role.admin.value for pid in project_ids}
+    query = select(ProjectMember.project_id, ProjectMember.role).where(
+        ProjectMember.user_id == user.id, ProjectMember.project_id.in_(project_ids)
+    )
+    return dict(db.execute(query).tuples().all())
+
+
+def member_candidates(*, db: Session, user: User, project_id: int) -> Sequence[User]:
+    """Active users who are not members of the project yet, by username: whom a curator may add."""
+    require_project(db=db, user=user, project_id=project_id, min_role=Role.curator.value)
+    members = select(ProjectMember.user_id).where(ProjectMember.project_id == project_id)
+    query = select(User).where(User.is_active.is_(True), User.id.not_in(members)).order_by(User.username)
+    return db.scalars(query).all()
+
+
+def username_of(*, db: Session, user_id: int) -> str:
+    """A user's name ("" for a user deleted meanwhile)."""
+    target = db.get(User, user_id)
+    return target.username if target else ""
+
+
+def list_users(*, db: Session, user: User) -> Sequence[User]:
+    """Every user, by username (admins only)."""
+    if user.role != Role.admin.value:
+        raise Forbidden("only admins manage users")
+    return db.scalars(select(User).order_by(User.username)).all()

@@ -94,6 +94,12 @@ def count_records(*, db: Session, user: User, dataset_id: int, flt: RecordFilter
     )
 
 
+def count_flagged(*, db: Session, dataset_id: int, cap: int) -> int:
+    """How many records of the dataset are flagged for a curator, counted up to `cap` (a page says "cap+")."""
+    flagged = select(Record.id).where(Record.dataset_id == dataset_id, Record.flagged.is_(True)).limit(cap)
+    return int(db.scalar(select(func.count()).select_from(flagged.subquery())) or 0)
+
+
 def filtered_query(dataset_id: int, flt: RecordFilter) -> Select[Record]:
     return select(Record).where(and_(*filter_clauses(dataset_id, flt)))
 

@@ -1,0 +1,82 @@
+"""Login, logout, the home redirect and the UI's static files."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse
+
+from app.auth import service as auth_service
+from app.auth.router import set_session_cookie
+from app.deps import SESSION_COOKIE, SessionDep, SettingsDep, user_from_cookie
+from app.errors import DomainError, Forbidden, NotFound
+from app.ui.web import (
+    HERE,
+    LOGIN_COOKIE,
+    CheckedForm,
+    HtmlRoute,
+    check_login_csrf,
+    login_csrf,
+    render,
+    safe_next,
+    set_login_cookie,
+)
+
+router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
+STATIC = (HERE / "static").resolve()
+
+
+@router.get("/")
+def home(request: Request, db: SessionDep, settings: SettingsDep) -> RedirectResponse:
+    user = user_from_cookie(db, settings, request.cookies.get(SESSION_COOKIE))
+    return RedirectResponse("/ui" if user else "/login", status_code=303)
+
+
+@router.get("/ui/static/{path:path}")
+def static(path: str) -> FileResponse:
+    """The UI's own CSS and JS (no third-party assets, no build step)."""
+    target = (STATIC / path).resolve()
+    if not target.is_relative_to(STATIC) or not target.is_file():
+        raise NotFound("no such file")
+    return FileResponse(target, headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/login")
+def login_page(request: Request, settings: SettingsDep, next: str | None = None) -> Response:
+    value, token = login_csrf(request)
+    response = render(request, "login.html", None, next=safe_next(next), error=None, login_token=token)
+    set_login_cookie(response, value, settings)
+    return response
+
+
+@router.post("/login")
+async def login_submit(request: Request, db: SessionDep, settings: SettingsDep) -> Response:
+    form = await request.form()
+    next_url = safe_next(str(form.get("next") or ""))
+    token = form.get("csrf_token")
+    if not check_login_csrf(request, token if isinstance(token, str) else None, settings):
+        raise Forbidden("the login form expired: reload the page and log in again")
+    try:
+        user = auth_service.authenticate(
+            db=db, username=str(form.get("username", "")), password=str(form.get("password", ""))
+        )
+    except DomainError as exc:
+        return render(
+            request,
+            "login.html",
+            None,
+            status_code=exc.status_code,
+            next=next_url,
+            error=exc.message,
+            login_token=login_csrf(request)[1],
+        )
+    response = RedirectResponse(next_url, status_code=303)
+    set_session_cookie(response, settings, user)
+    response.delete_cookie(LOGIN_COOKIE)
+    return response
+
+
+@router.post("/logout")
+def logout(form: CheckedForm) -> RedirectResponse:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response

@@ -1,0 +1,143 @@
+"""Job-start forms (generated from each kind's parameter schema) and the jobs list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session
+from starlette.datastructures import FormData
+
+from app.auth.models import Role, User
+from app.datasets import service as datasets
+from app.datasets.models import Dataset
+from app.deps import SessionDep
+from app.errors import Invalid, NotFound
+from app.jobs import service as jobs
+from app.jobs.models import ACTIVE_STATUSES, Job
+from app.jobs.registry import KINDS, JobKind
+from app.ui.forms import FormField, form_fields, parse_form
+from app.ui.web import CheckedForm, HtmlRoute, PageUser, redirect, render
+
+router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
+
+OVERRIDE_WARNING = (
+    "With “override human decisions” on, this job may change the status of {human} records that "
+    "a person accepted, rejected, edited or rated. Start it again to confirm, or untick the box."
+)
+
+
+def startable_kinds() -> list[JobKind]:
+    """The kinds a curator starts from a form (not internal ones, nor imports: those are uploads)."""
+    return [k for k in KINDS.values() if not k.internal and k.name != "import"]
+
+
+def _kind_form(kind: str) -> tuple[JobKind, list[FormField]]:
+    spec = KINDS.get(kind)
+    if spec is None or spec not in startable_kinds():
+        raise NotFound(f"no job kind {kind!r} to start from a form")
+    model = spec.params_cls()
+    defaults = {
+        name: f.get_default(call_default_factory=True)
+        for name, f in model.model_fields.items()
+        if not f.is_required()
+    }
+    plain = {
+        k: (v.model_dump(mode="json", exclude_none=True) if hasattr(v, "model_dump") else v)
+        for k, v in defaults.items()
+    }
+    return spec, form_fields(model.model_json_schema(), plain)
+
+
+def _defaults_of(fields: list[FormField]) -> dict[str, Any]:
+    return parse_form(fields, {f.name: ("on" if f.checked else f.value) for f in fields})
+
+
+@dataclass
+class JobForm:
+    """The job form page: the fields, how many records of the scope a person decided, and any error."""
+
+    dataset: Dataset
+    spec: JobKind
+    fields: list[FormField]
+    human: int = 0
+    error: str | None = None
+    confirm: int | None = None
+    status_code: int = 200
+
+    def render(self, request: Request, user: User) -> Response:
+        return render(request, "job_form.html", user, **vars(self))
+
+
+def _job_form(db: Session, user: User, dataset_id: int, kind: str) -> JobForm:
+    dataset = datasets.require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    spec, fields = _kind_form(kind)
+    return JobForm(dataset=dataset, spec=spec, fields=fields)
+
+
+def _show_posted(fields: list[FormField], form: FormData) -> None:
+    """A form shown again shows what was posted."""
+    for f in fields:
+        if f.kind == "checkbox":
+            f.checked = form.get(f.name) == "on"
+        else:
+            f.value = str(form.get(f.name, f.value))
+
+
+def _start(db: Session, user: User, page: JobForm, form: FormData) -> Job | None:
+    """The job the posted form describes, queued; None, with the page's error set, if it was not started."""
+    page.status_code = 422
+    try:
+        params = parse_form(page.fields, form)
+        page.human = jobs.human_decided_in_scope(
+            db=db, user=user, dataset_id=page.dataset.id, kind=page.spec.name, params=params
+        )
+        if params.get("override_human") and page.human and form.get("confirm_override") != str(page.human):
+            # A curator overturning people's decisions says so twice, knowing how many.
+            page.confirm, page.status_code = page.human, 409
+            page.error = OVERRIDE_WARNING.format(human=page.human)
+            return None
+        return jobs.create_job(
+            db=db, user=user, kind=page.spec.name, project_id=None, dataset_id=page.dataset.id, params=params
+        )
+    except Invalid as exc:
+        page.error = exc.message
+        return None
+
+
+@router.get("/ui/datasets/{dataset_id}/jobs/new/{kind}")
+def job_form(request: Request, dataset_id: int, kind: str, user: PageUser, db: SessionDep) -> Response:
+    page = _job_form(db, user, dataset_id, kind)
+    params = _defaults_of(page.fields)
+    page.human = jobs.human_decided_in_scope(
+        db=db, user=user, dataset_id=dataset_id, kind=kind, params=params
+    )
+    return page.render(request, user)
+
+
+@router.post("/ui/datasets/{dataset_id}/jobs/new/{kind}")
+def job_start(
+    request: Request, dataset_id: int, kind: str, form: CheckedForm, user: PageUser, db: SessionDep
+) -> Response:
+    page = _job_form(db, user, dataset_id, kind)
+    _show_posted(page.fields, form)
+    job = _start(db, user, page, form)
+    if job is None:
+        return page.render(request, user)
+    return redirect(f"/ui/jobs/{job.id}", f"{kind} job {job.id} queued")
+
+
+@router.get("/ui/jobs")
+def jobs_page(request: Request, user: PageUser, db: SessionDep, dataset_id: int | None = None) -> Response:
+    rows = jobs.list_jobs(
+        db=db, user=user, project_id=None, dataset_id=dataset_id, status=None, kind=None, limit=100
+    )
+    names = datasets.dataset_names(db=db, dataset_ids={j.dataset_id for j in rows if j.dataset_id})
+    return render(request, "jobs.html", user, jobs=rows, names=names, active=ACTIVE_STATUSES)
+
+
+@router.get("/ui/jobs/{job_id}")
+def job_page(request: Request, job_id: int, user: PageUser, db: SessionDep) -> Response:
+    job: Job = jobs.get_job(db=db, user=user, job_id=job_id)
+    return render(request, "job.html", user, job=job, active=ACTIVE_STATUSES)

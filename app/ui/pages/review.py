@@ -1,0 +1,38 @@
+"""The annotators' keyboard review page and a record's history."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from app.datasets import service as datasets
+from app.deps import SessionDep
+from app.records import service as records
+from app.review import service as review
+from app.ui.web import HtmlRoute, PageUser, render
+
+router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
+
+PREFETCH = 5
+
+
+@router.get("/ui/datasets/{dataset_id}/review")
+def review_page(
+    request: Request, dataset_id: int, user: PageUser, db: SessionDep, record: int | None = None
+) -> Response:
+    """The keyboard review page; the first records (and the ones after) ride along in the page."""
+    dataset = datasets.require_dataset(db=db, user=user, dataset_id=dataset_id)
+    items = review.opening_items(db=db, user=user, dataset_id=dataset_id, record_id=record, limit=PREFETCH)
+    data = {
+        "dataset_id": dataset.id,
+        "prefetch": PREFETCH,
+        "items": [i.model_dump(mode="json") for i in items],
+        "open_assignments": review.open_assignments(db=db, user=user, dataset_id=dataset_id),
+    }
+    return render(request, "review.html", user, dataset=dataset, data=data)
+
+
+@router.get("/ui/records/{record_id}/history")
+def history_page(request: Request, record_id: int, user: PageUser, db: SessionDep) -> Response:
+    record = records.get_record(db=db, user=user, record_id=record_id)
+    history = review.history(db=db, user=user, record_id=record_id)
+    return render(request, "history.html", user, record=record, history=history)
