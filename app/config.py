@@ -36,6 +36,15 @@ class Settings(BaseSettings):
     secret_key: str = Field(DEFAULT_SECRET, description="Signs session cookies and CSRF tokens.")
     session_max_age: int = Field(7 * 24 * 3600, description="Web session lifetime in seconds.")
     cookie_secure: bool = Field(False, description="Mark session cookies Secure (set true behind HTTPS).")
+    login_free_failures: int = Field(
+        5,
+        ge=1,
+        description="Failed logins an account may have before each further one costs a growing delay "
+        "(1 s, 2 s, 4 s ...); a client address may have four times as many.",
+    )
+    login_max_delay_seconds: int = Field(
+        900, ge=1, description="The longest delay a run of failed logins imposes (HTTP 429 with Retry-After)."
+    )
     admin_username: str = Field("admin", description="Username of the admin created on first start.")
     admin_password: str = Field(
         "", description="Password of the admin created on first start. Empty = generated and printed once."

@@ -9,8 +9,9 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
+from app.auth import sessions
 from app.auth.models import User
-from app.auth.security import check_csrf, read_session
+from app.auth.security import check_csrf
 from app.config import Settings, get_settings
 from app.db import session_scope
 from app.errors import Forbidden, Unauthorized
@@ -36,15 +37,14 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def user_from_cookie(db: Session, settings: Settings, cookie: str | None) -> User | None:
-    if not cookie:
-        return None
-    data = read_session(settings.secret_key, cookie, settings.session_max_age)
-    if data is None:
-        return None
-    user = db.get(User, data.get("u"))
-    if user is None or not user.is_active or user.session_epoch != data.get("e"):
-        return None
-    return user
+    """The user of a live session (app.auth.sessions): ended by logout, a password change, deactivation."""
+    return sessions.session_user(db=db, settings=settings, cookie=cookie)
+
+
+def client_address(request: Request) -> str:
+    """The client's address, as the ASGI server reports it. Behind a proxy that is the proxy unless the
+    server trusts its X-Forwarded-For (uvicorn: FORWARDED_ALLOW_IPS, see docs/deployment.md)."""
+    return request.client.host if request.client else "unknown"
 
 
 def get_current_user(request: Request, db: SessionDep, settings: SettingsDep) -> User:

@@ -15,9 +15,12 @@ class AuditLog(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
-    action: Mapped[str] = mapped_column(String(64))
+    # The actor: who did it (None: the system, or a failed login of no known account).
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    action: Mapped[str] = mapped_column(String(64), index=True)
     entity_type: Mapped[str] = mapped_column(String(32))
     entity_id: Mapped[str] = mapped_column(String(64))
-    project_id: Mapped[int | None] = mapped_column(nullable=True)
+    project_id: Mapped[int | None] = mapped_column(nullable=True, index=True)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

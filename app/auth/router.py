@@ -1,16 +1,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from sqlalchemy.orm import object_session
 
-from app.audit import service as audit
-from app.auth import service
+from app.auth import service, sessions
 from app.auth.models import ApiToken, Role, User
 from app.auth.schemas import (
     LoginRequest,
     LoginResponse,
+    PasswordChange,
     TokenCreate,
     TokenCreated,
     TokenRead,
@@ -19,15 +22,24 @@ from app.auth.schemas import (
     UserRead,
     UserUpdate,
 )
-from app.auth.security import csrf_token_for, hash_password, sign_session
-from app.deps import SESSION_COOKIE, CurrentUser, SessionDep, SettingsDep, user_from_cookie
-from app.errors import Forbidden, Invalid, NotFound, Unauthorized
+from app.auth.security import csrf_token_for
+from app.auth.throttle import TooManyAttempts
+from app.config import Settings
+from app.deps import SESSION_COOKIE, CurrentUser, SessionDep, SettingsDep, client_address, user_from_cookie
+from app.errors import Forbidden, Unauthorized
 
 router = APIRouter(tags=["auth"])
+THROTTLED: dict[int | str, dict[str, Any]] = {
+    429: {"description": "Too many failed logins: wait Retry-After seconds."}
+}
 
 
-def set_session_cookie(response: Response, settings: SettingsDep, user: User) -> str:
-    cookie = sign_session(settings.secret_key, user.id, user.session_epoch)
+def set_session_cookie(response: Response, settings: Settings, user: User) -> str:
+    """Start a session for the user (a row in the request's unit of work, the session that loaded the user)
+    and set its HttpOnly cookie. Returns the session's CSRF token."""
+    db = object_session(user)
+    assert db is not None, "set_session_cookie needs a user loaded by the request's session"
+    cookie = sessions.start_session(db=db, settings=settings, user=user)
     response.set_cookie(
         SESSION_COOKIE,
         cookie,
@@ -40,17 +52,60 @@ def set_session_cookie(response: Response, settings: SettingsDep, user: User) ->
     return csrf_token_for(settings.secret_key, cookie)
 
 
-@router.post("/auth/login", response_model=LoginResponse)
-def login(body: LoginRequest, response: Response, db: SessionDep, settings: SettingsDep) -> LoginResponse:
-    """Log in with username and password; sets an HttpOnly session cookie."""
-    user = service.authenticate(db=db, username=body.username, password=body.password)
+def too_many_attempts(exc: TooManyAttempts) -> JSONResponse:
+    return JSONResponse(
+        {"detail": exc.message, "retry_after": exc.retry_after},
+        status_code=exc.status_code,
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
+@router.post("/auth/login", response_model=LoginResponse, responses=THROTTLED)
+def login(
+    body: LoginRequest, request: Request, response: Response, db: SessionDep, settings: SettingsDep
+) -> LoginResponse | JSONResponse:
+    """Log in with username and password; sets an HttpOnly session cookie. Failures are throttled."""
+    try:
+        user = service.authenticate(
+            db=db, username=body.username, password=body.password, client=client_address(request), via="api"
+        )
+    except TooManyAttempts as exc:
+        return too_many_attempts(exc)
     csrf = set_session_cookie(response, settings, user)
     return LoginResponse(user=UserRead.model_validate(user), csrf_token=csrf)
 
 
 @router.post("/auth/logout", status_code=204)
-def logout(response: Response) -> None:
+def logout(request: Request, response: Response, db: SessionDep) -> None:
+    """End this session on the server (the cookie stops working everywhere it was copied) and drop it."""
+    service.logout(db=db, cookie=request.cookies.get(SESSION_COOKIE), client=client_address(request))
     response.delete_cookie(SESSION_COOKIE, path="/")
+
+
+@router.post("/auth/password", status_code=204, response_model=None, responses=THROTTLED)
+def change_password(
+    body: PasswordChange,
+    request: Request,
+    response: Response,
+    user: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+) -> Response | None:
+    """Change your own password (the current one required). Every session and API token of yours ends;
+    a request made with the session cookie gets a new session cookie (GET /auth/me for its CSRF token)."""
+    try:
+        service.change_own_password(
+            db=db,
+            user=user,
+            current_password=body.current_password,
+            new_password=body.new_password,
+            client=client_address(request),
+        )
+    except TooManyAttempts as exc:
+        return too_many_attempts(exc)
+    if request.cookies.get(SESSION_COOKIE):
+        set_session_cookie(response, settings, user)
+    return None
 
 
 @router.get("/auth/me", response_model=LoginResponse)
@@ -61,11 +116,22 @@ def me(request: Request, user: CurrentUser, settings: SettingsDep) -> LoginRespo
     )
 
 
-@router.post("/auth/tokens", response_model=TokenCreated, status_code=201)
-def create_token(body: TokenCreate, request: Request, db: SessionDep, settings: SettingsDep) -> TokenCreated:
-    """Create an API token, either for the logged-in user or from username + password."""
+@router.post("/auth/tokens", response_model=TokenCreated, status_code=201, responses=THROTTLED)
+def create_token(
+    body: TokenCreate, request: Request, db: SessionDep, settings: SettingsDep
+) -> TokenCreated | JSONResponse:
+    """Create an API token, either for the logged-in user or from username + password (throttled as a login)."""
     if body.username is not None:
-        user = service.authenticate(db=db, username=body.username, password=body.password or "")
+        try:
+            user = service.authenticate(
+                db=db,
+                username=body.username,
+                password=body.password or "",
+                client=client_address(request),
+                via="token",
+            )
+        except TooManyAttempts as exc:
+            return too_many_attempts(exc)
     else:
         user_or_none = user_from_cookie(db, settings, request.cookies.get(SESSION_COOKIE))
         if user_or_none is None:
@@ -115,26 +181,8 @@ def create_user(body: UserCreate, user: CurrentUser, db: SessionDep) -> User:
 
 @router.patch("/users/{user_id}", response_model=UserRead)
 def update_user(user_id: int, body: UserUpdate, user: CurrentUser, db: SessionDep) -> User:
-    _require_admin(user)
-    target = db.get(User, user_id)
-    if target is None:
-        raise NotFound(f"user {user_id} not found")
-    if body.role is not None:
-        if body.role not in Role.__members__:
-            raise Invalid(f"role must be one of {', '.join(Role.__members__)}", field="role")
-        target.role = body.role
-    if body.is_active is not None:
-        target.is_active = body.is_active
-        target.session_epoch += 1
-    if body.password is not None:
-        target.password_hash = hash_password(body.password)
-        target.session_epoch += 1
-    audit.record(
-        db=db,
-        user_id=user.id,
-        action="user.update",
-        entity_type="user",
-        entity_id=user_id,
-        detail=body.model_dump(exclude_none=True, exclude={"password"}),
+    """Change a user's role, state or password (admins). A new password or a deactivation ends every
+    session and API token of the account; reactivating it brings none back."""
+    return service.update_user(
+        db=db, actor=user, user_id=user_id, role=body.role, is_active=body.is_active, password=body.password
     )
-    return target

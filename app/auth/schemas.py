@@ -46,6 +46,11 @@ class UserUpdate(BaseModel):
     password: str | None = Field(None, min_length=8, max_length=1000)
 
 
+class PasswordChange(BaseModel):
+    current_password: str = Field(min_length=1, max_length=1000)
+    new_password: str = Field(min_length=8, max_length=1000)
+
+
 class TokenCreate(BaseModel):
     name: str = Field("api", min_length=1, max_length=100)
     username: str | None = Field(None, description="With password: get a token without a session.")

@@ -43,8 +43,9 @@ def _serializer(secret: str) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(secret, salt="instructforge-session")
 
 
-def sign_session(secret: str, user_id: int, epoch: int) -> str:
-    return _serializer(secret).dumps({"u": user_id, "e": epoch, "c": secrets.token_urlsafe(16)})
+def sign_session(secret: str, user_id: int, epoch: int, session_id: str) -> str:
+    """The session cookie: the user, their session epoch and the id of the session row (app.auth.sessions)."""
+    return _serializer(secret).dumps({"u": user_id, "e": epoch, "s": session_id})
 
 
 def read_session(secret: str, cookie: str, max_age: int) -> dict[str, object] | None:

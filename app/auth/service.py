@@ -1,23 +1,29 @@
 from __future__ import annotations
 
+import logging
 import secrets
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.auth.models import ApiToken, Role, User
+from app.auth import sessions, throttle
+from app.auth.models import ApiToken, LoginThrottle, Role, User
 from app.auth.security import hash_password, hash_token, new_api_token, verify_password
 from app.base import utcnow
-from app.errors import Conflict, Invalid, NotFound, Unauthorized
+from app.config import get_settings
+from app.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
+
+log = logging.getLogger(__name__)
+MIN_PASSWORD = 8
 
 
 def create_user(*, db: Session, username: str, password: str, role: str, actor_id: int | None = None) -> User:
     """Create a user; usernames are unique (case-insensitive)."""
     if role not in Role.__members__:
         raise Invalid(f"role must be one of {', '.join(Role.__members__)}", field="role")
-    if len(password) < 8:
-        raise Invalid("password must be at least 8 characters", field="password")
+    if len(password) < MIN_PASSWORD:
+        raise Invalid(f"password must be at least {MIN_PASSWORD} characters", field="password")
     if db.scalar(select(User.id).where(func.lower(User.username) == username.lower())) is not None:
         raise Conflict(f"username {username!r} is taken", field="username")
     user = User(username=username, password_hash=hash_password(password), role=role)
@@ -34,13 +40,85 @@ def create_user(*, db: Session, username: str, password: str, role: str, actor_i
     return user
 
 
-def authenticate(*, db: Session, username: str, password: str) -> User:
+def _check_password(
+    *, db: Session, username: str, password: str, client: str
+) -> tuple[User | None, str | None, list[LoginThrottle]]:
+    """One throttled password check: (the user, why it failed or None, the throttle rows it holds)."""
+    rows = throttle.guard(db=db, keys=throttle.keys_for(username, client))
     user = db.scalar(select(User).where(func.lower(User.username) == username.lower()))
     # Verify even for unknown users so response time does not reveal which usernames exist.
     ok = verify_password(user.password_hash if user else None, password)
-    if user is None or not ok or not user.is_active:
+    if user is None:
+        return None, "unknown user", rows
+    if not ok:
+        return user, "wrong password", rows
+    if not user.is_active:
+        return user, "inactive account", rows
+    return user, None, rows
+
+
+def _failure(
+    *,
+    db: Session,
+    user: User | None,
+    username: str,
+    reason: str,
+    client: str,
+    via: str,
+    rows: list[LoginThrottle],
+    action: str = "auth.login_failed",
+) -> None:
+    """Count and record a failed password check, committed now: the request that made it fails after."""
+    blocked = throttle.failed(db=db, rows=rows, settings=get_settings())
+    audit.record(
+        db=db,
+        user_id=user.id if user else None,
+        action=action,
+        entity_type="user",
+        entity_id=user.id if user else "",
+        detail={
+            "username": username[:100],
+            "reason": reason,
+            "via": via,
+            "client": client,
+            **({"blocked_for_s": blocked} if blocked else {}),
+        },
+    )
+    db.commit()
+    log.warning("%s for %r from %s via %s: %s", action, username[:100], client, via, reason)
+
+
+def authenticate(*, db: Session, username: str, password: str, client: str = "", via: str = "api") -> User:
+    """The user with these credentials, or 401 (the same answer for every reason). Throttled per account
+    and client address (app.auth.throttle: 429 while blocked); successes and failures are audited."""
+    user, reason, rows = _check_password(db=db, username=username, password=password, client=client)
+    if reason is not None or user is None:
+        _failure(db=db, user=user, username=username, reason=reason or "", client=client, via=via, rows=rows)
         raise Unauthorized("invalid username or password")
+    throttle.succeeded(db=db, rows=rows)
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="auth.login",
+        entity_type="user",
+        entity_id=user.id,
+        detail={"via": via, "client": client},
+    )
     return user
+
+
+def logout(*, db: Session, cookie: str | None, client: str) -> None:
+    """End the session the cookie names, on the server: the cookie is worthless from now on."""
+    user_id = sessions.end_session(db=db, settings=get_settings(), cookie=cookie)
+    if user_id is not None:
+        audit.record(
+            db=db,
+            user_id=user_id,
+            action="auth.logout",
+            entity_type="user",
+            entity_id=user_id,
+            detail={"client": client},
+        )
 
 
 def issue_token(*, db: Session, user: User, name: str) -> tuple[ApiToken, str]:
@@ -48,7 +126,14 @@ def issue_token(*, db: Session, user: User, name: str) -> tuple[ApiToken, str]:
     token = ApiToken(user_id=user.id, name=name, prefix=prefix, token_hash=digest)
     db.add(token)
     db.flush()
-    audit.record(db=db, user_id=user.id, action="token.create", entity_type="api_token", entity_id=token.id)
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="token.create",
+        entity_type="api_token",
+        entity_id=token.id,
+        detail={"name": name, "prefix": prefix, "owner": user.id},
+    )
     return token, plain
 
 
@@ -79,7 +164,122 @@ def revoke_token(*, db: Session, user: User, token_id: int) -> None:
     token = db.get(ApiToken, token_id)
     if token is None or token.user_id != user.id:
         raise NotFound("token not found")
-    token.revoked = True
+    if not token.revoked:
+        token.revoked = True
+        audit.record(
+            db=db,
+            user_id=user.id,
+            action="token.revoke",
+            entity_type="api_token",
+            entity_id=token.id,
+            detail={"name": token.name, "prefix": token.prefix, "owner": user.id},
+        )
+
+
+def _end_credentials(*, db: Session, user: User, actor_id: int, why: str) -> dict[str, int]:
+    """Everything the account signed in with stops working: every session and every API token. Tokens are
+    revoked for good, so reactivating an account brings none back."""
+    ended = sessions.end_all_sessions(db=db, user=user)
+    revoked = db.execute(
+        update(ApiToken)
+        .where(ApiToken.user_id == user.id, ApiToken.revoked.is_(False))
+        .values(revoked=True)
+        .returning(ApiToken.id)
+    ).all()
+    if revoked:
+        audit.record(
+            db=db,
+            user_id=actor_id,
+            action="token.revoke",
+            entity_type="user",
+            entity_id=user.id,
+            detail={"owner": user.id, "tokens": [t.id for t in revoked], "reason": why},
+        )
+    return {"sessions_ended": ended, "tokens_revoked": len(revoked)}
+
+
+def change_own_password(
+    *, db: Session, user: User, current_password: str, new_password: str, client: str
+) -> dict[str, int]:
+    """A user sets a new password, proving the current one (throttled like a login). Every session and API
+    token of the account ends, this one's included: the caller starts a new session for this browser."""
+    if len(new_password) < MIN_PASSWORD:
+        raise Invalid(f"password must be at least {MIN_PASSWORD} characters", field="new_password")
+    if new_password == current_password:
+        raise Invalid("the new password is the current one", field="new_password")
+    _, reason, rows = _check_password(db=db, username=user.username, password=current_password, client=client)
+    if reason is not None:
+        _failure(
+            db=db,
+            user=user,
+            username=user.username,
+            reason=reason,
+            client=client,
+            via="password_change",
+            rows=rows,
+            action="user.password_change_failed",
+        )
+        raise Invalid("the current password is wrong", field="current_password")
+    throttle.succeeded(db=db, rows=rows)
+    user.password_hash = hash_password(new_password)
+    ended = _end_credentials(db=db, user=user, actor_id=user.id, why="password changed")
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="user.password_change",
+        entity_type="user",
+        entity_id=user.id,
+        detail={"by": "self", "client": client, **ended},
+    )
+    return ended
+
+
+def update_user(
+    *,
+    db: Session,
+    actor: User,
+    user_id: int,
+    role: str | None = None,
+    is_active: bool | None = None,
+    password: str | None = None,
+) -> User:
+    """An admin changes a user's role, state or password. A new password or a deactivation ends every
+    session and API token of the account."""
+    if actor.role != Role.admin.value:
+        raise Forbidden("only admins manage users")
+    target = db.get(User, user_id)
+    if target is None:
+        raise NotFound(f"user {user_id} not found")
+    before = {"role": target.role, "is_active": target.is_active}
+    if role is not None:
+        if role not in Role.__members__:
+            raise Invalid(f"role must be one of {', '.join(Role.__members__)}", field="role")
+        target.role = role
+    if is_active is not None:
+        target.is_active = is_active
+    ended: dict[str, int] = {}
+    if password is not None:
+        if len(password) < MIN_PASSWORD:
+            raise Invalid(f"password must be at least {MIN_PASSWORD} characters", field="password")
+        target.password_hash = hash_password(password)
+        ended = _end_credentials(db=db, user=target, actor_id=actor.id, why="password set by an admin")
+    elif before["is_active"] and not target.is_active:
+        ended = _end_credentials(db=db, user=target, actor_id=actor.id, why="account deactivated")
+    audit.record(
+        db=db,
+        user_id=actor.id,
+        action="user.update",
+        entity_type="user",
+        entity_id=target.id,
+        before={**before, "password": None},
+        after={
+            "role": target.role,
+            "is_active": target.is_active,
+            "password": "changed" if password is not None else None,
+        },
+        detail=ended,
+    )
+    return target
 
 
 def ensure_admin(*, db: Session, username: str, password: str) -> str | None:
