@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.pipeline.generate_cli import add_cli
+from app.cli.generate import add_cli
 from app.pipeline.instances import Instance, filter_instances, parse_output_first
 from app.pipeline.llm import Gateway, InMemoryCache, ResponseCache, TeacherUnavailable
 from app.pipeline.rouge import rouge_l

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -52,7 +53,8 @@ def test_db_upgrade_users_create_and_import_from_the_command_line(tmp_path, shar
     seeds = shared_data / "self-instruct" / "seed_tasks.jsonl"
     out = _cli(tmp_path, "import", str(seeds), "--dataset", "1")
     assert out.returncode == 0, out.stderr
-    assert "imported 175 records (self_instruct)" in out.stdout
+    summary = json.loads(out.stdout)  # not a terminal: the summary is one JSON line
+    assert (summary["imported"], summary["format"], summary["dataset"]) == (175, "self_instruct", 1)
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Record.__table__)) == 175
 

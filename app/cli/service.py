@@ -1,5 +1,4 @@
-"""`instructforge` command line: serve, worker, run (everything, embedded), users, db, import, and the
-pipeline commands (dedup, filter, generate) that work without the service."""
+"""The service's commands: serve, worker, run (everything, embedded), db upgrade, users create, import."""
 
 from __future__ import annotations
 
@@ -9,12 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from importlib import import_module
+import uuid
 from pathlib import Path
 from typing import Any
 
-Handler = Callable[[argparse.Namespace], int]
+from app.cli.database import location, needs_database
+from app.cli.output import Progress, add_output_options, reason_rows, summary, wants_progress
 
 
 def _settings() -> Any:
@@ -23,15 +22,21 @@ def _settings() -> Any:
     return get_settings()
 
 
+@needs_database(create=True)
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    return _upgrade(args.revision)
+
+
+def _upgrade(revision: str) -> int:
     from app.migrate import upgrade
 
     _settings().data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(revision=args.revision)
-    print(f"database at {args.revision}: {_settings().resolved_database_url.split('@')[-1]}")
+    upgrade(revision=revision)
+    print(f"database at {revision}: {location(_settings())}")
     return 0
 
 
+@needs_database(create=False)
 def cmd_users_create(args: argparse.Namespace) -> int:
     from app.auth.service import create_user
     from app.db import session_scope
@@ -90,7 +95,7 @@ def prepare(*, migrate: bool) -> int:
     """
     _settings().data_dir.mkdir(parents=True, exist_ok=True)
     if migrate:
-        cmd_db_upgrade(argparse.Namespace(revision="head"))
+        _upgrade("head")
     else:
         current, head = schema_revisions()
         if current != head:
@@ -117,6 +122,7 @@ def schema_revisions() -> tuple[str | None, str | None]:
     return current, ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+@needs_database(create=True)
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -160,6 +166,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     os.execv(argv[0], argv)  # noqa: S606 - replace this process with the Celery worker
 
 
+@needs_database(create=True)
 def cmd_run(args: argparse.Namespace) -> int:
     """Everything on embedded defaults: migrate, create the admin, start API + one worker; Ctrl-C stops all."""
     settings = _settings()
@@ -216,23 +223,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+@needs_database(create=False)
 def cmd_import(args: argparse.Namespace) -> int:
     """Import a file into a dataset directly (no worker needed): validated whole, then written in batches."""
-    from app.config import get_settings
     from app.datasets.models import Dataset
     from app.db import session_scope
     from app.errors import DomainError
     from app.imports.service import parse_file, write_records
 
     path = Path(args.file)
+    bad: list[dict[str, Any]] = []
+    progress = Progress(
+        label=f"validating {path.name}",
+        unit="records",
+        total=None,
+        enabled=wants_progress(args),
+        extra=lambda: f"{len(bad)} bad lines skipped" if bad else "",
+    )
     try:
         records, bad, fmt = parse_file(path, fmt=args.format, filename=path.name, skip_bad=args.skip_bad)
+        progress.phase(label=f"importing {path.name}", unit="records", total=len(records))
         with session_scope() as db:
             if db.get(Dataset, args.dataset) is None:
+                progress.close()
                 print(f"error: dataset {args.dataset} not found", file=sys.stderr)
                 return 2
-            import uuid
-
             write_records(
                 sessions=[db],
                 dataset_id=args.dataset,
@@ -240,78 +255,151 @@ def cmd_import(args: argparse.Namespace) -> int:
                 fmt=fmt,
                 key_prefix=f"imp:cli{uuid.uuid4().hex[:10]}",
                 job_id=None,
-                batch_size=get_settings().import_batch_size,
+                batch_size=_settings().import_batch_size,
+                on_batch=lambda _db, rows: progress.advance(rows),
             )
     except DomainError as exc:
+        progress.close()
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
-    print(
-        f"imported {len(records)} records ({fmt}) into dataset {args.dataset}; {len(bad)} bad lines skipped"
+    finally:
+        progress.close()
+    summary(
+        title=f"import: {len(records)} records into dataset {args.dataset}",
+        rows=[
+            ("imported records", len(records)),
+            ("format", fmt),
+            ("dataset", args.dataset),
+            ("bad lines skipped", len(bad)),
+            *reason_rows(_bad_fields(bad)),
+            ("file", path.absolute()),
+        ],
+        data={
+            "command": "import",
+            "imported": len(records),
+            "format": fmt,
+            "dataset": args.dataset,
+            "bad_lines": len(bad),
+            "file": str(path.absolute()),
+        },
+        as_json=args.json,
     )
     for b in bad[:20]:
         print(f"  line {b['line']}: {b['message']}", file=sys.stderr)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="instructforge", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _bad_fields(bad: list[dict[str, Any]]) -> dict[str, int]:
+    """Bad lines counted by the field at fault (or 'line' when the line as a whole is)."""
+    counts: dict[str, int] = {}
+    for b in bad:
+        field = str(b.get("field") or "line")
+        counts[field] = counts.get(field, 0) + 1
+    return counts
 
-    p = sub.add_parser("serve", help="run the API + web UI")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1)
+
+def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register serve, worker, run, db and users, and import."""
+    from app.pipeline.formats import FORMATS
+
+    p = subparsers.add_parser(
+        "serve",
+        help="run the API and web UI",
+        description="Run the API and web UI (uvicorn). The database must be at the newest schema: see "
+        "`db upgrade` or --migrate.",
+    )
+    _listen_options(p)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default: %(default)s)")
     p.add_argument(
-        "--migrate", action="store_true", help="apply migrations first (else: refuse an old schema)"
+        "--migrate",
+        action="store_true",
+        help="apply the database migrations first (without it, an older schema stops the start)",
     )
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("worker", help="run a Celery worker")
-    p.add_argument("-Q", "--queues", default="default", help="default, gpu, or both: default,gpu")
-    p.add_argument("-c", "--concurrency", type=int, default=2)
-    p.add_argument("--pool", default=None, help="prefork (default), solo, threads")
+    p = subparsers.add_parser(
+        "worker",
+        help="run a Celery worker",
+        description="Run a Celery worker for background jobs (imports, generation, curation, training).",
+    )
+    p.add_argument(
+        "-Q",
+        "--queues",
+        default="default",
+        help="queues to consume: default, gpu (training), or both as default,gpu (default: %(default)s)",
+    )
+    p.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=2,
+        help="jobs run at the same time, one process each (default: %(default)s)",
+    )
+    p.add_argument("--pool", default=None, help="Celery pool: prefork (the default), solo or threads")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("run", help="migrate and start API + worker on embedded defaults")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p = subparsers.add_parser(
+        "run",
+        help="migrate, then start the API and a worker on embedded defaults",
+        description="Everything on one machine: apply the migrations, create the first admin, start the "
+        "API and one worker for both queues (SQLite database and broker in IF_DATA_DIR unless "
+        "IF_DATABASE_URL and IF_BROKER_URL say otherwise). Ctrl-C stops everything.",
+    )
+    _listen_options(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("db", help="database schema")
+    p = subparsers.add_parser("db", help="database schema", description="The database schema (Alembic).")
     dbsub = p.add_subparsers(dest="db_command", required=True)
-    up = dbsub.add_parser("upgrade", help="apply Alembic migrations")
-    up.add_argument("revision", nargs="?", default="head")
+    up = dbsub.add_parser(
+        "upgrade",
+        help="apply the Alembic migrations",
+        description="Apply the Alembic migrations, creating the database (and the data directory for the "
+        "embedded SQLite one) when it does not exist yet.",
+    )
+    up.add_argument(
+        "revision", nargs="?", default="head", help="the revision to upgrade to (default: %(default)s)"
+    )
     up.set_defaults(func=cmd_db_upgrade)
 
-    p = sub.add_parser("users", help="user accounts")
+    p = subparsers.add_parser("users", help="user accounts", description="User accounts.")
     usub = p.add_subparsers(dest="users_command", required=True)
-    uc = usub.add_parser("create", help="create a user")
-    uc.add_argument("username")
-    uc.add_argument("--role", default="annotator", choices=["admin", "curator", "annotator"])
-    uc.add_argument("--password", help="or IF_NEW_USER_PASSWORD, or asked interactively")
+    uc = usub.add_parser("create", help="create a user", description="Create a user account.")
+    uc.add_argument("username", help="the new account's login name")
+    uc.add_argument(
+        "--role",
+        default="annotator",
+        choices=["admin", "curator", "annotator"],
+        help="what the account may do (default: %(default)s)",
+    )
+    uc.add_argument(
+        "--password", help="the password; else IF_NEW_USER_PASSWORD, else asked for interactively"
+    )
     uc.set_defaults(func=cmd_users_create)
 
-    p = sub.add_parser("import", help="import a file into a dataset")
-    p.add_argument("file")
-    p.add_argument("--dataset", type=int, required=True)
-    p.add_argument("--format", default="auto")
-    p.add_argument("--skip-bad", action="store_true")
+    p = subparsers.add_parser(
+        "import",
+        help="import a file into a dataset",
+        description="Import a file into a dataset directly, without a worker: the whole file is validated "
+        "first (one bad line and nothing is imported, unless --skip-bad), then written in batches. "
+        "Re-running the same import adds nothing twice. Formats: docs/formats.md.",
+    )
+    p.add_argument("file", help="the file to import: a JSON array or JSON Lines (UTF-8)")
+    p.add_argument("--dataset", type=int, required=True, help="the id of the dataset to import into")
+    p.add_argument(
+        "--format",
+        default="auto",
+        help=f"the file's format: auto (detected from the content), {', '.join(FORMATS)} "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="import the good lines and list the bad ones (first 20 on stderr) instead of refusing the file",
+    )
+    add_output_options(p)
     p.set_defaults(func=cmd_import)
 
-    for module in ("app.pipeline.curate_cli", "app.pipeline.generate_cli"):
-        try:
-            import_module(module).add_cli(sub)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module.startswith(exc.name):
-                raise
-    return parser
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler: Handler = args.func
-    return handler(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _listen_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="the port to listen on (default: %(default)s)")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.pipeline.curate_cli import add_cli
+from app.cli.curate import add_cli
 from app.pipeline.rouge import rouge_l
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from app.cli.output import Progress, Row, add_output_options, reason_rows, summary, wants_progress
 from app.pipeline.rouge import NearDuplicateIndex
 from app.pipeline.rules import RULES, RuleConfig, evaluate, funnel
 from app.pipeline.textnorm import normalize
@@ -62,8 +63,17 @@ def _field_text(record: dict[str, Any], fields: list[str]) -> str:
     return "\n".join(str(record.get(f) or "") for f in fields).strip()
 
 
+OnRecord = Callable[[str | None], None]
+"""Called once per record, in order, with its rejection reason (None: kept)."""
+
+
 def run_dedup(
-    records: list[dict[str, Any]], *, fields: list[str], threshold: float, stem: bool
+    records: list[dict[str, Any]],
+    *,
+    fields: list[str],
+    threshold: float,
+    stem: bool,
+    on_record: OnRecord = lambda reason: None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Kept records and one report row per record: exact duplicates first, then ROUGE-L."""
     index = NearDuplicateIndex(threshold=threshold, stem=stem)
@@ -83,6 +93,7 @@ def run_dedup(
                     "score": 1.0,
                 }
             )
+            on_record("exact_duplicate")
             continue
         first[norm] = i
         decision = index.check_and_add(str(i), text)
@@ -98,11 +109,16 @@ def run_dedup(
         )
         if decision.kept:
             kept.append(record)
+        on_record(None if decision.kept else "near_duplicate")
     return kept, report
 
 
 def run_filter(
-    records: list[dict[str, Any]], *, rules: list[str] | None, language: str
+    records: list[dict[str, Any]],
+    *,
+    rules: list[str] | None,
+    language: str,
+    on_record: OnRecord = lambda reason: None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
     """Kept records, one report row per record (every rule hit) and the funnel."""
     config = RuleConfig(enabled=rules)
@@ -129,6 +145,7 @@ def run_filter(
         )
         if not hits:
             kept.append(record)
+        on_record(hits[0].code if hits else None)
     return kept, report, funnel(all_hits)
 
 
@@ -139,7 +156,13 @@ def _dedup_command(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     fields = [f.strip() for f in args.field.split(",") if f.strip()]
-    kept, report = run_dedup(records, fields=fields, threshold=args.threshold, stem=args.stem)
+    progress = Progress(label="dedup", unit="records", total=len(records), enabled=wants_progress(args))
+    try:
+        kept, report = run_dedup(
+            records, fields=fields, threshold=args.threshold, stem=args.stem, on_record=progress.record
+        )
+    finally:
+        progress.close()
     _write(args.output, kept, as_array=args.output.suffix == ".json")
     if args.report:
         _write(args.report, report, as_array=False)
@@ -147,7 +170,19 @@ def _dedup_command(args: argparse.Namespace) -> int:
     for row in report:
         if row["reason"]:
             reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
-    print(json.dumps({"input": len(records), "kept": len(kept), "rejected": reasons}))
+    rows: list[Row] = [
+        ("records", len(records)),
+        ("kept", len(kept)),
+        ("rejected", len(records) - len(kept)),
+        *reason_rows(reasons),
+        *_files(args),
+    ]
+    summary(
+        title=f"dedup: {len(kept)} of {len(records)} records kept (ROUGE-L threshold {args.threshold})",
+        rows=rows,
+        data={"input": len(records), "kept": len(kept), "rejected": reasons},
+        as_json=args.json,
+    )
     return 0
 
 
@@ -164,18 +199,45 @@ def _filter_command(args: argparse.Namespace) -> int:
     except (InputError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    kept, report, removed = run_filter(records, rules=rules, language=args.language)
+    progress = Progress(label="filter", unit="records", total=len(records), enabled=wants_progress(args))
+    try:
+        kept, report, removed = run_filter(
+            records, rules=rules, language=args.language, on_record=progress.record
+        )
+    finally:
+        progress.close()
     _write(args.output, kept, as_array=args.output.suffix == ".json")
     if args.report:
         _write(args.report, report, as_array=False)
-    print(json.dumps({"input": len(records), "kept": len(kept), "funnel": removed}))
+    rows: list[Row] = [
+        ("records", len(records)),
+        ("kept", len(kept)),
+        ("rejected (first rule broken)", len(records) - len(kept)),
+        *reason_rows(removed),
+        *_files(args),
+    ]
+    summary(
+        title=f"filter: {len(kept)} of {len(records)} records kept",
+        rows=rows,
+        data={"input": len(records), "kept": len(kept), "funnel": removed},
+        as_json=args.json,
+    )
     return 0
+
+
+def _files(args: argparse.Namespace) -> list[Row]:
+    written: list[Row] = [("output", args.output.absolute())]
+    return written + ([("report", args.report.absolute())] if args.report else [])
 
 
 def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `dedup` and `filter`."""
     dedup = subparsers.add_parser(
-        "dedup", help="drop exact and ROUGE-L near-duplicates (Self-Instruct's filter) from a JSONL/JSON file"
+        "dedup",
+        help="drop exact and ROUGE-L near-duplicates (Self-Instruct's filter) from a JSONL/JSON file",
+        description="Drop exact duplicates (same normalised text) and near-duplicates (ROUGE-L F above "
+        "--threshold against an earlier kept record, Self-Instruct's filter); the first of each group "
+        "is kept.",
     )
     dedup.add_argument("input", type=Path, help="JSON Lines or JSON array of alpaca-style objects")
     dedup.add_argument(
@@ -184,14 +246,22 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     dedup.add_argument(
         "--report", type=Path, help="one JSON line per input record: decision, reason, nearest"
     )
-    dedup.add_argument("--threshold", type=float, default=0.7, help="keep iff max ROUGE-L <= this (0.7)")
+    dedup.add_argument(
+        "--threshold", type=float, default=0.7, help="keep iff max ROUGE-L <= this (default: %(default)s)"
+    )
     dedup.add_argument("--stem", action="store_true", help="Porter-stem English tokens, as rouge_score can")
     dedup.add_argument(
-        "--field", default="instruction", help="field(s) compared, comma-separated (default: instruction)"
+        "--field", default="instruction", help="field(s) compared, comma-separated (default: %(default)s)"
     )
+    add_output_options(dedup)
     dedup.set_defaults(func=_dedup_command)
 
-    rules = subparsers.add_parser("filter", help="apply the quality rules to a JSONL/JSON file")
+    rules = subparsers.add_parser(
+        "filter",
+        help="apply the quality rules to a JSONL/JSON file",
+        description="Apply the quality rules (docs/curation.md) to every record; a record breaking any "
+        "rule is rejected, and the report names every rule it broke.",
+    )
     rules.add_argument("input", type=Path, help="JSON Lines or JSON array of alpaca-style objects")
     rules.add_argument(
         "-o", "--output", type=Path, required=True, help="kept records (.json: array, else JSONL)"
@@ -202,5 +272,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     rules.add_argument(
         "--rules", help=f"comma-separated rule codes (default: all): {', '.join(sorted(RULES))}"
     )
-    rules.add_argument("--language", default="en", help="the dataset's language, e.g. en or zh (default: en)")
+    rules.add_argument(
+        "--language", default="en", help="the dataset's language, e.g. en or zh (default: %(default)s)"
+    )
+    add_output_options(rules)
     rules.set_defaults(func=_filter_command)
