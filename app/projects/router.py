@@ -43,10 +43,8 @@ def list_members(project_id: int, user: CurrentUser, db: SessionDep) -> list[Mem
 @router.put("/projects/{project_id}/members", response_model=MemberRead)
 def set_member(project_id: int, body: MemberSet, user: CurrentUser, db: SessionDep) -> MemberRead:
     member = service.add_member(db=db, user=user, project_id=project_id, user_id=body.user_id, role=body.role)
-    from app.auth.models import User
-
-    target = db.get(User, member.user_id)
-    return MemberRead(user_id=member.user_id, username=target.username if target else "", role=member.role)
+    username = service.username_of(db=db, user_id=member.user_id)
+    return MemberRead(user_id=member.user_id, username=username, role=member.role)
 
 
 @router.delete("/projects/{project_id}/members/{user_id}", status_code=204)

@@ -47,7 +47,7 @@ def create_run(body: TrainingRunCreate, user: CurrentUser, db: SessionDep) -> Tr
         method=body.method,
         hyperparameters=body.hyperparameters,
     )
-    return _read(run, db.get(Job, run.job_id))
+    return _read(run, service.job_of(db=db, run=run))
 
 
 @router.get("/training-runs", response_model=list[TrainingRunRead])
@@ -58,7 +58,7 @@ def list_runs(user: CurrentUser, db: SessionDep, project_id: int | None = None) 
 @router.get("/training-runs/{run_id}", response_model=TrainingRunDetail)
 def get_run(run_id: int, user: CurrentUser, db: SessionDep) -> TrainingRunRead:
     run = service.require_run(db=db, user=user, run_id=run_id)
-    out = _read(run, db.get(Job, run.job_id), TrainingRunDetail)
+    out = _read(run, service.job_of(db=db, run=run), TrainingRunDetail)
     assert isinstance(out, TrainingRunDetail)
     out.metrics = [MetricRead(step=m.step, values=m.values) for m in service.metrics(db=db, run_id=run.id)]
     return out

@@ -147,6 +147,11 @@ def require_run(*, db: Session, user: User, run_id: int, min_role: str = Role.an
     return run
 
 
+def job_of(*, db: Session, run: TrainingRun) -> Job | None:
+    """The job that runs the training run (its status, error and progress)."""
+    return db.get(Job, run.job_id)
+
+
 def list_runs(*, db: Session, user: User, project_id: int | None) -> Sequence[tuple[TrainingRun, Job]]:
     query = select(TrainingRun, Job).join(Job, Job.id == TrainingRun.job_id).order_by(TrainingRun.id.desc())
     if project_id is not None:
