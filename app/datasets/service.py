@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -13,6 +13,11 @@ from app.errors import Conflict, NotFound
 from app.projects.models import Project
 from app.projects.service import require_project
 from app.records.models import Record
+
+
+def prompt_language(language: str) -> Literal["en", "zh"]:
+    """The language generation prompts are written in for a dataset's language code: zh (any zh-*) or en."""
+    return "zh" if language.startswith("zh") else "en"
 
 
 def require_dataset(

@@ -8,13 +8,14 @@ rounds from the cache (no paid call repeated) and writes nothing twice.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import and_, bindparam, or_, select, update
 
 from app.config import get_settings
 from app.curation.verdicts import Verdict, apply_verdicts
 from app.datasets.models import Dataset
+from app.datasets.service import prompt_language
 from app.errors import Invalid, NotFound
 from app.generation.cache import CallLog
 from app.generation.schemas import SelfInstructJobParams, TeacherChoice
@@ -22,6 +23,9 @@ from app.jobs.context import JobCancelled, JobContext, JobPaused
 from app.pipeline.llm import Gateway, TeacherConfig, TeacherUnavailable, load_teachers, run_coroutine
 from app.records.bulk import NewRecord, insert_new
 from app.records.models import Record
+
+if TYPE_CHECKING:
+    from app.pipeline.self_instruct import SelfInstructParams
 
 T = TypeVar("T")
 
@@ -249,24 +253,31 @@ def _report(ctx: JobContext, log: CallLog, progress: Any, done: int, total: int 
     ctx.progress(done, total, counters=counters, usage=log.flush())
 
 
-def run_self_instruct_job(ctx: JobContext) -> None:
+def self_instruct_params(p: SelfInstructJobParams, *, language: str) -> SelfInstructParams:
+    """The pipeline's parameters for a self_instruct job (its cost estimate builds prompts with them too)."""
     from app.pipeline.llm import Sampling
-    from app.pipeline.self_instruct import SelfInstructParams, run_self_instruct
+    from app.pipeline.self_instruct import SelfInstructParams
 
-    p = SelfInstructJobParams.model_validate(ctx.params)
-    teacher = get_teacher(p)
-    seeds, extra, language = load_seeds(ctx, ctx.dataset)
-    params = SelfInstructParams(
+    return SelfInstructParams(
         target=p.target,
         batch_size=p.batch_size,
         num_human=p.num_human,
         num_machine=p.num_machine,
         threshold=p.threshold,
         max_instances_per_task=p.max_instances_per_task,
-        language="zh" if language.startswith("zh") else "en",
+        language=prompt_language(language),
         sampling=Sampling(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens),
         seed=p.seed,
     )
+
+
+def run_self_instruct_job(ctx: JobContext) -> None:
+    from app.pipeline.self_instruct import run_self_instruct
+
+    p = SelfInstructJobParams.model_validate(ctx.params)
+    teacher = get_teacher(p)
+    seeds, extra, language = load_seeds(ctx, ctx.dataset)
+    params = self_instruct_params(p, language=language)
     log = CallLog(ctx.job_id)
     key_prefix = f"si{ctx.job_id}"
 
@@ -326,7 +337,7 @@ def _language(ctx: JobContext) -> str:
         dataset = db.get(Dataset, ctx.dataset)
         if dataset is None:
             raise NotFound(f"dataset {ctx.dataset} not found")
-        return "zh" if dataset.language.startswith("zh") else "en"
+        return prompt_language(dataset.language)
 
 
 def run_evol_job(ctx: JobContext) -> None:
