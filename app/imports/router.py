@@ -13,9 +13,9 @@ from app.deps import CurrentUser, SessionDep, SettingsDep
 from app.errors import Forbidden, Invalid, PayloadTooLarge
 from app.imports import service
 from app.imports.schemas import FormatName, ImportResult
-from app.jobs import service as jobs
 
 router = APIRouter(tags=["import"])
+TRUE = ("1", "true", "yes", "on")  # how a multipart form says skip_bad
 
 
 async def _store_upload(request: Request, limit: int) -> tuple[Path, str | None, dict[str, str]]:
@@ -71,34 +71,13 @@ async def import_records(
     ones become an import job (202) whose progress is on GET /jobs/{id}. One bad line and nothing is
     written, unless `skip_bad=true`: then the good lines are written and the bad ones listed."""
     require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
-    path, upload_name, fields = await _store_upload(request, settings.max_upload_bytes)
-    fmt = fields.get("format", format)
-    skip = fields.get("skip_bad", str(skip_bad)).lower() in ("1", "true", "yes", "on")
-    name = upload_name or filename
-    try:
-        if path.stat().st_size > settings.import_inline_max_bytes:
-            job = jobs.create_job(
-                db=db,
-                user=user,
-                kind="import",
-                project_id=None,
-                dataset_id=dataset_id,
-                params={"upload": path.name, "filename": name, "format": fmt, "skip_bad": skip},
-            )
-            response.status_code = 202
-            return ImportResult(imported=0, format=fmt, job_id=job.id)
-        result = service.import_inline(
-            db=db, dataset_id=dataset_id, path=path, fmt=fmt, filename=name, skip_bad=skip
-        )
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    path.unlink(missing_ok=True)
-    response.status_code = 201
-    return ImportResult.model_validate(result)
-
-
-UPLOAD_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet"}
+    path, name, fields = await _store_upload(request, settings.max_upload_bytes)
+    fmt, skip = fields.get("format", format), fields.get("skip_bad", str(skip_bad)).lower() in TRUE
+    result = service.import_upload(
+        db=db, user=user, dataset_id=dataset_id, path=path, fmt=fmt, filename=name or filename, skip_bad=skip
+    )
+    response.status_code = 202 if result.job_id is not None else 201
+    return result
 
 
 @router.post("/uploads", status_code=201)
@@ -107,13 +86,5 @@ async def upload_file(request: Request, user: CurrentUser, settings: SettingsDep
     if user.role == Role.annotator.value:
         raise Forbidden("annotators cannot upload files")
     path, name, _ = await _store_upload(request, settings.max_upload_bytes)
-    suffix = Path(name or "").suffix.lower()
-    if suffix not in UPLOAD_SUFFIXES:
-        path.unlink(missing_ok=True)
-        raise Invalid(
-            f"unsupported file type {suffix or '(none)'!r}; use {', '.join(sorted(UPLOAD_SUFFIXES))}",
-            field="file",
-        )
-    final = path.with_suffix(suffix)
-    path.rename(final)
+    final = service.keep_upload(path=path, filename=name)
     return {"upload": final.name, "filename": name or ""}

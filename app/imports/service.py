@@ -15,17 +15,22 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
+from app.auth.models import Role, User
 from app.base import utcnow
 from app.config import get_settings
 from app.datasets.models import Dataset
+from app.datasets.service import require_dataset
 from app.errors import Invalid, NotFound
-from app.imports.schemas import ImportParams
+from app.imports.schemas import ImportParams, ImportResult
+from app.jobs import service as jobs
 from app.jobs.context import JobContext
 from app.pipeline import formats
 from app.records.bulk import NewRecord, insert_new
 from app.records.models import Record
 
 BadLines = list[dict[str, Any]]
+# What POST /uploads keeps for the jobs that read a file (e.g. `convert`).
+UPLOAD_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet"}
 
 
 def uploads_dir() -> Path:
@@ -36,6 +41,20 @@ def uploads_dir() -> Path:
 
 def new_upload_path(suffix: str = "") -> Path:
     return uploads_dir() / f"{uuid.uuid4().hex}{suffix}"
+
+
+def keep_upload(*, path: Path, filename: str | None) -> Path:
+    """A stored upload renamed with its file type's suffix for a job to read; any other type is deleted."""
+    suffix = Path(filename or "").suffix.lower()
+    if suffix not in UPLOAD_SUFFIXES:
+        path.unlink(missing_ok=True)
+        raise Invalid(
+            f"unsupported file type {suffix or '(none)'!r}; use {', '.join(sorted(UPLOAD_SUFFIXES))}",
+            field="file",
+        )
+    final = path.with_suffix(suffix)
+    path.rename(final)
+    return final
 
 
 # Column order of the rows the import writes; one tuple per record (tuples, not dicts: this is the hot path).
@@ -166,7 +185,7 @@ def parse_file(
 ) -> tuple[list[formats.ParsedRecord], BadLines, str]:
     """Parse and validate the whole file before anything is written: one bad line and nothing is imported."""
     settings = get_settings()
-    limits = formats.Limits(max_field_chars=settings.max_field_chars)
+    limits = formats.Limits(max_field_chars=settings.max_field_chars, allow_nul=False)
     with path.open("rb") as fh:
         head = fh.read(65536)
     try:
@@ -298,6 +317,30 @@ def import_inline(
         fresh=True,
     )
     return {"imported": len(records), "bad": bad, "format": detected}
+
+
+def import_upload(
+    *, db: Session, user: User, dataset_id: int, path: Path, fmt: str, filename: str | None, skip_bad: bool
+) -> ImportResult:
+    """A stored upload into the dataset: small files at once, larger ones as an import job (`job_id` set).
+
+    The upload is deleted once imported or refused; an import job deletes it when it is done."""
+    try:
+        require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+        if path.stat().st_size > get_settings().import_inline_max_bytes:
+            params = {"upload": path.name, "filename": filename, "format": fmt, "skip_bad": skip_bad}
+            job = jobs.create_job(
+                db=db, user=user, kind="import", project_id=None, dataset_id=dataset_id, params=params
+            )
+            return ImportResult(imported=0, format=fmt, job_id=job.id)
+        result = import_inline(
+            db=db, dataset_id=dataset_id, path=path, fmt=fmt, filename=filename, skip_bad=skip_bad
+        )
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    path.unlink(missing_ok=True)
+    return ImportResult.model_validate(result)
 
 
 def run_import_job(ctx: JobContext) -> None:
