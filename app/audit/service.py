@@ -17,7 +17,9 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from app.audit.models import AuditLog
-from app.auth.models import User
+from app.auth.models import Role, User
+from app.datasets.models import Dataset
+from app.errors import Forbidden
 
 MAX_PAGE = 500
 
@@ -36,14 +38,21 @@ def record(
     entity_type: str,
     entity_id: int | str,
     project_id: int | None = None,
+    dataset_id: int | None = None,
     detail: dict[str, Any] | None = None,
     before: Mapping[str, Any] | None = None,
     after: Mapping[str, Any] | None = None,
 ) -> None:
     """Append an audit entry in the caller's transaction (so it exists iff the change does).
 
-    With `before` and `after`, the entry keeps the fields that differ between them (see `changes`)."""
+    With `before` and `after`, the entry keeps the fields that differ between them (see `changes`). A
+    `dataset_id` goes into the detail and, unless `project_id` is given, names the entry's project."""
     full = dict(detail or {})
+    if dataset_id is not None:
+        full["dataset_id"] = dataset_id
+        if project_id is None:
+            dataset = db.get(Dataset, dataset_id)  # the caller has loaded it to authorise: no query
+            project_id = dataset.project_id if dataset is not None else None
     if before is not None or after is not None:
         full.update(changes(before or {}, after or {}))
     db.add(
@@ -61,6 +70,7 @@ def record(
 def search(
     *,
     db: Session,
+    user: User,
     actor: str | None = None,
     actor_id: int | None = None,
     project_id: int | None = None,
@@ -75,7 +85,10 @@ def search(
     """Entries newest first, with their actor's name, and the `before_id` of the next page (None at the end).
 
     `action` ending in "." or "*" matches a family ("auth." is every login, logout and failure); `actor` is
-    a username (any case). Pages are keyset pages on the id: stable while entries are appended."""
+    a username (any case). Pages are keyset pages on the id: stable while entries are appended. Admins only:
+    the log names every account and what it did in every project."""
+    if user.role != Role.admin.value:
+        raise Forbidden("only admins read the audit log")
     limit = max(1, min(limit, MAX_PAGE))
     query: Select[AuditLog, str] = select(AuditLog, User.username).outerjoin(
         User, User.id == AuditLog.user_id

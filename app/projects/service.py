@@ -79,6 +79,7 @@ def update_project(
     *, db: Session, user: User, project_id: int, name: str | None, description: str | None
 ) -> Project:
     project = require_project(db=db, user=user, project_id=project_id, min_role=Role.curator.value)
+    before = {"name": project.name, "description": project.description}
     if name is not None and name != project.name:
         _check_name_free(db=db, name=name, other_than=project.id)
         project.name = name
@@ -91,6 +92,8 @@ def update_project(
         entity_type="project",
         entity_id=project.id,
         project_id=project.id,
+        before=before,
+        after={"name": project.name, "description": project.description},
     )
     return project
 
@@ -116,6 +119,7 @@ def add_member(*, db: Session, user: User, project_id: int, user_id: int, role: 
     member = db.scalar(
         select(ProjectMember).where(ProjectMember.project_id == project_id, ProjectMember.user_id == user_id)
     )
+    previous = member.role if member is not None else None
     if member is None:
         member = ProjectMember(project_id=project_id, user_id=user_id, role=role)
         db.add(member)
@@ -129,7 +133,9 @@ def add_member(*, db: Session, user: User, project_id: int, user_id: int, role: 
         entity_type="project",
         entity_id=project_id,
         project_id=project_id,
-        detail={"user_id": user_id, "role": role},
+        detail={"user_id": user_id},
+        before={"role": previous},
+        after={"role": role},
     )
     return member
 
@@ -150,6 +156,8 @@ def remove_member(*, db: Session, user: User, project_id: int, user_id: int) -> 
         entity_id=project_id,
         project_id=project_id,
         detail={"user_id": user_id},
+        before={"role": member.role},
+        after={"role": None},
     )
 
 

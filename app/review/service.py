@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from app.audit import service as audit
 from app.auth.models import Role, User
 from app.base import utcnow
 from app.datasets.models import Dataset
@@ -551,6 +552,18 @@ def decide(
             "rating": assignment.rating,
         }
     records.add_event(db=db, record=record, user=user, action=action, before=before, after=after, at=now)
+    if action != "skip":  # a skip changes nothing
+        audit.record(
+            db=db,
+            user_id=user.id,
+            action=f"review.{action}",
+            entity_type="record",
+            entity_id=record.id,
+            dataset_id=record.dataset_id,
+            detail={"version": record.version},
+            before=before,
+            after=after,
+        )
     db.flush()
     return record
 
@@ -669,6 +682,17 @@ def undo_last(*, db: Session, user: User, dataset_id: int) -> tuple[ReviewEvent,
         user=user,
         action="undo",
         before={"undone_event": event.id, "action": event.action},
+        after=state_of(record),
+    )
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="review.undo",
+        entity_type="record",
+        entity_id=record.id,
+        dataset_id=record.dataset_id,
+        detail={"undone": event.action, "event": event.id, "version": record.version},
+        before=event.after or {},
         after=state_of(record),
     )
     db.flush()
@@ -793,4 +817,13 @@ def assign(
     for start in range(0, len(rows), 5000):
         stmt = insert(RecordAssignment).values(rows[start : start + 5000]).on_conflict_do_nothing()
         created += len(db.execute(stmt.returning(RecordAssignment.record_id)).all())
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="assignment.create",
+        entity_type="dataset",
+        entity_id=dataset_id,
+        project_id=dataset.project_id,
+        detail={"user_ids": people, "k": k, "records": len(ids), "assignments": created},
+    )
     return len(ids), created

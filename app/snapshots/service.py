@@ -280,6 +280,15 @@ def export_snapshot(
 ) -> tuple[Path, str]:
     """Write the export to a file under DATA_DIR/exports. With a split, a zip of train + validation files."""
     snap = require_snapshot(db=db, user=user, snapshot_id=snapshot_id, min_role=Role.curator.value)
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="snapshot.export",
+        entity_type="snapshot",
+        entity_id=snap.id,
+        dataset_id=snap.dataset_id,
+        detail={"format": fmt, "val_fraction": val_fraction, "seed": seed, "records": snap.record_count},
+    )
     if fmt not in formats.EXPORTERS:
         raise Invalid(
             f"unknown export format {fmt!r}; use one of {', '.join(formats.EXPORTERS)}", field="format"

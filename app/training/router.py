@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
+from app.audit import service as audit
 from app.auth.models import Role
 from app.deps import CurrentUser, SessionDep
 from app.jobs import service as jobs
@@ -83,4 +84,13 @@ def download_artifact(run_id: int, path: str, user: CurrentUser, db: SessionDep)
     needs = Role.annotator.value if path in MEMBER_ARTIFACTS else Role.curator.value
     run = service.require_run(db=db, user=user, run_id=run_id, min_role=needs)
     target = service.artifact_path(run, path)
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="training.artifact_download",
+        entity_type="training_run",
+        entity_id=run.id,
+        project_id=run.project_id,
+        detail={"path": path, "bytes": target.stat().st_size},
+    )
     return FileResponse(target, filename=target.name)
