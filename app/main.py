@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
@@ -21,6 +21,7 @@ from app.auth.router import router as auth_router
 from app.config import get_settings
 from app.datasets.router import router as datasets_router
 from app.db import get_engine, refusal
+from app.edge import check_request
 from app.errors import DomainError
 from app.generation.router import router as generation_router
 from app.imports.router import router as imports_router
@@ -164,7 +165,8 @@ def create_app() -> FastAPI:
         ]
         return JSONResponse({"detail": _validation_message(exc), "errors": errors}, status_code=422)
 
-    api = APIRouter(prefix="/api/v1")
+    # Every API and page request passes the edge check (app.edge) before its handler runs.
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(check_request)])
     api.add_api_route("/health", health, methods=["GET"], tags=["health"])
     for router in (
         auth_router,
@@ -180,7 +182,7 @@ def create_app() -> FastAPI:
     ):
         api.include_router(router)
     app.include_router(api)
-    app.include_router(ui_router)
+    app.include_router(ui_router, dependencies=[Depends(check_request)])
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: the 413 above gets the headers too
     return app

@@ -13,6 +13,7 @@ from app.audit import service as audit
 from app.auth.models import Role, User
 from app.base import utcnow
 from app.datasets.service import require_dataset
+from app.edge import MAX_ID
 from app.errors import Conflict, Invalid, NotFound
 from app.records.models import Record, RecordRevision, RecordTag, ReviewEvent
 from app.records.schemas import RecordFilter, RecordUpdate
@@ -28,9 +29,12 @@ def encode_cursor(last_id: int, desc: bool) -> str:
 def decode_cursor(cursor: str) -> tuple[int, bool]:
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return int(data["a"]), bool(data["d"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise Invalid("invalid cursor", field="cursor") from exc
+        after = int(data["a"])
+        if not 0 <= after <= MAX_ID:
+            raise ValueError(after)
+        return after, bool(data["d"])
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # 1e400 is inf: int() overflows
+        raise Invalid("invalid cursor: use the next_cursor of a previous page", field="cursor") from exc
 
 
 def filter_clauses(dataset_id: int, flt: RecordFilter) -> list[ColumnElement[bool]]:

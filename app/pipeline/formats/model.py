@@ -42,6 +42,9 @@ class Limits:
     max_field_chars: int = 1_000_000
     max_depth: int = 64
     max_turns: int = 1000
+    # PostgreSQL's text and jsonb cannot hold NUL: the service's import refuses it (naming the line and
+    # field, unknown fields included); a file-to-file conversion keeps it, as any byte of the text.
+    allow_nul: bool = True
 
 
 @dataclass(slots=True)

@@ -25,8 +25,11 @@ _AFTER_ITEM = re.compile(r"[ \t\r\n]*([,\]])[ \t\r\n]*")
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _BRACKET_DELTA = {"[": 1, "{": 1, "]": -1, "}": -1}
+# What no database column can hold, keys and unknown fields included: lone surrogates (no driver encodes
+# them) and NUL (PostgreSQL's text and jsonb refuse it). Both can only come from a \uXXXX escape.
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")  # a lone surrogate or NUL only comes as one
 _KEY = re.compile(r'"([A-Za-z_]+)"\s*:')
 # A JSON Lines file whose first records are all broken is more likely not the format we think.
 _DETECT_WINDOW = 100
@@ -153,12 +156,13 @@ def _violation(obj: Any, text: str, start: int, end: int, limits: Limits) -> tup
         hit = _find_string(obj, limits.max_field_chars)
         if hit is not None:
             return hit[0], f"{len(hit[1]):,} characters exceeds the limit of {limits.max_field_chars:,}"
-    # A lone surrogate can only come from a \uD800-\uDFFF escape: valid UTF-8 cannot encode one.
     if _SURROGATE_ESCAPE.search(text, start, end):
-        hit = _find_string(obj, _SURROGATE)
+        hit = _find_string(obj, _SURROGATE if limits.allow_nul else _UNSTORABLE)
         if hit is not None:
-            char = _SURROGATE.search(hit[1])
+            char = _UNSTORABLE.search(hit[1])
             assert char is not None
+            if char.group() == "\x00":
+                return hit[0], "a NUL character (\\u0000) cannot be stored"
             return hit[0], f"invalid Unicode: unpaired surrogate U+{ord(char.group()):04X}"
     return None
 
