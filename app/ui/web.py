@@ -136,6 +136,17 @@ def safe_next(target: str | None) -> str:
     return "/ui"
 
 
+def refused_page(
+    request: Request, name: str, user: User | None, exc: DomainError, **context: Any
+) -> Response:
+    """A form's page again, saying why it was refused; a 429 says when to try again (Retry-After)."""
+    response = render(request, name, user, status_code=exc.status_code, error=exc.message, **context)
+    retry_after = exc.detail.get("retry_after")
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
 def redirect(url: str, flash: str | None = None) -> RedirectResponse:
     response = RedirectResponse(url, status_code=303)
     if flash:

@@ -7,7 +7,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from app.auth import service as auth_service
 from app.auth.router import set_session_cookie
-from app.deps import SESSION_COOKIE, SessionDep, SettingsDep, user_from_cookie
+from app.deps import SESSION_COOKIE, SessionDep, SettingsDep, client_address, user_from_cookie
 from app.errors import DomainError, Forbidden, NotFound
 from app.ui.web import (
     HERE,
@@ -16,6 +16,7 @@ from app.ui.web import (
     HtmlRoute,
     check_login_csrf,
     login_csrf,
+    refused_page,
     render,
     safe_next,
     set_login_cookie,
@@ -57,17 +58,15 @@ async def login_submit(request: Request, db: SessionDep, settings: SettingsDep) 
         raise Forbidden("the login form expired: reload the page and log in again")
     try:
         user = auth_service.authenticate(
-            db=db, username=str(form.get("username", "")), password=str(form.get("password", ""))
+            db=db,
+            username=str(form.get("username", "")),
+            password=str(form.get("password", "")),
+            client=client_address(request),
+            via="ui",
         )
-    except DomainError as exc:
-        return render(
-            request,
-            "login.html",
-            None,
-            status_code=exc.status_code,
-            next=next_url,
-            error=exc.message,
-            login_token=login_csrf(request)[1],
+    except DomainError as exc:  # 401, or 429 with Retry-After while guesses are throttled
+        return refused_page(
+            request, "login.html", None, exc, next=next_url, login_token=login_csrf(request)[1]
         )
     response = RedirectResponse(next_url, status_code=303)
     set_session_cookie(response, settings, user)
@@ -76,7 +75,9 @@ async def login_submit(request: Request, db: SessionDep, settings: SettingsDep) 
 
 
 @router.post("/logout")
-def logout(form: CheckedForm) -> RedirectResponse:
+def logout(request: Request, form: CheckedForm, db: SessionDep) -> RedirectResponse:
+    """Ends the session on the server: the cookie is worthless from now on, wherever it was copied."""
+    auth_service.logout(db=db, cookie=request.cookies.get(SESSION_COOKIE), client=client_address(request))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
