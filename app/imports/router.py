@@ -19,36 +19,40 @@ TRUE = ("1", "true", "yes", "on")  # how a multipart form says skip_bad
 
 
 async def _store_upload(request: Request, limit: int) -> tuple[Path, str | None, dict[str, str]]:
-    """Stream the upload to disk under the size limit. Multipart (`file` field) or a raw request body."""
+    """Stream the upload to disk under the size limit. Multipart (`file` field) or a raw request body.
+
+    Whatever goes wrong on the way (a broken multipart body, a client gone mid-upload, a refusal) leaves
+    no file behind."""
     path = service.new_upload_path()
-    fields: dict[str, str] = {}
-    filename: str | None = None
-    content_type = request.headers.get("content-type", "")
-    size = 0
+    try:
+        filename, fields, size = await _receive(request, limit, path)
+        if size > limit:
+            raise PayloadTooLarge(f"upload is larger than the {limit // (1024 * 1024)} MB limit")
+        if size == 0:
+            raise Invalid("the upload is empty", field="file")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path, filename, fields
+
+
+async def _receive(request: Request, limit: int, path: Path) -> tuple[str | None, dict[str, str], int]:
+    """Write the upload to `path`: (its file name, the form's other fields, bytes received)."""
     with path.open("wb") as out:
-        if content_type.startswith("multipart/form-data"):
-            form = await request.form(max_part_size=limit)
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                path.unlink(missing_ok=True)
-                raise Invalid("multipart upload needs a 'file' field", field="file")
-            filename = upload.filename
-            shutil.copyfileobj(upload.file, out)
-            size = out.tell()
-            fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        else:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            size = 0
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
                     break
                 out.write(chunk)
-    if size > limit:
-        path.unlink(missing_ok=True)
-        raise PayloadTooLarge(f"upload is larger than the {limit // (1024 * 1024)} MB limit")
-    if size == 0:
-        path.unlink(missing_ok=True)
-        raise Invalid("the upload is empty", field="file")
-    return path, filename, fields
+            return None, {}, size
+        async with request.form(max_part_size=limit) as form:  # closes the spooled parts on the way out
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise Invalid("multipart upload needs a 'file' field", field="file")
+            shutil.copyfileobj(upload.file, out)
+            return upload.filename, {k: v for k, v in form.items() if isinstance(v, str)}, out.tell()
 
 
 @router.post(
@@ -81,10 +85,12 @@ async def import_records(
 
 
 @router.post("/uploads", status_code=201)
-async def upload_file(request: Request, user: CurrentUser, settings: SettingsDep) -> dict[str, str]:
+async def upload_file(
+    request: Request, user: CurrentUser, db: SessionDep, settings: SettingsDep
+) -> dict[str, str]:
     """Store a file for a job that reads one (e.g. `convert`); returns the name to pass as `upload`."""
     if user.role == Role.annotator.value:
         raise Forbidden("annotators cannot upload files")
     path, name, _ = await _store_upload(request, settings.max_upload_bytes)
-    final = service.keep_upload(path=path, filename=name)
+    final = service.keep_upload(db=db, user=user, path=path, filename=name)
     return {"upload": final.name, "filename": name or ""}

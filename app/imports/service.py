@@ -15,15 +15,16 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
+from app.audit import service as audit
 from app.auth.models import Role, User
 from app.base import utcnow
 from app.config import get_settings
 from app.datasets.models import Dataset
 from app.datasets.service import require_dataset
-from app.errors import Invalid, NotFound
+from app.errors import DomainError, Invalid, NotFound
 from app.imports.schemas import ImportParams, ImportResult
 from app.jobs import service as jobs
-from app.jobs.context import JobContext
+from app.jobs.context import JobCancelled, JobContext
 from app.pipeline import formats
 from app.records.bulk import NewRecord, insert_new
 from app.records.models import Record
@@ -43,8 +44,9 @@ def new_upload_path(suffix: str = "") -> Path:
     return uploads_dir() / f"{uuid.uuid4().hex}{suffix}"
 
 
-def keep_upload(*, path: Path, filename: str | None) -> Path:
-    """A stored upload renamed with its file type's suffix for a job to read; any other type is deleted."""
+def keep_upload(*, db: Session, user: User, path: Path, filename: str | None) -> Path:
+    """A stored upload renamed with its file type's suffix for a job to read (audited); any other type is
+    deleted."""
     suffix = Path(filename or "").suffix.lower()
     if suffix not in UPLOAD_SUFFIXES:
         path.unlink(missing_ok=True)
@@ -54,6 +56,14 @@ def keep_upload(*, path: Path, filename: str | None) -> Path:
         )
     final = path.with_suffix(suffix)
     path.rename(final)
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="upload.create",
+        entity_type="upload",
+        entity_id=final.name,
+        detail={"filename": filename, "bytes": final.stat().st_size},
+    )
     return final
 
 
@@ -336,6 +346,15 @@ def import_upload(
         result = import_inline(
             db=db, dataset_id=dataset_id, path=path, fmt=fmt, filename=filename, skip_bad=skip_bad
         )
+        audit.record(
+            db=db,
+            user_id=user.id,
+            action="import.inline",
+            entity_type="dataset",
+            entity_id=dataset_id,
+            dataset_id=dataset_id,
+            detail={**_import_summary(result), "filename": filename},
+        )
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -343,8 +362,22 @@ def import_upload(
     return ImportResult.model_validate(result)
 
 
+def _import_summary(result: dict[str, Any]) -> dict[str, Any]:
+    return {"imported": result["imported"], "bad": len(result["bad"]), "format": result["format"]}
+
+
 def run_import_job(ctx: JobContext) -> None:
-    """Job handler. Re-delivery after a crash re-parses and re-inserts: existing keys are skipped."""
+    """Job handler (_import_job). The upload goes once the job is over for good: imported, refused for
+    what the file holds, or cancelled. After any other failure it stays, for the resumed job to read."""
+    try:
+        _import_job(ctx)
+    except (DomainError, JobCancelled):
+        (uploads_dir() / Path(str(ctx.params.get("upload", ""))).name).unlink(missing_ok=True)
+        raise
+
+
+def _import_job(ctx: JobContext) -> None:
+    """Re-delivery after a crash re-parses and re-inserts: existing keys are skipped."""
     params = ImportParams.model_validate(ctx.params)
     path = uploads_dir() / Path(params.upload).name
     if not path.is_file():
@@ -388,6 +421,16 @@ def run_import_job(ctx: JobContext) -> None:
     with ctx.session() as db:
         imported = count_with_prefix(db, ctx.dataset, key_prefix)
     ctx.set_result({"imported": imported, "bad": bad[:1000], "bad_count": len(bad), "format": detected})
+    with ctx.session() as db:
+        audit.record(
+            db=db,
+            user_id=ctx.created_by,
+            action="import.job",
+            entity_type="dataset",
+            entity_id=ctx.dataset,
+            dataset_id=ctx.dataset,
+            detail={"job_id": ctx.job_id, "imported": imported, "bad": len(bad), "format": detected},
+        )
     ctx.progress(
         total, total, counters={"parsed": total, "bad": len(bad), "format": detected, "imported": imported}
     )

@@ -192,7 +192,8 @@ def update_record(*, db: Session, user: User, record_id: int, change: RecordUpda
     new_content = {f: getattr(change, f) for f in CONTENT_FIELDS if getattr(change, f) is not None}
     if "messages" in new_content:
         new_content["messages"] = [m.model_dump() for m in change.messages or []]
-    content_changed = any(new_content[f] != getattr(record, f) for f in new_content)
+    before_content = {f: getattr(record, f) for f in new_content}
+    content_changed = any(new_content[f] != before_content[f] for f in new_content)
     if content_changed:
         if (
             record.version == 1
@@ -249,7 +250,14 @@ def update_record(*, db: Session, user: User, record_id: int, change: RecordUpda
         action=f"record.{action}",
         entity_type="record",
         entity_id=record.id,
-        detail={"version": record.version, "content_changed": content_changed},
+        dataset_id=record.dataset_id,
+        detail={
+            "version": record.version,
+            "content_changed": content_changed,  # the texts themselves are in the record's revisions
+            "content_fields": sorted(f for f in new_content if new_content[f] != before_content[f]),
+        },
+        before=before,
+        after=after,
     )
     db.flush()
     return record

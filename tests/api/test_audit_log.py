@@ -148,3 +148,17 @@ def test_user_updates_keep_what_was_before_and_never_the_password(client, db, te
     assert "another long password" not in str(update.detail)
     revoked = only(db, "token.revoke")
     assert revoked.detail["reason"] == "password set by an admin" and revoked.user_id == team["admin"].id
+
+
+def test_record_edits_name_their_project_and_what_changed(client, db, team):
+    rec = team["records"][1]
+    resp = client.patch(
+        f"/api/v1/records/{rec.id}",
+        json={"version": rec.version, "output": "better", "status": "accepted"},
+        headers=team["hc"],
+    )
+    assert resp.status_code == 200, resp.text
+    edit = only(db, "record.edit")
+    assert edit.project_id == team["project"].id
+    assert edit.detail["before"]["status"] == "pending" and edit.detail["after"]["status"] == "accepted"
+    assert edit.detail["content_fields"] == ["output"]
