@@ -3,7 +3,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from app.audit import service as audit
 from app.auth.models import Role
 from app.deps import CurrentUser, SessionDep
 from app.jobs import service as jobs
@@ -17,16 +16,8 @@ from app.training.schemas import (
     TrainingRunDetail,
     TrainingRunRead,
 )
-from trainer.contract import LOSS_CURVE_FILE, METRICS_FILE, PROMPT_FORMAT_FILE, SUMMARY_FILE
 
 router = APIRouter(tags=["training"])
-
-# What any member of the run's project may download: how the run went. Every other file holds the
-# snapshot's data or what was learnt from it (dataset.jsonl, samples.jsonl with references, the trainer's
-# log, adapter and merged weights) or server paths (configs, status), so it follows the export rule: curators
-# and admins only, like GET /snapshots/{id}/export. An allow-list, so that a file the trainer adds later is
-# protected until someone decides otherwise.
-MEMBER_ARTIFACTS = frozenset({SUMMARY_FILE, METRICS_FILE, LOSS_CURVE_FILE, PROMPT_FORMAT_FILE})
 
 
 def _read(run: TrainingRun, job: Job | None, cls: type[TrainingRunRead] = TrainingRunRead) -> TrainingRunRead:
@@ -81,16 +72,5 @@ def list_artifacts(run_id: int, user: CurrentUser, db: SessionDep) -> list[Artif
 @router.get("/training-runs/{run_id}/artifacts/{path:path}", response_class=FileResponse)
 def download_artifact(run_id: int, path: str, user: CurrentUser, db: SessionDep) -> FileResponse:
     """Metrics, summary and loss curve for project members; the data and weights for curators and admins."""
-    needs = Role.annotator.value if path in MEMBER_ARTIFACTS else Role.curator.value
-    run = service.require_run(db=db, user=user, run_id=run_id, min_role=needs)
-    target = service.artifact_path(run, path)
-    audit.record(
-        db=db,
-        user_id=user.id,
-        action="training.artifact_download",
-        entity_type="training_run",
-        entity_id=run.id,
-        project_id=run.project_id,
-        detail={"path": path, "bytes": target.stat().st_size},
-    )
+    target = service.download_artifact(db=db, user=user, run_id=run_id, path=path)
     return FileResponse(target, filename=target.name)

@@ -22,6 +22,14 @@ from app.jobs.service import validation_message
 from app.projects.service import require_project
 from app.snapshots.service import require_snapshot
 from app.training.models import TrainingMetric, TrainingRun
+from trainer.contract import LOSS_CURVE_FILE, METRICS_FILE, PROMPT_FORMAT_FILE, SUMMARY_FILE
+
+# What any member of the run's project may download: how the run went. Every other file holds the
+# snapshot's data or what was learnt from it (dataset.jsonl, samples.jsonl with references, the trainer's
+# log, adapter and merged weights) or server paths (configs, status), so it follows the export rule: curators
+# and admins only, like GET /snapshots/{id}/export. An allow-list, so that a file the trainer adds later is
+# protected until someone decides otherwise.
+MEMBER_ARTIFACTS = frozenset({SUMMARY_FILE, METRICS_FILE, LOSS_CURVE_FILE, PROMPT_FORMAT_FILE})
 
 # Fields the service decides; a caller's hyperparameters cannot point the trainer elsewhere.
 RESERVED = {"base_model", "models_dir", "dataset_path", "output_dir", "method", "allow_hub_download"}
@@ -191,4 +199,21 @@ def artifact_path(run: TrainingRun, rel: str) -> Path:
     target = (root / rel).resolve()
     if not target.is_relative_to(root) or not target.is_file():
         raise NotFound(f"artifact {rel!r} not found")
+    return target
+
+
+def download_artifact(*, db: Session, user: User, run_id: int, path: str) -> Path:
+    """A run's file for download, audited: how the run went for its project's members, the rest for curators."""
+    needs = Role.annotator.value if path in MEMBER_ARTIFACTS else Role.curator.value
+    run = require_run(db=db, user=user, run_id=run_id, min_role=needs)
+    target = artifact_path(run, path)
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="training.artifact_download",
+        entity_type="training_run",
+        entity_id=run.id,
+        project_id=run.project_id,
+        detail={"path": path, "bytes": target.stat().st_size},
+    )
     return target
