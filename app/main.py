@@ -26,6 +26,7 @@ from app.errors import DomainError
 from app.generation.router import router as generation_router
 from app.imports.router import router as imports_router
 from app.jobs.router import router as jobs_router
+from app.openapi import install as install_openapi
 from app.projects.router import router as projects_router
 from app.records.router import router as records_router
 from app.review.router import router as review_router
@@ -136,6 +137,7 @@ def create_app() -> FastAPI:
         docs_url="/docs",
         openapi_url="/api/v1/openapi.json",
     )
+    install_openapi(app)  # the error bodies the service really sends
 
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
