@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,14 @@ from app.jobs.service import validation_message
 from app.projects.service import require_project
 from app.snapshots.service import require_snapshot
 from app.training.models import TrainingMetric, TrainingRun
-from trainer.contract import LOSS_CURVE_FILE, METRICS_FILE, PROMPT_FORMAT_FILE, SUMMARY_FILE
+from trainer.contract import (
+    CHECKPOINTS_DIR,
+    LOSS_CURVE_FILE,
+    METRICS_FILE,
+    PROMPT_FORMAT_FILE,
+    SUMMARY_FILE,
+    code_version,
+)
 
 # What any member of the run's project may download: how the run went. Every other file holds the
 # snapshot's data or what was learnt from it (dataset.jsonl, samples.jsonl with references, the trainer's
@@ -33,21 +39,6 @@ MEMBER_ARTIFACTS = frozenset({SUMMARY_FILE, METRICS_FILE, LOSS_CURVE_FILE, PROMP
 
 # Fields the service decides; a caller's hyperparameters cannot point the trainer elsewhere.
 RESERVED = {"base_model", "models_dir", "dataset_path", "output_dir", "method", "allow_hub_download"}
-
-
-def code_version() -> str:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
-        )
-        if out.returncode == 0:
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from app import __version__
-
-    return __version__
 
 
 def resolve_base_model(name: str) -> Path:
@@ -189,7 +180,7 @@ def list_artifacts(run: TrainingRun) -> list[tuple[str, int]]:
     return sorted(
         (str(p.relative_to(root)), p.stat().st_size)
         for p in root.rglob("*")
-        if p.is_file() and "checkpoints" not in p.relative_to(root).parts
+        if p.is_file() and CHECKPOINTS_DIR not in p.relative_to(root).parts
     )
 
 
