@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
-from sqlalchemy.orm import object_session
+from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session
 
 from app.auth import service, sessions
 from app.auth.models import ApiToken, Role, User
@@ -26,19 +26,38 @@ from app.auth.security import csrf_token_for
 from app.auth.throttle import TooManyAttempts
 from app.config import Settings
 from app.deps import SESSION_COOKIE, CurrentUser, SessionDep, SettingsDep, client_address, user_from_cookie
-from app.errors import Forbidden, Unauthorized
+from app.errors import Forbidden
 
-router = APIRouter(tags=["auth"])
+
+class ThrottledRoute(APIRoute):
+    """A throttled password check answers 429 with Retry-After (app.auth.throttle), here rather than in the
+    one DomainError handler, which sends no headers. The request's unit of work is rolled back first."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        original = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                return await original(request)
+            except TooManyAttempts as exc:
+                return JSONResponse(
+                    {"detail": exc.message, "retry_after": exc.retry_after},
+                    status_code=exc.status_code,
+                    headers={"Retry-After": str(exc.retry_after)},
+                )
+
+        return handler
+
+
+router = APIRouter(tags=["auth"], route_class=ThrottledRoute)
 THROTTLED: dict[int | str, dict[str, Any]] = {
-    429: {"description": "Too many failed logins: wait Retry-After seconds."}
+    429: {"description": "Too many failed password checks: wait Retry-After seconds."}
 }
 
 
-def set_session_cookie(response: Response, settings: Settings, user: User) -> str:
-    """Start a session for the user (a row in the request's unit of work, the session that loaded the user)
-    and set its HttpOnly cookie. Returns the session's CSRF token."""
-    db = object_session(user)
-    assert db is not None, "set_session_cookie needs a user loaded by the request's session"
+def set_session_cookie(response: Response, settings: Settings, db: Session, user: User) -> str:
+    """Start a session for the user (a row in the request's unit of work) and set its HttpOnly cookie.
+    Returns the session's CSRF token."""
     cookie = sessions.start_session(db=db, settings=settings, user=user)
     response.set_cookie(
         SESSION_COOKIE,
@@ -52,26 +71,15 @@ def set_session_cookie(response: Response, settings: Settings, user: User) -> st
     return csrf_token_for(settings.secret_key, cookie)
 
 
-def too_many_attempts(exc: TooManyAttempts) -> JSONResponse:
-    return JSONResponse(
-        {"detail": exc.message, "retry_after": exc.retry_after},
-        status_code=exc.status_code,
-        headers={"Retry-After": str(exc.retry_after)},
-    )
-
-
 @router.post("/auth/login", response_model=LoginResponse, responses=THROTTLED)
 def login(
     body: LoginRequest, request: Request, response: Response, db: SessionDep, settings: SettingsDep
-) -> LoginResponse | JSONResponse:
+) -> LoginResponse:
     """Log in with username and password; sets an HttpOnly session cookie. Failures are throttled."""
-    try:
-        user = service.authenticate(
-            db=db, username=body.username, password=body.password, client=client_address(request), via="api"
-        )
-    except TooManyAttempts as exc:
-        return too_many_attempts(exc)
-    csrf = set_session_cookie(response, settings, user)
+    user = service.authenticate(
+        db=db, username=body.username, password=body.password, client=client_address(request), via="api"
+    )
+    csrf = set_session_cookie(response, settings, db, user)
     return LoginResponse(user=UserRead.model_validate(user), csrf_token=csrf)
 
 
@@ -82,7 +90,7 @@ def logout(request: Request, response: Response, db: SessionDep) -> None:
     response.delete_cookie(SESSION_COOKIE, path="/")
 
 
-@router.post("/auth/password", status_code=204, response_model=None, responses=THROTTLED)
+@router.post("/auth/password", status_code=204, responses=THROTTLED)
 def change_password(
     body: PasswordChange,
     request: Request,
@@ -90,22 +98,18 @@ def change_password(
     user: CurrentUser,
     db: SessionDep,
     settings: SettingsDep,
-) -> Response | None:
+) -> None:
     """Change your own password (the current one required). Every session and API token of yours ends;
     a request made with the session cookie gets a new session cookie (GET /auth/me for its CSRF token)."""
-    try:
-        service.change_own_password(
-            db=db,
-            user=user,
-            current_password=body.current_password,
-            new_password=body.new_password,
-            client=client_address(request),
-        )
-    except TooManyAttempts as exc:
-        return too_many_attempts(exc)
+    service.change_own_password(
+        db=db,
+        user=user,
+        current_password=body.current_password,
+        new_password=body.new_password,
+        client=client_address(request),
+    )
     if request.cookies.get(SESSION_COOKIE):
-        set_session_cookie(response, settings, user)
-    return None
+        set_session_cookie(response, settings, db, user)
 
 
 @router.get("/auth/me", response_model=LoginResponse)
@@ -117,33 +121,22 @@ def me(request: Request, user: CurrentUser, settings: SettingsDep) -> LoginRespo
 
 
 @router.post("/auth/tokens", response_model=TokenCreated, status_code=201, responses=THROTTLED)
-def create_token(
-    body: TokenCreate, request: Request, db: SessionDep, settings: SettingsDep
-) -> TokenCreated | JSONResponse:
+def create_token(body: TokenCreate, request: Request, db: SessionDep, settings: SettingsDep) -> TokenCreated:
     """Create an API token, either for the logged-in user or from username + password (throttled as a login)."""
-    if body.username is not None:
-        try:
-            user = service.authenticate(
-                db=db,
-                username=body.username,
-                password=body.password or "",
-                client=client_address(request),
-                via="token",
-            )
-        except TooManyAttempts as exc:
-            return too_many_attempts(exc)
-    else:
-        user_or_none = user_from_cookie(db, settings, request.cookies.get(SESSION_COOKIE))
-        if user_or_none is None:
-            raise Unauthorized("log in first, or send username and password")
-        user = user_or_none
-    token, plain = service.issue_token(db=db, user=user, name=body.name)
+    token, plain = service.create_token(
+        db=db,
+        name=body.name,
+        username=body.username,
+        password=body.password,
+        session_user=user_from_cookie(db, settings, request.cookies.get(SESSION_COOKIE)),
+        client=client_address(request),
+    )
     return TokenCreated(**TokenRead.model_validate(token).model_dump(), token=plain)
 
 
 @router.get("/auth/tokens", response_model=list[TokenRead])
 def list_tokens(user: CurrentUser, db: SessionDep) -> Sequence[ApiToken]:
-    return db.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id)).all()
+    return service.list_tokens(db=db, user=user)
 
 
 @router.delete("/auth/tokens/{token_id}", status_code=204)
@@ -151,29 +144,22 @@ def revoke_token(token_id: int, user: CurrentUser, db: SessionDep) -> None:
     service.revoke_token(db=db, user=user, token_id=token_id)
 
 
-def _require_admin(user: User) -> None:
-    if user.role != Role.admin.value:
-        raise Forbidden("only admins manage users")
-
-
 @router.get("/users", response_model=list[UserRead])
 def list_users(user: CurrentUser, db: SessionDep) -> Sequence[User]:
     """Every account with its role and state: admins only (curators use /users/directory)."""
-    _require_admin(user)
-    return db.scalars(select(User).order_by(User.id)).all()
+    return service.list_users(db=db, user=user)
 
 
 @router.get("/users/directory", response_model=list[UserBrief])
 def user_directory(user: CurrentUser, db: SessionDep) -> Sequence[User]:
     """Active accounts by id and name, for curators adding project members (PUT /projects/{id}/members)."""
-    if user.role == Role.annotator.value:
-        raise Forbidden("annotators cannot list users")
-    return db.scalars(select(User).where(User.is_active.is_(True)).order_by(User.username)).all()
+    return service.user_directory(db=db, user=user)
 
 
 @router.post("/users", response_model=UserRead, status_code=201)
 def create_user(body: UserCreate, user: CurrentUser, db: SessionDep) -> User:
-    _require_admin(user)
+    if user.role != Role.admin.value:
+        raise Forbidden("only admins manage users")
     return service.create_user(
         db=db, username=body.username, password=body.password, role=body.role, actor_id=user.id
     )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -137,6 +138,44 @@ def issue_token(*, db: Session, user: User, name: str) -> tuple[ApiToken, str]:
     return token, plain
 
 
+def create_token(
+    *,
+    db: Session,
+    name: str,
+    username: str | None,
+    password: str | None,
+    session_user: User | None,
+    client: str,
+) -> tuple[ApiToken, str]:
+    """A token for the account of `username` and `password` (a throttled password check, as a login), or
+    else for the user of the session that asks."""
+    if username is not None:
+        user = authenticate(db=db, username=username, password=password or "", client=client, via="token")
+    elif session_user is None:
+        raise Unauthorized("log in first, or send username and password")
+    else:
+        user = session_user
+    return issue_token(db=db, user=user, name=name)
+
+
+def list_tokens(*, db: Session, user: User) -> Sequence[ApiToken]:
+    return db.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id)).all()
+
+
+def list_users(*, db: Session, user: User) -> Sequence[User]:
+    """Every account with its role and state: admins only."""
+    if user.role != Role.admin.value:
+        raise Forbidden("only admins manage users")
+    return db.scalars(select(User).order_by(User.id)).all()
+
+
+def user_directory(*, db: Session, user: User) -> Sequence[User]:
+    """Active accounts, for curators adding project members: names only (the router shows id and name)."""
+    if user.role == Role.annotator.value:
+        raise Forbidden("annotators cannot list users")
+    return db.scalars(select(User).where(User.is_active.is_(True)).order_by(User.username)).all()
+
+
 def user_for_token(*, db: Session, plain: str) -> User | None:
     # One query for the token and its user: this runs on every API request.
     row = db.execute(
@@ -199,10 +238,19 @@ def _end_credentials(*, db: Session, user: User, actor_id: int, why: str) -> dic
 
 
 def change_own_password(
-    *, db: Session, user: User, current_password: str, new_password: str, client: str
+    *,
+    db: Session,
+    user: User,
+    current_password: str,
+    new_password: str,
+    client: str,
+    confirm_password: str | None = None,
 ) -> dict[str, int]:
-    """A user sets a new password, proving the current one (throttled like a login). Every session and API
-    token of the account ends, this one's included: the caller starts a new session for this browser."""
+    """A user sets a new password, proving the current one (throttled like a login); a form sends the new
+    one twice (`confirm_password`). Every session and API token of the account ends, this one's included:
+    the caller starts a new session for this browser."""
+    if confirm_password is not None and confirm_password != new_password:
+        raise Invalid("the two new passwords differ", field="confirm_password")
     if len(new_password) < MIN_PASSWORD:
         raise Invalid(f"password must be at least {MIN_PASSWORD} characters", field="new_password")
     if new_password == current_password:

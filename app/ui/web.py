@@ -129,6 +129,24 @@ def check_login_csrf(request: Request, token: str | None, settings: Settings) ->
     return bool(value) and check_csrf(settings.secret_key, "login:" + (value or ""), token)
 
 
+async def login_form(request: Request, settings: Settings) -> tuple[str, str, str]:
+    """(username, password, where to go next) of a posted login form, refused without its CSRF token."""
+    form = await request.form()
+    token = form.get("csrf_token")
+    if not check_login_csrf(request, token if isinstance(token, str) else None, settings):
+        raise Forbidden("the login form expired: reload the page and log in again")
+    return (
+        str(form.get("username", "")),
+        str(form.get("password", "")),
+        safe_next(str(form.get("next") or "")),
+    )
+
+
+def login_refused(request: Request, exc: DomainError, next_url: str) -> Response:
+    """The login form again, saying why: 401, or 429 with Retry-After while guesses are throttled."""
+    return refused_page(request, "login.html", None, exc, next=next_url, login_token=login_csrf(request)[1])
+
+
 def safe_next(target: str | None) -> str:
     """Only same-site paths: `next` must never send a user who just logged in to another site."""
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:

@@ -8,15 +8,15 @@ from fastapi.responses import FileResponse, RedirectResponse
 from app.auth import service as auth_service
 from app.auth.router import set_session_cookie
 from app.deps import SESSION_COOKIE, SessionDep, SettingsDep, client_address, user_from_cookie
-from app.errors import DomainError, Forbidden, NotFound
+from app.errors import DomainError, NotFound
 from app.ui.web import (
     HERE,
     LOGIN_COOKIE,
     CheckedForm,
     HtmlRoute,
-    check_login_csrf,
     login_csrf,
-    refused_page,
+    login_form,
+    login_refused,
     render,
     safe_next,
     set_login_cookie,
@@ -51,25 +51,16 @@ def login_page(request: Request, settings: SettingsDep, next: str | None = None)
 
 @router.post("/login")
 async def login_submit(request: Request, db: SessionDep, settings: SettingsDep) -> Response:
-    form = await request.form()
-    next_url = safe_next(str(form.get("next") or ""))
-    token = form.get("csrf_token")
-    if not check_login_csrf(request, token if isinstance(token, str) else None, settings):
-        raise Forbidden("the login form expired: reload the page and log in again")
+    """Password checks are throttled (app.auth.throttle); a refused attempt shows the form again."""
+    username, password, next_url = await login_form(request, settings)
     try:
         user = auth_service.authenticate(
-            db=db,
-            username=str(form.get("username", "")),
-            password=str(form.get("password", "")),
-            client=client_address(request),
-            via="ui",
+            db=db, username=username, password=password, client=client_address(request), via="ui"
         )
-    except DomainError as exc:  # 401, or 429 with Retry-After while guesses are throttled
-        return refused_page(
-            request, "login.html", None, exc, next=next_url, login_token=login_csrf(request)[1]
-        )
+    except DomainError as exc:
+        return login_refused(request, exc, next_url)
     response = RedirectResponse(next_url, status_code=303)
-    set_session_cookie(response, settings, user)
+    set_session_cookie(response, settings, db, user)
     response.delete_cookie(LOGIN_COOKIE)
     return response
 
