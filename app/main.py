@@ -17,6 +17,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
+from app.audit.router import router as audit_router
 from app.auth.router import router as auth_router
 from app.config import get_settings
 from app.datasets.router import router as datasets_router
@@ -181,6 +182,7 @@ def create_app() -> FastAPI:
         training_router,
         review_router,
         generation_router,
+        audit_router,
     ):
         api.include_router(router)
     app.include_router(api)
