@@ -109,6 +109,7 @@ def update_dataset(*, db: Session, user: User, dataset_id: int, changes: dict[st
         )
         if taken is not None:
             raise Conflict(f"dataset {name!r} exists in project {dataset.project_id}", field="name")
+    before = {key: getattr(dataset, key) for key in changes}
     for key, value in changes.items():
         setattr(dataset, key, value)
     audit.record(
@@ -119,6 +120,8 @@ def update_dataset(*, db: Session, user: User, dataset_id: int, changes: dict[st
         entity_id=dataset.id,
         project_id=dataset.project_id,
         detail={"fields": sorted(changes)},
+        before=before,
+        after=changes,
     )
     return dataset
 

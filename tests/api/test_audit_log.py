@@ -162,3 +162,15 @@ def test_record_edits_name_their_project_and_what_changed(client, db, team):
     assert edit.project_id == team["project"].id
     assert edit.detail["before"]["status"] == "pending" and edit.detail["after"]["status"] == "accepted"
     assert edit.detail["content_fields"] == ["output"]
+
+
+def test_dataset_updates_keep_what_was_before(client, db, team):
+    ds = team["dataset"]
+    old = ds.guidelines
+    resp = client.patch(f"/api/v1/datasets/{ds.id}", json={"guidelines": "Be strict."}, headers=team["hc"])
+    assert resp.status_code == 200, resp.text
+    update = only(db, "dataset.update")
+    assert update.detail["before"] == {"guidelines": old} and update.detail["after"] == {
+        "guidelines": "Be strict."
+    }
+    assert update.project_id == team["project"].id
