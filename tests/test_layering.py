@@ -99,20 +99,6 @@ def test_nothing_in_app_imports_from_workers():
 # A handler loads, calls a service and returns: its logic and queries live in a service, where workers, the CLI
 # and tests reach them too. Lines counted from the first statement after the docstring to the end.
 MAX_HANDLER_LINES = 12
-# Handlers allowed to be longer, each with the reason. Keep this short: thin a handler rather than add it here.
-LONG_HANDLERS = {
-    # Password checks and their throttling (issue 16) are being reworked with app/auth; these stay as they are
-    # until that lands, then move into app/auth/service.py.
-    "app.ui.pages.auth.login_submit",
-    "app.ui.pages.account.change_password",
-    "app.auth.router.create_token",
-    "app.auth.router.change_password",
-}
-# Router and page modules that still query the database themselves, each with the reason.
-QUERYING_ROUTERS = {
-    # Being reworked with app/auth (issue 16): its token and user listings move into app/auth/service.py then.
-    "app/auth/router.py",
-}
 # Session methods that read or write: in a router or a page they mean a query that belongs in a service.
 DB_CALLS = {
     "execute",
@@ -155,7 +141,7 @@ def test_no_route_handler_is_longer_than_a_few_lines():
     long = {}
     for route in routes:
         name = f"{route.endpoint.__module__}.{route.endpoint.__qualname__}"
-        if name not in LONG_HANDLERS and (lines := _body_lines(route.endpoint)) > MAX_HANDLER_LINES:
+        if (lines := _body_lines(route.endpoint)) > MAX_HANDLER_LINES:
             long[name] = lines
     assert long == {}, f"handlers over {MAX_HANDLER_LINES} lines; move their logic into a service: {long}"
 
@@ -184,9 +170,5 @@ def _queries_in(path: Path) -> list[str]:
 def test_routers_and_pages_run_no_queries_of_their_own():
     modules = sorted([*ROOT.glob("app/*/router.py"), *(ROOT / "app" / "ui").rglob("*.py")])
     assert len(modules) > 10
-    offenders = {
-        rel: found
-        for path in modules
-        if (rel := path.relative_to(ROOT).as_posix()) not in QUERYING_ROUTERS and (found := _queries_in(path))
-    }
+    offenders = {path.relative_to(ROOT).as_posix(): found for path in modules if (found := _queries_in(path))}
     assert offenders == {}, f"routers and pages call services, which query: {offenders}"
