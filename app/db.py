@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.schema import ColumnCollectionConstraint
 
 from app.config import get_settings
-from app.errors import Conflict, DomainError, Invalid
+from app.errors import Conflict, DomainError, Invalid, NotFound
 
 
 def make_engine(url: str) -> Engine:
@@ -68,7 +68,16 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
+T = TypeVar("T")
 _SQLITE_UNIQUE = re.compile(r"UNIQUE constraint failed: ([\w.,\s]+)")
+
+
+def get_or_404(db: Session, model: type[T], ident: int, what: str) -> T:
+    """The row, or NotFound("<what> not found")."""
+    row = db.get(model, ident)
+    if row is None:
+        raise NotFound(f"{what} not found")
+    return row
 
 
 def refusal(exc: DBAPIError) -> DomainError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -36,3 +38,24 @@ class Invalid(DomainError):
 
 class PayloadTooLarge(DomainError):
     status_code = 413
+
+
+def validation_message(errors: Iterable[Mapping[str, Any]], prefix: str | None = None) -> str:
+    """pydantic's or FastAPI's validation errors as one line a person reads: `params.threshold: Input
+    should be less than or equal to 1; ...`. FastAPI's leading "body" is left out of each location."""
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        where = ".".join(p for p in (prefix, loc) if p)
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return "; ".join(parts)
+
+
+@contextmanager
+def not_found_as(what: str) -> Iterator[None]:
+    """Inside, a NotFound (the row's project or dataset is not the user's) reads as the row itself not
+    found: ids of other projects' rows reveal nothing, not even which project they belong to."""
+    try:
+        yield
+    except NotFound:
+        raise NotFound(f"{what} not found") from None

@@ -23,7 +23,7 @@ from app.config import get_settings
 from app.datasets.router import router as datasets_router
 from app.db import get_engine, refusal
 from app.edge import check_request
-from app.errors import DomainError
+from app.errors import DomainError, validation_message
 from app.generation.router import router as generation_router
 from app.imports.router import router as imports_router
 from app.jobs.router import router as jobs_router
@@ -102,14 +102,6 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-    return "; ".join(parts)
-
-
 def health(request: Request) -> dict[str, Any]:
     checks: dict[str, str] = {}
     try:
@@ -166,7 +158,7 @@ def create_app() -> FastAPI:
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()
         ]
-        return JSONResponse({"detail": _validation_message(exc), "errors": errors}, status_code=422)
+        return JSONResponse({"detail": validation_message(exc.errors()), "errors": errors}, status_code=422)
 
     # Every API and page request passes the edge check (app.edge) before its handler runs.
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(check_request)])

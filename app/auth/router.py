@@ -9,7 +9,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 
 from app.auth import service, sessions
-from app.auth.models import ApiToken, Role, User
+from app.auth.models import ApiToken, User
 from app.auth.schemas import (
     LoginRequest,
     LoginResponse,
@@ -26,7 +26,6 @@ from app.auth.security import csrf_token_for
 from app.auth.throttle import TooManyAttempts
 from app.config import Settings
 from app.deps import SESSION_COOKIE, CurrentUser, SessionDep, SettingsDep, client_address, user_from_cookie
-from app.errors import Forbidden
 
 
 class ThrottledRoute(APIRoute):
@@ -158,11 +157,7 @@ def user_directory(user: CurrentUser, db: SessionDep) -> Sequence[User]:
 
 @router.post("/users", response_model=UserRead, status_code=201)
 def create_user(body: UserCreate, user: CurrentUser, db: SessionDep) -> User:
-    if user.role != Role.admin.value:
-        raise Forbidden("only admins manage users")
-    return service.create_user(
-        db=db, username=body.username, password=body.password, role=body.role, actor_id=user.id
-    )
+    return service.add_user(db=db, actor=user, username=body.username, password=body.password, role=body.role)
 
 
 @router.patch("/users/{user_id}", response_model=UserRead)

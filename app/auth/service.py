@@ -162,10 +162,21 @@ def list_tokens(*, db: Session, user: User) -> Sequence[ApiToken]:
     return db.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id)).all()
 
 
-def list_users(*, db: Session, user: User) -> Sequence[User]:
-    """Every account with its role and state: admins only."""
+def require_admin(user: User) -> None:
+    """Accounts are managed by admins only: the one check, for the API and the pages alike."""
     if user.role != Role.admin.value:
         raise Forbidden("only admins manage users")
+
+
+def add_user(*, db: Session, actor: User, username: str, password: str, role: str) -> User:
+    """An admin creates an account."""
+    require_admin(actor)
+    return create_user(db=db, username=username, password=password, role=role, actor_id=actor.id)
+
+
+def list_users(*, db: Session, user: User) -> Sequence[User]:
+    """Every account with its role and state: admins only."""
+    require_admin(user)
     return db.scalars(select(User).order_by(User.id)).all()
 
 
@@ -293,8 +304,7 @@ def update_user(
 ) -> User:
     """An admin changes a user's role, state or password. A new password or a deactivation ends every
     session and API token of the account."""
-    if actor.role != Role.admin.value:
-        raise Forbidden("only admins manage users")
+    require_admin(actor)
     target = db.get(User, user_id)
     if target is None:
         raise NotFound(f"user {user_id} not found")

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.auth.models import Role, User
 from app.datasets.models import Dataset
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, NotFound, not_found_as
 from app.projects.models import Project
 from app.projects.service import require_project
 from app.records.models import Record
@@ -34,10 +34,8 @@ def require_dataset(
     if row is None:
         raise NotFound(f"dataset {dataset_id} not found")
     dataset = row[0]
-    try:
+    with not_found_as(f"dataset {dataset_id}"):
         require_project(db=db, user=user, project_id=dataset.project_id, min_role=min_role)
-    except NotFound:
-        raise NotFound(f"dataset {dataset_id} not found") from None
     return dataset
 
 

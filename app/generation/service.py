@@ -11,11 +11,10 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import Role, User
 from app.datasets.service import require_dataset
-from app.errors import Invalid
+from app.errors import Invalid, validation_message
 from app.generation.cache import DbResponseCache
 from app.generation.jobs import get_teacher, self_instruct_params, teachers
 from app.generation.schemas import EstimateRead, EstimateRequest, SelfInstructJobParams, TeacherRead
-from app.jobs.service import validation_message
 from app.pipeline.llm import Gateway, estimate_cost, run_coroutine
 from app.records.models import Record
 
@@ -54,7 +53,7 @@ def estimate(*, db: Session, user: User, request: EstimateRequest) -> EstimateRe
     try:
         p = SelfInstructJobParams.model_validate(request.params)
     except ValidationError as exc:
-        raise Invalid(validation_message(exc)) from exc
+        raise Invalid(validation_message(exc.errors(), prefix="params")) from exc
     teacher = get_teacher(p)
     human = _seed_instructions(db=db, dataset_id=dataset.id)
     if not human:

@@ -12,7 +12,8 @@ from app.audit import service as audit
 from app.auth.models import Role, User
 from app.base import utcnow
 from app.datasets.service import require_dataset
-from app.errors import Invalid, NotFound
+from app.db import get_or_404
+from app.errors import Invalid, not_found_as, validation_message
 from app.jobs.models import ACTIVE_STATUSES, Job, JobStatus
 from app.jobs.registry import KINDS, load_object
 from app.projects.service import require_project
@@ -20,14 +21,6 @@ from app.records import service as records
 from app.records.schemas import RecordFilter
 
 log = logging.getLogger(__name__)
-
-
-def validation_message(exc: ValidationError, prefix: str = "params") -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{prefix}.{loc}: {err['msg']}" if loc else f"{prefix}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def create_job(
@@ -58,7 +51,7 @@ def create_job(
     try:
         validated = spec.params_cls().model_validate(params)
     except ValidationError as exc:
-        raise Invalid(validation_message(exc)) from exc
+        raise Invalid(validation_message(exc.errors(), prefix="params")) from exc
     if spec.validator:
         load_object(spec.validator)(validated.model_dump(mode="json"))
     job = Job(
@@ -102,7 +95,7 @@ def human_decided_in_scope(
             else fields["scope"].get_default(call_default_factory=True)
         )
     except ValidationError as exc:
-        raise Invalid(validation_message(exc, prefix="params.scope")) from exc
+        raise Invalid(validation_message(exc.errors(), prefix="params.scope")) from exc
     flt = scope.model_copy(update={"human_decided": True})
     return records.count_records(db=db, user=user, dataset_id=dataset_id, flt=flt)
 
@@ -126,13 +119,9 @@ def send(*, db: Session, job: Job) -> None:
 
 
 def get_job(*, db: Session, user: User, job_id: int) -> Job:
-    job = db.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
-    try:
+    job = get_or_404(db, Job, job_id, f"job {job_id}")
+    with not_found_as(f"job {job_id}"):
         require_project(db=db, user=user, project_id=job.project_id)
-    except NotFound:
-        raise NotFound(f"job {job_id} not found") from None
     return job
 
 

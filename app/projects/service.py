@@ -183,10 +183,3 @@ def username_of(*, db: Session, user_id: int) -> str:
     """A user's name ("" for a user deleted meanwhile)."""
     target = db.get(User, user_id)
     return target.username if target else ""
-
-
-def list_users(*, db: Session, user: User) -> Sequence[User]:
-    """Every user, by username (admins only)."""
-    if user.role != Role.admin.value:
-        raise Forbidden("only admins manage users")
-    return db.scalars(select(User).order_by(User.username)).all()

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 StatusLiteral = Literal["pending", "accepted", "rejected", "filtered"]
 
@@ -19,6 +19,17 @@ class Message(BaseModel):
     content: str
 
     _nul = field_validator("content")(_no_nul)
+
+
+def _clean_tags(tags: list[str]) -> list[str]:
+    cleaned = sorted({t.strip() for t in tags if t.strip()})
+    if any(len(t) > 64 for t in cleaned):
+        raise ValueError("a tag is at most 64 characters")
+    return cleaned
+
+
+# Tags as people type them: trimmed, blanks dropped, duplicates merged, sorted; each at most 64 characters.
+Tags = Annotated[list[str], AfterValidator(_clean_tags)]
 
 
 class RecordFilter(BaseModel):
@@ -131,7 +142,7 @@ class RecordUpdate(BaseModel):
     output: str | None = None
     system: str | None = None
     messages: list[Message] | None = None
-    tags: list[str] | None = None
+    tags: Tags | None = None
     rating: int | None = Field(None, ge=1, le=5)
     label: str | None = None
     status: StatusLiteral | None = None
@@ -139,16 +150,6 @@ class RecordUpdate(BaseModel):
     note: str = Field("", max_length=2000)
 
     _nul = field_validator("instruction", "input", "output", "system")(_no_nul)
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, tags: list[str] | None) -> list[str] | None:
-        if tags is None:
-            return None
-        cleaned = sorted({t.strip() for t in tags if t.strip()})
-        if any(len(t) > 64 for t in cleaned):
-            raise ValueError("a tag is at most 64 characters")
-        return cleaned
 
 
 class BulkStatus(BaseModel):

@@ -13,8 +13,9 @@ from app.audit import service as audit
 from app.auth.models import Role, User
 from app.base import utcnow
 from app.datasets.service import require_dataset
+from app.db import get_or_404
 from app.edge import MAX_ID
-from app.errors import Conflict, Invalid, NotFound
+from app.errors import Conflict, Invalid, not_found_as
 from app.records.models import Record, RecordRevision, RecordTag, ReviewEvent
 from app.records.schemas import RecordFilter, RecordUpdate
 
@@ -140,13 +141,9 @@ def get_record(
     for_update: bool = False,
 ) -> Record:
     """The record if the user may see it; `for_update` (every change) also locks it, see lock_record."""
-    record = db.get(Record, record_id)
-    if record is None:
-        raise NotFound(f"record {record_id} not found")
-    try:
+    record = get_or_404(db, Record, record_id, f"record {record_id}")
+    with not_found_as(f"record {record_id}"):
         require_dataset(db=db, user=user, dataset_id=record.dataset_id, min_role=min_role)
-    except NotFound:
-        raise NotFound(f"record {record_id} not found") from None
     if for_update:
         lock_record(db, record)
     return record

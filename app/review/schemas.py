@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
-from app.records.schemas import Message, RecordFilter
+from app.records.schemas import Message, RecordFilter, Tags
 
 DecisionAction = Literal["accept", "reject", "rate", "tag", "skip", "flag"]
 
@@ -112,20 +112,10 @@ class DecisionIn(BaseModel):
     version: int
     reason: str | None = Field(None, max_length=64)
     rating: int | None = Field(None, ge=1, le=5)
-    tags: list[str] | None = None
+    tags: Tags | None = None
     note: str = Field("", max_length=2000)
     prefetch_after: int | None = Field(None, description="Highest record id the client already holds.")
     prefetch: int = Field(0, ge=0, le=20, description="How many further queue records to return.")
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, tags: list[str] | None) -> list[str] | None:
-        if tags is None:
-            return None
-        cleaned = sorted({t.strip() for t in tags if t.strip()})
-        if any(len(t) > 64 for t in cleaned):
-            raise ValueError("a tag is at most 64 characters")
-        return cleaned
 
 
 class RecordState(BaseModel):

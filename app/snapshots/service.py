@@ -18,7 +18,8 @@ from app.audit import service as audit
 from app.auth.models import Role, User
 from app.config import get_settings
 from app.datasets.service import require_dataset
-from app.errors import Conflict, Invalid, NotFound
+from app.db import get_or_404
+from app.errors import Conflict, Invalid, not_found_as
 from app.pipeline import formats
 from app.records.models import Record
 from app.records.schemas import RecordFilter
@@ -236,13 +237,9 @@ def iter_contents(db: Session, snapshot_id: int) -> Iterator[dict[str, Any]]:
 def require_snapshot(
     *, db: Session, user: User, snapshot_id: int, min_role: str = Role.annotator.value
 ) -> Snapshot:
-    snap = db.get(Snapshot, snapshot_id)
-    if snap is None:
-        raise NotFound(f"snapshot {snapshot_id} not found")
-    try:
+    snap = get_or_404(db, Snapshot, snapshot_id, f"snapshot {snapshot_id}")
+    with not_found_as(f"snapshot {snapshot_id}"):
         require_dataset(db=db, user=user, dataset_id=snap.dataset_id, min_role=min_role)
-    except NotFound:
-        raise NotFound(f"snapshot {snapshot_id} not found") from None
     return snap
 
 

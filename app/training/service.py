@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.auth.models import Role, User
 from app.config import get_settings
-from app.errors import Invalid, NotFound
+from app.db import get_or_404
+from app.errors import Invalid, NotFound, not_found_as, validation_message
 from app.jobs import service as jobs
 from app.jobs.models import Job
-from app.jobs.service import validation_message
 from app.projects.service import require_project
 from app.snapshots.service import require_snapshot
 from app.training.models import TrainingMetric, TrainingRun
@@ -91,7 +91,7 @@ def create_run(
             }
         )
     except ValidationError as exc:
-        raise Invalid(validation_message(exc, prefix="hyperparameters")) from exc
+        raise Invalid(validation_message(exc.errors(), prefix="hyperparameters")) from exc
     from app.datasets.models import Dataset
 
     dataset = db.get(Dataset, snap.dataset_id)
@@ -136,13 +136,9 @@ def create_run(
 
 
 def require_run(*, db: Session, user: User, run_id: int, min_role: str = Role.annotator.value) -> TrainingRun:
-    run = db.get(TrainingRun, run_id)
-    if run is None:
-        raise NotFound(f"training run {run_id} not found")
-    try:
+    run = get_or_404(db, TrainingRun, run_id, f"training run {run_id}")
+    with not_found_as(f"training run {run_id}"):
         require_project(db=db, user=user, project_id=run.project_id, min_role=min_role)
-    except NotFound:
-        raise NotFound(f"training run {run_id} not found") from None
     return run
 
 

@@ -14,7 +14,7 @@ from app.auth.models import Role, User
 from app.datasets import service as datasets
 from app.datasets.models import Dataset
 from app.deps import SessionDep
-from app.errors import Invalid
+from app.errors import Invalid, validation_message
 from app.jobs import service as jobs
 from app.projects import service as projects
 from app.records import service as records
@@ -107,7 +107,7 @@ def _filter_from(values: Any) -> RecordFilter:
     try:
         return RecordFilter.model_validate(raw)
     except ValidationError as exc:
-        raise Invalid(jobs.validation_message(exc, prefix="filter")) from exc
+        raise Invalid(validation_message(exc.errors(), prefix="filter")) from exc
 
 
 def _choice(form: FormData, name: str, allowed: tuple[str, ...], message: str) -> str:

@@ -8,7 +8,7 @@ from app.auth import service as auth_service
 from app.auth.models import Role
 from app.datasets import service as datasets
 from app.deps import SessionDep
-from app.errors import Forbidden, Invalid
+from app.errors import Invalid
 from app.projects import service as projects
 from app.review import service as review
 from app.ui.web import CheckedForm, HtmlRoute, PageUser, redirect, render
@@ -34,19 +34,17 @@ def dashboard(request: Request, user: PageUser, db: SessionDep) -> Response:
 
 @router.get("/ui/users")
 def users_page(request: Request, user: PageUser, db: SessionDep) -> Response:
-    return render(request, "users.html", user, users=projects.list_users(db=db, user=user))
+    return render(request, "users.html", user, users=auth_service.list_users(db=db, user=user))
 
 
 @router.post("/ui/users")
 def create_user(form: CheckedForm, user: PageUser, db: SessionDep) -> Response:
-    if user.role != Role.admin.value:
-        raise Forbidden("only admins manage users")
-    created = auth_service.create_user(
+    created = auth_service.add_user(
         db=db,
+        actor=user,
         username=str(form.get("username", "")).strip(),
         password=str(form.get("password", "")),
         role=str(form.get("role", Role.annotator.value)),
-        actor_id=user.id,
     )
     return redirect("/ui/users", f"created user {created.username}")
 
