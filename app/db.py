@@ -8,7 +8,9 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.schema import ColumnCollectionConstraint
@@ -70,6 +72,19 @@ def session_scope() -> Iterator[Session]:
 
 T = TypeVar("T")
 _SQLITE_UNIQUE = re.compile(r"UNIQUE constraint failed: ([\w.,\s]+)")
+
+
+def insert_ignoring(db: Session | Connection, table: Any, *, index_elements: list[str] | None = None) -> Any:
+    """`INSERT ... ON CONFLICT DO NOTHING` in the session's dialect (PostgreSQL or SQLite): the one place
+    that picks the statement. `index_elements` names the unique key (default: any conflict)."""
+    dialect = db.get_bind().dialect.name if isinstance(db, Session) else db.dialect.name
+    if dialect == "postgresql":
+        stmt: Any = pg_insert(table)
+    elif dialect == "sqlite":
+        stmt = sqlite_insert(table)
+    else:
+        raise NotImplementedError(f"no insert-ignoring-duplicates for the {dialect} dialect")
+    return stmt.on_conflict_do_nothing(index_elements=index_elements)
 
 
 def get_or_404(db: Session, model: type[T], ident: int, what: str) -> T:

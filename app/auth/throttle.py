@@ -24,13 +24,12 @@ import math
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.auth.models import LoginThrottle
 from app.base import utcnow
 from app.config import Settings
+from app.db import insert_ignoring
 from app.errors import DomainError
 
 # A client address may fail this many times as often as one account before it is slowed down.
@@ -67,11 +66,8 @@ def delay_after(failures: int, allowance: int, max_delay: int) -> int:
 def guard(*, db: Session, keys: list[str]) -> list[LoginThrottle]:
     """Take (create and lock) the attempt's rows; refuse with TooManyAttempts while any is blocked."""
     now = utcnow()
-    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
     db.execute(
-        insert(LoginThrottle)
-        .values([{"key": k, "failures": 0, "seen_at": now} for k in keys])
-        .on_conflict_do_nothing()
+        insert_ignoring(db, LoginThrottle).values([{"key": k, "failures": 0, "seen_at": now} for k in keys])
     )
     rows = list(
         db.scalars(

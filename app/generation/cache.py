@@ -6,10 +6,8 @@ import dataclasses
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from app.db import get_sessionmaker
+from app.db import get_sessionmaker, insert_ignoring
 from app.generation.models import LlmCacheEntry, LlmCall
 from app.pipeline.llm import CallRecord
 
@@ -44,9 +42,7 @@ class DbResponseCache:
             "response": response,
         }
         with get_sessionmaker()() as db:
-            dialect = db.get_bind().dialect.name
-            insert = pg_insert if dialect == "postgresql" else sqlite_insert
-            db.execute(insert(LlmCacheEntry).values(**values).on_conflict_do_nothing(index_elements=["key"]))
+            db.execute(insert_ignoring(db, LlmCacheEntry, index_elements=["key"]).values(**values))
             if self.job_id is not None and call is not None:
                 # Even when the entry was already there (the same request in flight twice): both were paid.
                 db.add(_llm_call(self.job_id, call))

@@ -15,10 +15,9 @@ from typing import Any, Final, Required, TypedDict
 
 from sqlalchemy import JSON, Connection, bindparam
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from app.db import insert_ignoring
 from app.records.models import Record, RecordStatus
 
 
@@ -71,16 +70,10 @@ DEFAULTS: Final[dict[str, Any]] = {
 _MESSAGES = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
-def _insert_ignoring_duplicates(dialect: str) -> Any:
-    if dialect == "postgresql":
-        stmt: Any = pg_insert(Record)
-    elif dialect == "sqlite":
-        stmt = sqlite_insert(Record)
-    else:
-        raise NotImplementedError(f"no insert-ignoring-duplicates for the {dialect} dialect")
+def _insert_ignoring_duplicates(db: Connection | Session) -> Any:
     return (
-        stmt.values(messages=bindparam("messages", type_=_MESSAGES))
-        .on_conflict_do_nothing(index_elements=["dataset_id", "gen_key"])
+        insert_ignoring(db, Record, index_elements=["dataset_id", "gen_key"])
+        .values(messages=bindparam("messages", type_=_MESSAGES))
         # executemany reports no row count unless asked to: the count is what was actually inserted.
         .execution_options(preserve_rowcount=True)
     )
@@ -97,4 +90,4 @@ def insert_new(db: Connection | Session, rows: Iterable[NewRecord]) -> int:
     if isinstance(db, Session):
         db.flush()
         db = db.connection()
-    return int(db.execute(_insert_ignoring_duplicates(db.dialect.name), values).rowcount)
+    return int(db.execute(_insert_ignoring_duplicates(db), values).rowcount)

@@ -10,8 +10,6 @@ from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -19,6 +17,7 @@ from app.auth.models import Role, User
 from app.base import utcnow
 from app.datasets.models import Dataset
 from app.datasets.service import require_dataset
+from app.db import insert_ignoring
 from app.errors import Conflict, Invalid, NotFound
 from app.jobs.models import Job
 from app.projects.models import ProjectMember
@@ -813,9 +812,8 @@ def assign(
         for j in range(k)
     ]
     created = 0
-    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
     for start in range(0, len(rows), 5000):
-        stmt = insert(RecordAssignment).values(rows[start : start + 5000]).on_conflict_do_nothing()
+        stmt = insert_ignoring(db, RecordAssignment).values(rows[start : start + 5000])
         created += len(db.execute(stmt.returning(RecordAssignment.record_id)).all())
     audit.record(
         db=db,
