@@ -172,3 +172,24 @@ def test_routers_and_pages_run_no_queries_of_their_own():
     assert len(modules) > 10
     offenders = {path.relative_to(ROOT).as_posix(): found for path in modules if (found := _queries_in(path))}
     assert offenders == {}, f"routers and pages call services, which query: {offenders}"
+
+
+def test_one_place_picks_the_insert_ignoring_duplicates_statement():
+    """app.db.insert_ignoring is the only user of the dialects' insert constructs."""
+    users = sorted(
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "app").rglob("*.py")
+        if "dialects.postgresql import insert" in path.read_text()
+        or "dialects.sqlite import insert" in path.read_text()
+    )
+    assert users == ["app/db.py"]
+
+
+def test_the_pipeline_reads_no_settings():
+    """app/pipeline/ gets what it needs as arguments: the CLI and the service decide where it comes from."""
+    offenders = sorted(
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "app" / "pipeline").rglob("*.py")
+        if "app.config" in path.read_text()
+    )
+    assert offenders == []
