@@ -121,20 +121,12 @@ def db(request: pytest.FixtureRequest) -> Iterator[Session]:
     yield from _rollback_session(engine_for(backend))
 
 
-@pytest.fixture
-def client(db: Session) -> Iterator[Any]:
-    """The real app, in-process, on the test's session (its writes roll back with the test)."""
-    from fastapi.testclient import TestClient
-
-    from app.deps import get_db
-    from app.main import create_app
-
-    app = create_app()
+def unit_of_work_on(db: Session) -> Any:
+    """A stand-in for app.deps.get_db that runs each request in a savepoint of the test's transaction:
+    released when the handler returns, rolled back when it (or the flush) fails; the test's own data stays
+    either way. (A service that commits on its own, e.g. before it enqueues a job, has released it already.)"""
 
     def _db() -> Iterator[Session]:
-        # As app.db.session_scope, in a savepoint of the test's transaction: released when the handler
-        # returns, rolled back when it (or the flush) fails; the test's own data stays either way.
-        # (A service that commits on its own, e.g. before it enqueues a job, has already released it.)
         request_tx = db.begin_nested()
         try:
             yield db
@@ -145,7 +137,20 @@ def client(db: Session) -> Iterator[Any]:
                 request_tx.rollback()
             raise
 
-    app.dependency_overrides[get_db] = _db
+    return _db
+
+
+@pytest.fixture
+def client(db: Session) -> Iterator[Any]:
+    """The real app, in-process, on the test's session (its writes roll back with the test)."""
+    from fastapi.testclient import TestClient
+
+    from app.deps import get_db
+    from app.main import create_app
+
+    app = create_app()
+
+    app.dependency_overrides[get_db] = unit_of_work_on(db)
     with TestClient(app) as c:
         yield c
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
 from app.auth.models import User
 from app.datasets.models import Dataset
+from app.jobs.models import Job
 from app.projects.models import Project, ProjectMember
 from app.records.models import Record
 
@@ -59,3 +62,68 @@ def make_records(db: Session, dataset: Dataset, n: int, **overrides: Any) -> lis
     db.add_all(records)
     db.flush()
     return records
+
+
+# --- committed data, for tests that run jobs in the real runner -------------------------------------------
+
+
+def seeded_dataset(engine: Engine, shared_data: Path, language: str = "en") -> tuple[int, User]:
+    """A curator's dataset holding the real Self-Instruct seed tasks (BELLE's for zh), committed."""
+    from app.imports.service import parse_file, write_records
+
+    seeds = shared_data / (
+        "belle/zh_seed_tasks.json" if language == "zh" else "self-instruct/seed_tasks.jsonl"
+    )
+    with Session(engine) as db:
+        curator = make_user(db, "curator")
+        dataset = make_dataset(db, make_project(db, (curator, "curator")), language=language)
+        parsed, _, fmt = parse_file(seeds, fmt="self_instruct", filename=None, skip_bad=False)
+        write_records(
+            sessions=[db],
+            dataset_id=dataset.id,
+            records=parsed,
+            fmt=fmt,
+            key_prefix="seed",
+            job_id=None,
+            batch_size=1000,
+        )
+        db.commit()
+        db.expunge(curator)
+        return dataset.id, curator
+
+
+def create_job(engine: Engine, user: User, dataset_id: int, kind: str, params: dict[str, Any]) -> int:
+    """A job row, committed and not sent to any broker (the test runs it)."""
+    from app.jobs import service as jobs
+
+    with Session(engine) as db:
+        job = jobs.create_job(
+            db=db,
+            user=db.merge(user),
+            kind=kind,
+            project_id=None,
+            dataset_id=dataset_id,
+            params=params,
+            enqueue=False,
+        )
+        db.commit()
+        return job.id
+
+
+def job_row(engine: Engine, job_id: int) -> Job:
+    with Session(engine) as db:
+        job = db.get(Job, job_id)
+        assert job is not None
+        db.expunge(job)
+        return job
+
+
+def run_job_now(engine: Engine, user: User, dataset_id: int, kind: str, params: dict[str, Any]) -> Job:
+    """Create a job and run it in this process with the real runner; it must succeed."""
+    from workers.runner import run_job
+
+    job_id = create_job(engine, user, dataset_id, kind, params)
+    status = run_job(job_id)
+    job = job_row(engine, job_id)
+    assert status == "succeeded", job.error
+    return job

@@ -18,7 +18,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("records", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("human_decided", sa.Boolean(), server_default=sa.false(), nullable=False))
+        batch_op.add_column(
+            sa.Column("human_decided", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
         batch_op.add_column(sa.Column("advice", sa.String(length=64), nullable=True))
         batch_op.create_index(
             "ix_records_dataset_advice",

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 from sqlalchemy.orm import Session
 
+from tests.conftest import unit_of_work_on
 from tests.factories import make_dataset, make_project, make_records, make_user, token_for
 
 EXAMPLES = 25  # per operation: ~60 operations x 25, about a minute on two cores
@@ -27,18 +28,7 @@ def api_schema(db: Session) -> Iterator[Any]:
 
     app = create_app()
 
-    def _db() -> Iterator[Session]:
-        request_tx = db.begin_nested()
-        try:
-            yield db
-            if request_tx.is_active:
-                request_tx.commit()
-        except BaseException:
-            if request_tx.is_active:
-                request_tx.rollback()
-            raise
-
-    app.dependency_overrides[get_db] = _db
+    app.dependency_overrides[get_db] = unit_of_work_on(db)
     yield schemathesis.openapi.from_asgi("/api/v1/openapi.json", app)
 
 

@@ -8,11 +8,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.jobs import service as jobs
 from app.pipeline.rouge import greedy_filter
 from app.records.models import Record
-from tests.factories import make_dataset, make_project, make_user
-from workers.runner import run_job
+from tests.factories import make_dataset, make_project, make_user, run_job_now
 
 
 def _dataset_with(engine, texts: list[tuple[str, str]], language: str = "en") -> tuple[int, object]:
@@ -24,24 +22,6 @@ def _dataset_with(engine, texts: list[tuple[str, str]], language: str = "en") ->
         )
         db.commit()
         return dataset.id, curator
-
-
-def _run(engine, curator, dataset_id: int, kind: str, params: dict) -> dict:
-    with Session(engine) as db:
-        job = jobs.create_job(
-            db=db,
-            user=db.merge(curator),
-            kind=kind,
-            project_id=None,
-            dataset_id=dataset_id,
-            params=params,
-            enqueue=False,
-        )
-        db.commit()
-        job_id = job.id
-    assert run_job(job_id) == "succeeded"
-    with Session(engine) as db:
-        return {"job": jobs.Job.__table__, "row": db.get(jobs.Job, job_id)}
 
 
 def _t0_prompts(shared_data, n_files: int = 3) -> list[str]:
@@ -56,8 +36,7 @@ def _t0_prompts(shared_data, n_files: int = 3) -> list[str]:
 def test_dedup_job_keeps_exactly_the_greedy_set_and_deletes_nothing(committed_pg, shared_data):
     prompts = _t0_prompts(shared_data)
     dataset_id, curator = _dataset_with(committed_pg, [(p, "answer") for p in prompts])
-    out = _run(committed_pg, curator, dataset_id, "dedup", {"threshold": 0.7, "exact": False})
-    job = out["row"]
+    job = run_job_now(committed_pg, curator, dataset_id, "dedup", {"threshold": 0.7, "exact": False})
     with Session(committed_pg) as db:
         rows = db.execute(
             select(
@@ -88,7 +67,7 @@ def test_dedup_job_catches_chinese_near_copies(committed_pg, shared_data):
     originals = [(d["instruction"], d["output"]) for d in data]
     copies = [(d["instruction"].rstrip("。？?") + "，请简要回答。", d["output"]) for d in data[:50]]
     dataset_id, curator = _dataset_with(committed_pg, originals + copies, language="zh")
-    out = _run(committed_pg, curator, dataset_id, "dedup", {})
+    job = run_job_now(committed_pg, curator, dataset_id, "dedup", {})
     with Session(committed_pg) as db:
         filtered = db.scalar(
             select(func.count()).where(
@@ -97,8 +76,8 @@ def test_dedup_job_catches_chinese_near_copies(committed_pg, shared_data):
                 Record.reason.in_(["rouge_dup", "exact_dup"]),
             )
         )
-    assert filtered >= 50, out["row"].counters
-    assert out["row"].counters["scanned"] == 250
+    assert filtered >= 50, job.counters
+    assert job.counters["scanned"] == 250
 
 
 def test_rules_job_records_rule_code_and_detail_and_funnel(committed_pg, shared_data):
@@ -114,13 +93,13 @@ def test_rules_job_records_rule_code_and_detail_and_funnel(committed_pg, shared_
         ),
     ]
     dataset_id, curator = _dataset_with(committed_pg, texts)
-    out = _run(committed_pg, curator, dataset_id, "rules", {})
+    job = run_job_now(committed_pg, curator, dataset_id, "rules", {})
     with Session(committed_pg) as db:
         rows = db.scalars(select(Record).where(Record.dataset_id == dataset_id).order_by(Record.id)).all()
     assert [r.status for r in rows] == ["filtered", "filtered", "filtered", "pending"]
     assert all(r.reason and r.meta["rules"][0]["code"] == r.reason for r in rows[:3])
     assert all(r.meta["rules"][0]["detail"] for r in rows[:3])
-    funnel = out["row"].counters["funnel"]
+    funnel = job.counters["funnel"]
     assert sum(funnel.values()) == 3
 
 
@@ -148,7 +127,7 @@ def test_convert_job_applies_seeded_templates_to_a_real_table(committed_pg, shar
             "output": "{completion}",
         },
     ]
-    out = _run(
+    job = run_job_now(
         committed_pg,
         curator,
         dataset_id,
@@ -157,7 +136,7 @@ def test_convert_job_applies_seeded_templates_to_a_real_table(committed_pg, shar
     )
     with Session(committed_pg) as db:
         rows = db.scalars(select(Record).where(Record.dataset_id == dataset_id).order_by(Record.id)).all()
-    assert len(rows) == out["row"].result["records"] == 200
+    assert len(rows) == job.result["records"] == 200
     assert {r.source for r in rows} == {"convert:answer", "convert:respond"}
     assert all(r.meta["convert"]["row"] >= 0 for r in rows)
 
@@ -175,7 +154,7 @@ def test_mix_job_takes_quotas_from_sources_and_dedups_across_them(committed_pg, 
             db.add_all(Record(dataset_id=ds.id, instruction=i, output=o, status="accepted") for i, o in texts)
             ids.append(ds.id)
         db.commit()
-    out = _run(
+    job = run_job_now(
         committed_pg,
         curator,
         ids[2],
@@ -186,7 +165,7 @@ def test_mix_job_takes_quotas_from_sources_and_dedups_across_them(committed_pg, 
             "dedup_threshold": None,
         },
     )
-    result = out["row"].result
+    result = job.result
     with Session(committed_pg) as db:
         mixed = db.scalars(select(Record).where(Record.dataset_id == ids[2])).all()
     assert result["dropped"]["exact_duplicate"] >= 100

@@ -16,68 +16,24 @@ from app.generation.cache import CallLog
 from app.generation.models import LlmCacheEntry, LlmCall
 from app.imports.service import parse_file, write_records
 from app.jobs import service as jobs
-from app.jobs.models import Job
 from app.pipeline.llm import Gateway, run_coroutine
 from app.records.models import Record
 from tests.conftest import PG_URL
-from tests.factories import make_dataset, make_project, make_user
+from tests.factories import create_job, job_row, make_dataset, make_project, make_user, seeded_dataset
 from tests.fake_teacher import teacher_for
 from tests.procs import kill, service_env, start_worker
 from workers.runner import run_job
 
 
-def _seeded(engine, shared_data, language="en") -> tuple[int, object]:
-    seeds = shared_data / (
-        "belle/zh_seed_tasks.json" if language == "zh" else "self-instruct/seed_tasks.jsonl"
-    )
-    with Session(engine) as db:
-        curator = make_user(db, "curator")
-        dataset = make_dataset(db, make_project(db, (curator, "curator")), language=language)
-        records, _, fmt = parse_file(seeds, fmt="self_instruct", filename=None, skip_bad=False)
-        write_records(
-            sessions=[db],
-            dataset_id=dataset.id,
-            records=records,
-            fmt=fmt,
-            key_prefix="seed",
-            job_id=None,
-            batch_size=1000,
-        )
-        db.commit()
-        return dataset.id, curator
-
-
-def _create(engine, curator, dataset_id, kind, params) -> int:
-    with Session(engine) as db:
-        job = jobs.create_job(
-            db=db,
-            user=db.merge(curator),
-            kind=kind,
-            project_id=None,
-            dataset_id=dataset_id,
-            params=params,
-            enqueue=False,
-        )
-        db.commit()
-        return job.id
-
-
-def _job(engine, job_id) -> Job:
-    with Session(engine) as db:
-        job = db.get(Job, job_id)
-        db.expunge(job)
-        return job
-
-
 def test_self_instruct_job_generates_classification_aware_records_with_provenance(
     committed_pg, shared_data, teacher
 ):
-    dataset_id, curator = _seeded(committed_pg, shared_data)
-    job_id = _create(
+    dataset_id, curator = seeded_dataset(committed_pg, shared_data)
+    job_id = create_job(
         committed_pg, curator, dataset_id, "self_instruct", {"teacher": "fake", "target": 25, "batch_size": 4}
     )
-    assert run_job(job_id) == "succeeded", _job(committed_pg, job_id).error
-    job = _job(committed_pg, job_id)
+    assert run_job(job_id) == "succeeded", job_row(committed_pg, job_id).error
+    job = job_row(committed_pg, job_id)
     with Session(committed_pg) as db:
         rows = db.scalars(select(Record).where(Record.job_id == job_id)).all()
         calls = db.scalar(select(func.count()).where(LlmCall.job_id == job_id, LlmCall.cached.is_(False)))
@@ -94,11 +50,11 @@ def test_self_instruct_job_generates_classification_aware_records_with_provenanc
 
 
 def test_teacher_down_pauses_the_job_with_a_clear_message(committed_pg, shared_data, teacher):
-    dataset_id, curator = _seeded(committed_pg, shared_data)
+    dataset_id, curator = seeded_dataset(committed_pg, shared_data)
     teacher.fault(500, count=10_000)
-    job_id = _create(committed_pg, curator, dataset_id, "self_instruct", {"teacher": "fake", "target": 5})
+    job_id = create_job(committed_pg, curator, dataset_id, "self_instruct", {"teacher": "fake", "target": 5})
     assert run_job(job_id) == "paused"
-    job = _job(committed_pg, job_id)
+    job = job_row(committed_pg, job_id)
     assert "teacher" in job.error and "resume" in job.error
 
 
@@ -122,8 +78,8 @@ def test_unknown_teacher_is_refused_at_creation(db, teacher):
 def test_a_paid_call_is_in_the_job_ledger_with_its_cache_entry_before_any_flush(
     committed_pg, shared_data, teacher
 ):
-    dataset_id, curator = _seeded(committed_pg, shared_data)
-    job_id = _create(committed_pg, curator, dataset_id, "self_instruct", {"teacher": "fake", "target": 1})
+    dataset_id, curator = seeded_dataset(committed_pg, shared_data)
+    job_id = create_job(committed_pg, curator, dataset_id, "self_instruct", {"teacher": "fake", "target": 1})
     log = CallLog(job_id)
     prompts = [f"Explain ledger case {job_id}-{i}." for i in range(3)]
 
@@ -163,9 +119,9 @@ def test_sigkilled_worker_mid_generation_resumes_without_duplicates_or_repaid_ca
     committed_pg, shared_data, teacher, redis_url, tmp_path
 ):
     teacher.set_latency(150)
-    dataset_id, curator = _seeded(committed_pg, shared_data)
+    dataset_id, curator = seeded_dataset(committed_pg, shared_data)
     target = 60
-    job_id = _create(
+    job_id = create_job(
         committed_pg,
         curator,
         dataset_id,
@@ -188,7 +144,7 @@ def test_sigkilled_worker_mid_generation_resumes_without_duplicates_or_repaid_ca
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
-            job = _job(committed_pg, job_id)
+            job = job_row(committed_pg, job_id)
             if job.progress_done >= 10:
                 break
             time.sleep(0.05)
@@ -197,16 +153,16 @@ def test_sigkilled_worker_mid_generation_resumes_without_duplicates_or_repaid_ca
     finally:
         kill(first)
     at_kill = teacher.stats()
-    assert 0 < _job(committed_pg, job_id).progress_done < target
+    assert 0 < job_row(committed_pg, job_id).progress_done < target
 
     second = start_worker(env, tmp_path / "w2.log")
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and _job(committed_pg, job_id).status not in ("succeeded", "failed"):
+        while time.time() < deadline and job_row(committed_pg, job_id).status not in ("succeeded", "failed"):
             time.sleep(0.2)
     finally:
         kill(second)
-    job = _job(committed_pg, job_id)
+    job = job_row(committed_pg, job_id)
     assert job.status == "succeeded", job.error
     assert job.attempts >= 2
     final = teacher.stats()
@@ -234,16 +190,16 @@ def test_sigkilled_worker_mid_generation_resumes_without_duplicates_or_repaid_ca
 
 
 def test_evol_job_records_lineage_operation_round_and_eliminations(committed_pg, shared_data, teacher):
-    dataset_id, curator = _seeded(committed_pg, shared_data)
-    job_id = _create(
+    dataset_id, curator = seeded_dataset(committed_pg, shared_data)
+    job_id = create_job(
         committed_pg,
         curator,
         dataset_id,
         "evol",
         {"teacher": "fake", "rounds": 2, "max_items": 20, "scope": {"source": "seed"}},
     )
-    assert run_job(job_id) == "succeeded", _job(committed_pg, job_id).error
-    job = _job(committed_pg, job_id)
+    assert run_job(job_id) == "succeeded", job_row(committed_pg, job_id).error
+    job = job_row(committed_pg, job_id)
     with Session(committed_pg) as db:
         rows = db.scalars(select(Record).where(Record.job_id == job_id)).all()
         seed_ids = set(
@@ -265,10 +221,10 @@ def test_evol_job_records_lineage_operation_round_and_eliminations(committed_pg,
 def test_judge_job_scores_filters_below_threshold_and_never_invents_a_score(
     committed_pg, shared_data, teacher
 ):
-    dataset_id, curator = _seeded(committed_pg, shared_data)
-    job_id = _create(committed_pg, curator, dataset_id, "judge", {"teacher": "fake", "threshold": 4.0})
-    assert run_job(job_id) == "succeeded", _job(committed_pg, job_id).error
-    job = _job(committed_pg, job_id)
+    dataset_id, curator = seeded_dataset(committed_pg, shared_data)
+    job_id = create_job(committed_pg, curator, dataset_id, "judge", {"teacher": "fake", "threshold": 4.0})
+    assert run_job(job_id) == "succeeded", job_row(committed_pg, job_id).error
+    job = job_row(committed_pg, job_id)
     with Session(committed_pg) as db:
         rows = db.scalars(select(Record).where(Record.dataset_id == dataset_id)).all()
     assert all("judge" in r.meta for r in rows)
@@ -322,8 +278,8 @@ def test_cost_estimate_dry_runs_the_jobs_own_first_prompts(client, db, shared_da
 
 
 def test_budget_stops_the_job_cleanly(committed_pg, shared_data, teacher):
-    dataset_id, curator = _seeded(committed_pg, shared_data)
-    job_id = _create(
+    dataset_id, curator = seeded_dataset(committed_pg, shared_data)
+    job_id = create_job(
         committed_pg,
         curator,
         dataset_id,
@@ -331,6 +287,6 @@ def test_budget_stops_the_job_cleanly(committed_pg, shared_data, teacher):
         {"teacher": "fake", "target": 500, "batch_size": 4, "budget_usd": 0.01},
     )
     assert run_job(job_id) == "succeeded"
-    job = _job(committed_pg, job_id)
+    job = job_row(committed_pg, job_id)
     assert job.result["stop_reason"] == "budget" and job.result["kept_tasks"] < 500
     assert job.cost_usd <= 0.01 + 1e-9

@@ -12,14 +12,11 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
-from app.jobs import service as jobs
-from app.jobs.models import Job
 from app.records import service as records
 from app.records.models import Record
 from app.records.schemas import RecordFilter, RecordUpdate
 from app.review import service as review
-from tests.factories import make_dataset, make_project, make_user
-from workers.runner import run_job
+from tests.factories import make_dataset, make_project, make_user, run_job_now
 
 
 def _dataset(engine: Engine, rows: list[tuple[str, str]]) -> tuple[int, User, list[int]]:
@@ -49,27 +46,6 @@ def _accept_in_review(engine: Engine, user: User, record_id: int) -> None:
         version = db.get(Record, record_id).version  # type: ignore[union-attr]
         review.decide(db=db, user=db.merge(user), record_id=record_id, action="accept", version=version)
         db.commit()
-
-
-def _run(engine: Engine, user: User, dataset_id: int, kind: str, params: dict[str, Any]) -> Job:
-    with Session(engine) as db:
-        job = jobs.create_job(
-            db=db,
-            user=db.merge(user),
-            kind=kind,
-            project_id=None,
-            dataset_id=dataset_id,
-            params=params,
-            enqueue=False,
-        )
-        db.commit()
-        job_id = job.id
-    status = run_job(job_id)
-    with Session(engine) as db:
-        row = db.get(Job, job_id)
-        assert row is not None and status == "succeeded", row and row.error
-        db.expunge(row)
-        return row
 
 
 def _state(engine: Engine, ids: list[int]) -> dict[int, tuple[str, str | None, str | None]]:
@@ -103,7 +79,7 @@ def test_dedup_keeps_what_people_decided_and_stores_its_verdict_as_advice(commit
     _accept_in_review(committed, curator, ids[1])
     _decide(committed, curator, ids[3], output="Red, blue and yellow.")
     _decide(committed, curator, ids[4], status="accepted")
-    job = _run(committed, curator, dataset_id, "dedup", {"field": "instruction", "threshold": 0.7})
+    job = run_job_now(committed, curator, dataset_id, "dedup", {"field": "instruction", "threshold": 0.7})
     state = _state(committed, ids)
     # People's records are looked at first: the machine's near-duplicate of an accepted record is filtered,
     # the accepted one kept.
@@ -122,7 +98,7 @@ def test_dedup_changes_human_decisions_only_when_the_curator_asks(committed: Eng
     dataset_id, curator, ids = _dataset(committed, POEMS)
     _accept_in_review(committed, curator, ids[1])
     _decide(committed, curator, ids[4], status="accepted")
-    job = _run(
+    job = run_job_now(
         committed,
         curator,
         dataset_id,
@@ -140,13 +116,13 @@ def test_dedup_changes_human_decisions_only_when_the_curator_asks(committed: Eng
 def test_rules_keep_what_people_decided_unless_the_curator_asks(committed: Engine):
     dataset_id, curator, ids = _dataset(committed, POEMS)
     _decide(committed, curator, ids[2], rating=4)
-    job = _run(committed, curator, dataset_id, "rules", {"rules": ["empty_output"]})
+    job = run_job_now(committed, curator, dataset_id, "rules", {"rules": ["empty_output"]})
     state = _state(committed, ids)
     assert state[ids[5]][:2] == ("filtered", "empty_output")
     assert state[ids[2]] == ("pending", None, "empty_output")  # rated by a person: advice only
     assert job.result["human_advised"] == 1
     assert _disagreements(committed, curator, dataset_id) == {ids[2]}
-    _run(committed, curator, dataset_id, "rules", {"rules": ["empty_output"], "override_human": True})
+    run_job_now(committed, curator, dataset_id, "rules", {"rules": ["empty_output"], "override_human": True})
     assert _state(committed, [ids[2]])[ids[2]][:2] == ("filtered", "empty_output")
 
 
@@ -159,7 +135,7 @@ def test_judge_keeps_what_people_decided_and_never_rewrites_a_status_it_read(com
     _decide(committed, curator, human[4], rating=4)
     _decide(committed, curator, human[5], output="A better, edited answer.")
     _decide(committed, curator, human[6], status="rejected")
-    job = _run(committed, curator, dataset_id, "judge", {"teacher": "fake", "threshold": 5.0})
+    job = run_job_now(committed, curator, dataset_id, "judge", {"teacher": "fake", "threshold": 5.0})
     with Session(committed) as db:
         got = {r.id: r for r in db.scalars(select(Record).where(Record.dataset_id == dataset_id))}
     expected_human = {
@@ -192,7 +168,7 @@ def test_an_undone_decision_gives_the_record_back_to_the_machine(committed: Engi
     with Session(committed) as db:
         review.undo_last(db=db, user=db.merge(curator), dataset_id=dataset_id)
         db.commit()
-    _run(committed, curator, dataset_id, "rules", {"rules": ["empty_output"]})
+    run_job_now(committed, curator, dataset_id, "rules", {"rules": ["empty_output"]})
     assert _state(committed, [ids[5]])[ids[5]][:2] == ("filtered", "empty_output")
 
 

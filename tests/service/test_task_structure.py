@@ -10,54 +10,8 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from app.imports.service import parse_file, write_records
-from app.jobs import service as jobs
-from app.jobs.models import Job
 from app.records.models import Record
-from tests.factories import make_dataset, make_project, make_user
-from workers.runner import run_job
-
-
-def _seeded(engine: Engine, shared_data: Any) -> tuple[int, Any]:
-    with Session(engine) as db:
-        curator = make_user(db, "curator")
-        dataset = make_dataset(db, make_project(db, (curator, "curator")))
-        parsed, _, fmt = parse_file(
-            shared_data / "self-instruct/seed_tasks.jsonl", fmt="self_instruct", filename=None, skip_bad=False
-        )
-        write_records(
-            sessions=[db],
-            dataset_id=dataset.id,
-            records=parsed,
-            fmt=fmt,
-            key_prefix="seed",
-            job_id=None,
-            batch_size=1000,
-        )
-        db.commit()
-        db.expunge(curator)
-        return dataset.id, curator
-
-
-def _run(engine: Engine, user: Any, dataset_id: int, kind: str, params: dict[str, Any]) -> Job:
-    with Session(engine) as db:
-        job = jobs.create_job(
-            db=db,
-            user=db.merge(user),
-            kind=kind,
-            project_id=None,
-            dataset_id=dataset_id,
-            params=params,
-            enqueue=False,
-        )
-        db.commit()
-        job_id = job.id
-    status = run_job(job_id)
-    with Session(engine) as db:
-        row = db.get(Job, job_id)
-        assert row is not None and status == "succeeded", row and row.error
-        db.expunge(row)
-        return row
+from tests.factories import make_dataset, make_project, make_user, run_job_now, seeded_dataset
 
 
 def _labels_by_task(engine: Engine, dataset_id: int) -> dict[str, Counter[str]]:
@@ -80,8 +34,8 @@ def _labels_by_task(engine: Engine, dataset_id: int) -> dict[str, Counter[str]]:
 def test_label_balance_of_generated_classification_tasks_survives_dedup_rules_and_judge(
     committed: Engine, shared_data: Any, teacher: Any
 ):
-    dataset_id, curator = _seeded(committed, shared_data)
-    _run(
+    dataset_id, curator = seeded_dataset(committed, shared_data)
+    run_job_now(
         committed,
         curator,
         dataset_id,
@@ -92,14 +46,14 @@ def test_label_balance_of_generated_classification_tasks_survives_dedup_rules_an
     balanced = {t: c for t, c in before.items() if len(c) > 1}
     assert len(balanced) >= 3, f"the fake teacher must give several multi-label tasks: {before}"
     # The forms' defaults, as a new user would run them.
-    _run(committed, curator, dataset_id, "dedup", {})
-    _run(committed, curator, dataset_id, "rules", {})
+    run_job_now(committed, curator, dataset_id, "dedup", {})
+    run_job_now(committed, curator, dataset_id, "rules", {})
     after_rules = _labels_by_task(committed, dataset_id)
     assert {t: after_rules[t] for t in balanced if t in after_rules} == {
         t: c for t, c in balanced.items() if t in after_rules
     }
     assert len(after_rules.keys() & balanced.keys()) >= 3, "dedup and rules must keep most tasks"
-    _run(committed, curator, dataset_id, "judge", {"teacher": "fake"})
+    run_job_now(committed, curator, dataset_id, "judge", {"teacher": "fake"})
     after = _labels_by_task(committed, dataset_id)
     for task, labels in balanced.items():
         # A task is kept or filtered whole: never some of its labels.
@@ -129,7 +83,7 @@ def test_default_dedup_keeps_every_instance_of_a_task(committed: Engine):
         ids = [r.id for r in rows]
         dataset_id = dataset.id
         db.expunge(curator)
-    job = _run(committed, curator, dataset_id, "dedup", {})
+    job = run_job_now(committed, curator, dataset_id, "dedup", {})
     with Session(committed) as db:
         got = {r.id: r for r in db.scalars(select(Record).where(Record.dataset_id == dataset_id))}
     assert [got[i].status for i in ids[:3]] == ["pending"] * 3
@@ -150,7 +104,7 @@ def test_default_dedup_keeps_every_instance_of_a_task(committed: Engine):
         for r in db.scalars(select(Record).where(Record.dataset_id == dataset_id)):
             r.status, r.reason = "pending", None
         db.commit()
-    _run(committed, curator, dataset_id, "dedup", {"field": "instruction"})
+    run_job_now(committed, curator, dataset_id, "dedup", {"field": "instruction"})
     with Session(committed) as db:
         statuses = [db.get(Record, i).status for i in ids[:3]]  # type: ignore[union-attr]
     assert statuses == ["pending", "filtered", "filtered"]
@@ -159,8 +113,8 @@ def test_default_dedup_keeps_every_instance_of_a_task(committed: Engine):
 def test_generation_time_duplicates_store_their_neighbour_as_fields(
     committed: Engine, shared_data: Any, teacher: Any
 ):
-    dataset_id, curator = _seeded(committed, shared_data)
-    job = _run(
+    dataset_id, curator = seeded_dataset(committed, shared_data)
+    job = run_job_now(
         committed, curator, dataset_id, "self_instruct", {"teacher": "fake", "target": 30, "batch_size": 8}
     )
     with Session(committed) as db:
@@ -188,13 +142,13 @@ def test_generation_time_duplicates_store_their_neighbour_as_fields(
 
 
 def test_running_the_same_evol_job_twice_adds_no_copies(committed: Engine, shared_data: Any, teacher: Any):
-    dataset_id, curator = _seeded(committed, shared_data)
+    dataset_id, curator = seeded_dataset(committed, shared_data)
     params = {"teacher": "fake", "rounds": 1, "max_items": 10, "scope": {"source": "seed"}}
-    first = _run(committed, curator, dataset_id, "evol", params)
+    first = run_job_now(committed, curator, dataset_id, "evol", params)
     with Session(committed) as db:
         count = db.scalar(select(func.count()).where(Record.dataset_id == dataset_id))
     assert first.result["records_kept"] > 0
-    second = _run(committed, curator, dataset_id, "evol", params)
+    second = run_job_now(committed, curator, dataset_id, "evol", params)
     with Session(committed) as db:
         again = db.scalar(select(func.count()).where(Record.dataset_id == dataset_id))
     assert again == count

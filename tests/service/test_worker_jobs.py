@@ -25,7 +25,7 @@ from app.jobs.delivery import send_job
 from app.jobs.models import Job
 from app.records.models import Record
 from tests.conftest import PG_URL
-from tests.factories import make_dataset, make_project, make_user
+from tests.factories import job_row, make_dataset, make_project, make_user
 from tests.procs import kill, service_env, start_worker
 from workers.runner import run_job
 from workers.tasks import reap_once
@@ -72,18 +72,10 @@ def _send(redis_url: str, job_id: int) -> None:
     app.close()
 
 
-def _job(engine, job_id: int) -> Job:
-    with Session(engine) as db:
-        job = db.get(Job, job_id)
-        assert job is not None
-        db.expunge(job)
-        return job
-
-
 def _wait(engine, job_id: int, predicate, timeout: float, what: str) -> Job:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        job = _job(engine, job_id)
+        job = job_row(engine, job_id)
         if predicate(job):
             return job
         time.sleep(0.05)
@@ -256,7 +248,7 @@ def test_a_worker_logs_why_it_does_not_run_a_job_it_cannot_claim(
             _wait_log(log, line, 30)
     finally:
         kill(worker)
-    after = _job(committed_pg, elsewhere)
+    after = job_row(committed_pg, elsewhere)
     assert (after.status, after.worker, after.attempts) == ("running", "gpu-box:4242", 1)
 
 
