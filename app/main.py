@@ -10,7 +10,8 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.datastructures import MutableHeaders
@@ -114,6 +115,11 @@ def health(request: Request) -> dict[str, Any]:
     return {"status": "ok" if ok else "degraded", "version": __version__, "checks": checks}
 
 
+def _openapi_alias() -> RedirectResponse:
+    """Where tools look for it first; the document itself lives beside the API it describes."""
+    return RedirectResponse("/api/v1/openapi.json", status_code=308)
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
 
@@ -122,14 +128,17 @@ def create_app() -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         yield
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from files installed with fastapi-offline: /docs works without internet.
+    app = FastAPIOffline(
         lifespan=lifespan,
         title="InstructForge",
         version=__version__,
         description="Build instruction-tuning datasets: generate, curate, review, snapshot, export and train.",
         docs_url="/docs",
+        redoc_url="/redoc",
         openapi_url="/api/v1/openapi.json",
     )
+    app.add_api_route("/openapi.json", _openapi_alias, methods=["GET"], include_in_schema=False)
     install_openapi(app)  # the error bodies the service really sends
 
     @app.exception_handler(DomainError)

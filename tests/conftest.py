@@ -290,3 +290,44 @@ def teacher(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         monkeypatch.setattr(get_settings(), "teachers", config)
         t.config = config  # type: ignore[attr-defined]
         yield t
+
+
+# --- a real browser on the in-process app ------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture
+def browser_page() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        context.set_default_timeout(30_000)
+        page = context.new_page()
+        page.errors = []
+        page.on("pageerror", lambda e: page.errors.append(str(e)))
+        yield page
+        context.close()
+        browser.close()
+        assert page.errors == []
+
+
+def serve_from(client: Any, page: Any) -> None:
+    """Answer every request of the page from the in-process app (the test's session and cookies)."""
+
+    def handle(route: Any) -> None:
+        req = route.request
+        resp = client.request(
+            req.method,
+            req.url,
+            headers={k: v for k, v in req.headers.items() if k.lower() != "cookie"},
+            content=req.post_data_buffer,
+        )
+        skip = {"content-encoding", "content-length", "transfer-encoding"}
+        headers = {k: v for k, v in resp.headers.items() if k.lower() not in skip}
+        route.fulfill(status=resp.status_code, headers=headers, body=resp.content)
+
+    page.route("http://testserver/**", handle)

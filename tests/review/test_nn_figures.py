@@ -4,8 +4,6 @@ compared but no record at or above the dedup's search cutoff ("none ≥ 0.70"), 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +17,7 @@ from app.records.schemas import RecordFilter
 from app.review import insights
 from app.review.service import nn_finding, review_items
 from app.snapshots.service import create_snapshot
+from tests.conftest import serve_from
 from tests.factories import PASSWORD, make_dataset, make_project, make_user, token_for
 from tests.review.inline_dedup import (
     DOG,
@@ -235,44 +234,6 @@ def test_deciding_a_duplicate_group_changes_the_members_it_listed_not_records_be
 
 
 # ---------------------------------------------------------------- the review page in a browser
-
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.fixture
-def browser_page() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-        context = browser.new_context(viewport={"width": 1400, "height": 900})
-        context.set_default_timeout(30_000)
-        page = context.new_page()
-        page.errors = []
-        page.on("pageerror", lambda e: page.errors.append(str(e)))
-        yield page
-        context.close()
-        browser.close()
-        assert page.errors == []
-
-
-def serve_from(client: Any, page: Any) -> None:
-    """Answer every request of the page from the in-process app (the test's session and cookies)."""
-
-    def handle(route: Any) -> None:
-        req = route.request
-        resp = client.request(
-            req.method,
-            req.url,
-            headers={k: v for k, v in req.headers.items() if k.lower() != "cookie"},
-            content=req.post_data_buffer,
-        )
-        skip = {"content-encoding", "content-length", "transfer-encoding"}
-        headers = {k: v for k, v in resp.headers.items() if k.lower() not in skip}
-        route.fulfill(status=resp.status_code, headers=headers, body=resp.content)
-
-    page.route("http://testserver/**", handle)
 
 
 def log_in(client: Any, user: Any) -> None:
