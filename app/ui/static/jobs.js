@@ -1,4 +1,4 @@
-// Live job progress: poll each active job about once a second until it finishes; cancel buttons.
+// Live job progress: poll each active job about once a second until it finishes; cancel and resume buttons.
 "use strict";
 
 (() => {
@@ -57,6 +57,21 @@
         } catch (err) {
           btn.disabled = false;
           window.alert(`Could not cancel: ${err.message}`);
+        }
+      });
+    }
+    for (const btn of document.querySelectorAll("[data-resume]")) {
+      btn.addEventListener("click", async () => {
+        btn.disabled = true;
+        try {
+          const el = btn.closest("[data-job-id]");
+          paint(el, await IF.api("POST", `/api/v1/jobs/${btn.dataset.resume}/resume`));
+          btn.remove();
+          el.dataset.active = "1";
+          setTimeout(poll, 1000);
+        } catch (err) {
+          btn.disabled = false;
+          window.alert(`Could not resume: ${err.message}`);
         }
       });
     }
