@@ -136,7 +136,8 @@ def _body_lines(handler: Callable[..., Any]) -> int:
 def test_no_route_handler_is_longer_than_a_few_lines():
     from app.main import create_app
 
-    routes = list(_api_routes(create_app().routes))
+    # Our handlers: a library's own pages (fastapi-offline's /docs and /redoc) are not ours to thin.
+    routes = [r for r in _api_routes(create_app().routes) if r.endpoint.__module__.startswith("app.")]
     assert len(routes) > 50  # the walk found the routes: a FastAPI upgrade must not empty this test
     long = {}
     for route in routes:
