@@ -40,23 +40,10 @@ def service_env(*, database_url: str, broker_url: str, data_dir: Path, **extra: 
 def start_worker(
     env: dict[str, str], log: Path, *, queues: str = "default", pool: str = "solo", concurrency: int = 1
 ) -> subprocess.Popen[bytes]:
+    from app.cli.service import worker_argv
+
     argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "worker",
-        "-Q",
-        queues,
-        "--pool",
-        pool,
-        "--concurrency",
-        str(concurrency),
-        "--loglevel",
-        "INFO",
-        "-n",
-        f"test-{queues}-{time.time_ns()}@%h",
+        *worker_argv(queues, concurrency, pool, name=f"test-{queues}-{time.time_ns()}@%h"),
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -166,10 +167,7 @@ def _dedup_command(args: argparse.Namespace) -> int:
     _write(args.output, kept, as_array=args.output.suffix == ".json")
     if args.report:
         _write(args.report, report, as_array=False)
-    reasons: dict[str, int] = {}
-    for row in report:
-        if row["reason"]:
-            reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
+    reasons = dict(Counter(row["reason"] for row in report if row["reason"]))
     rows: list[Row] = [
         ("records", len(records)),
         ("kept", len(kept)),

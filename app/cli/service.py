@@ -139,7 +139,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def worker_argv(queues: str, concurrency: int, pool: str | None = None) -> list[str]:
+def worker_argv(queues: str, concurrency: int, pool: str | None = None, name: str | None = None) -> list[str]:
+    """The Celery worker's command line (`name`: its node name, default one per set of queues)."""
     argv = [
         sys.executable,
         "-m",
@@ -154,7 +155,7 @@ def worker_argv(queues: str, concurrency: int, pool: str | None = None) -> list[
         "--loglevel",
         "INFO",
         "-n",
-        f"{queues.replace(',', '-')}@%h",
+        name or f"{queues.replace(',', '-')}@%h",
     ]
     if pool:
         argv += ["--pool", pool]

@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.datasets.models import Dataset
 from app.projects.models import Project
-from tests.conftest import engine_for, truncate_all
 from tests.factories import make_dataset, make_project, make_user, token_for
 
 
@@ -98,15 +97,13 @@ class Served:
 
 
 @pytest.fixture
-def served(backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
-    import app.db
+def served(backend: str, committed: Engine) -> Iterator[Served]:
+    """The app in a real server on the backend's committed test database, with the real get_db."""
+    from app.db import get_sessionmaker
     from app.main import create_app
     from tests.procs import free_port
 
-    engine: Engine = engine_for(backend)
-    truncate_all(engine)
-    maker = sessionmaker(bind=engine, expire_on_commit=False)
-    monkeypatch.setattr(app.db, "get_sessionmaker", lambda: maker)
+    maker = get_sessionmaker()  # the one session_scope uses, so that hooks on it see every commit
     with maker() as db:
         admin = make_user(db, "admin")
         headers = token_for(db, admin)
@@ -127,7 +124,6 @@ def served(backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-        truncate_all(engine)
 
 
 def _stored_project_names(served: Served) -> list[str]:
