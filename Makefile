@@ -24,11 +24,11 @@ test: install lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check app workers trainer tests bench migrations
-	$(VENV)/bin/ruff format --check app workers trainer tests bench migrations
+	$(VENV)/bin/ruff check app workers trainer instructforge tests bench migrations
+	$(VENV)/bin/ruff format --check app workers trainer instructforge tests bench migrations
 
 typecheck: install
-	$(VENV)/bin/mypy app workers trainer
+	$(VENV)/bin/mypy app workers trainer instructforge
 
 check: lint typecheck
 
