@@ -45,6 +45,8 @@ def test_every_command_is_found() -> None:
         "generate self-instruct",
         "generate evol",
         "generate judge",
+        "models",
+        "models fetch",
     } <= names
 
 
