@@ -2,7 +2,14 @@
 
 Usage: python bench/import_records.py [--n 1000000] [--pg-admin-url URL]
 Prints its figures; the last line is one JSON object:
-  {"records": N, "import_records_per_s": ..., "list_p50_ms": ..., "list_p95_ms": ..., ...}
+  {"records": N, "import_records_per_s": ..., "copy_records_per_s": ..., "ratio_to_copy": ..., ...}
+
+The baseline is the database's own speed, measured in the same run on the same machine: a plain binary
+``COPY`` (psycopg 3, ``FORMAT BINARY``, rows already built in memory) of the same rows into a bare table
+with the same columns and indexes as ``records`` (``LIKE records INCLUDING ALL``: no foreign keys, no
+triggers). ``ratio_to_copy`` is our import's records/s (file upload parsed, validated and written by the
+import job's own code) over that; the two run one after the other, so load from others on the machine
+weighs on both (``loadavg`` is reported).
 """
 
 from __future__ import annotations
@@ -38,6 +45,53 @@ def real_records() -> list[dict[str, str]]:
                 }
             )
     return out
+
+
+def _bare_rows(n: int, base: list[dict[str, str]], *, dataset_id: int, job_id: int) -> list[tuple[object, ...]]:
+    """The rows the import writes for the generated file, as tuples in COPY_COLUMNS order."""
+    from app.base import utcnow
+
+    now = utcnow()
+    rows: list[tuple[object, ...]] = []
+    for i in range(n):
+        r = base[i % len(base)]
+        rows.append(
+            (dataset_id, f"{r['instruction']} #{i}", r["input"], r["output"], None, None, "pending",
+             "import:alpaca", None, None, f"imp:j{job_id}:{i + 1}", job_id, {}, [], 1, False, now, now)
+        )
+    return rows
+
+
+COPY_COLUMNS = (
+    "dataset_id, instruction, input, output, system, messages, status, source, label, is_classification, "
+    "gen_key, job_id, meta, tags, version, flagged, created_at, updated_at"
+)
+COPY_TYPES = [
+    "int8", "text", "text", "text", "text", "jsonb", "varchar", "varchar", "varchar", "bool", "varchar",
+    "int8", "jsonb", "jsonb", "int4", "bool", "timestamptz", "timestamptz",
+]
+
+
+def copy_baseline(url: str, rows: list[tuple[object, ...]]) -> float:
+    """Seconds a plain binary COPY of `rows` takes into a bare copy of `records` (same indexes), committed."""
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        conn.execute("DROP TABLE IF EXISTS copy_baseline")
+        conn.execute("CREATE TABLE copy_baseline (LIKE records INCLUDING ALL)")
+        conn.commit()
+        started = time.perf_counter()
+        with conn.cursor() as cur, cur.copy(f"COPY copy_baseline ({COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(COPY_TYPES)
+            for row in rows:
+                copy.write_row(row)
+        conn.commit()
+        seconds = time.perf_counter() - started
+        count = conn.execute("SELECT count(*) FROM copy_baseline").fetchone()
+        assert count is not None and count[0] == len(rows), count
+        conn.execute("DROP TABLE copy_baseline")
+        conn.commit()
+    return seconds
 
 
 def main() -> None:
@@ -120,6 +174,10 @@ def main() -> None:
         imported = int(row.result["imported"])
     assert imported == args.n, imported
 
+    rows = _bare_rows(args.n, base, dataset_id=dataset_id, job_id=job_id)
+    copy_s = copy_baseline(url, rows)
+    del rows
+
     with get_engine().begin() as conn:  # a realistic mix of statuses for the filtered listing
         conn.execute(
             text("UPDATE records SET status = 'accepted' WHERE dataset_id = :d AND id % 3 = 0"),
@@ -152,13 +210,21 @@ def main() -> None:
         "file_mb": round(size_mb, 1),
         "import_s": round(import_s, 2),
         "import_records_per_s": round(args.n / import_s),
+        "copy_s": round(copy_s, 2),
+        "copy_records_per_s": round(args.n / copy_s),
+        "ratio_to_copy": round(copy_s / import_s, 3),
         "list_p50_ms": pct(all_ms, 0.5),
         "list_p95_ms": pct(all_ms, 0.95),
         "list_first_page_p95_ms": pct(timings["first"], 0.95),
         "list_deep_page_p95_ms": pct(timings["deep"], 0.95),
         "machine": f"{os.cpu_count()} cores",
         "mean_ms": round(statistics.mean(all_ms), 2),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
+    print(
+        f"binary COPY baseline: {copy_s:.1f}s ({args.n / copy_s:,.0f} records/s); ours / COPY = "
+        f"{result['ratio_to_copy']}"
+    )
     print(
         f"imported {args.n} records ({size_mb:.0f} MB) in {import_s:.1f}s; list p50 {result['list_p50_ms']} ms, "
         f"p95 {result['list_p95_ms']} ms"

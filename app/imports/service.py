@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import threading
@@ -23,9 +22,20 @@ from app.datasets.models import Dataset
 from app.datasets.service import require_dataset
 from app.errors import DomainError, Invalid, NotFound
 from app.imports.schemas import ImportParams, ImportResult
+from app.imports.spool import (
+    COPY_COLUMNS,
+    COPY_TYPES,
+    Spool,
+    Unstorable,
+    constant_cells,
+    copy_tuples,
+    decode_cells,
+    encode_cells,
+)
 from app.jobs import service as jobs
 from app.jobs.context import JobCancelled, JobContext
 from app.pipeline import formats
+from app.pipeline.formats.model import Unit
 from app.records.bulk import NewRecord, insert_new
 from app.records.models import Record
 
@@ -67,183 +77,123 @@ def keep_upload(*, db: Session, user: User, path: Path, filename: str | None) ->
     return final
 
 
-# Column order of the rows the import writes; one tuple per record (tuples, not dicts: this is the hot path).
-_COPY_COLUMNS = (
-    "dataset_id",
-    "instruction",
-    "input",
-    "output",
-    "system",
-    "messages",
-    "status",
-    "source",
-    "label",
-    "is_classification",
-    "gen_key",
-    "job_id",
-    "meta",
-    "tags",
-)
-Row = tuple[Any, ...]
+def _copy_binary(conn: Connection, data: bytes, *, fresh: bool, dataset_id: int, job_id: int | None) -> None:
+    """PostgreSQL: one binary COPY stream (app.imports.spool) into records, in the connection's transaction.
 
+    `fresh`: straight into records. Otherwise into a staging table, then one INSERT .. ON CONFLICT DO
+    NOTHING, so that a redelivered job skips what the killed attempt wrote.
 
-def record_row(
-    rec: formats.ParsedRecord, *, dataset_id: int, source: str, key: str, job_id: int | None
-) -> Row:
-    meta = {"import_extra": rec.extra} if rec.extra else None
-    return (
-        dataset_id,
-        rec.instruction,
-        rec.input,
-        rec.output,
-        rec.system,
-        rec.messages,
-        "pending",
-        source,
-        rec.label,
-        rec.is_classification,
-        key,
-        job_id,
-        meta,
-        None,
-    )
-
-
-def _json_cell(value: Any, empty: str) -> str:
-    # Most imported rows have no meta and no tags: skip json.dumps for those (it dominated COPY time).
-    return json.dumps(value, ensure_ascii=False) if value else empty
-
-
-def _copy_cells(row: Row) -> Row:
-    messages = json.dumps(row[5], ensure_ascii=False) if row[5] is not None else None
-    return (*row[:5], messages, *row[6:12], _json_cell(row[12], "{}"), _json_cell(row[13], "[]"))
-
-
-def _copy_insert(conn: Connection, rows: Sequence[Row]) -> None:
-    """PostgreSQL: COPY into a staging table, then one INSERT .. ON CONFLICT DO NOTHING (re-runs)."""
-    cols = ", ".join(_COPY_COLUMNS)
-    select_cols = ", ".join(f"{c}::jsonb" if c in ("messages", "meta", "tags") else c for c in _COPY_COLUMNS)
+    Every row of an import has the same dataset_id and job_id, so the per-row foreign-key checks (half of
+    the server's work in a COPY) are made once per batch instead (:func:`_lock_parents`).
+    """
+    cols = ", ".join(COPY_COLUMNS)
     raw = conn.connection.driver_connection
     assert raw is not None
     with raw.cursor() as cur:
-        cur.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS import_stage (dataset_id bigint, instruction text, input text, "
-            "output text, system text, messages text, status text, source text, label text, "
-            "is_classification boolean, gen_key text, job_id bigint, meta text, tags text) ON COMMIT DELETE ROWS"
-        )
-        with cur.copy(f"COPY import_stage ({cols}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(_copy_cells(row))
-        cur.execute(
-            f"INSERT INTO records ({cols}, version, flagged, created_at, updated_at) "
-            f"SELECT {select_cols}, 1, false, now(), now() FROM import_stage "
-            "ON CONFLICT (dataset_id, gen_key) DO NOTHING"
-        )
-        cur.execute("TRUNCATE import_stage")
+        skipping_row_checks = _lock_parents(cur, dataset_id=dataset_id, job_id=job_id)
+        target = "records"
+        if not fresh:
+            target = "import_stage_bin"
+            columns = ", ".join(f"{c} {t}" for c, t in zip(COPY_COLUMNS, COPY_TYPES, strict=True))
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {target} ({columns}) ON COMMIT DELETE ROWS")
+        with cur.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(data)
+        if not fresh:
+            cur.execute(
+                f"INSERT INTO records ({cols}) SELECT {cols} FROM {target} "
+                "ON CONFLICT (dataset_id, gen_key) DO NOTHING"
+            )
+            cur.execute(f"TRUNCATE {target}")
+        if skipping_row_checks:
+            cur.execute("SET LOCAL session_replication_role = origin")
 
 
-def _copy_direct(conn: Connection, rows: Sequence[Row]) -> None:
-    """PostgreSQL: COPY straight into records, when no row can exist yet (first attempt, fresh keys)."""
-    now = utcnow()
-    cols = ", ".join(_COPY_COLUMNS)
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    with (
-        raw.cursor() as cur,
-        cur.copy(f"COPY records ({cols}, version, flagged, created_at, updated_at) FROM STDIN") as copy,
-    ):
-        for row in rows:
-            copy.write_row((*_copy_cells(row), 1, False, now, now))
+def _lock_parents(cur: Any, *, dataset_id: int, job_id: int | None) -> bool:
+    """Check and lock the batch's dataset and job once, as each row's foreign-key trigger would; then,
+    where the role may, turn the per-row triggers off for this transaction. True if they are off.
 
-
-def insert_ignore_duplicates(conn: Connection, rows: Sequence[Row], *, fresh: bool = False) -> None:
-    """Insert rows; rows whose (dataset_id, gen_key) exist already are skipped (idempotent re-runs).
-
-    PostgreSQL takes the COPY paths above (the import's hot path); SQLite, app.records.bulk.insert_new.
-    `fresh` promises that none of these keys can exist (a job's first attempt): PostgreSQL then takes a
-    plain COPY; the unique index still turns a broken promise into an error, never into a duplicate.
+    The same guarantee at a fraction of the cost: `FOR KEY SHARE` is the lock PostgreSQL's own
+    foreign-key check takes on the parent row, so neither the dataset nor the job can be deleted until
+    this transaction ends, and a parent already gone is NotFound before any row is written. `records`
+    has no triggers but foreign keys; the caller turns them back on before the transaction does anything
+    else. Without the privilege to set session_replication_role, the rows are checked one by one as before.
     """
-    if not rows:
-        return
-    if conn.dialect.name == "postgresql":
-        (_copy_direct if fresh else _copy_insert)(conn, rows)
-        return
-    insert_new(conn, map(_new_record, rows))
+    if cur.execute("SELECT 1 FROM datasets WHERE id = %s FOR KEY SHARE", (dataset_id,)).fetchone() is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    if job_id is not None and (
+        cur.execute("SELECT 1 FROM jobs WHERE id = %s FOR KEY SHARE", (job_id,)).fetchone() is None
+    ):
+        raise NotFound(f"job {job_id} not found")
+    allowed = "current_setting('is_superuser') = 'on'"
+    if cur.connection.info.server_version >= 150000:  # GRANT SET ON PARAMETER came with PostgreSQL 15
+        allowed += " OR has_parameter_privilege('session_replication_role', 'SET')"
+    row = cur.execute(f"SELECT {allowed}").fetchone()
+    if not (row and row[0]):
+        return False
+    cur.execute("SET LOCAL session_replication_role = replica")
+    return True
 
 
-def _new_record(row: Row) -> NewRecord:
-    """A row (in _COPY_COLUMNS order) as app.records.bulk takes it; its tags slot is always empty."""
+def _new_record(
+    rec: formats.ParsedRecord, *, dataset_id: int, source: str, key: str, job_id: int | None
+) -> NewRecord:
     return NewRecord(
-        dataset_id=row[0],
-        instruction=row[1],
-        input=row[2],
-        output=row[3],
-        system=row[4],
-        messages=row[5],
-        status=row[6],
-        source=row[7],
-        label=row[8],
-        is_classification=row[9],
-        gen_key=row[10],
-        job_id=row[11],
-        meta=row[12] or {},
+        dataset_id=dataset_id,
+        instruction=rec.instruction,
+        input=rec.input,
+        output=rec.output,
+        system=rec.system,
+        messages=rec.messages,
+        source=source,
+        label=rec.label,
+        is_classification=rec.is_classification,
+        gen_key=key,
+        job_id=job_id,
+        meta={"import_extra": rec.extra} if rec.extra else {},
     )
 
 
-def parse_file(
-    path: Path, *, fmt: str, filename: str | None, skip_bad: bool
-) -> tuple[list[formats.ParsedRecord], BadLines, str]:
-    """Parse and validate the whole file before anything is written: one bad line and nothing is imported."""
+def parse_file(path: Path, *, fmt: str, filename: str | None, skip_bad: bool) -> tuple[Spool, BadLines, str]:
+    """Pass 1: parse and check the whole file before anything is written (one bad line and nothing is
+    imported, unless `skip_bad`); the good records are spooled to disk, so memory stays bounded."""
     settings = get_settings()
     limits = formats.Limits(max_field_chars=settings.max_field_chars, allow_nul=False)
     with path.open("rb") as fh:
         head = fh.read(65536)
+    unit: Unit = "item" if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[" else "line"
+    spool = Spool(uploads_dir())
+    bad: BadLines = []
     try:
         detected = formats.detect_format(head, filename) if fmt == "auto" else fmt
         with path.open("rb") as fh:
-            records, bad_lines = formats.parse_all(
-                fh, fmt=detected, filename=filename, skip_bad=skip_bad, limits=limits
-            )
+            for item in formats.iter_records(fh, fmt=detected, filename=filename, limits=limits):
+                if type(item) is formats.ParsedRecord:
+                    try:
+                        spool.add(item.line, encode_cells(item))
+                        continue
+                    except Unstorable as exc:
+                        item = formats.BadLine(item.line, exc.field, str(exc), unit=unit)
+                assert isinstance(item, formats.BadLine)
+                if not skip_bad:
+                    raise item.to_error()
+                bad.append({"line": item.line, "field": item.field, "message": str(item)})
     except formats.FormatError as exc:
+        spool.close()
         raise Invalid(str(exc), line=exc.line, field=exc.field) from exc
-    bad: BadLines = [{"line": b.line, "field": b.field, "message": str(b)} for b in bad_lines]
-    records, nul_bad = _refuse_nul(records)
-    if nul_bad and not skip_bad:
-        first = nul_bad[0]
-        raise Invalid(
-            f'line {first["line"]}: field "{first["field"]}": {first["message"]}',
-            line=first["line"],
-            field=first["field"],
-        )
-    bad = sorted(bad + nul_bad, key=lambda b: b["line"]) if nul_bad else bad
-    if not records and not bad:
+    except BaseException:
+        spool.close()
+        raise
+    if not len(spool) and not bad:
+        spool.close()
         raise Invalid("the file holds no records")
-    return records, bad, detected
-
-
-def _refuse_nul(records: list[formats.ParsedRecord]) -> tuple[list[formats.ParsedRecord], BadLines]:
-    """NUL cannot be stored in PostgreSQL text: such records are bad input, named by line and field."""
-    good: list[formats.ParsedRecord] = []
-    bad: BadLines = []
-    for rec in records:
-        field = next(
-            (f for f in ("instruction", "input", "output", "system") if "\x00" in (getattr(rec, f) or "")),
-            None,
-        )
-        if field is None and rec.messages and any("\x00" in m["content"] for m in rec.messages):
-            field = "messages"
-        if field is None:
-            good.append(rec)
-        else:
-            bad.append({"line": rec.line, "field": field, "message": "contains a NUL character (\\u0000)"})
-    return good, bad
+    return spool, bad, detected
 
 
 def write_records(
     *,
     sessions: Sequence[Session],
     dataset_id: int,
-    records: Sequence[formats.ParsedRecord],
+    records: Spool,
     fmt: str,
     key_prefix: str,
     job_id: int | None,
@@ -251,24 +201,38 @@ def write_records(
     on_batch: Callable[[Session, int], None] | None = None,
     fresh: bool = False,
 ) -> None:
-    """Write in batches; keys make re-runs idempotent. `on_batch(session, rows)` may commit each batch.
+    """Pass 2: write the spooled records in batches; keys make re-runs idempotent. `on_batch(session, rows)`
+    may commit each batch.
 
-    The calling thread builds rows while one writer thread per session streams batches to the
-    database, so the server's work (index maintenance, WAL) overlaps ours and, with two sessions,
-    runs on two server processes. A session is only ever used by its own writer thread.
+    PostgreSQL takes one binary COPY per batch (app.imports.spool, _copy_binary); SQLite,
+    app.records.bulk.insert_new. `fresh` promises that none of these keys can exist (a job's first
+    attempt): PostgreSQL then copies straight into records; the unique index still turns a broken promise
+    into an error, never into a duplicate.
+
+    The calling thread reads and frames batches while one writer thread per session streams them to the
+    database, so the server's work (index maintenance, WAL) overlaps ours and, with two sessions, runs on
+    two server processes. A session is only ever used by its own writer thread.
     """
     source = "seed" if fmt == "self_instruct" else f"import:{fmt}"
-    batches: queue.Queue[list[Row] | None] = queue.Queue(maxsize=2 * len(sessions))
+    postgres = sessions[0].get_bind().dialect.name == "postgresql"
+    constant = constant_cells(dataset_id=dataset_id, source=source, job_id=job_id, now=utcnow())
+    batches: queue.Queue[tuple[Any, int] | None] = queue.Queue(maxsize=2 * len(sessions))
     failure: list[BaseException] = []
 
+    def write(db: Session, batch: Any) -> None:
+        if postgres:
+            _copy_binary(db.connection(), batch, fresh=fresh, dataset_id=dataset_id, job_id=job_id)
+        else:
+            insert_new(db, batch)
+
     def writer(db: Session) -> None:
-        while (rows := batches.get()) is not None:
+        while (item := batches.get()) is not None:
             if failure:
                 continue  # drain after an error so the producer never blocks
             try:
-                insert_ignore_duplicates(db.connection(), rows, fresh=fresh)
+                write(db, item[0])
                 if on_batch is not None:
-                    on_batch(db, len(rows))
+                    on_batch(db, item[1])
             except BaseException as exc:
                 failure.append(exc)
 
@@ -279,17 +243,23 @@ def write_records(
     for thread in threads:
         thread.start()
     try:
-        for start in range(0, len(records), batch_size):
+        for batch in records.batches(batch_size):
             if failure:
                 break
-            batches.put(
-                [
-                    record_row(
-                        r, dataset_id=dataset_id, source=source, key=f"{key_prefix}:{r.line}", job_id=job_id
+            if postgres:
+                batches.put((copy_tuples(batch, constant=constant, key_prefix=key_prefix), len(batch)))
+            else:
+                rows = [
+                    _new_record(
+                        decode_cells(line, cells),
+                        dataset_id=dataset_id,
+                        source=source,
+                        key=f"{key_prefix}:{line}",
+                        job_id=job_id,
                     )
-                    for r in records[start : start + batch_size]
+                    for line, cells in batch
                 ]
-            )
+                batches.put((rows, len(rows)))
     finally:
         for _ in threads:
             batches.put(None)
@@ -316,16 +286,17 @@ def import_inline(
     """Small uploads: parse, validate and write in the request's single transaction."""
     records, bad, detected = parse_file(path, fmt=fmt, filename=filename, skip_bad=skip_bad)
     key_prefix = f"imp:{uuid.uuid4().hex[:12]}"
-    write_records(
-        sessions=[db],
-        dataset_id=dataset_id,
-        records=records,
-        fmt=detected,
-        key_prefix=key_prefix,
-        job_id=None,
-        batch_size=get_settings().import_batch_size,
-        fresh=True,
-    )
+    with contextlib.closing(records):
+        write_records(
+            sessions=[db],
+            dataset_id=dataset_id,
+            records=records,
+            fmt=detected,
+            key_prefix=key_prefix,
+            job_id=None,
+            batch_size=get_settings().import_batch_size,
+            fresh=True,
+        )
     return {"imported": len(records), "bad": bad, "format": detected}
 
 
@@ -403,6 +374,7 @@ def _import_job(ctx: JobContext) -> None:
             ctx.progress(written, total, counters={"parsed": total, "bad": len(bad), "format": detected})
 
     with contextlib.ExitStack() as stack:
+        stack.callback(records.close)
         # Two writers on PostgreSQL: the server's share of the work then runs on two cores.
         n_writers = 2 if settings.resolved_database_url.startswith("postgresql") else 1
         sessions = [stack.enter_context(ctx.session()) for _ in range(n_writers)]
