@@ -1,14 +1,18 @@
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth.models import Role, User
-from app.datasets.models import Dataset
+from app.base import utcnow
+from app.datasets import freshness
+from app.datasets.models import Dataset, DatasetStatsCache
+from app.db import insert_ignoring
 from app.errors import Conflict, NotFound, not_found_as
 from app.projects.models import Project
 from app.projects.service import require_project
@@ -129,3 +133,36 @@ def status_counts(*, db: Session, dataset_id: int) -> dict[str, int]:
         select(Record.status, func.count()).where(Record.dataset_id == dataset_id).group_by(Record.status)
     ).all()
     return {status: count for status, count in rows}
+
+
+def cached_stats(
+    *, db: Session, dataset_id: int, variant: str, compute: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """`compute()`'s figures for this dataset, from the cache while its stamp is unchanged (see
+    app.datasets.freshness: the stamp moves with every committed change to the dataset's records)."""
+    current = freshness.stamp(db, dataset_id)
+    if current is not None:
+        hit = db.scalar(
+            select(DatasetStatsCache.stats).where(
+                DatasetStatsCache.dataset_id == dataset_id,
+                DatasetStatsCache.variant == variant,
+                DatasetStatsCache.stamp == current,
+            )
+        )
+        if hit is not None:
+            cached: dict[str, Any] = json.loads(hit)
+            return cached
+    stats = compute()
+    if current is not None:
+        _store_stats(db, dataset_id=dataset_id, variant=variant, stamp=current, stats=stats)
+    return stats
+
+
+def _store_stats(db: Session, *, dataset_id: int, variant: str, stamp: str, stats: dict[str, Any]) -> None:
+    values = {"stamp": stamp, "stats": json.dumps(stats), "computed_at": utcnow()}
+    mine = (DatasetStatsCache.dataset_id == dataset_id, DatasetStatsCache.variant == variant)
+    changed = db.execute(update(DatasetStatsCache).where(*mine).values(**values))
+    if not changed.rowcount:  # type: ignore[attr-defined]
+        # Two curators opening the page at once both insert: the second is ignored, neither fails.
+        row = {"dataset_id": dataset_id, "variant": variant, **values}
+        db.execute(insert_ignoring(db, DatasetStatsCache).values(**row))

@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, and_, case, func, null, or_, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import Role, User
+from app.datasets import service as datasets
 from app.datasets.service import require_dataset
 from app.errors import NotFound
 from app.records import service as records
@@ -26,6 +27,9 @@ LENGTH_EDGES = (0, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 # A gap longer than this between two decisions is a break, not review time.
 IDLE_CAP_S = 300.0
 MAX_EVENTS = 50_000
+FILTERED = "filtered"
+# The two sets of dataset-page figures, each cached on its own.
+ALL_RECORDS, WITHOUT_FILTERED = "all", "without_filtered"
 
 
 def _bucket_expr(value: ColumnElement[Any], edges: Sequence[float]) -> ColumnElement[Any]:
@@ -62,17 +66,36 @@ def _nn_cutoff(db: Session, job_cutoffs: dict[int, float]) -> ColumnElement[Any]
     return case((has_dedup, case((numeric, threshold.as_float()), else_=null())), else_=from_job)
 
 
-def dataset_stats(*, db: Session, user: User, dataset_id: int) -> dict[str, Any]:
+def dataset_stats(
+    *, db: Session, user: User, dataset_id: int, include_filtered: bool = True
+) -> dict[str, Any]:
+    """The dataset page's figures, from the cache while no record of the dataset changed since they were
+    computed (app.datasets.freshness), else computed by `compute_dataset_stats` and cached."""
+    require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    return datasets.cached_stats(
+        db=db,
+        dataset_id=dataset_id,
+        variant=ALL_RECORDS if include_filtered else WITHOUT_FILTERED,
+        compute=lambda: compute_dataset_stats(
+            db=db, dataset_id=dataset_id, include_filtered=include_filtered
+        ),
+    )
+
+
+def compute_dataset_stats(*, db: Session, dataset_id: int, include_filtered: bool) -> dict[str, Any]:
     """Counts by status, source and label, prompt/response length histograms, the nearest-neighbour ROUGE-L
     histogram and the most common leading words of instructions: one grouped scan plus two top-N queries
     (and a look-up of the dataset's generation jobs, for the cutoff of the figures they stored).
+
+    `by_status` and `total` always count every record. The other figures leave out the records curation
+    filtered unless `include_filtered`: filtered junk (a repeated "toolformer" prompt, say) would otherwise
+    top the leading-words chart of the data that is actually kept.
 
     The nearest-neighbour histogram puts each record in one of three places, as the review page does
     (`app.review.service.nn_finding`): never compared (`nn_rouge_not_compared`: no dedup run or generation
     filter has scored it), compared but no record at or above the search cutoff (the "none ≥ 0.70" bucket, first in `nn_rouge` and
     described by `nn_rouge_none`; the 0.0 or partial figure stored for those is not a measurement), or a
     real score, in the decile buckets "0.0" ... "0.9"."""
-    require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
     prompt_len = func.length(Record.instruction) + func.length(Record.input)
     score = Record.nn_score
     cutoff = _nn_cutoff(db, generation_cutoffs(db, dataset_id=dataset_id))
@@ -96,6 +119,8 @@ def dataset_stats(*, db: Session, user: User, dataset_id: int) -> dict[str, Any]
     none_cutoffs: Counter[float | None] = Counter()
     for status, source, pb, ob, nb, nc, n in rows:
         by_status[status] += n
+        if status == FILTERED and not include_filtered:
+            continue
         by_source[source] += n
         prompt_hist[int(pb)] += n
         output_hist[int(ob)] += n
@@ -106,9 +131,10 @@ def dataset_stats(*, db: Session, user: User, dataset_id: int) -> dict[str, Any]
         else:
             nn_hist[min(int(nb), 9)] += n
     none_key, none_records = none_label(set(none_cutoffs)), sum(none_cutoffs.values())
+    kept = [] if include_filtered else [Record.status != FILTERED]
     labels = db.execute(
         select(Record.label, func.count())
-        .where(Record.dataset_id == dataset_id, Record.label.is_not(None))
+        .where(Record.dataset_id == dataset_id, Record.label.is_not(None), *kept)
         .group_by(Record.label)
         .order_by(func.count().desc())
         .limit(20)
@@ -116,7 +142,7 @@ def dataset_stats(*, db: Session, user: User, dataset_id: int) -> dict[str, Any]
     word = _first_word(db)
     verbs = db.execute(
         select(word, func.count())
-        .where(Record.dataset_id == dataset_id, Record.instruction != "")
+        .where(Record.dataset_id == dataset_id, Record.instruction != "", *kept)
         .group_by(word)
         .order_by(func.count().desc())
         .limit(20)
@@ -136,7 +162,14 @@ def dataset_stats(*, db: Session, user: User, dataset_id: int) -> dict[str, Any]
         },
         "nn_rouge_not_compared": not_compared,
         "leading_words": {str(w).strip(".,:;!?\"'()") or "(blank)": int(n) for w, n in verbs},
+        "include_filtered": include_filtered,
     }
+
+
+def count_matching(*, db: Session, user: User, dataset_id: int, flt: RecordFilter) -> int:
+    """How many records a bulk action over this filter would change (told before it is applied)."""
+    require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    return records.count_records(db=db, user=user, dataset_id=dataset_id, flt=flt)
 
 
 @dataclass
