@@ -94,3 +94,50 @@ class ConvertParams(BaseModel):
     seed: int = 0
     invert: bool = Field(False, description="Swap roles: e.g. write a question for this answer.")
     limit: int | None = Field(None, ge=1)
+
+
+class DecontaminateParams(BaseModel):
+    """Mark the records that copy prompts of an evaluation set, so a win in an evaluation is not a leak."""
+
+    eval_dataset_id: int | None = Field(
+        None, description="The evaluation prompts: a dataset of this project (every record of it)."
+    )
+    eval_snapshot_id: int | None = Field(
+        None, description="Or the evaluation prompts as a snapshot of a dataset of this project."
+    )
+    ngram: int = Field(
+        13,
+        ge=3,
+        le=64,
+        description=(
+            "A record sharing a run of this many tokens with an evaluation prompt copies it (words; each "
+            "CJK character is a token)."
+        ),
+    )
+    ngram_cjk: int = Field(
+        16,
+        ge=3,
+        le=128,
+        description=(
+            "The run length for texts mostly in CJK characters, where one token is one character: 13 "
+            "characters match shared template phrases (see docs/curation.md)."
+        ),
+    )
+    threshold: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="Or a ROUGE-L of at least this with an evaluation prompt (0.7 flags short look-alikes).",
+    )
+    field: TextField = Field(
+        "instruction_input",
+        description="What of each record is compared with the evaluation prompts (see dedup's field).",
+    )
+    scope: RecordFilter = Field(default_factory=_default_scope)
+    override_human: bool = Field(False, description=OVERRIDE_HELP)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DecontaminateParams:
+        if (self.eval_dataset_id is None) == (self.eval_snapshot_id is None):
+            raise ValueError("give exactly one of eval_dataset_id and eval_snapshot_id")
+        return self

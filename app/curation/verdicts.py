@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.records.models import Record
 
-Kind = Literal["dedup", "rules", "judge"]
+Kind = Literal["dedup", "rules", "judge", "decontaminate"]
 
 
 @dataclass
@@ -101,7 +101,7 @@ def apply_verdicts(
 
 
 def _first_reason(advice: dict[str, Any]) -> str | None:
-    for kind in ("judge", "dedup", "rules"):
+    for kind in ("decontaminate", "judge", "dedup", "rules"):
         if kind in advice:
             return str(advice[kind]["reason"])[:64]
     return None
