@@ -23,7 +23,9 @@ TRAIN_CONFIG_FILE = "train_config.yaml"  # the resolved config: what inference a
 PROMPT_FORMAT_FILE = "prompt_format.json"
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
-SAMPLES_FILE = "samples.jsonl"
+SAMPLES_FILE = (
+    "samples.jsonl"  # {"step", "prompt": [messages], "reference", "generation"} per held-out prompt
+)
 LOSS_CURVE_FILE = "loss_curve.png"
 MERGED_DIR = "merged"
 

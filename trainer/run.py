@@ -650,6 +650,7 @@ def _write_artifacts(run: _Run, trainee: _Trainee) -> None:
         run.config,
         run.out,
         run.summary.notes,
+        step=run.loop.step,
     )
     plot_loss_curve(run.reporter.read_metrics(), run.out / LOSS_CURVE_FILE)
 
@@ -719,7 +720,10 @@ def _write_samples(
     config: TrainConfig,
     out: Path,
     notes: list[str],
+    *,
+    step: int,
 ) -> None:
+    """One line per held-out prompt: the step the weights are from, prompt, reference and generation."""
     path = out / SAMPLES_FILE
     if config.sample_prompts == 0:
         path.write_text("", encoding="utf-8")
@@ -737,5 +741,6 @@ def _write_samples(
     outputs = generate(model, tokenizer, fmt, prompts, max_new_tokens=config.sample_max_new_tokens)
     with path.open("w", encoding="utf-8") as fh:
         for prompt, ref, gen in zip(prompts, references, outputs, strict=True):
-            fh.write(json.dumps({"prompt": prompt, "reference": ref, "generation": gen}, ensure_ascii=False))
+            line = {"step": step, "prompt": prompt, "reference": ref, "generation": gen}
+            fh.write(json.dumps(line, ensure_ascii=False))
             fh.write("\n")

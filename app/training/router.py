@@ -11,7 +11,9 @@ from app.training import service
 from app.training.models import TrainingRun
 from app.training.schemas import (
     ArtifactRead,
+    BaseModelRead,
     MetricRead,
+    SamplesRead,
     TrainingRunCreate,
     TrainingRunDetail,
     TrainingRunRead,
@@ -61,6 +63,21 @@ def cancel_run(run_id: int, user: CurrentUser, db: SessionDep) -> TrainingRunRea
     run = service.require_run(db=db, user=user, run_id=run_id, min_role=Role.curator.value)
     job = jobs.cancel_job(db=db, user=user, job_id=run.job_id)
     return _read(run, job)
+
+
+@router.get("/training-runs/{run_id}/samples", response_model=SamplesRead)
+def get_samples(run_id: int, user: CurrentUser, db: SessionDep) -> SamplesRead:
+    """Generations for held-out prompts after training, by step, with the snapshot's reference answers.
+
+    Curators and admins of the run's project (the prompts are snapshot data). `written` is false until the
+    trainer has written samples.jsonl (when training ends)."""
+    return service.read_samples(db=db, user=user, run_id=run_id)
+
+
+@router.get("/base-models", response_model=list[BaseModelRead])
+def list_base_models(user: CurrentUser) -> list[BaseModelRead]:
+    """The models under IF_MODELS_DIR for `base_model`, each usable or with the reason it is refused."""
+    return [BaseModelRead.model_validate(check.as_dict()) for check in service.base_models()]
 
 
 @router.get("/training-runs/{run_id}/artifacts", response_model=list[ArtifactRead])

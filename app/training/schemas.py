@@ -54,3 +54,42 @@ class TrainingRunDetail(TrainingRunRead):
 class ArtifactRead(BaseModel):
     path: str
     size: int
+
+
+class BaseModelRead(BaseModel):
+    """A folder under IF_MODELS_DIR as the trainer would load it (app/training/base_models.py)."""
+
+    name: str = Field(description="What base_model takes: the folder, relative to the models directory.")
+    ok: bool = Field(description="Whether a training run may use it.")
+    reason: str | None = Field(description="Why it is refused; null when ok.")
+    model_type: str | None
+    architecture: str | None
+    parameters: int | None = Field(description="From the safetensors headers; null for .bin-only weights.")
+    size_bytes: int
+    dtype: str | None
+    tokenizer: str | None = Field(description="The tokenizer files found.")
+    chat_template: bool
+    prompt_format: str = Field(description="What prompt_format=auto uses with this tokenizer.")
+    notes: list[str]
+
+
+class MessageRead(BaseModel):
+    role: str
+    content: str
+
+
+class SampleRead(BaseModel):
+    step: int | None = Field(
+        description="The step whose weights generated it; null in files from before steps."
+    )
+    prompt: list[MessageRead] = Field(description="The held-out conversation up to the last assistant turn.")
+    generation: str
+    reference: str | None = Field(description="The snapshot's answer to the same prompt.")
+
+
+class SamplesRead(BaseModel):
+    written: bool = Field(
+        description="Whether the trainer has written samples.jsonl (it does once training ends)."
+    )
+    samples: list[SampleRead]
+    skipped_lines: int = Field(0, description="Lines of samples.jsonl that were not a sample (malformed).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,12 +21,15 @@ from app.jobs import service as jobs
 from app.jobs.models import Job
 from app.projects.service import require_project
 from app.snapshots.service import require_snapshot
+from app.training import base_models as catalog
 from app.training.models import TrainingMetric, TrainingRun
+from app.training.schemas import MessageRead, SampleRead, SamplesRead
 from trainer.contract import (
     CHECKPOINTS_DIR,
     LOSS_CURVE_FILE,
     METRICS_FILE,
     PROMPT_FORMAT_FILE,
+    SAMPLES_FILE,
     SUMMARY_FILE,
     code_version,
 )
@@ -36,6 +40,9 @@ from trainer.contract import (
 # and admins only, like GET /snapshots/{id}/export. An allow-list, so that a file the trainer adds later is
 # protected until someone decides otherwise.
 MEMBER_ARTIFACTS = frozenset({SUMMARY_FILE, METRICS_FILE, LOSS_CURVE_FILE, PROMPT_FORMAT_FILE})
+
+# The trainer writes `sample_prompts` lines (5 by default); a file far longer was not written for a page.
+MAX_SAMPLES = 500
 
 # Fields the service decides; a caller's hyperparameters cannot point the trainer elsewhere.
 RESERVED = {"base_model", "models_dir", "dataset_path", "output_dir", "method", "allow_hub_download"}
@@ -53,7 +60,15 @@ def resolve_base_model(name: str) -> Path:
         raise Invalid(
             f"base_model {name!r} is not a Hugging Face model folder under {models_dir}", field="base_model"
         )
+    check = catalog.check_model(models_dir, name)
+    if not check.ok:
+        raise Invalid(f"base_model {name!r} is refused: {check.reason}", field="base_model")
     return candidate
+
+
+def base_models() -> list[catalog.ModelCheck]:
+    """The models under IF_MODELS_DIR, each checked as create_run checks the one it is given."""
+    return catalog.list_models(get_settings().models_dir)
 
 
 def runs_dir() -> Path:
@@ -204,3 +219,61 @@ def download_artifact(*, db: Session, user: User, run_id: int, path: str) -> Pat
         detail={"path": path, "bytes": target.stat().st_size},
     )
     return target
+
+
+def read_samples(*, db: Session, user: User, run_id: int) -> SamplesRead:
+    """The run's generations for held-out prompts (samples.jsonl): snapshot data, so curators and admins only,
+    audited like a download. A missing file (the run has not finished) and malformed lines are no error."""
+    run = require_run(db=db, user=user, run_id=run_id, min_role=Role.curator.value)
+    path = Path(run.artifacts_dir) / SAMPLES_FILE
+    if not path.is_file():
+        return SamplesRead(written=False, samples=[])
+    samples: list[SampleRead] = []
+    skipped = 0
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            sample = _sample(line)
+            if sample is None:
+                skipped += 1
+            elif len(samples) < MAX_SAMPLES:
+                samples.append(sample)
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="training.samples_view",
+        entity_type="training_run",
+        entity_id=run.id,
+        project_id=run.project_id,
+        detail={"samples": len(samples)},
+    )
+    return SamplesRead(written=True, samples=samples, skipped_lines=skipped)
+
+
+def _sample(line: str) -> SampleRead | None:
+    """A samples.jsonl line; None when it is not one (the file is the trainer's, but a page must not 500)."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    prompt = data.get("prompt")
+    if isinstance(prompt, str):  # a bare prompt string, as hand-made files have it
+        messages = [MessageRead(role="user", content=prompt)]
+    elif isinstance(prompt, list):
+        messages = [
+            MessageRead(role=str(m.get("role", "")), content=str(m.get("content", "")))
+            for m in prompt
+            if isinstance(m, dict)
+        ]
+    else:
+        return None
+    step, reference = data.get("step"), data.get("reference")
+    return SampleRead(
+        step=step if isinstance(step, int) and not isinstance(step, bool) else None,
+        prompt=messages,
+        generation=str(data.get("generation") or ""),
+        reference=reference if isinstance(reference, str) else None,
+    )

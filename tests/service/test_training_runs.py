@@ -17,8 +17,10 @@ from app.records.schemas import RecordFilter
 from app.snapshots import service as snapshots
 from app.training import service as training
 from app.training.models import TrainingMetric, TrainingRun
+from tests.api.test_visibility import make_run
 from tests.conftest import PG_URL
 from tests.factories import make_dataset, make_project, make_records, make_user, token_for
+from tests.model_folders import REFUSED, USABLE, build_models_dir
 from tests.procs import kill, service_env, start_worker
 
 torch = pytest.importorskip("torch")
@@ -246,3 +248,138 @@ def test_cancel_stops_the_trainer_between_steps_and_frees_the_worker(
     assert status == "cancelled"
     state = json.loads((artifacts / "status.json").read_text())
     assert state["state"] == "cancelled" and 0 < state["step"] < 100_000
+
+
+# --- base models: the check the form and the CLI share ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checked_models_dir(tmp_path_factory) -> Path:
+    return build_models_dir(tmp_path_factory.mktemp("checked-models"))
+
+
+def test_base_models_lists_every_folder_usable_or_with_the_reason_it_is_refused(
+    client, db, checked_models_dir, monkeypatch
+):
+    monkeypatch.setattr(get_settings(), "models_dir", checked_models_dir)
+    resp = client.get("/api/v1/base-models", headers=token_for(db, make_user(db, "annotator")))
+    assert resp.status_code == 200
+    models = {m["name"]: m for m in resp.json()}
+    assert {n for n, m in models.items() if m["ok"]} == set(USABLE)
+    for name, words in REFUSED.items():
+        assert words in models[name]["reason"], models[name]
+    chat = models["tiny-llama-chat"]
+    assert chat["chat_template"] and chat["prompt_format"] == "the tokenizer's chat template"
+    assert chat["model_type"] == "llama" and chat["parameters"] > 0 and chat["size_bytes"] > 0
+    assert str(checked_models_dir) not in resp.text  # names only: no server paths
+
+
+def test_a_run_on_a_refused_model_is_422_naming_the_model_and_why(
+    client, db, checked_models_dir, monkeypatch
+):
+    monkeypatch.setattr(get_settings(), "models_dir", checked_models_dir)
+    curator, snap = _snapshot(db)
+    h = token_for(db, curator)
+    for name, words in REFUSED.items():
+        if name == "notes":  # no config.json: the older message, kept
+            continue
+        resp = client.post(
+            "/api/v1/training-runs", json={"snapshot_id": snap.id, "base_model": name}, headers=h
+        )
+        assert resp.status_code == 422, resp.text
+        assert f"base_model '{name}' is refused: " in resp.json()["detail"] and words in resp.json()["detail"]
+    assert db.scalar(select(TrainingRun.id).where(TrainingRun.snapshot_id == snap.id)) is None
+    ok = client.post(
+        "/api/v1/training-runs", json={"snapshot_id": snap.id, "base_model": "tiny-llama-chat"}, headers=h
+    )
+    assert ok.status_code == 202, ok.text
+
+
+# --- samples ----------------------------------------------------------------------------------------------
+
+
+def test_samples_before_the_trainer_wrote_them_say_so_and_only_curators_read_them(client, db, tmp_path):
+    curator, annotator = make_user(db, "curator"), make_user(db, "annotator")
+    project = make_project(db, (curator, "curator"), (annotator, "annotator"))
+    run = make_run(db, project.id, tmp_path / "run")
+    url = f"/api/v1/training-runs/{run.id}/samples"
+    assert client.get(url, headers=token_for(db, annotator)).status_code == 403
+    assert client.get(url, headers=token_for(db, make_user(db, "curator"))).status_code == 404
+    h = token_for(db, curator)
+    (tmp_path / "run" / "samples.jsonl").write_text(
+        '{"prompt": "a bare prompt", "reference": "r"}\nnot json\n[1]\n\n'
+        '{"step": 7, "prompt": [{"role": "user", "content": "Hi"}], "generation": "Hello", "reference": "Hey"}\n'
+    )
+    got = client.get(url, headers=h).json()
+    assert got["written"] and got["skipped_lines"] == 2
+    assert got["samples"] == [
+        {
+            "step": None,
+            "prompt": [{"role": "user", "content": "a bare prompt"}],
+            "generation": "",
+            "reference": "r",
+        },
+        {"step": 7, "prompt": [{"role": "user", "content": "Hi"}], "generation": "Hello", "reference": "Hey"},
+    ]
+    (tmp_path / "run" / "samples.jsonl").unlink()
+    assert client.get(url, headers=h).json() == {"written": False, "samples": [], "skipped_lines": 0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_the_samples_the_trainer_writes_are_served_by_step_with_prompt_generation_and_reference(
+    committed, models_dir, monkeypatch
+):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.projects.models import ProjectMember
+    from workers.runner import run_job
+
+    monkeypatch.setattr(get_settings(), "models_dir", models_dir)
+    with Session(committed) as db:
+        curator, snap = _snapshot(db)
+        annotator = make_user(db, "annotator")
+        db.commit()
+        run = training.create_run(
+            db=db,
+            user=curator,
+            snapshot_id=snap.id,
+            base_model="tiny-llama",
+            method="lora",
+            hyperparameters={
+                "max_steps": 3,
+                "batch_size": 4,
+                "grad_accum": 1,
+                "logging_steps": 1,
+                "eval_steps": 0,
+                "val_fraction": 0.25,
+                "sample_prompts": 2,
+                "sample_max_new_tokens": 8,
+                "gradient_checkpointing": False,
+                "max_seq_len": 128,
+            },
+        )
+        run_id, job_id, project_id = run.id, run.job_id, run.project_id
+        db.add(ProjectMember(project_id=project_id, user_id=annotator.id, role="annotator"))
+        curator_h, annotator_h = token_for(db, curator), token_for(db, annotator)
+        db.commit()
+    assert run_job(job_id) == "succeeded"  # the gpu worker's code path: the trainer runs as a child process
+    with TestClient(create_app()) as client:
+        resp = client.get(f"/api/v1/training-runs/{run_id}/samples", headers=curator_h)
+        forbidden = client.get(f"/api/v1/training-runs/{run_id}/samples", headers=annotator_h)
+    assert forbidden.status_code == 403
+    assert resp.status_code == 200, resp.text
+    got = resp.json()
+    answers = {
+        "Name a primary colour.": "Red.",
+        "What is two plus two?": "Four.",
+        "Translate 'cat' into French.": "Chat.",
+        "Give the opposite of 'hot'.": "Cold.",
+    }
+    assert got["written"] and got["skipped_lines"] == 0 and len(got["samples"]) == 2
+    for sample in got["samples"]:
+        assert sample["step"] == 3
+        question = sample["prompt"][-1]
+        assert question["role"] == "user" and sample["reference"] == answers[question["content"]]
+        assert isinstance(sample["generation"], str)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session
 
+from app.auth.models import User
 from app.datasets import service as datasets
 from app.deps import SessionDep
 from app.projects import service as projects
@@ -21,13 +23,22 @@ def training_page(request: Request, user: PageUser, db: SessionDep) -> Response:
     try:
         from app.training import service as training
     except ImportError:
-        return render(request, "training.html", user, available=False, runs=[], snaps=[])
+        return render(request, "training.html", user, available=False, runs=[], snaps=[], models=[])
     runs = training.list_runs(db=db, user=user, project_id=None)
+    # the same check as `instructforge models` and POST /training-runs: the form offers what a run accepts
+    models = training.base_models()
+    return render(
+        request, "training.html", user, available=True, runs=runs, snaps=_snapshots(db, user), models=models
+    )
+
+
+def _snapshots(db: Session, user: User) -> list[tuple[Any, str]]:
+    """Every snapshot the user can see, with its dataset's name."""
     snaps: list[tuple[Any, str]] = []
     for project in projects.list_projects(db=db, user=user):
         for d in datasets.list_datasets(db=db, user=user, project_id=project.id):
             snaps += [(s, d.name) for s in snapshots.list_snapshots(db=db, user=user, dataset_id=d.id)]
-    return render(request, "training.html", user, available=True, runs=runs, snaps=snaps)
+    return snaps
 
 
 @router.get("/ui/training/{run_id}")

@@ -56,6 +56,47 @@
     }
   }
 
+  // samples.jsonl lines, grouped by the step whose weights generated them (null: a file from before steps).
+  function drawSamples(el, data) {
+    if (!data.written) {
+      el.replaceChildren(h("p", { class: "muted" }, "No samples yet: the trainer writes them when training ends."));
+      return;
+    }
+    if (!data.samples.length) {
+      el.replaceChildren(h("p", { class: "muted" }, "The trainer wrote no samples (sample_prompts is 0, or no records were held out: val_fraction 0)."));
+      return;
+    }
+    const steps = new Map();
+    for (const s of data.samples) {
+      if (!steps.has(s.step)) steps.set(s.step, []);
+      steps.get(s.step).push(s);
+    }
+    const parts = [];
+    for (const [step, samples] of steps) {
+      parts.push(h("h4", {}, step === null ? "After training" : `Step ${step}`));
+      const rows = samples.map((s) => h("tr", { "data-role": "sample" },
+        h("td", { class: "pre" }, s.prompt.flatMap((m, i) => [i ? "\n" : "", h("strong", {}, `${m.role}: `), m.content])),
+        h("td", { class: "pre", "data-role": "generation" }, s.generation || h("span", { class: "muted" }, "(empty)")),
+        h("td", { class: "pre" }, s.reference ?? h("span", { class: "muted" }, "(none)"))));
+      parts.push(h("table", { class: "samples" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Prompt"), h("th", {}, "Generated"), h("th", {}, "Reference"))),
+        h("tbody", {}, rows)));
+    }
+    if (data.skipped_lines) parts.push(h("p", { class: "muted small" }, `${data.skipped_lines} malformed line(s) of samples.jsonl skipped`));
+    el.replaceChildren(...parts);
+  }
+
+  async function loadSamples(box, id) {
+    const el = box.querySelector('[data-role="samples"]');
+    try {
+      drawSamples(el, await IF.api("GET", `/api/v1/training-runs/${id}/samples`));
+    } catch (err) {
+      el.replaceChildren(h("p", { class: "muted" }, err.status === 403
+        ? "Sample generations are shown to the project's curators and admins: their prompts and references are snapshot data."
+        : `Could not load the samples: ${err.message}`));
+    }
+  }
+
   async function pollRun(box) {
     const id = box.dataset.runId;
     const q = (role) => box.querySelector(`[data-role="${role}"]`);
@@ -88,7 +129,8 @@
       }
       if (!arts.length) ul.append(h("li", { class: "muted" }, "none yet"));
     } catch (_) { /* artifacts appear when the run writes them */ }
-    if (!FINAL.has(run.status)) setTimeout(() => pollRun(box), 2000);
+    if (FINAL.has(run.status)) await loadSamples(box, id);
+    else setTimeout(() => pollRun(box), 2000);
   }
 
   document.addEventListener("DOMContentLoaded", () => {
