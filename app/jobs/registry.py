@@ -85,6 +85,15 @@ register(
 )
 register(
     JobKind(
+        "decontaminate",
+        "default",
+        "app.curation.schemas.DecontaminateParams",
+        "app.curation.decontam.run_decontaminate_job",
+        "Filter the records that copy prompts of an evaluation set (13-gram overlap or ROUGE-L), with the prompt.",
+    )
+)
+register(
+    JobKind(
         "self_instruct",
         "default",
         "app.generation.schemas.SelfInstructJobParams",
