@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 
@@ -11,12 +12,24 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import Role, User
 from app.datasets.service import require_dataset
-from app.errors import Invalid, validation_message
+from app.errors import DomainError, Invalid, validation_message
 from app.generation.cache import DbResponseCache
 from app.generation.jobs import get_teacher, self_instruct_params, teachers
 from app.generation.schemas import EstimateRead, EstimateRequest, SelfInstructJobParams, TeacherRead
-from app.pipeline.llm import Gateway, estimate_cost, run_coroutine
+from app.pipeline.llm import Gateway, TeacherError, estimate_cost, run_coroutine
 from app.records.models import Record
+
+log = logging.getLogger(__name__)
+
+# The job kinds POST /generation/estimate prices (their forms show an Estimate button).
+ESTIMATED_KINDS = ("self_instruct",)
+
+
+class TeacherDidNotAnswer(DomainError):
+    """An estimate needs real answers; like a database that is down, a teacher that is down is no fault of
+    the request: nothing was started or stored, try again."""
+
+    status_code = 503
 
 
 def list_teachers(*, user: User) -> list[TeacherRead]:
@@ -48,7 +61,7 @@ def estimate(*, db: Session, user: User, request: EstimateRequest) -> EstimateRe
     from app.pipeline.self_instruct import build_instruction_prompt
 
     dataset = require_dataset(db=db, user=user, dataset_id=request.dataset_id, min_role=Role.curator.value)
-    if request.kind != "self_instruct":
+    if request.kind not in ESTIMATED_KINDS:
         raise Invalid("estimates are available for self_instruct jobs", field="kind")
     try:
         p = SelfInstructJobParams.model_validate(request.params)
@@ -82,4 +95,12 @@ def estimate(*, db: Session, user: User, request: EstimateRequest) -> EstimateRe
             )
         return EstimateRead(**est.__dict__)
 
-    return run_coroutine(go())
+    try:
+        return run_coroutine(go())
+    except TeacherError as exc:
+        # The gateway's message names where the teacher is served, which only admins may see.
+        log.warning("estimate: teacher %r did not answer: %s", teacher.name, exc)
+        raise TeacherDidNotAnswer(
+            f"teacher {teacher.name!r} ({teacher.model}) did not answer, so nothing could be estimated; "
+            "check that it is up (docs/teachers.md) and try again"
+        ) from exc

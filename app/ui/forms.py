@@ -13,17 +13,37 @@ from app.errors import Invalid
 SCALARS = {"string", "integer", "number", "boolean"}
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One option of a select or of a list of checkboxes: what is posted, what a person reads, and why."""
+
+    value: str
+    label: str
+    help: str = ""
+
+
 @dataclass
 class FormField:
     name: str
     label: str
-    kind: str  # text | integer | number | checkbox | select | json
+    kind: str  # text | integer | number | checkbox | select | multi (checkboxes) | json
     value: str
     required: bool
     help: str
     nullable: bool = False
-    options: list[str] = field(default_factory=list)
+    options: list[Choice] = field(default_factory=list)
     checked: bool = False
+    selected: list[str] = field(default_factory=list)  # the ticked choices of a `multi` field
+
+    def as_select(self, choices: list[Choice]) -> None:
+        """A free-text field offered as a choice among known values (the configured teachers)."""
+        self.kind, self.options = "select", choices
+        if choices and self.value not in {c.value for c in choices}:
+            self.value = choices[0].value
+
+    def as_multi(self, choices: list[Choice], selected: list[str]) -> None:
+        """A list field offered as checkboxes with their descriptions (rule codes), not as JSON."""
+        self.kind, self.options, self.selected, self.value = "multi", choices, selected, ""
 
 
 def _resolve(schema: dict[str, Any], prop: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -69,7 +89,9 @@ def form_fields(schema: dict[str, Any], defaults: Mapping[str, Any] | None = Non
             value = ""
         else:
             value = str(default).lower() if isinstance(default, bool) else str(default)
-        options = [str(o) for o in prop.get("enum", [prop["const"]] if "const" in prop else [])]
+        options = [
+            Choice(str(o), str(o)) for o in prop.get("enum", [prop["const"]] if "const" in prop else [])
+        ]
         fields.append(
             FormField(
                 name=name,
@@ -86,6 +108,31 @@ def form_fields(schema: dict[str, Any], defaults: Mapping[str, Any] | None = Non
     return fields
 
 
+def _posted_list(form: Mapping[str, Any], name: str) -> list[str]:
+    """Every value posted under `name` (a form's ticked checkboxes), or a mapping's list."""
+    getlist = getattr(form, "getlist", None)
+    values = getlist(name) if getlist is not None else form.get(name, [])
+    return [str(v) for v in ([values] if isinstance(values, str) else values)]
+
+
+def _parse_multi(f: FormField, form: Mapping[str, Any]) -> list[str] | None:
+    """Ticked choices; nothing ticked is None (the parameter's default). A JSON list posted as one value
+    is taken too, so a form posted by a script can send what the API would."""
+    values = [v for v in _posted_list(form, f.name) if v.strip()]
+    if len(values) == 1 and values[0].lstrip().startswith("["):
+        try:
+            values = [str(v) for v in json.loads(values[0])]
+        except ValueError as exc:
+            raise Invalid(f"{f.name}: {exc}", field=f.name) from exc
+    known = {c.value for c in f.options}
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise Invalid(
+            f"{f.name}: unknown {', '.join(unknown)}; known: {', '.join(sorted(known))}", field=f.name
+        )
+    return values or None
+
+
 def parse_form(fields: list[FormField], form: Mapping[str, Any]) -> dict[str, Any]:
     """Posted strings back to typed params. A blank optional field is left out (its default applies) or,
     if the parameter accepts null, sent as null."""
@@ -93,6 +140,9 @@ def parse_form(fields: list[FormField], form: Mapping[str, Any]) -> dict[str, An
     for f in fields:
         if f.kind == "checkbox":
             params[f.name] = form.get(f.name) in ("on", "true", "1")
+            continue
+        if f.kind == "multi":
+            params[f.name] = _parse_multi(f, form)
             continue
         raw = str(form.get(f.name, "")).strip()
         if raw == "":

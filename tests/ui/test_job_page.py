@@ -1,9 +1,13 @@
-"""The job page: a paused job can be resumed from it, in a real browser."""
+"""The job pages, in a real browser: a paused job is resumed from its page; a job reads in words (start,
+duration, attempts once it ran, its dataset's name, counters and result as tables) and its live update
+reads exactly as the page reloaded; the jobs list names datasets and durations."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.jobs.models import Job
@@ -41,3 +45,85 @@ def test_a_paused_job_is_resumed_from_its_page(client: Any, db: Session, browser
     assert browser_page.locator("[data-resume]").count() == 0
     db.expire_all()
     assert db.get(Job, job.id).status != "paused"  # type: ignore[union-attr]
+
+
+def _started_from_the_form(client: Any, db: Session, browser_page: Any) -> Job:
+    """A dedup job started from its form in the browser (the page then says "dedup job N queued")."""
+    curator = make_user(db, "curator")
+    dataset = make_dataset(db, make_project(db, (curator, "curator")), name="support answers")
+    login(client, curator)
+    serve_from(client, browser_page)
+    browser_page.goto(f"http://testserver/ui/datasets/{dataset.id}/jobs/new/dedup")
+    browser_page.click("main button[type=submit]")
+    browser_page.wait_for_selector(".job-detail")
+    job = db.scalars(select(Job).where(Job.dataset_id == dataset.id)).one()
+    return job
+
+
+def _finish(db: Session, job: Job) -> None:
+    """What a worker writes when a dedup job ends (workers.runner and the dedup handler)."""
+    start = datetime(2026, 11, 30, 21, 4, 5, tzinfo=UTC)
+    job.status, job.attempts = "succeeded", 1
+    job.started_at, job.finished_at = start, start + timedelta(seconds=65)
+    job.progress_done = job.progress_total = 50
+    job.counters = {"scanned": 50, "kept": 11, "rejected_by_reason": {"rouge_dup": 39}, "share": 0.22}
+    job.result = {"scanned": 50, "kept": 11, "examples": [{"id": 1}, {"id": 2}], "codes": ["a", "b"]}
+    db.flush()
+
+
+def test_a_job_page_reads_in_words_and_its_live_update_reads_as_the_page_reloaded(
+    client: Any, db: Session, browser_page: Any
+):
+    job = _started_from_the_form(client, db, browser_page)
+    page = browser_page
+    assert page.inner_text("main > .flash") == f"dedup job {job.id} queued"
+    assert page.inner_text("[data-role=dataset]") == "support answers"
+    # Not run yet: no start, duration nor attempts to speak of.
+    for role in ("started", "duration", "attempts", "error"):
+        assert page.locator(f"[data-role={role}]").is_hidden()
+    _finish(db, job)
+    page.wait_for_selector("[data-role=status]:text-is('succeeded')")
+    assert page.locator("main > .flash").count() == 0  # the notice went with the job's end
+    assert page.inner_text("[data-role=started]") == "2026-11-30 21:04:05 UTC"
+    assert page.inner_text("[data-role=duration]") == "1 min 05 s"
+    assert page.inner_text("[data-role=attempts]") == "1"
+    counters = page.locator("[data-role=counters] tr").all_inner_texts()
+    assert [" ".join(c.split()) for c in counters] == [
+        "scanned 50",
+        "kept 11",
+        "rejected by reason",
+        "rouge_dup 39",
+        "share 0.22",
+    ]
+    result = page.locator("[data-role=result] tr").all_inner_texts()
+    assert [" ".join(r.split()) for r in result] == [
+        "scanned 50",
+        "kept 11",
+        "examples 2 items",
+        "codes a, b",
+    ]
+    live = page.inner_text(".job-detail")
+    assert "{" not in live.split("Result as JSON")[0]  # no dict repr above the raw JSON
+    page.goto(f"http://testserver/ui/jobs/{job.id}")  # (the form's URL would post it again)
+    assert page.inner_text(".job-detail") == live
+
+
+def test_the_jobs_list_names_the_dataset_and_says_how_long_each_job_ran(client: Any, db: Session):
+    curator = make_user(db, "curator")
+    dataset = make_dataset(db, make_project(db, (curator, "curator")), name="support answers")
+    job = Job(
+        project_id=dataset.project_id,
+        dataset_id=dataset.id,
+        kind="dedup",
+        queue="default",
+        params={},
+        created_by=curator.id,
+    )
+    db.add(job)
+    _finish(db, job)
+    login(client, curator)
+    page = client.get("/ui/jobs").text
+    row = page.split(f'data-job-id="{job.id}"')[1].split("</tr>")[0]
+    assert f'<a href="/ui/datasets/{dataset.id}">support answers</a>' in row
+    assert "1 min 05 s" in row and "2026-11-30 21:04:05 UTC" in row
+    assert "scanned: 50 · kept: 11 · rejected by reason: rouge_dup 39 · share: 0.22" in row

@@ -6,18 +6,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
 from app.auth.models import Role, User
+from app.base import utcnow
 from app.datasets import service as datasets
 from app.datasets.models import Dataset
 from app.deps import SessionDep
-from app.errors import Invalid, NotFound
+from app.errors import DomainError, Invalid, NotFound
+from app.generation import service as generation
+from app.generation.schemas import EstimateRequest
 from app.jobs import service as jobs
 from app.jobs.models import ACTIVE_STATUSES, Job
 from app.jobs.registry import KINDS, JobKind
-from app.ui.forms import FormField, form_fields, parse_form
+from app.pipeline.rules import RULES
+from app.ui import jobview
+from app.ui.forms import Choice, FormField, form_fields, parse_form
 from app.ui.web import CheckedForm, HtmlRoute, PageUser, redirect, render
 
 router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
@@ -51,7 +57,45 @@ def _kind_form(kind: str) -> tuple[JobKind, list[FormField]]:
 
 
 def _defaults_of(fields: list[FormField]) -> dict[str, Any]:
-    return parse_form(fields, {f.name: ("on" if f.checked else f.value) for f in fields})
+    shown = {f.name: f.selected if f.kind == "multi" else ("on" if f.checked else f.value) for f in fields}
+    return parse_form(fields, shown)
+
+
+def _price(per_1k: float) -> str:
+    return f"${per_1k:g}" if per_1k else "free"
+
+
+def _teacher_choices(user: User) -> tuple[list[Choice], str]:
+    """The configured teachers with model and price, or none and why (the form then takes a name)."""
+    try:
+        known = generation.list_teachers(user=user)
+    except Invalid as exc:
+        return [], exc.message
+    if not known:
+        return [], "No teacher is configured: set IF_TEACHERS (see docs/teachers.md)."
+    return [
+        Choice(
+            t.name,
+            f"{t.name} — {t.model} · {_price(t.price_in_per_1k)} in / {_price(t.price_out_per_1k)} out per 1k tokens",
+        )
+        for t in known
+    ], ""
+
+
+def _offer_choices(fields: list[FormField], user: User, dataset: Dataset) -> None:
+    """Known values as choices: the teacher among the configured ones, rules ticked from the registry with
+    their descriptions (the dataset's saved selection, or every rule, ticked to start with)."""
+    for f in fields:
+        if f.name == "teacher":
+            choices, why = _teacher_choices(user)
+            if choices:
+                f.as_select(choices)
+            else:
+                f.help = why
+        elif f.name == "rules" and f.kind == "json":
+            saved = ((dataset.settings or {}).get("rules") or {}).get("enabled") or list(RULES)
+            f.as_multi([Choice(code, code, rule.description) for code, rule in RULES.items()], list(saved))
+            f.help = "The rules to run; with none ticked, the dataset's saved selection (or every rule) runs."
 
 
 @dataclass
@@ -65,6 +109,7 @@ class JobForm:
     error: str | None = None
     confirm: int | None = None
     status_code: int = 200
+    estimable: bool = False
 
     def render(self, request: Request, user: User) -> Response:
         return render(request, "job_form.html", user, **vars(self))
@@ -73,7 +118,8 @@ class JobForm:
 def _job_form(db: Session, user: User, dataset_id: int, kind: str) -> JobForm:
     dataset = datasets.require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
     spec, fields = _kind_form(kind)
-    return JobForm(dataset=dataset, spec=spec, fields=fields)
+    _offer_choices(fields, user, dataset)
+    return JobForm(dataset=dataset, spec=spec, fields=fields, estimable=kind in generation.ESTIMATED_KINDS)
 
 
 def _show_posted(fields: list[FormField], form: FormData) -> None:
@@ -81,6 +127,8 @@ def _show_posted(fields: list[FormField], form: FormData) -> None:
     for f in fields:
         if f.kind == "checkbox":
             f.checked = form.get(f.name) == "on"
+        elif f.kind == "multi":
+            f.selected = [str(v) for v in form.getlist(f.name)]
         else:
             f.value = str(form.get(f.name, f.value))
 
@@ -128,16 +176,59 @@ def job_start(
     return redirect(f"/ui/jobs/{job.id}", f"{kind} job {job.id} queued")
 
 
+def _estimate(db: Session, user: User, page: JobForm, form: FormData) -> JSONResponse:
+    """The cost of the job the form describes, as JSON for the form's Estimate button; nothing is started.
+    A refusal (a bad value, an unknown teacher: a 422 naming the field; a teacher that does not answer) is
+    JSON too, read out beside the button."""
+    try:
+        params = parse_form(page.fields, form)
+        request = EstimateRequest(dataset_id=page.dataset.id, kind=page.spec.name, params=params)
+        estimate = generation.estimate(db=db, user=user, request=request)
+    except DomainError as exc:
+        body = {"detail": exc.message, "field": exc.detail.get("field")}
+        return JSONResponse(body, status_code=exc.status_code)
+    return JSONResponse(estimate.model_dump())
+
+
+@router.post("/ui/datasets/{dataset_id}/jobs/new/{kind}/estimate")
+def job_estimate(dataset_id: int, kind: str, form: CheckedForm, user: PageUser, db: SessionDep) -> Response:
+    return _estimate(db, user, _job_form(db, user, dataset_id, kind), form)
+
+
+def _words(job: Job) -> dict[str, Any]:
+    """What the job page and the jobs list show of a job beyond its columns."""
+    seconds = jobview.run_time(job.started_at, job.finished_at, utcnow())
+    return {
+        "started": jobview.when(job.started_at),
+        "finished": jobview.when(job.finished_at),
+        "duration": jobview.duration(seconds),
+        "counters": jobview.rows(job.counters),
+        "counters_line": jobview.line(jobview.rows(job.counters)),
+        "params": jobview.rows(job.params),
+        "result": jobview.rows(job.result),
+    }
+
+
 @router.get("/ui/jobs")
 def jobs_page(request: Request, user: PageUser, db: SessionDep, dataset_id: int | None = None) -> Response:
     rows = jobs.list_jobs(
         db=db, user=user, project_id=None, dataset_id=dataset_id, status=None, kind=None, limit=100
     )
     names = datasets.dataset_names(db=db, dataset_ids={j.dataset_id for j in rows if j.dataset_id})
-    return render(request, "jobs.html", user, jobs=rows, names=names, active=ACTIVE_STATUSES)
+    words = {j.id: _words(j) for j in rows}
+    return render(request, "jobs.html", user, jobs=rows, names=names, words=words, active=ACTIVE_STATUSES)
 
 
 @router.get("/ui/jobs/{job_id}")
 def job_page(request: Request, job_id: int, user: PageUser, db: SessionDep) -> Response:
     job: Job = jobs.get_job(db=db, user=user, job_id=job_id)
-    return render(request, "job.html", user, job=job, active=ACTIVE_STATUSES)
+    names = datasets.dataset_names(db=db, dataset_ids={job.dataset_id} if job.dataset_id else set())
+    return render(
+        request,
+        "job.html",
+        user,
+        job=job,
+        dataset_name=names.get(job.dataset_id or 0),
+        words=_words(job),
+        active=ACTIVE_STATUSES,
+    )
