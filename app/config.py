@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET = "dev-insecure-secret-change-me"  # noqa: S105 - the sentinel we refuse outside development
@@ -66,6 +66,14 @@ class Settings(BaseSettings):
         Path("models"), description="Base models for training must be local directories under this folder."
     )
     allow_hub_download: bool = Field(False, description="Let the trainer download base models from a hub.")
+    hub_token: SecretStr | None = Field(
+        None,
+        description="A Hugging Face (or Hub-compatible) write token: lets curators push snapshots to the Hub. "
+        "Read by the worker only; never logged, stored in a job or returned (docs/hub.md).",
+    )
+    hub_endpoint: str = Field(
+        "https://huggingface.co", description="The Hub to push snapshots to (any Hub-compatible endpoint)."
+    )
     worker_concurrency: int = Field(2, description="Processes of the default-queue worker started by `run`.")
 
     @model_validator(mode="after")

@@ -140,3 +140,13 @@ register(
         "Mix datasets of the project into this one with quotas or weights, deduplicated across sources.",
     )
 )
+register(
+    JobKind(
+        "hub_push",
+        "default",
+        "app.snapshots.schemas.HubPushParams",
+        "app.snapshots.hub.run_hub_push_job",
+        "Push a snapshot (Parquet, dataset card) to the Hugging Face Hub (created through POST /snapshots/{id}/hub).",
+        internal=True,
+    )
+)

@@ -7,10 +7,11 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from app.deps import CurrentUser, SessionDep
-from app.pipeline import formats
-from app.snapshots import service
+from app.jobs.models import Job
+from app.jobs.schemas import JobRead
+from app.snapshots import hub, service
 from app.snapshots.models import Snapshot
-from app.snapshots.schemas import ExportFormat, SnapshotCreate, SnapshotDiff, SnapshotRead
+from app.snapshots.schemas import ExportFormat, HubPush, SnapshotCreate, SnapshotDiff, SnapshotRead
 
 router = APIRouter(tags=["snapshots"])
 
@@ -46,14 +47,30 @@ def export_snapshot(
     format: ExportFormat = "alpaca",
     val_fraction: Annotated[float, Query(ge=0.0, lt=1.0)] = 0.0,
     seed: int = 0,
+    parquet: Annotated[
+        bool, Query(description="Parquet files (with ids and provenance), in a bundle")
+    ] = False,
+    bundle: Annotated[
+        bool, Query(description="A zip: data files, README.md card, dataset_info.json")
+    ] = False,
 ) -> FileResponse:
-    """Download the snapshot as alpaca JSON, ShareGPT JSON or OpenAI chat JSONL; with `val_fraction`,
-    a zip holding a seeded train/validation split."""
-    path, name = service.export_snapshot(
-        db=db, user=user, snapshot_id=snapshot_id, fmt=format, val_fraction=val_fraction, seed=seed
-    )
-    ext = name.rsplit(".", 1)[-1]
-    media = (
-        "application/zip" if ext == "zip" else formats.EXPORT_MEDIA_TYPES.get(ext, "application/octet-stream")
+    """Download the snapshot as one JSON/JSONL file (alpaca, ShareGPT, OpenAI/TRL messages, Axolotl
+    conversations, DPO pairs); with `val_fraction`, a zip holding a seeded train/validation split; with
+    `bundle` or `parquet`, a zip bundle with the dataset card (docs/formats.md)."""
+    path, name, media = service.export_snapshot(
+        db=db,
+        user=user,
+        snapshot_id=snapshot_id,
+        fmt=format,
+        val_fraction=val_fraction,
+        seed=seed,
+        parquet=parquet,
+        bundle=bundle,
     )
     return FileResponse(path, filename=name, media_type=media)
+
+
+@router.post("/snapshots/{snapshot_id}/hub", response_model=JobRead, status_code=202)
+def push_to_hub(snapshot_id: int, body: HubPush, user: CurrentUser, db: SessionDep) -> Job:
+    """Queue a job that pushes the snapshot (Parquet + dataset card) to the Hub; needs IF_HUB_TOKEN."""
+    return hub.request_push(db=db, user=user, snapshot_id=snapshot_id, body=body)

@@ -11,17 +11,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, insert, select
+from sqlalchemy import and_, func, insert, select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth.models import Role, User
 from app.config import get_settings
+from app.datasets.models import Dataset
 from app.datasets.service import require_dataset
 from app.db import get_or_404
 from app.errors import Conflict, Invalid, not_found_as
 from app.pipeline import formats
-from app.records.models import Record
+from app.records.models import Record, RecordRevision
 from app.records.schemas import RecordFilter
 from app.records.service import filter_clauses
 from app.review.service import generation_cutoffs, nn_finding, none_label
@@ -50,7 +51,17 @@ def record_content(r: Record) -> dict[str, Any]:
         "nn_score": r.nn_score,
         "parent_id": r.parent_id,
         "teacher_model": r.teacher_model,
+        "job_id": r.job_id,
+        "prompt_hash": r.prompt_hash,
+        "license": _license(r.meta),
     }
+
+
+def _license(meta: Mapping[str, Any] | None) -> str | None:
+    """The licence column an imported row carried (kept in meta's import_extra), for the dataset card."""
+    extra = (meta or {}).get("import_extra") or {}
+    value = extra.get("license", extra.get("licence")) if isinstance(extra, dict) else None
+    return str(value) if value not in (None, "") else None
 
 
 def _bucket(value: float, edges: Sequence[float]) -> str:
@@ -218,19 +229,22 @@ def rouge_histogram(db: Session, snapshot_id: int, count: int) -> dict[str, Any]
     return dict(hist)
 
 
-def iter_contents(db: Session, snapshot_id: int) -> Iterator[dict[str, Any]]:
+def iter_contents(db: Session, snapshot_id: int, *, with_version: bool = False) -> Iterator[dict[str, Any]]:
     last = -1
     while True:
         rows = db.execute(
-            select(SnapshotItem.record_id, SnapshotItem.content)
+            select(SnapshotItem.record_id, SnapshotItem.record_version, SnapshotItem.content)
             .where(SnapshotItem.snapshot_id == snapshot_id, SnapshotItem.record_id > last)
             .order_by(SnapshotItem.record_id)
             .limit(BATCH)
         ).all()
         if not rows:
             return
-        for record_id, content in rows:
-            yield {"record_id": record_id, **content}
+        for record_id, version, content in rows:
+            if with_version:
+                yield {"record_id": record_id, "record_version": version, **content}
+            else:
+                yield {"record_id": record_id, **content}
         last = rows[-1][0]
 
 
@@ -273,9 +287,20 @@ def diff(*, db: Session, user: User, a_id: int, b_id: int) -> dict[str, Any]:
 
 
 def export_snapshot(
-    *, db: Session, user: User, snapshot_id: int, fmt: str, val_fraction: float = 0.0, seed: int = 0
-) -> tuple[Path, str]:
-    """Write the export to a file under DATA_DIR/exports. With a split, a zip of train + validation files."""
+    *,
+    db: Session,
+    user: User,
+    snapshot_id: int,
+    fmt: str,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    parquet: bool = False,
+    bundle: bool = False,
+) -> tuple[Path, str, str]:
+    """Write the export under DATA_DIR/exports: (path, download name, media type).
+
+    One JSON/JSONL file; with a split, a zip of train + validation files; with `parquet` or `bundle`, a zip
+    bundle of the split files with README.md (the dataset card) and LLaMA-Factory's dataset_info.json."""
     snap = require_snapshot(db=db, user=user, snapshot_id=snapshot_id, min_role=Role.curator.value)
     audit.record(
         db=db,
@@ -284,29 +309,200 @@ def export_snapshot(
         entity_type="snapshot",
         entity_id=snap.id,
         dataset_id=snap.dataset_id,
-        detail={"format": fmt, "val_fraction": val_fraction, "seed": seed, "records": snap.record_count},
+        detail={"format": fmt, "val_fraction": val_fraction, "seed": seed, "records": snap.record_count}
+        | ({"parquet": parquet, "bundle": bundle} if parquet or bundle else {}),
     )
+    check_export(fmt, val_fraction)
+    out_dir = get_settings().data_dir / "exports"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = f"snapshot-{snap.id}-{snap.content_hash[:12]}-{fmt}"
+    split_part = f"-split{val_fraction}-seed{seed}" if val_fraction > 0 else ""
+    if parquet or bundle:
+        files = bundle_files(db, snap, fmt=fmt, val_fraction=val_fraction, seed=seed, parquet=parquet)
+        path = out_dir / f"{base}{'-parquet' if parquet else ''}-bundle{split_part}.zip"
+        _write_zip(path, files)
+        return path, path.name, "application/zip"
+    records = export_records(db, snap, fmt)
+    writer, ext = formats.EXPORTERS[fmt]
+    if val_fraction <= 0:
+        path = out_dir / f"{base}.{ext}"
+        with path.open("w", encoding="utf-8") as fh:
+            writer(records, fh)
+        return path, path.name, formats.EXPORT_MEDIA_TYPES.get(ext, "application/octet-stream")
+    train, val = formats.split(records, val_fraction=val_fraction, seed=seed)
+    files = {}
+    for part, rows in (("train", train), ("validation", val)):
+        buf = io.StringIO()
+        writer(rows, buf)
+        files[f"{part}.{ext}"] = buf.getvalue().encode("utf-8")
+    path = out_dir / f"{base}{split_part}.zip"
+    _write_zip(path, files)
+    return path, path.name, "application/zip"
+
+
+def check_export(fmt: str, val_fraction: float) -> None:
     if fmt not in formats.EXPORTERS:
         raise Invalid(
             f"unknown export format {fmt!r}; use one of {', '.join(formats.EXPORTERS)}", field="format"
         )
     if not 0.0 <= val_fraction < 1.0:
         raise Invalid("val_fraction must be in [0, 1)", field="val_fraction")
-    out_dir = get_settings().data_dir / "exports"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = list(iter_contents(db, snap.id))
-    writer, ext = formats.EXPORTERS[fmt]
-    base = f"snapshot-{snap.id}-{snap.content_hash[:12]}-{fmt}"
-    if val_fraction <= 0:
-        path = out_dir / f"{base}.{ext}"
-        with path.open("w", encoding="utf-8") as fh:
-            writer(records, fh)
-        return path, f"{base}.{ext}"
-    train, val = formats.split(records, val_fraction=val_fraction, seed=seed)
-    path = out_dir / f"{base}-split{val_fraction}-seed{seed}.zip"
+
+
+def _write_zip(path: Path, files: Mapping[str, bytes]) -> None:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for part, rows in (("train", train), ("validation", val)):
-            buf = io.StringIO()
-            writer(rows, buf)
-            zf.writestr(f"{part}.{ext}", buf.getvalue())
-    return path, path.name
+        for name, data in files.items():
+            zf.writestr(name, data)
+
+
+def export_records(db: Session, snap: Snapshot, fmt: str) -> list[dict[str, Any]]:
+    """The snapshot's records, or for `dpo` its preference pairs (see preference_records)."""
+    if fmt != "dpo":
+        return list(iter_contents(db, snap.id))
+    pairs = preference_records(db, snap)
+    if not pairs:
+        raise Invalid(
+            "no preference pairs: no record of this snapshot has a reply a person edited", field="format"
+        )
+    return pairs
+
+
+def preference_records(db: Session, snap: Snapshot) -> list[dict[str, Any]]:
+    """DPO pairs read from the snapshot: chosen = the reply as frozen, rejected = the reply of the record's
+    first version (RecordRevision keeps it from the first edit on), for records a person edited before the
+    snapshot was taken and whose reply the edit changed. Revisions are history, never rewritten, so the
+    pairs of a snapshot stay the same."""
+    pairs = []
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        ids = [c["record_id"] for c in batch]
+        first = dict(
+            db.execute(
+                select(RecordRevision.record_id, func.min(RecordRevision.version))
+                .where(RecordRevision.record_id.in_(ids))
+                .group_by(RecordRevision.record_id)
+            ).all()
+        )
+        originals = {
+            rev.record_id: rev
+            for rev in db.scalars(
+                select(RecordRevision).where(
+                    RecordRevision.record_id.in_(list(first)),
+                    RecordRevision.version.in_(set(first.values())),
+                )
+            )
+            if first.get(rev.record_id) == rev.version
+        }
+        for content in batch:
+            original = originals.get(content["record_id"])
+            if original is None or original.version >= content["record_version"]:
+                continue
+            chosen = formats.to_messages(content)[-1]
+            rejected = formats.to_messages(
+                {
+                    "instruction": original.instruction,
+                    "input": original.input,
+                    "output": original.output,
+                    "messages": original.messages,
+                }
+            )[-1]
+            if chosen["role"] == rejected["role"] == "assistant" and chosen["content"] != rejected["content"]:
+                pairs.append({**content, "rejected": rejected["content"]})
+        batch.clear()
+
+    for content in iter_contents(db, snap.id, with_version=True):
+        batch.append(content)
+        if len(batch) >= BATCH:
+            flush()
+    if batch:
+        flush()
+    return pairs
+
+
+# Job parameters that may hold where a teacher is served or a credential: never in a card.
+_PRIVATE_PARAMS = frozenset({"base_url", "api_key", "api_key_env", "token", "password", "secret", "headers"})
+
+
+def _public(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k.lower() not in _PRIVATE_PARAMS}
+
+
+def _jobs_behind(db: Session, snap: Snapshot, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The jobs that made the records (their job ids) and the curation of the dataset before the snapshot,
+    with their public parameters and the teacher (name and model; never its endpoint or key)."""
+    from app.jobs.models import Job, JobStatus
+    from app.pipeline.llm.config import load_teachers
+
+    made = {r["job_id"] for r in records if r.get("job_id")}
+    jobs = db.scalars(
+        select(Job)
+        .where(
+            Job.dataset_id == snap.dataset_id,
+            Job.created_at <= snap.created_at,
+            Job.status == JobStatus.succeeded.value,
+            Job.kind.not_in(("train", "hub_push")),
+        )
+        .order_by(Job.id)
+    ).all()
+    jobs = sorted({*jobs, *db.scalars(select(Job).where(Job.id.in_(made)))}, key=lambda j: j.id)
+    try:
+        teachers = load_teachers(get_settings().teachers)
+    except ValueError:
+        teachers = {}
+    models = {r["job_id"]: r["teacher_model"] for r in records if r.get("job_id") and r.get("teacher_model")}
+    out = []
+    for job in jobs:
+        name = job.params.get("teacher")
+        model = teachers[name].model if name in teachers else models.get(job.id, "unknown")
+        out.append(
+            {
+                "id": job.id,
+                "kind": job.kind,
+                "status": job.status,
+                "params": _public(job.params),
+                "teacher": {"name": name, "model": model} if name else None,
+            }
+        )
+    return out
+
+
+def bundle_files(
+    db: Session, snap: Snapshot, *, fmt: str, val_fraction: float, seed: int, parquet: bool
+) -> dict[str, bytes]:
+    """The files of an export bundle ({path: bytes}), for a zip download or a Hub commit."""
+    check_export(fmt, val_fraction)
+    records = export_records(db, snap, fmt)
+    dataset = db.get(Dataset, snap.dataset_id)
+    assert dataset is not None  # the snapshot's foreign key
+    if val_fraction > 0:
+        train, val = formats.split(records, val_fraction=val_fraction, seed=seed)
+        splits = {"train": train, "validation": val}
+    else:
+        splits = {"train": records}
+    lengths = [_length(r) for r in records]
+    card = formats.CardInfo(
+        title=f"{dataset.name} / {snap.name}",
+        description=snap.description or dataset.description,
+        language=dataset.language,
+        fmt=fmt,
+        snapshot={
+            "id": snap.id,
+            "name": snap.name,
+            "content_hash": snap.content_hash,
+            "created_at": f"{snap.created_at:%Y-%m-%d %H:%M} UTC",
+            "record_count": snap.record_count,
+            "filter": snap.filter,
+        },
+        stats=compute_stats(iter(records)),
+        lengths={
+            "prompt": formats.length_summary([p for p, _ in lengths]),
+            "response": formats.length_summary([r for _, r in lengths]),
+        },
+        jobs=_jobs_behind(db, snap, records),
+        licenses=dict(Counter(r["license"] for r in records if r.get("license"))),
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    name = f"instructforge_snapshot_{snap.id}"
+    return formats.build_bundle(fmt=fmt, splits=splits, parquet=parquet, card=card, name=name)

@@ -73,6 +73,31 @@ def to_sharegpt(rec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def to_openai(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI chat fine-tuning's line, which is also TRL's conversational `messages` column."""
+    return {"messages": to_messages(rec)}
+
+
+def to_axolotl(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """Axolotl's `chat_template` rows with `field_messages: conversations` (role/content turns)."""
+    return {"conversations": to_messages(rec)}
+
+
+def to_dpo(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """TRL's conversational preference row: the prompt turns, then the chosen and the rejected reply.
+
+    `rec` is a record as it was frozen (its last assistant turn is the chosen reply) plus `rejected`, the
+    reply it had before a person edited it.
+    """
+    turns = to_messages(rec)
+    last = max(i for i, m in enumerate(turns) if m["role"] == "assistant")
+    return {
+        "prompt": turns[:last],
+        "chosen": [turns[last]],
+        "rejected": [{"role": "assistant", "content": rec["rejected"]}],
+    }
+
+
 def _write_array(items: Iterable[dict[str, Any]], fp: TextIO) -> int:
     count = 0
     for item in items:
@@ -109,7 +134,17 @@ def write_sharegpt(records: Iterable[Mapping[str, Any]], fp: TextIO) -> int:
 
 def write_openai_jsonl(records: Iterable[Mapping[str, Any]], fp: TextIO) -> int:
     """OpenAI chat fine-tuning JSONL: {"messages": [{"role", "content"}]} per line."""
-    return _write_lines(({"messages": to_messages(rec)} for rec in records), fp)
+    return _write_lines(map(to_openai, records), fp)
+
+
+def write_axolotl_jsonl(records: Iterable[Mapping[str, Any]], fp: TextIO) -> int:
+    """{"conversations": [{"role", "content"}]} per line: see to_axolotl."""
+    return _write_lines(map(to_axolotl, records), fp)
+
+
+def write_dpo_jsonl(records: Iterable[Mapping[str, Any]], fp: TextIO) -> int:
+    """{"prompt", "chosen", "rejected"} per line, each a list of messages: see to_dpo."""
+    return _write_lines(map(to_dpo, records), fp)
 
 
 # name -> (writer, file extension); EXPORT_MEDIA_TYPES maps the extension to a Content-Type.
@@ -118,5 +153,16 @@ EXPORTERS: dict[str, tuple[Callable[[Iterable[Mapping[str, Any]], TextIO], int],
     "alpaca_jsonl": (write_alpaca_jsonl, "jsonl"),
     "sharegpt": (write_sharegpt, "json"),
     "openai": (write_openai_jsonl, "jsonl"),
+    "axolotl": (write_axolotl_jsonl, "jsonl"),
+    "dpo": (write_dpo_jsonl, "jsonl"),
+}
+# name -> the one row of a record, as the writers above write it and the Parquet export stores it.
+ROWS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "alpaca": to_alpaca,
+    "alpaca_jsonl": to_alpaca,
+    "sharegpt": to_sharegpt,
+    "openai": to_openai,
+    "axolotl": to_axolotl,
+    "dpo": to_dpo,
 }
 EXPORT_MEDIA_TYPES = {"json": "application/json", "jsonl": "application/jsonl"}
