@@ -111,6 +111,8 @@ REAL_FILES = {
     "self-instruct/seed_tasks.jsonl": "self_instruct",
     "self-instruct/user_oriented_instructions.jsonl": "self_instruct",
     "belle/zh_seed_tasks.json": "self_instruct",
+    "fastchat/mt_bench_question.jsonl": "mt_bench",
+    "belle/eval_set.json": "belle_eval",
 }
 
 
@@ -298,6 +300,35 @@ def test_dolly_context_becomes_input_and_category_the_label() -> None:
         filename="databricks-dolly-15k.jsonl",
     )
     assert (rec.instruction, rec.input, rec.output, rec.label) == ("Who?", "Text.", "Him.", "closed_qa")
+
+
+def test_mt_bench_question_is_its_first_turn_labelled_by_category_with_the_rest_in_meta() -> None:
+    rows = [
+        json.loads(line) for line in data_file("fastchat/mt_bench_question.jsonl").read_text().splitlines()
+    ]
+    good, _ = parse_all(
+        io.BytesIO(data_file("fastchat/mt_bench_question.jsonl").read_bytes()), skip_bad=False
+    )
+    assert [(r.instruction, r.label) for r in good] == [(q["turns"][0], q["category"]) for q in rows]
+    assert [r.extra["turns"] for r in good] == [q["turns"] for q in rows]
+    assert [r.extra["question_id"] for r in good] == [q["question_id"] for q in rows]
+    with_reference = [(r, q) for r, q in zip(good, rows, strict=True) if q.get("reference")]
+    assert len(with_reference) == 39
+    assert all(
+        r.output == q["reference"][0] and r.extra["reference"] == q["reference"] for r, q in with_reference
+    )
+    assert {r.output for r, q in zip(good, rows, strict=True) if not q.get("reference")} == {""}
+    assert "turns[1]" in first_error(jsonl({"turns": ["ok", 3], "category": "math"}))
+
+
+def test_belle_eval_question_standard_answer_and_class_land_in_their_columns() -> None:
+    path = data_file("belle/eval_set.json")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    good, _ = parse_all(io.BytesIO(path.read_bytes()), skip_bad=False)
+    assert [(r.instruction, r.output, r.label) for r in good] == [
+        (q["question"], q["std_answer"], q["class"]) for q in rows
+    ]
+    assert 'field "question"' in first_error(jsonl({"question": 1, "class": "math"}))
 
 
 def test_self_instruct_keeps_extra_instances() -> None:
@@ -514,7 +545,8 @@ def test_a_file_whose_first_hundred_records_are_all_broken_is_refused_as_a_whole
 
 def test_unknown_format_name_is_refused() -> None:
     assert first_error(jsonl({"instruction": "a", "output": "b"}), fmt="parquet") == (
-        "unknown format 'parquet': expected one of alpaca, sharegpt, openai, dolly, self_instruct or auto"
+        "unknown format 'parquet': expected one of alpaca, sharegpt, openai, dolly, self_instruct, mt_bench, "
+        "belle_eval or auto"
     )
 
 

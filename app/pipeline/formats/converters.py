@@ -305,6 +305,41 @@ def _self_instruct(obj: dict[str, Any], line: int, limits: Limits) -> ParsedReco
     )
 
 
+# ------------------------------------------------------------------------------------- evaluation sets
+
+_MT_BENCH_USED = frozenset({"turns", "category"})
+
+
+def _mt_bench(obj: dict[str, Any], line: int, limits: Limits) -> ParsedRecord:
+    """An MT-Bench question (FastChat's `question.jsonl`): the first turn is the prompt, the category its
+    label; the later turns, the question id and any reference answers stay in the record's meta."""
+    turns = _required_list(obj, "turns", limits, "turn")
+    for i, turn in enumerate(turns):
+        if type(turn) is not str:
+            raise Invalid(f"turns[{i}]", f"expected string, got {type_name(turn)}")
+    reference = obj.get("reference")
+    if reference is not None and (type(reference) is not list or any(type(r) is not str for r in reference)):
+        raise Invalid("reference", f"expected array of strings, got {type_name(reference)}")
+    category = _optional_str(obj, "category", "category")
+    extra = _extra(obj, _MT_BENCH_USED)
+    if len(turns) > 1:
+        extra["turns"] = turns
+    output = reference[0] if reference else ""
+    return ParsedRecord(turns[0], "", output, None, None, category, None, extra, line)
+
+
+_BELLE_EVAL_USED = frozenset({"question", "std_answer", "class"})
+
+
+def _belle_eval(obj: dict[str, Any], line: int, limits: Limits) -> ParsedRecord:
+    """A BELLE eval-set question: the question is the prompt, the standard answer its reference output
+    (empty where there is none), the class its label."""
+    question = _required_str(obj, "question", "question")
+    answer = _optional_str(obj, "std_answer", "std_answer") or ""
+    label = _optional_str(obj, "class", "class")
+    return ParsedRecord(question, "", answer, None, None, label, None, _extra(obj, _BELLE_EVAL_USED), line)
+
+
 Converter = Callable[[dict[str, Any], int, Limits], ParsedRecord]
 
 CONVERTERS: dict[str, Converter] = {
@@ -313,4 +348,6 @@ CONVERTERS: dict[str, Converter] = {
     "openai": _openai,
     "dolly": _dolly,
     "self_instruct": _self_instruct,
+    "mt_bench": _mt_bench,
+    "belle_eval": _belle_eval,
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-FORMATS = ("alpaca", "sharegpt", "openai", "dolly", "self_instruct")
+FORMATS = ("alpaca", "sharegpt", "openai", "dolly", "self_instruct", "mt_bench", "belle_eval")
 
 # "line" for JSON Lines (1-based line number), "item" for JSON arrays (1-based index of the array item).
 Unit = Literal["line", "item"]

@@ -57,7 +57,8 @@ _FILENAME_HINTS = (
 )
 _EXPECTED = (
     "alpaca (instruction, output), sharegpt (conversations), openai (messages), "
-    "dolly (instruction, response, context, category), self_instruct (instruction, instances)"
+    "dolly (instruction, response, context, category), self_instruct (instruction, instances), "
+    "mt_bench (turns, category), belle_eval (question, std_answer, class)"
 )
 
 
@@ -79,6 +80,10 @@ def format_from_keys(
         return "openai"
     if "instances" in keys:
         return "self_instruct"
+    if "turns" in keys and "instruction" not in keys:
+        return "mt_bench"
+    if "question" in keys and keys & {"std_answer", "class"} and "instruction" not in keys:
+        return "belle_eval"
     if "instruction" in keys:
         # {instruction, response} alone is both GPTeacher-style alpaca and a dolly record without
         # its optional fields; both read it the same way, so the name only changes the label.
