@@ -366,11 +366,13 @@ def _language_mismatch(t: Text, p: dict[str, Any]) -> str | None:
     sentence is answered in English). Code, math, tables and numbers are in no language (langid.prose)."""
     if t.output is None:
         return None
-    answered = identify(t.output)
-    if not _clear(answered, p):
-        return None
+    # The instruction first: its guess is usually cached (each of a task's instances, dataset_language),
+    # and when it is not clear the answer, the costlier text, need not be read at all.
     asked = identify(t.instruction)
-    if not _clear(asked, p) or asked.language == answered.language:
+    if not _clear(asked, p):
+        return None
+    answered = identify(t.output)
+    if not _clear(answered, p) or asked.language == answered.language:
         return None
     named = named_languages(t.instruction)
     if answered.language in named or (not named and asks_to_translate(t.instruction)):
@@ -424,9 +426,6 @@ def _repetition(t: Text, p: dict[str, Any]) -> str | None:
     nature."""
     if t.output is None:
         return None
-    letters = sum(c.isalpha() for c in t.output)
-    if not letters or sum(c.isalpha() for c in prose(t.output)) < letters / 2:
-        return None
     if _is_cjk_text(t.output):
         units = [c for c in t.output if not c.isspace()]
         n = p["n_chars"]
@@ -438,9 +437,13 @@ def _repetition(t: Text, p: dict[str, Any]) -> str | None:
         return None
     distinct = len(set(zip(*(units[i:] for i in range(n)), strict=False)))  # the n-grams, without slicing
     share = 1 - distinct / total
-    if share > p["max_share"]:
-        return f"{share:.0%} of the output's {n}-grams repeat an earlier one (max {p['max_share']:.0%})"
-    return None
+    if share <= p["max_share"]:
+        return None
+    # Only now whether it is prose: both must hold, and prose() is most of this rule's cost.
+    letters = sum(c.isalpha() for c in t.output)
+    if not letters or sum(c.isalpha() for c in prose(t.output)) < letters / 2:
+        return None
+    return f"{share:.0%} of the output's {n}-grams repeat an earlier one (max {p['max_share']:.0%})"
 
 
 # "[Your Name]" under a letter is how people write templates (3 human seed tasks end so), not a slot left
