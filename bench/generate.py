@@ -5,6 +5,12 @@ A fake OpenAI-compatible teacher runs in a separate process and answers every re
 reference sends one request at a time, as Alpaca's / Self-Instruct's scripts do. Prints figures, then
 one JSON line: {"kept_per_min", "reference_kept_per_min", "speedup", "cpu_ms_per_record", ...}.
 
+Baseline for our CPU: the bare ``openai`` client (``AsyncOpenAI().chat.completions.create`` under an
+``asyncio.Semaphore`` of the same concurrency) sending the very requests one of our jobs sent, against the
+same teacher, in the same run. ``cpu_ratio_to_bare_client`` is our CPU per teacher call (the whole job:
+gateway, prompts, parsing, rules, ROUGE-L) over the bare client's CPU per call, on its default event loop
+(``asyncio.run``) and, as ``cpu_ratio_to_bare_client_uvloop``, on uvloop like ours.
+
 Our side runs its jobs in one process, as a worker does: a short warm-up job (the process's one-time
 costs: lazy imports, the tokenizer's Unicode tables, the CA bundle), then ``--repeats`` measured jobs.
 ``kept_per_min`` and ``cpu_ms_per_record`` are the measured jobs' medians (CPU time on a shared VM varies
@@ -20,11 +26,13 @@ import argparse
 import asyncio
 import functools
 import json
+import os
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import openai
 
@@ -49,19 +57,38 @@ from tests.fake_teacher import teacher_process  # noqa: E402
 SEEDS = ROOT.parent / "shared" / "data" / "self-instruct" / "seed_tasks.jsonl"
 
 
-def run_ours(base_url: str, *, concurrency: int, target: int, loop: str = "uvloop") -> dict[str, float]:
+def run_ours(
+    base_url: str,
+    *,
+    concurrency: int,
+    target: int,
+    loop: str = "uvloop",
+    requests: list[dict[str, Any]] | None = None,
+) -> dict[str, float]:
+    """One job; `requests`, if given, receives every request the gateway built (for the bare client)."""
     seeds = load_seed_tasks(SEEDS)
     teacher = TeacherConfig(name="bench", base_url=base_url, model="fake", max_concurrency=concurrency)
     params = SelfInstructParams(target=target, batch_size=concurrency, seed=1)
-    kept = 0
+    kept = calls = 0
 
     def emit(event: GenEvent) -> None:
         nonlocal kept
         kept = event.progress.records_kept
 
     async def main() -> None:
+        nonlocal calls
         async with Gateway(teacher) as gateway:
+            if requests is not None:
+                build = gateway.build_request
+
+                def recording(*args: Any, **kwargs: Any) -> dict[str, Any]:
+                    request = build(*args, **kwargs)
+                    requests.append(request)
+                    return request
+
+                gateway.build_request = recording  # type: ignore[method-assign]
             await run_self_instruct(gateway=gateway, seeds=seeds, params=params, emit=emit)
+            calls = gateway.usage.calls
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     if loop == "asyncio":
@@ -69,7 +96,42 @@ def run_ours(base_url: str, *, concurrency: int, target: int, loop: str = "uvloo
     else:
         run_coroutine(main())  # as the jobs and the CLI run it
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    return {"kept": kept, "wall_s": wall, "cpu_s": cpu}
+    return {"kept": kept, "wall_s": wall, "cpu_s": cpu, "calls": calls}
+
+
+def run_bare_client(
+    base_url: str, requests: list[dict[str, Any]], *, concurrency: int, loop: str
+) -> dict[str, float]:
+    """The same requests through the bare ``openai`` client, `concurrency` at a time, as its README shows."""
+    client = openai.AsyncOpenAI(api_key="none", base_url=base_url, max_retries=0)
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(request: dict[str, Any]) -> str:
+        async with slots:
+            response = await client.chat.completions.create(
+                model=request["model"],
+                messages=request["messages"],
+                temperature=request["temperature"],
+                top_p=request["top_p"],
+                max_tokens=request["max_tokens"],
+                stop=request["stop"],
+            )
+            return response.choices[0].message.content or ""
+
+    async def main() -> None:
+        await asyncio.gather(*(one(r) for r in requests))
+        await client.close()
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    if loop == "asyncio":
+        asyncio.run(main())
+    else:
+        run_coroutine(main())
+    return {
+        "calls": len(requests),
+        "cpu_s": time.process_time() - cpu0,
+        "wall_s": time.perf_counter() - wall0,
+    }
 
 
 def run_reference(base_url: str, *, seconds: float, k: int = 3) -> dict[str, float]:
@@ -138,10 +200,24 @@ def main() -> None:
     with teacher_process(latency_ms=args.latency_ms) as (url, _):
         ours = functools.partial(run_ours, url, concurrency=args.concurrency, loop=args.event_loop)
         warmup = ours(target=args.warmup_target)
-        runs = [ours(target=args.target) for _ in range(args.repeats)]
+        # The bare client warms up too (its lazy imports, the CA bundle), on the warm-up job's requests.
+        warm_requests: list[dict[str, Any]] = []
+        ours(target=args.warmup_target, requests=warm_requests)
+        run_bare_client(url, warm_requests, concurrency=args.concurrency, loop="asyncio")
+        requests: list[dict[str, Any]] = []
+        runs = [ours(target=args.target, requests=requests if i == 0 else None) for i in range(args.repeats)]
+        bare = [
+            run_bare_client(url, requests, concurrency=args.concurrency, loop=loop)
+            for loop in ("asyncio", "uvloop", "asyncio", "uvloop")
+        ]
         ref = run_reference(url, seconds=args.reference_seconds)
     per_min = [r["kept"] / r["wall_s"] * 60 for r in runs]
     cpu_ms = [r["cpu_s"] * 1000 / max(1, r["kept"]) for r in runs]
+    cpu_ms_per_call = statistics.median(r["cpu_s"] * 1000 / max(1, r["calls"]) for r in runs)
+    bare_ms = {
+        loop: statistics.median(b["cpu_s"] * 1000 / b["calls"] for b in bare[i::2])
+        for i, loop in enumerate(("asyncio", "uvloop"))
+    }
     kept_per_min, cpu_ms_per_record = statistics.median(per_min), statistics.median(cpu_ms)
     ref_per_min = ref["kept"] / ref["wall_s"] * 60
     all_cpu = warmup["cpu_s"] + sum(r["cpu_s"] for r in runs)
@@ -153,6 +229,10 @@ def main() -> None:
             f"ours, job {i}: {r['kept']:.0f} kept records in {r['wall_s']:.1f} s -> {per_min[i - 1]:.0f}/min,"
             f" CPU {r['cpu_s']:.2f} s = {cpu_ms[i - 1]:.2f} ms per kept record"
         )
+    print(
+        f"ours: {cpu_ms_per_call:.3f} ms CPU per teacher call (whole job); bare openai client, same"
+        f" {len(requests)} requests: {bare_ms['asyncio']:.3f} ms (asyncio), {bare_ms['uvloop']:.3f} ms (uvloop)"
+    )
     print(f"reference: {ref['kept']:.0f} kept records in {ref['wall_s']:.1f} s -> {ref_per_min:.0f}/min")
     print(
         f"warm-up job: {warmup['kept']:.0f} kept records, {warmup['cpu_s']:.2f} s CPU;"
@@ -165,6 +245,12 @@ def main() -> None:
                 "reference_kept_per_min": round(ref_per_min, 1),
                 "speedup": round(kept_per_min / ref_per_min, 2) if ref_per_min else None,
                 "cpu_ms_per_record": round(cpu_ms_per_record, 3),
+                "cpu_ms_per_call": round(cpu_ms_per_call, 3),
+                "bare_client_cpu_ms_per_call": round(bare_ms["asyncio"], 3),
+                "bare_client_uvloop_cpu_ms_per_call": round(bare_ms["uvloop"], 3),
+                "cpu_ratio_to_bare_client": round(cpu_ms_per_call / bare_ms["asyncio"], 3),
+                "cpu_ratio_to_bare_client_uvloop": round(cpu_ms_per_call / bare_ms["uvloop"], 3),
+                "calls_per_kept_record": round(runs[0]["calls"] / max(1, runs[0]["kept"]), 2),
                 "cpu_ms_per_record_runs": [round(c, 3) for c in cpu_ms],
                 "cold_cpu_ms_per_record": round(cold_cpu_ms, 3),
                 "warmup_cpu_s": round(warmup["cpu_s"], 3),
@@ -172,6 +258,7 @@ def main() -> None:
                 "latency_ms": args.latency_ms,
                 "concurrency": args.concurrency,
                 "event_loop": loop,
+                "loadavg": [round(x, 2) for x in os.getloadavg()],
             }
         )
     )
