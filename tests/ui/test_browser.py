@@ -266,7 +266,7 @@ def test_annotator_reviews_20_records_with_the_keyboard_only(page: Any, stack: S
         assert len(events) == actions and all(e.at is not None for e in events)
         assert [e.at for e in events] == sorted(e.at for e in events)
     page.keyboard.press("u")
-    page.wait_for_selector("[data-role=banner-text]:has-text('Undid accept')")
+    page.wait_for_selector("[data-role=notice-text]:has-text('Undid accept')")
     assert current_id(page) == ids[19]
     with Session(stack.engine) as db:
         assert db.get(Record, ids[19]).status == "pending"  # type: ignore[union-attr]
@@ -355,21 +355,33 @@ def test_llm_and_upload_text_stays_inert(page: Any, stack: Stack) -> None:
     assert page.evaluate("window.__xss") is None and page.dialogs == []
 
 
-def test_curator_imports_through_the_form_and_watches_progress_reach_100(page: Any, stack: Stack) -> None:
+def test_curator_imports_through_the_form_and_the_figures_follow_without_a_reload(
+    page: Any, stack: Stack
+) -> None:
     path = SHARED_DATA / "self-instruct" / "seed_tasks.jsonl"
     if not path.is_file():
         pytest.skip(f"real datasets not found at {SHARED_DATA}")
     login(page, stack, "curator")
     page.goto(f"/ui/datasets/{stack.datasets['import']}")
+    page.evaluate("window.__same_document = true")  # a reload would lose it
+    assert page.inner_text("[data-role=record-total]") == "0"
     page.set_input_files("#import-form input[type=file]", str(path))
     page.select_option("#import-form select[name=format]", "self_instruct")
     page.click("#import-form button[type=submit]")
+    # The upload is large enough to become a job: the page follows it, then redraws the figures.
+    page.wait_for_selector("[data-role=import-result]:has-text('succeeded')", timeout=60_000)
+    with Session(stack.engine) as db:
+        n = len(db.scalars(select(Record.id).where(Record.dataset_id == stack.datasets["import"])).all())
+    assert n >= 175
+    assert f"imported {n} records" in page.inner_text("[data-role=import-result]")
+    page.wait_for_selector(f"[data-role=record-total]:text-is('{n}')")
+    assert f"<title>seed: {n}</title>" in page.inner_html("#dataset-stats")  # the "By source" bar
+    assert page.evaluate("window.__same_document") is True
+    # The job's own page, one click away, saw it reach 100 %.
+    page.click("[data-role=import-result] a")
     page.wait_for_url("**/ui/jobs/*")
     page.wait_for_selector("[data-role=pct]:has-text('100%')", timeout=60_000)
     assert page.inner_text("[data-role=status]") == "succeeded"
-    with Session(stack.engine) as db:
-        n = db.scalars(select(Record.id).where(Record.dataset_id == stack.datasets["import"])).all()
-        assert len(n) >= 175
     page.goto(f"/ui/datasets/{stack.datasets['review']}")
     page.wait_for_selector("svg")
     shot(page, "dataset.png")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, get_args
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
@@ -57,14 +58,22 @@ def _charts(stats: dict[str, Any]) -> list[Any]:
     ]
 
 
-def _overview(db: Session, user: User, dataset: Dataset) -> dict[str, Any]:
-    """What the dataset page shows, each part from its service."""
-    stats = insights.dataset_stats(db=db, user=user, dataset_id=dataset.id)
+def _stats(db: Session, user: User, dataset: Dataset, include_filtered: bool) -> dict[str, Any]:
+    """The stats section's context (dataset_stats.html): figures from the cache while they are current."""
+    stats = insights.dataset_stats(db=db, user=user, dataset_id=dataset.id, include_filtered=include_filtered)
     return {
         "dataset": dataset,
-        "project": projects.require_project(db=db, user=user, project_id=dataset.project_id),
         "stats": stats,
         "charts": _charts(stats),
+        "include_filtered": include_filtered,
+    }
+
+
+def _overview(db: Session, user: User, dataset: Dataset, include_filtered: bool) -> dict[str, Any]:
+    """What the dataset page shows, each part from its service."""
+    return {
+        **_stats(db, user, dataset, include_filtered),
+        "project": projects.require_project(db=db, user=user, project_id=dataset.project_id),
         "annotators": insights.annotator_progress(db=db, user=user, dataset_id=dataset.id),
         "agreement": insights.agreement(db=db, user=user, dataset_id=dataset.id),
         "groups": insights.duplicate_groups(db=db, user=user, dataset_id=dataset.id, limit=20),
@@ -80,10 +89,28 @@ def _overview(db: Session, user: User, dataset: Dataset) -> dict[str, Any]:
 
 
 @router.get("/ui/datasets/{dataset_id}")
-def dataset_page(request: Request, dataset_id: int, user: PageUser, db: SessionDep) -> Response:
+def dataset_page(
+    request: Request, dataset_id: int, user: PageUser, db: SessionDep, include_filtered: bool = False
+) -> Response:
     """Stats as pictures, annotators, agreement, bulk actions, duplicate groups, jobs and snapshots."""
     dataset = datasets.require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
-    return render(request, "dataset.html", user, **_overview(db, user, dataset))
+    return render(request, "dataset.html", user, **_overview(db, user, dataset, include_filtered))
+
+
+@router.get("/ui/datasets/{dataset_id}/stats")
+def stats_section(
+    request: Request, dataset_id: int, user: PageUser, db: SessionDep, include_filtered: bool = False
+) -> Response:
+    """The page's stats section alone: dataset.js swaps it in after an import, without a reload."""
+    dataset = datasets.require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    return render(request, "dataset_stats.html", user, **_stats(db, user, dataset, include_filtered))
+
+
+@router.get("/ui/datasets/{dataset_id}/bulk/count")
+def bulk_count(request: Request, dataset_id: int, user: PageUser, db: SessionDep) -> JSONResponse:
+    """How many records the bulk form's filter matches: the number its confirmation names."""
+    flt = _filter_from(request.query_params)
+    return JSONResponse({"count": insights.count_matching(db=db, user=user, dataset_id=dataset_id, flt=flt)})
 
 
 def _filter_from(values: Any) -> RecordFilter:

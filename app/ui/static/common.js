@@ -1,4 +1,4 @@
-// Shared by every page: the CSRF token for API writes, a fetch helper, confirmations, the import upload.
+// Shared by every page: the CSRF token for API writes, a fetch helper, confirmations.
 "use strict";
 
 const IF = (() => {
@@ -49,28 +49,6 @@ const IF = (() => {
     }
   }
 
-  function wireImport() {
-    const form = document.getElementById("import-form");
-    if (!form) return;
-    const out = form.querySelector('[data-role="import-result"]');
-    form.addEventListener("submit", async (ev) => {
-      ev.preventDefault();
-      out.textContent = "Uploading…";
-      const fd = new FormData(form);
-      if (!fd.get("skip_bad")) fd.set("skip_bad", "false");
-      try {
-        const res = await api("POST", `/api/v1/datasets/${form.dataset.dataset}/import`, fd);
-        if (res.job_id) {
-          window.location.href = `/ui/jobs/${res.job_id}`;
-          return;
-        }
-        out.textContent = `Imported ${res.imported} records (${res.skipped_duplicates} duplicates skipped, ${res.bad.length} bad lines).`;
-      } catch (err) {
-        out.textContent = `Import failed: ${err.message}`;
-      }
-    });
-  }
-
-  document.addEventListener("DOMContentLoaded", () => { wireConfirm(); wireImport(); });
+  document.addEventListener("DOMContentLoaded", () => { wireConfirm(); });
   return { api, h, csrf };
 })();
