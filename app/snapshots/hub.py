@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import Role, User
 from app.config import get_settings
-from app.errors import Invalid, NotFound
+from app.errors import DomainError, Invalid, NotFound
 from app.jobs import service as jobs
 from app.jobs.context import JobContext
 from app.jobs.models import Job
@@ -22,8 +22,10 @@ from app.snapshots.schemas import HubPush, HubPushParams
 from app.snapshots.service import bundle_files, require_snapshot
 
 
-class HubPushFailed(Exception):
-    """The Hub refused or failed; the message has no token in it."""
+class HubPushFailed(DomainError):
+    """The Hub refused or failed. A domain error, so the job shows what the Hub said (no token in it)."""
+
+    status_code = 502
 
 
 def request_push(*, db: Session, user: User, snapshot_id: int, body: HubPush) -> Job:

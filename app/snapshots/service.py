@@ -506,3 +506,28 @@ def bundle_files(
     )
     name = f"instructforge_snapshot_{snap.id}"
     return formats.build_bundle(fmt=fmt, splits=splits, parquet=parquet, card=card, name=name)
+
+
+def _ordered(hist: Mapping[str, int]) -> dict[str, int]:
+    """A histogram in bucket order: the "none ≥ …" bucket first, then by lower edge (the database's JSON
+    may have reordered the keys)."""
+
+    def key(label: str) -> tuple[int, float]:
+        try:
+            return 1, float(label)
+        except ValueError:
+            return 0, 0.0
+
+    return {k: hist[k] for k in sorted(hist, key=key)}
+
+
+def snapshot_view(*, db: Session, user: User, snapshot_id: int) -> dict[str, Any]:
+    """What the snapshot page shows: the snapshot, its dataset, and its stored stats with histograms in order."""
+    snap = require_snapshot(db=db, user=user, snapshot_id=snapshot_id)
+    dataset = db.get(Dataset, snap.dataset_id)
+    stats = dict(snap.stats or {})
+    for name in ("prompt_chars_hist", "response_chars_hist", "nn_rouge_hist", "max_rouge_l_hist"):
+        hist = stats.get(name)
+        if isinstance(hist, dict) and "skipped" not in hist:
+            stats[name] = _ordered(hist)
+    return {"snap": snap, "dataset": dataset, "stats": stats}

@@ -308,3 +308,119 @@ def test_unknown_export_format_is_a_422(client, snap):
         f"/api/v1/snapshots/{sid}/export", params={"format": "xml", "parquet": "true"}, headers=h
     )
     assert resp.status_code == 422 and "format" in resp.text
+
+
+# --- push to the Hub, against a local stand-in for its API -------------------------------------------------
+
+HUB_TOKEN = "hf_test_secret_token_0123456789"
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    from pydantic import SecretStr
+
+    from app.config import get_settings
+    from tests.fake_hub import FakeHub
+
+    with FakeHub.start() as fake:
+        monkeypatch.setattr(get_settings(), "hub_endpoint", fake.base_url)
+        monkeypatch.setattr(get_settings(), "hub_token", SecretStr(HUB_TOKEN))
+        yield fake
+
+
+def _committed_snapshot(engine) -> tuple[int, dict[str, str]]:
+    from sqlalchemy.orm import Session
+
+    from app.records.schemas import RecordFilter
+    from app.snapshots import service as snapshots
+    from tests.factories import make_records
+
+    with Session(engine) as db:
+        curator = make_user(db, "curator")
+        dataset = make_dataset(db, make_project(db, (curator, "curator")))
+        make_records(db, dataset, 5, status="accepted")
+        snap = snapshots.create_snapshot(
+            db=db,
+            user=curator,
+            dataset_id=dataset.id,
+            name="v1",
+            description="",
+            flt=RecordFilter(status=["accepted"]),
+        )
+        h = token_for(db, curator)
+        db.commit()
+        return snap.id, h
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_push_to_hub_uploads_parquet_and_card_without_leaking_the_token(committed, hub, tmp_path):
+    import pyarrow.parquet as pq
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.factories import job_row
+    from workers.runner import run_job
+
+    sid, h = _committed_snapshot(committed)
+    with TestClient(create_app()) as api:
+        resp = api.post(
+            f"/api/v1/snapshots/{sid}/hub", json={"repo_id": "alice/maths", "val_fraction": 0.2}, headers=h
+        )
+        assert resp.status_code == 202, resp.text
+        job_id = resp.json()["id"]
+        assert HUB_TOKEN not in resp.text
+        assert run_job(job_id) == "succeeded", job_row(committed, job_id).error
+        shown = api.get(f"/api/v1/jobs/{job_id}", headers=h)
+        assert shown.status_code == 200 and HUB_TOKEN not in shown.text
+    job = job_row(committed, job_id)
+    assert HUB_TOKEN not in json.dumps(job.params) and job.params["repo_id"] == "alice/maths"
+    created = hub.repos["alice/maths"]
+    assert created["type"] == "dataset"
+    assert created.get("visibility") == "private" or created.get("private") is True
+    files = hub.files["alice/maths"]
+    assert set(files) == {"README.md", "data/train.parquet", "data/validation.parquet", "dataset_info.json"}
+    assert set(hub.authorizations) == {f"Bearer {HUB_TOKEN}"}
+    assert hub.validated[0]["configs"][0]["data_files"][1] == {
+        "split": "validation",
+        "path": "data/validation.parquet",
+    }
+    (tmp_path / "t.parquet").write_bytes(files["data/train.parquet"])
+    (tmp_path / "v.parquet").write_bytes(files["data/validation.parquet"])
+    assert (
+        pq.read_table(tmp_path / "t.parquet").num_rows + pq.read_table(tmp_path / "v.parquet").num_rows == 5
+    )
+    assert job.result["commit_url"].startswith(hub.base_url) and job.result["repo_id"] == "alice/maths"
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_refused_push_fails_the_job_with_the_token_scrubbed(committed, hub, caplog):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.factories import job_row
+    from workers.runner import run_job
+
+    sid, h = _committed_snapshot(committed)
+    hub.fail_with = 401
+    with TestClient(create_app()) as api:
+        job_id = api.post(f"/api/v1/snapshots/{sid}/hub", json={"repo_id": "alice/maths"}, headers=h).json()[
+            "id"
+        ]
+        assert run_job(job_id) == "failed"
+    job = job_row(committed, job_id)
+    assert "401" in job.error and "refused request" in job.error
+    assert HUB_TOKEN not in job.error and HUB_TOKEN not in caplog.text
+    assert hub.authorizations  # the stand-in did quote the token back
+
+
+def test_push_without_a_configured_token_is_a_422_naming_it(client, snap):
+    sid, h, _ = snap
+    resp = client.post(f"/api/v1/snapshots/{sid}/hub", json={"repo_id": "alice/maths"}, headers=h)
+    assert resp.status_code == 422 and "IF_HUB_TOKEN" in resp.json()["detail"]
+
+
+@pytest.mark.parametrize("repo_id", ["no-owner", "a/b/c", "../x", "a/" + "b" * 200])
+def test_push_refuses_a_malformed_repository_id(client, snap, repo_id):
+    sid, h, _ = snap
+    resp = client.post(f"/api/v1/snapshots/{sid}/hub", json={"repo_id": repo_id}, headers=h)
+    assert resp.status_code == 422 and "repo_id" in resp.text

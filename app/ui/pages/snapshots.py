@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
 from app.deps import SessionDep
+from app.pipeline import formats
 from app.records.schemas import RecordFilter
 from app.snapshots import service as snapshots
+from app.ui.charts import Chart, bar_chart
 from app.ui.web import CheckedForm, HtmlRoute, PageUser, redirect, render
 
 router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
@@ -38,4 +40,35 @@ def compare_snapshots(
         b=snapshots.require_snapshot(db=db, user=user, snapshot_id=b),
         diff=diff,
         shown=200,
+    )
+
+
+def _charts(stats: dict[str, Any]) -> list[Chart]:
+    rouge = stats.get("max_rouge_l_hist") or {}
+    return [
+        bar_chart("Records by status", stats.get("by_status", {})),
+        bar_chart("By source", stats.get("by_source", {})),
+        bar_chart("By label (top 50)", stats.get("by_label", {})),
+        bar_chart("Prompt length (chars, from)", stats.get("prompt_chars_hist", {}), horizontal=False),
+        bar_chart("Response length (chars, from)", stats.get("response_chars_hist", {}), horizontal=False),
+        bar_chart(
+            "Max ROUGE-L to the rest of the snapshot",
+            {} if "skipped" in rouge else rouge,
+            horizontal=False,
+        ),
+        bar_chart("Nearest-neighbour ROUGE-L (dedup)", stats.get("nn_rouge_hist", {}), horizontal=False),
+    ]
+
+
+@router.get("/ui/snapshots/{snapshot_id}")
+def snapshot_page(request: Request, snapshot_id: int, user: PageUser, db: SessionDep) -> Response:
+    """A snapshot's stats (counts, lengths, labels, sources, ROUGE-L) and its downloads."""
+    view = snapshots.snapshot_view(db=db, user=user, snapshot_id=snapshot_id)
+    return render(
+        request,
+        "snapshot.html",
+        user,
+        **view,
+        charts=_charts(view["stats"]),
+        export_formats=list(formats.EXPORTERS),
     )
