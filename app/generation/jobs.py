@@ -25,6 +25,7 @@ from app.records.bulk import NewRecord, insert_new
 from app.records.models import Record
 
 if TYPE_CHECKING:
+    from app.pipeline.judge import JudgeItem
     from app.pipeline.self_instruct import SelfInstructParams
 
 T = TypeVar("T")
@@ -394,22 +395,28 @@ def run_evol_job(ctx: JobContext) -> None:
         raise JobCancelled()
 
 
+def judge_item(r: Record) -> JudgeItem:
+    """What the judge reads of a record (a conversation: its first question and last answer); the cost
+    estimate builds the same prompts."""
+    from app.pipeline.judge import JudgeItem
+
+    instruction, output = r.instruction, r.output
+    if r.messages and not instruction:
+        instruction = next((m["content"] for m in r.messages if m.get("role") == "user"), "")
+        output = next((m["content"] for m in reversed(r.messages) if m.get("role") == "assistant"), "")
+    return JudgeItem(key=f"rec:{r.id}", instruction=instruction, input=r.input, output=output)
+
+
 def run_judge_job(ctx: JobContext) -> None:
     from app.generation.schemas import JudgeJobParams
-    from app.pipeline.judge import JudgeItem, JudgeParams, run_judge
+    from app.pipeline.judge import JudgeParams, run_judge
     from app.pipeline.textnorm import normalize
 
     p = JudgeJobParams.model_validate(ctx.params)
     teacher = get_teacher(p)
     language = _language(ctx)
     rows = scope_rows(ctx, ctx.dataset, p.scope, p.max_items)
-    items = []
-    for r in rows:
-        instruction, output = r.instruction, r.output
-        if r.messages and not instruction:
-            instruction = next((m["content"] for m in r.messages if m.get("role") == "user"), "")
-            output = next((m["content"] for m in reversed(r.messages) if m.get("role") == "assistant"), "")
-        items.append(JudgeItem(key=f"rec:{r.id}", instruction=instruction, input=r.input, output=output))
+    items = [judge_item(r) for r in rows]
     params = JudgeParams(rubric=p.rubric, threshold=p.threshold, language=language)
     log = CallLog(ctx.job_id)
     counters: dict[str, Any] = {

@@ -5,24 +5,34 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
-from sqlalchemy import select
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import Role, User
-from app.datasets.service import require_dataset
+from app.datasets.models import Dataset
+from app.datasets.service import prompt_language, require_dataset
 from app.errors import DomainError, Invalid, validation_message
 from app.generation.cache import DbResponseCache
-from app.generation.jobs import get_teacher, self_instruct_params, teachers
+from app.generation.jobs import get_teacher, judge_item, self_instruct_params, teachers
 from app.generation.schemas import EstimateRead, EstimateRequest, SelfInstructJobParams, TeacherRead
-from app.pipeline.llm import Gateway, TeacherError, estimate_cost, run_coroutine
+from app.pipeline.llm import (
+    Gateway,
+    Prompt,
+    Sampling,
+    TeacherConfig,
+    TeacherError,
+    estimate_cost,
+    run_coroutine,
+)
 from app.records.models import Record
+from app.records.schemas import RecordFilter
 
 log = logging.getLogger(__name__)
-
-# The job kinds POST /generation/estimate prices (their forms show an Estimate button).
-ESTIMATED_KINDS = ("self_instruct",)
 
 
 class TeacherDidNotAnswer(DomainError):
@@ -54,26 +64,40 @@ def _seed_instructions(*, db: Session, dataset_id: int) -> list[str]:
     return list(db.scalars(query.order_by(Record.id)))
 
 
-def estimate(*, db: Session, user: User, request: EstimateRequest) -> EstimateRead:
-    """Dry-run a few of a self_instruct job's own first prompts and extrapolate the cost of the whole job.
+@dataclass(frozen=True)
+class DryRun:
+    """What an estimate sends: the job's own first prompts, as the job will send them (same sampling and
+    sample indices, hence the same cache keys), and how many calls the whole job makes."""
 
-    The answers go into the response cache, so the job does not pay for them again."""
-    from app.pipeline.self_instruct import build_instruction_prompt
+    teacher: TeacherConfig
+    prompts: list[Prompt]
+    purpose: str
+    sampling: Sampling
+    sample_indices: list[int]
+    total_calls: int
 
-    dataset = require_dataset(db=db, user=user, dataset_id=request.dataset_id, min_role=Role.curator.value)
-    if request.kind not in ESTIMATED_KINDS:
-        raise Invalid("estimates are available for self_instruct jobs", field="kind")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _params(model: type[M], params: dict[str, Any]) -> M:
     try:
-        p = SelfInstructJobParams.model_validate(request.params)
+        return model.model_validate(params)
     except ValidationError as exc:
         raise Invalid(validation_message(exc.errors(), prefix="params")) from exc
+
+
+def _self_instruct_run(db: Session, dataset: Dataset, request: EstimateRequest) -> DryRun:
+    from app.pipeline.self_instruct import build_instruction_prompt
+
+    p = _params(SelfInstructJobParams, request.params)
     teacher = get_teacher(p)
     human = _seed_instructions(db=db, dataset_id=dataset.id)
     if not human:
         raise Invalid("the dataset has no seed tasks to build prompts from")
     params = self_instruct_params(p, language=dataset.language)
     k = min(request.sample_prompts, p.batch_size)
-    prompts = [
+    prompts: list[Prompt] = [
         build_instruction_prompt(
             human=human, machine=[], rng=random.Random(f"{p.seed}:0:{i}"), params=params
         )[0]
@@ -82,16 +106,89 @@ def estimate(*, db: Session, user: User, request: EstimateRequest) -> EstimateRe
     # Per kept task: its share of an instruction prompt (about 3 usable items each) plus the
     # classification and the instance calls.
     total = math.ceil(p.target / 3) + 2 * p.target
+    return DryRun(teacher, prompts, "self_instruct.instructions", params.sampling, list(range(k)), total)
+
+
+def _in_scope(
+    db: Session, dataset_id: int, scope: RecordFilter, limit: int | None, *extra: ColumnElement[bool]
+) -> tuple[list[Record], int]:
+    """The first records of a job's scope (its order: by id) and how many the job will take."""
+    from app.records.service import filter_clauses
+
+    where = and_(*filter_clauses(dataset_id, scope), *extra)
+    count = int(db.scalar(select(func.count(Record.id)).where(where)) or 0)
+    first = list(db.scalars(select(Record).where(where).order_by(Record.id).limit(10)))
+    return first, min(count, limit) if limit else count
+
+
+def _evol_run(db: Session, dataset: Dataset, request: EstimateRequest) -> DryRun:
+    from app.generation.schemas import EvolJobParams
+    from app.pipeline.evol import EvolParams, pick_operation
+    from app.pipeline.prompts import render_prompt
+
+    p = _params(EvolJobParams, request.params)
+    teacher = get_teacher(p)
+    first, n = _in_scope(db, dataset.id, p.scope, p.max_items, Record.instruction != "")
+    if not n:
+        raise Invalid("no records in the scope to evolve", field="params.scope")
+    language = prompt_language(dataset.language)
+    params = _params(EvolParams, {**p.extra, "rounds": p.rounds, "language": language, "seed": p.seed})
+    prompts: list[Prompt] = []
+    for r in first[: request.sample_prompts]:
+        # The first round's rewrite of each record, as app.pipeline.evol sends it.
+        op = pick_operation(params, 0, f"rec:{r.id}")
+        text = f"{r.instruction.strip()}\n{r.input.strip()}".strip()
+        prompts.append(render_prompt(f"evol_{op}", language, instruction=text))
+    # Per record and round: the rewrite, the equality check and the answer.
+    total = 3 * n * p.rounds
+    return DryRun(teacher, prompts, "evol.estimate", params.sampling, [0] * len(prompts), total)
+
+
+def _judge_run(db: Session, dataset: Dataset, request: EstimateRequest) -> DryRun:
+    from app.generation.schemas import JudgeJobParams
+    from app.pipeline.judge import JudgeParams, judge_prompt
+
+    p = _params(JudgeJobParams, request.params)
+    teacher = get_teacher(p)
+    first, n = _in_scope(db, dataset.id, p.scope, p.max_items)
+    if not n:
+        raise Invalid("no records in the scope to judge", field="params.scope")
+    params = JudgeParams(rubric=p.rubric, threshold=p.threshold, language=prompt_language(dataset.language))
+    prompts: list[Prompt] = [
+        judge_prompt(judge_item(r), params=params) for r in first[: request.sample_prompts]
+    ]
+    # One call per record (an unparseable score costs a second: rare, not counted).
+    return DryRun(teacher, prompts, "judge", params.sampling, [0] * len(prompts), n)
+
+
+DRY_RUNS: dict[str, Callable[[Session, Dataset, EstimateRequest], DryRun]] = {
+    "self_instruct": _self_instruct_run,
+    "evol": _evol_run,
+    "judge": _judge_run,
+}
+# The job kinds POST /generation/estimate prices (their forms show an Estimate button).
+ESTIMATED_KINDS = tuple(DRY_RUNS)
+
+
+def estimate(*, db: Session, user: User, request: EstimateRequest) -> EstimateRead:
+    """Dry-run a few of the job's own first prompts and extrapolate the cost of the whole job.
+
+    The answers go into the response cache, so the job does not pay for them again."""
+    dataset = require_dataset(db=db, user=user, dataset_id=request.dataset_id, min_role=Role.curator.value)
+    plan = DRY_RUNS.get(request.kind)
+    if plan is None:
+        raise Invalid(f"estimates are available for {', '.join(DRY_RUNS)} jobs", field="kind")
+    run = plan(db, dataset, request)
 
     async def go() -> EstimateRead:
-        async with Gateway(teacher, cache=DbResponseCache()) as gateway:
+        async with Gateway(run.teacher, cache=DbResponseCache()) as gateway:
             est = await estimate_cost(
                 gateway=gateway,
-                prompts=prompts,
-                total_calls=total,
-                purpose="self_instruct.instructions",
-                sampling=params.sampling,
-                sample_indices=list(range(k)),
+                prompts=run.prompts,
+                total_calls=run.total_calls,
+                purpose=run.purpose,
+                sampling=run.sampling,
+                sample_indices=run.sample_indices,
             )
         return EstimateRead(**est.__dict__)
 
@@ -99,8 +196,8 @@ def estimate(*, db: Session, user: User, request: EstimateRequest) -> EstimateRe
         return run_coroutine(go())
     except TeacherError as exc:
         # The gateway's message names where the teacher is served, which only admins may see.
-        log.warning("estimate: teacher %r did not answer: %s", teacher.name, exc)
+        log.warning("estimate: teacher %r did not answer: %s", run.teacher.name, exc)
         raise TeacherDidNotAnswer(
-            f"teacher {teacher.name!r} ({teacher.model}) did not answer, so nothing could be estimated; "
-            "check that it is up (docs/teachers.md) and try again"
+            f"teacher {run.teacher.name!r} ({run.teacher.model}) did not answer, so nothing could be "
+            "estimated; check that it is up (docs/teachers.md) and try again"
         ) from exc

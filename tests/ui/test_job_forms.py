@@ -9,13 +9,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.generation.models import LlmCacheEntry, LlmCall
 from app.jobs.models import Job
 from app.pipeline.rules import RULES
 from tests.conftest import serve_from
-from tests.factories import make_dataset, make_project, make_records, make_user
+from tests.factories import make_dataset, make_project, make_records, make_user, run_job_now
 from tests.ui.test_pages import login
 
 SHOTS = os.environ.get("IF_UI_SCREENSHOTS")
@@ -176,3 +178,35 @@ def test_estimate_with_a_teacher_that_does_not_answer_says_so_without_a_tracebac
     )
     assert api.status_code == 503 and "127.0.0.1" not in api.text  # where it is served is for admins
     assert _jobs_of(db, dataset.id) == 0
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+@pytest.mark.parametrize(("kind", "params", "calls"), [("judge", {}, 5), ("evol", {"rounds": 2}, 3 * 5 * 2)])
+def test_evol_and_judge_forms_estimate_too_and_their_jobs_reuse_the_answers_paid_for(
+    committed: Any, client: Any, teacher: Any, kind: str, params: dict[str, Any], calls: int
+) -> None:
+    with Session(committed, expire_on_commit=False) as db:
+        curator = make_user(db, "curator")
+        dataset = make_dataset(db, make_project(db, (curator, "curator")))
+        make_records(db, dataset, 5)
+        db.commit()
+        dataset_id = dataset.id
+        db.expunge(curator)
+    token = login(client, curator)
+    url = f"/ui/datasets/{dataset_id}/jobs/new/{kind}"
+    assert 'data-role="estimate"' in client.get(url).text
+    answer = client.post(f"{url}/estimate", data={"csrf_token": token, "teacher": "fake", **params})
+    assert answer.status_code == 200, answer.text
+    estimate = answer.json()
+    assert estimate["sampled_calls"] == 3 and estimate["total_calls"] == calls
+    assert estimate["estimated_cost_usd"] == pytest.approx(calls * estimate["cost_per_call_usd"])
+    assert teacher.stats()["requests"] == 3
+    with Session(committed) as db:
+        estimated = set(db.scalars(select(LlmCacheEntry.key)))
+    assert len(estimated) == 3
+    job = run_job_now(committed, curator, dataset_id, kind, {"teacher": "fake", **params})
+    with Session(committed) as db:
+        calls_of_job = db.execute(select(LlmCall.key, LlmCall.cached).where(LlmCall.job_id == job.id)).all()
+    # The estimate's three calls were the job's own first calls: answered from the cache, not paid again.
+    assert estimated <= {key for key, cached in calls_of_job if cached}
+    assert not estimated & {key for key, cached in calls_of_job if not cached}

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.jobs.models import Job
 from tests.conftest import serve_from
 from tests.factories import make_dataset, make_project, make_user
+from tests.ui.test_job_forms import shot
 from tests.ui.test_pages import login
 
 
@@ -106,6 +107,7 @@ def test_a_job_page_reads_in_words_and_its_live_update_reads_as_the_page_reloade
     assert "{" not in live.split("Result as JSON")[0]  # no dict repr above the raw JSON
     page.goto(f"http://testserver/ui/jobs/{job.id}")  # (the form's URL would post it again)
     assert page.inner_text(".job-detail") == live
+    shot(page, "job.png")
 
 
 def test_the_jobs_list_names_the_dataset_and_says_how_long_each_job_ran(client: Any, db: Session):
