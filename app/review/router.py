@@ -16,6 +16,7 @@ from app.review.schemas import (
     EditIn,
     EditOut,
     GroupDecisionIn,
+    HistoryEntry,
     QueuePage,
     RevisionDiff,
     UndoOut,
@@ -59,13 +60,23 @@ def edit(record_id: int, body: EditIn, user: CurrentUser, db: SessionDep) -> Edi
     """Save an in-place edit as a revision; returns the history as diffs."""
     record = service.edit(db=db, user=user, record_id=record_id, change=body)
     return EditOut(
-        record=service.record_state(record), history=service.history(db=db, user=user, record_id=record_id)
+        record=service.record_state(record),
+        history=service.history(db=db, user=user, record_id=record_id),
+        timeline=service.timeline(db=db, user=user, record_id=record_id),
     )
 
 
 @router.get("/review/records/{record_id}/history", response_model=list[RevisionDiff])
 def history(record_id: int, user: CurrentUser, db: SessionDep) -> list[RevisionDiff]:
+    """The record's text revisions as per-field diffs, newest first (decisions: see /timeline)."""
     return service.history(db=db, user=user, record_id=record_id)
+
+
+@router.get("/review/records/{record_id}/timeline", response_model=list[HistoryEntry])
+def timeline(record_id: int, user: CurrentUser, db: SessionDep) -> list[HistoryEntry]:
+    """The record's whole history, newest first: edits with their diffs, and every decision people made
+    on it (accept, reject, rate, tag, flag, votes, undo) with who and when."""
+    return service.timeline(db=db, user=user, record_id=record_id)
 
 
 @router.post("/review/datasets/{dataset_id}/assignments", response_model=AssignOut, status_code=201)

@@ -156,9 +156,39 @@ class RevisionDiff(BaseModel):
     )
 
 
+class HistoryEntry(BaseModel):
+    """One line of a record's history: a text edit (with its diff) or a decision (accept, reject, rate, tag,
+    flag, a vote, an undo), with who and when."""
+
+    kind: Literal["edit", "decision"]
+    action: str = Field(
+        description="edit, or the decision's action: accept, reject, rate, tag, flag, undo..."
+    )
+    at: str
+    by: str | None
+    summary: str = Field(description="What changed, in words: 'status pending → accepted', 'rating — → 4'.")
+    note: str = ""
+    undone: bool = Field(False, description="Someone pressed undo on this decision afterwards.")
+    version: int | None = Field(None, description="For an edit, the revision it made.")
+    changes: dict[str, list[DiffPart]] = Field(
+        default_factory=dict, description="For an edit, the diff of each changed field."
+    )
+
+
+class QueuePosition(BaseModel):
+    """Where the review page opens in the annotator's queue: `before` queue records precede its first
+    record, of `total` (the first record counts in `total` even when it is not in the queue)."""
+
+    before: int
+    total: int
+
+
 class EditOut(BaseModel):
     record: RecordState
     history: list[RevisionDiff]
+    timeline: list[HistoryEntry] = Field(
+        default_factory=list, description="The record's whole history after the edit, newest first."
+    )
 
 
 class UndoOut(BaseModel):

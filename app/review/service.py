@@ -7,9 +7,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -30,10 +30,12 @@ from app.review.schemas import (
     DecisionOut,
     DiffPart,
     EditIn,
+    HistoryEntry,
     Machine,
     Neighbour,
     NnStatus,
     Provenance,
+    QueuePosition,
     RecordState,
     ReviewItem,
     RevisionDiff,
@@ -87,6 +89,26 @@ def _has_assignments(db: Session, user_id: int, dataset_id: int) -> bool:
     )
 
 
+Q = TypeVar("Q", bound="Select[*tuple[Any, ...]]")  # any select over records
+
+
+def _in_queue(query: Q, *, user: User, dataset_id: int, assigned: bool, now: datetime) -> Q:
+    """Restrict a query over records to this user's queue (see `queue_records`)."""
+    if assigned:
+        return query.join(RecordAssignment, RecordAssignment.record_id == Record.id).where(
+            RecordAssignment.user_id == user.id,
+            RecordAssignment.dataset_id == dataset_id,
+            RecordAssignment.done.is_(False),
+        )
+    return query.where(
+        Record.dataset_id == dataset_id,
+        Record.status == "pending",
+        Record.flagged.is_(False),
+        or_(Record.locked_by.is_(None), Record.locked_by == user.id, Record.locked_until < now),
+        ~exists().where(RecordAssignment.record_id == Record.id),
+    )
+
+
 def queue_records(
     *, db: Session, user: User, dataset_id: int, after_id: int | None = None, limit: int = 5
 ) -> tuple[list[Record], bool]:
@@ -95,43 +117,41 @@ def queue_records(
     limit = max(0, min(limit, 50))
     if limit == 0:
         return [], False
-    after = after_id or 0
-    if _has_assignments(db, user.id, dataset_id):
-        rows = db.scalars(
-            select(Record)
-            .join(RecordAssignment, RecordAssignment.record_id == Record.id)
-            .where(
-                RecordAssignment.user_id == user.id,
-                RecordAssignment.dataset_id == dataset_id,
-                RecordAssignment.done.is_(False),
-                Record.id > after,
-            )
-            .order_by(Record.id)
-            .limit(limit)
-        ).all()
-        return list(rows), True
     now = utcnow()
-    rows = db.scalars(
-        select(Record)
-        .where(
-            Record.dataset_id == dataset_id,
-            Record.status == "pending",
-            Record.id > after,
-            Record.flagged.is_(False),
-            or_(Record.locked_by.is_(None), Record.locked_by == user.id, Record.locked_until < now),
-            ~exists().where(RecordAssignment.record_id == Record.id),
-        )
-        .order_by(Record.id)
-        .limit(limit)
-    ).all()
-    if rows:
+    assigned = _has_assignments(db, user.id, dataset_id)
+    query = _in_queue(select(Record), user=user, dataset_id=dataset_id, assigned=assigned, now=now)
+    rows = list(db.scalars(query.where(Record.id > (after_id or 0)).order_by(Record.id).limit(limit)).all())
+    if rows and not assigned:
         db.execute(
             update(Record)
             .where(Record.id.in_([r.id for r in rows]))
             .values(locked_by=user.id, locked_until=now + timedelta(minutes=LOCK_MINUTES))
             .execution_options(synchronize_session=False)
         )
-    return list(rows), False
+    return rows, assigned
+
+
+def queue_position(*, db: Session, user: User, dataset_id: int, first: ReviewItem | None) -> QueuePosition:
+    """How many queue records come before the page's first record, and how many there are: the page's
+    "n of N". Counted once when the page opens (a count per keystroke would cost every decision a scan)."""
+    assigned = _has_assignments(db, user.id, dataset_id)
+    first_id = first.id if first is not None else 0
+    query = _in_queue(
+        select(func.count(Record.id), func.count(Record.id).filter(Record.id < first_id)),
+        user=user,
+        dataset_id=dataset_id,
+        assigned=assigned,
+        now=utcnow(),
+    )
+    total, before = db.execute(query).tuples().one()
+    if first is not None and not _in_queue_now(db, user, dataset_id, assigned, first.id):
+        total += 1  # opened at a record outside the queue (?record= of a decided one): it counts too
+    return QueuePosition(before=int(before or 0), total=int(total or 0))
+
+
+def _in_queue_now(db: Session, user: User, dataset_id: int, assigned: bool, record_id: int) -> bool:
+    query = _in_queue(select(Record.id), user=user, dataset_id=dataset_id, assigned=assigned, now=utcnow())
+    return db.scalar(query.where(Record.id == record_id)) is not None
 
 
 def open_assignments_by_dataset(*, db: Session, user: User) -> dict[int, int]:
@@ -741,17 +761,17 @@ def _field_texts(rev: RecordRevision) -> dict[str, str]:
     return texts
 
 
-def history(*, db: Session, user: User, record_id: int) -> list[RevisionDiff]:
-    """Every revision after the original, newest first, as who changed what (a diff per changed field)."""
-    revs = list(records.revisions(db=db, user=user, record_id=record_id))
-    names = dict(
-        db.execute(
-            select(User.id, User.username).where(User.id.in_({r.edited_by for r in revs if r.edited_by}))
-        )
-        .tuples()
-        .all()
-    )
-    out: list[RevisionDiff] = []
+def _usernames(db: Session, ids: Iterable[int | None]) -> dict[int, str]:
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return {}
+    return dict(db.execute(select(User.id, User.username).where(User.id.in_(wanted))).tuples().all())
+
+
+def _revision_diffs(db: Session, revs: Sequence[RecordRevision]) -> list[tuple[datetime, RevisionDiff]]:
+    """Every revision after the original, oldest first, with the diff of each field it changed."""
+    names = _usernames(db, (r.edited_by for r in revs))
+    out: list[tuple[datetime, RevisionDiff]] = []
     for prev, rev in pairwise(revs):
         old, new = _field_texts(prev), _field_texts(rev)
         changes = {
@@ -759,16 +779,113 @@ def history(*, db: Session, user: User, record_id: int) -> list[RevisionDiff]:
             for field in dict.fromkeys([*old, *new])
             if old.get(field, "") != new.get(field, "")
         }
-        out.append(
-            RevisionDiff(
-                version=rev.version,
-                edited_by=names.get(rev.edited_by) if rev.edited_by else None,
-                edited_at=rev.edited_at.isoformat(timespec="seconds"),
-                note=rev.note,
-                changes=changes,
+        diff = RevisionDiff(
+            version=rev.version,
+            edited_by=names.get(rev.edited_by) if rev.edited_by else None,
+            edited_at=rev.edited_at.isoformat(timespec="seconds"),
+            note=rev.note,
+            changes=changes,
+        )
+        out.append((rev.edited_at, diff))
+    return out
+
+
+def history(*, db: Session, user: User, record_id: int) -> list[RevisionDiff]:
+    """Every revision after the original, newest first, as who changed what (a diff per changed field)."""
+    revs = records.revisions(db=db, user=user, record_id=record_id)
+    return [diff for _, diff in reversed(_revision_diffs(db, revs))]
+
+
+# The reviewable fields a decision can change, in the order a history line names them.
+DECISION_FIELDS = ("status", "rating", "tags", "label", "flagged")
+
+
+def _shown(value: Any) -> str:
+    if value is None or value == []:
+        return "—"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def decision_summary(action: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """A decision's effect in words, from the before/after states its ReviewEvent keeps."""
+    if action == "undo":
+        return f"undid {before.get('action', 'a decision')}"
+    parts: list[str] = []
+    vote = after.get("assignment")
+    if isinstance(vote, dict) and vote != before.get("assignment"):
+        if vote.get("rating") is not None and vote.get("rating") != (before.get("assignment") or {}).get(
+            "rating"
+        ):
+            parts.append(f"rated {vote['rating']} (their vote)")
+        if vote.get("decision"):
+            parts.append(f"voted {vote['decision']}")
+    for key in DECISION_FIELDS:
+        old, new = before.get(key), after.get(key)
+        if key not in after or old == new or (key == "tags" and sorted(old or []) == sorted(new or [])):
+            continue
+        if key == "flagged":
+            parts.append("flagged for a curator" if new else "flag cleared")
+        else:
+            parts.append(f"{key} {_shown(old)} → {_shown(new)}")
+    reason = after.get("reason")
+    if reason and reason != "human" and (reason != before.get("reason") or action in VOTES):
+        parts.append(f"reason: {reason}")
+    return "; ".join(parts) or "no change (it was already so)"
+
+
+def _decision_entries(db: Session, record_id: int) -> list[tuple[datetime, HistoryEntry]]:
+    """The record's decisions from its ReviewEvents. Skips change nothing and are left out; an edit's event
+    shows only when the same request also changed status, rating, tags or label (its text is a revision)."""
+    events = db.scalars(
+        select(ReviewEvent)
+        .where(ReviewEvent.record_id == record_id, ReviewEvent.action != "skip")
+        .order_by(ReviewEvent.at, ReviewEvent.id)
+    ).all()
+    names = _usernames(db, (e.user_id for e in events))
+    out: list[tuple[datetime, HistoryEntry]] = []
+    for event in events:
+        before, after = event.before or {}, event.after or {}
+        if event.action == "edit" and all(before.get(k) == after.get(k) for k in DECISION_FIELDS):
+            continue
+        entry = HistoryEntry(
+            kind="decision",
+            action=event.action,
+            at=event.at.isoformat(timespec="seconds"),
+            by=names.get(event.user_id) if event.user_id is not None else None,
+            summary=decision_summary(event.action, before, after),
+            undone=event.undone,
+        )
+        out.append((event.at, entry))
+    return out
+
+
+def timeline(*, db: Session, user: User, record_id: int) -> list[HistoryEntry]:
+    """A record's whole history, newest first: its text edits (as diffs) and every decision and rating
+    people made on it (accept, reject, rate, tag, flag, votes, undo), each with who and when."""
+    revs = records.revisions(db=db, user=user, record_id=record_id)
+    entries = _decision_entries(db, record_id)
+    for at, diff in _revision_diffs(db, revs):
+        summary = f"edited {', '.join(diff.changes) or 'nothing'}"
+        entries.append(
+            (
+                at,
+                HistoryEntry(
+                    kind="edit",
+                    action="edit",
+                    at=diff.edited_at,
+                    by=diff.edited_by,
+                    summary=summary,
+                    note=diff.note,
+                    version=diff.version,
+                    changes=diff.changes,
+                ),
             )
         )
-    return out[::-1]
+    # Stable sort on the time alone: an edit and a decision of the same instant keep the order above.
+    entries.sort(key=lambda pair: pair[0], reverse=True)
+    return [entry for _, entry in entries]
 
 
 # ---------------------------------------------------------------- assignments

@@ -142,9 +142,11 @@ async def login_form(request: Request, settings: Settings) -> tuple[str, str, st
     )
 
 
-def login_refused(request: Request, exc: DomainError, next_url: str) -> Response:
-    """The login form again, saying why: 401, or 429 with Retry-After while guesses are throttled."""
-    return refused_page(request, "login.html", None, exc, next=next_url, login_token=login_csrf(request)[1])
+def login_refused(request: Request, exc: DomainError, next_url: str, username: str = "") -> Response:
+    """The login form again, saying why: 401, or 429 with Retry-After while guesses are throttled. The
+    username stays filled in (a typo in the password should not cost retyping it); the password never."""
+    token = login_csrf(request)[1]
+    return refused_page(request, "login.html", None, exc, next=next_url, login_token=token, username=username)
 
 
 def safe_next(target: str | None) -> str:

@@ -24,6 +24,7 @@ from app.ui.web import (
 
 router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
 STATIC = (HERE / "static").resolve()
+FAVICON = STATIC / "favicon.svg"
 
 
 @router.get("/")
@@ -41,10 +42,19 @@ def static(path: str) -> FileResponse:
     return FileResponse(target, headers={"Cache-Control": "no-cache"})
 
 
+@router.get("/favicon.ico")
+def favicon() -> FileResponse:
+    """Browsers ask for /favicon.ico on their own (and pages without our <link rel=icon>, like /docs): the
+    same SVG, whose content type the browser goes by."""
+    return FileResponse(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
 @router.get("/login")
 def login_page(request: Request, settings: SettingsDep, next: str | None = None) -> Response:
     value, token = login_csrf(request)
-    response = render(request, "login.html", None, next=safe_next(next), error=None, login_token=token)
+    response = render(
+        request, "login.html", None, next=safe_next(next), error=None, login_token=token, username=""
+    )
     set_login_cookie(response, value, settings)
     return response
 
@@ -58,7 +68,7 @@ async def login_submit(request: Request, db: SessionDep, settings: SettingsDep) 
             db=db, username=username, password=password, client=client_address(request), via="ui"
         )
     except DomainError as exc:
-        return login_refused(request, exc, next_url)
+        return login_refused(request, exc, next_url, username)
     response = RedirectResponse(next_url, status_code=303)
     set_session_cookie(response, settings, db, user)
     response.delete_cookie(LOGIN_COOKIE)

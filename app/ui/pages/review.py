@@ -26,6 +26,9 @@ def review_page(
         "dataset_id": dataset.id,
         "prefetch": PREFETCH,
         "items": [i.model_dump(mode="json") for i in items],
+        "position": review.queue_position(
+            db=db, user=user, dataset_id=dataset_id, first=items[0] if items else None
+        ).model_dump(),
         "open_assignments": review.open_assignments(db=db, user=user, dataset_id=dataset_id),
     }
     return render(request, "review.html", user, dataset=dataset, data=data)
@@ -33,6 +36,7 @@ def review_page(
 
 @router.get("/ui/records/{record_id}/history")
 def history_page(request: Request, record_id: int, user: PageUser, db: SessionDep) -> Response:
+    """Edits and decisions, newest first."""
     record = records.get_record(db=db, user=user, record_id=record_id)
-    history = review.history(db=db, user=user, record_id=record_id)
+    history = review.timeline(db=db, user=user, record_id=record_id)
     return render(request, "history.html", user, record=record, history=history)

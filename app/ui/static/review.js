@@ -17,6 +17,11 @@
     reviewed: 0,
     openAssignments: data.open_assignments,
     historyFor: null,
+    // "n of N": queue records before the first one shown, and the queue's size, when the page opened.
+    before: data.position ? data.position.before : 0,
+    total: data.position ? data.position.total : data.items.length,
+    writes: 0, // decisions and edits sent and not yet answered
+    modeBeforeHelp: "view",
   };
   const { h } = IF;
   const $ = (role) => document.querySelector(`[data-role="${role}"]`);
@@ -39,6 +44,22 @@
   }
   const clearBanner = () => { $("banner").hidden = true; };
 
+  // Neutral news (an undo went through): not an error, so not the red banner.
+  function notice(text) {
+    $("notice-text").textContent = text;
+    $("notice").hidden = false;
+  }
+  const clearNotice = () => { $("notice").hidden = true; };
+
+  // The "saved" indicator: what the last write did, once the server has stored it.
+  function savedState(state, text) {
+    const el = $("saved");
+    el.className = `saved ${state}`;
+    el.textContent = text;
+  }
+  const clock = () => new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const PAST = { accept: "accepted", reject: "rejected", rate: "rated", tag: "tagged", skip: "skipped", flag: "flagged", edit: "edited", undo: "undone" };
+
   function failed(err, item) {
     if (err.status === 409 && item) {
       banner(`Record #${item.id} was changed by someone else, so your action was not applied: ${err.message}`, item.id);
@@ -51,13 +72,25 @@
 
   // ------------------------------------------------------------ requests (serialised)
 
-  function enqueue(fn, item) {
+  // `what` names a write (accept, edit, undo...): the saved indicator follows it; reads pass nothing.
+  function enqueue(fn, item, what) {
     S.inflight += 1;
+    if (what) {
+      S.writes += 1;
+      savedState("saving", "Saving…");
+    }
     S.chain = S.chain
-      .then(fn)
-      .catch((err) => failed(err, item))
+      .then(async () => {
+        const label = await fn();
+        if (what && S.writes === 1) savedState("ok", `✓ Saved: ${label || what} · ${clock()}`);
+      })
+      .catch((err) => {
+        if (what) savedState("failed", `Not saved: ${what}${item ? ` on #${item.id}` : ""}`);
+        failed(err, item);
+      })
       .finally(() => {
         S.inflight -= 1;
+        if (what) S.writes -= 1;
         refillIfDry();
         if (S.mode === "view") render();
       });
@@ -73,6 +106,7 @@
     const item = current();
     if (!item) return;
     if (advance) S.pos += 1; // the next record is already here: show it now
+    clearNotice();
     render();
     enqueue(async () => {
       const want = need();
@@ -90,7 +124,9 @@
         S.reviewed += 1;
         if (item.assigned && action !== "skip" && action !== "flag" && S.openAssignments) S.openAssignments -= 1;
       }
-    }, item);
+      if (S.historyFor === item.id) showHistory(item.id); // the open history panel shows the new decision
+      return `${PAST[action]} #${item.id}`;
+    }, item, action);
   }
 
   function refillIfDry() {
@@ -114,8 +150,10 @@
         S.items.splice(S.pos, 0, it);
       }
       if (ADVANCING.has(res.undone_action) && S.reviewed > 0) S.reviewed -= 1;
-      banner(`Undid ${res.undone_action} on record #${it.id}.`);
-    });
+      clearBanner();
+      notice(`Undid ${res.undone_action} on record #${it.id}.`);
+      return `undid ${res.undone_action} on #${it.id}`;
+    }, undefined, "undo");
   }
 
   async function reload(rid) {
@@ -197,11 +235,12 @@
         for (const key of ["instruction", "input", "output"]) if (key in body) item[key] = body[key];
         clearBanner();
         stopEdit();
-        paintHistory(item.id, res.history);
+        paintHistory(item.id, res.timeline);
+        return `edited #${item.id} (v${item.version})`;
       } finally {
         $("save").disabled = false;
       }
-    }, item);
+    }, item, "edit");
   }
 
   // ------------------------------------------------------------ one-line prompts (reason, tags, note)
@@ -230,15 +269,18 @@
 
   // ------------------------------------------------------------ history
 
-  function paintHistory(rid, revisions) {
+  // Edits (with their diffs) and decisions, newest first: GET /review/records/{id}/timeline.
+  function paintHistory(rid, entries) {
     S.historyFor = rid;
     const box = $("history");
     box.replaceChildren();
-    if (!revisions.length) box.append(h("p", { class: "muted" }, "Never edited."));
-    for (const rev of revisions) {
-      const sec = h("div", { class: "revision" },
-        h("div", { class: "rev-head" }, `v${rev.version} by ${rev.edited_by || "unknown"} · ${rev.edited_at}${rev.note ? ` — ${rev.note}` : ""}`));
-      for (const [field, parts] of Object.entries(rev.changes)) {
+    if (!entries.length) box.append(h("p", { class: "muted" }, "No edits or decisions yet."));
+    for (const e of entries) {
+      const sec = h("div", { class: `revision history-entry ${e.kind}${e.undone ? " undone" : ""}` },
+        h("div", { class: "rev-head" }, h("strong", { class: "action" }, e.action), ` by ${e.by || "unknown"} · ${e.at}`,
+          e.undone ? h("small", { class: "undone-mark" }, " undone") : null),
+        h("div", { class: "summary" }, `${e.version ? `v${e.version}: ` : ""}${e.summary}${e.note ? ` — ${e.note}` : ""}`));
+      for (const [field, parts] of Object.entries(e.changes)) {
         const body = h("div", { class: "pre diff" });
         for (const p of parts) body.append(p.op === "insert" ? h("ins", {}, p.text) : p.op === "delete" ? h("del", {}, p.text) : document.createTextNode(p.text));
         sec.append(h("div", { class: "field-name" }, field), body);
@@ -251,7 +293,7 @@
 
   async function showHistory(rid) {
     try {
-      paintHistory(rid, await IF.api("GET", `/api/v1/review/records/${rid}/history`));
+      paintHistory(rid, await IF.api("GET", `/api/v1/review/records/${rid}/timeline`));
     } catch (err) {
       failed(err);
     }
@@ -305,6 +347,8 @@
     const left = Math.max(0, S.items.length - S.pos);
     $("progress").textContent = `${S.reviewed} reviewed this session · ${left} loaded ahead` +
       (S.openAssignments !== null && S.openAssignments !== undefined ? ` · ${S.openAssignments} assigned to you` : "");
+    const total = Math.max(S.total, S.before + S.items.length);
+    $("position").textContent = item ? `${S.before + S.pos + 1} of ${total}` : `end of queue (${total} in it when you opened the page)`;
     $("empty").hidden = !!item;
     $("empty").textContent = S.inflight ? "Loading the next records…" : "Your queue is empty. Nothing more to review right now.";
     $("record").classList.toggle("is-empty", !item);
@@ -370,62 +414,99 @@
     }
   }
 
+  // ------------------------------------------------------------ help
+
+  function openHelp() {
+    S.modeBeforeHelp = S.mode;
+    S.mode = "help";
+    $("help").hidden = false;
+  }
+
+  function closeHelp() {
+    $("help").hidden = true;
+    S.mode = S.modeBeforeHelp === "help" ? "view" : S.modeBeforeHelp;
+    if (S.mode === "view") render(); // replies that came while the help was open are shown now
+  }
+
   // ------------------------------------------------------------ keys
 
-  const KEYS = {
-    a: () => decide("accept", {}, true),
-    r: () => ask("Reason for rejecting:", "", (reason) => decide("reject", { reason: reason || null }, true)),
-    e: startEdit,
-    t: () => ask("Tags, comma-separated:", (current().tags || []).join(", "), (v) => decide("tag", { tags: v.split(",").map((x) => x.trim()).filter(Boolean) }, false)),
-    s: () => decide("skip", {}, true),
-    f: () => ask("Note for the curator (optional):", "", (note) => decide("flag", { note }, true)),
-    u: undo,
-    j: () => {
+  // The one table of shortcuts: the key handler dispatches through it, and the help overlay and the footer
+  // are drawn from it, so what the page says it does and what it does cannot drift apart. `modes`: where
+  // the key works (default: viewing a record); `always`: also with no record on screen.
+  const SHORTCUTS = [
+    { keys: ["a"], short: "accept", help: "accept, go to the next record", run: () => decide("accept", {}, true) },
+    { keys: ["r"], short: "reject", help: "reject: type a reason (suggestions offered), Enter", run: () => ask("Reason for rejecting:", "", (reason) => decide("reject", { reason: reason || null }, true)) },
+    { keys: ["e"], short: "edit", help: "edit in place: instruction, input and output, or every turn", run: startEdit },
+    { keys: ["1", "2", "3", "4", "5"], show: "1–5", short: "rate", help: "rate the record from 1 to 5", run: (key) => decide("rate", { rating: Number(key) }, false) },
+    { keys: ["t"], short: "tag", help: "tags, comma-separated", run: () => ask("Tags, comma-separated:", (current().tags || []).join(", "), (v) => decide("tag", { tags: v.split(",").map((x) => x.trim()).filter(Boolean) }, false)) },
+    { keys: ["s"], short: "skip", help: "skip, go to the next record", run: () => decide("skip", {}, true) },
+    { keys: ["j"], short: "next", help: "next record (no request)", always: true, run: () => {
       if (S.pos < S.items.length) S.pos += 1;
       refillIfDry();
       render();
-    },
-    k: () => {
+    } },
+    { keys: ["k"], short: "prev", help: "previous record (no request)", always: true, run: () => {
       if (S.pos > 0) S.pos -= 1;
       render();
-    },
-    h: () => {
+    } },
+    { keys: ["u"], short: "undo", help: "undo your last decision; press again to go further back", always: true, run: undo },
+    { keys: ["f"], short: "flag", help: "flag for a curator, with an optional note", run: () => ask("Note for the curator (optional):", "", (note) => decide("flag", { note }, true)) },
+    { keys: ["h"], short: "history", help: "show or hide the record's history: edits, decisions, ratings, tags", run: () => {
       if (!$("history-box").hidden && S.historyFor === current().id) $("history-box").hidden = true;
       else showHistory(current().id);
-    },
-  };
+    } },
+    { keys: ["?"], short: "help", help: "show or hide this help", always: true, modes: ["view", "help"], run: () => (S.mode === "help" ? closeHelp() : openHelp()) },
+    { keys: ["Enter"], help: "confirm the reason, tags or note being typed", modes: ["prompt"], run: () => $("prompt").requestSubmit() },
+    { keys: ["Ctrl+Enter"], help: "save the edit", modes: ["edit"], run: save },
+    { keys: ["Escape"], show: "Esc", help: "close this help, cancel an edit or the reason being typed", modes: ["help", "edit", "prompt"], run: () => {
+      if (S.mode === "help") closeHelp();
+      else if (S.mode === "edit") stopEdit();
+      else closePrompt();
+    } },
+  ];
+  const BY_KEY = new Map(SHORTCUTS.flatMap((sc) => sc.keys.map((k) => [k, sc])));
+
+  function keyName(ev) {
+    if (ev.key === "Enter") return ev.ctrlKey || ev.metaKey ? "Ctrl+Enter" : "Enter";
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return null; // the browser's own shortcuts stay the browser's
+    return ev.key.length === 1 ? ev.key.toLowerCase() : ev.key;
+  }
+
+  function paintShortcuts() {
+    const rows = $("help-keys");
+    rows.replaceChildren();
+    for (const sc of SHORTCUTS) {
+      const label = sc.show ? [sc.show] : sc.keys;
+      rows.append(h("tr", {}, h("th", {}, label.map((k) => h("kbd", {}, k))), h("td", {}, sc.help)));
+    }
+    const foot = $("shortcuts");
+    foot.replaceChildren();
+    SHORTCUTS.filter((sc) => sc.short).forEach((sc, i) => {
+      if (i) foot.append(" · ");
+      foot.append(h("kbd", {}, sc.show || sc.keys[0]), ` ${sc.short}`);
+    });
+  }
 
   document.addEventListener("keydown", (ev) => {
-    if (S.mode === "edit" && ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) {
-      ev.preventDefault();
-      save();
-      return;
-    }
-    if (ev.key === "Escape") {
-      if (S.mode === "edit") stopEdit();
-      else if (S.mode === "prompt") closePrompt();
-      return;
-    }
-    if (ev.ctrlKey || ev.metaKey || ev.altKey || S.mode !== "view") return;
+    const key = keyName(ev);
+    const sc = key === null ? undefined : BY_KEY.get(key);
+    if (!sc || !(sc.modes || ["view"]).includes(S.mode)) return;
     const t = ev.target;
-    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable)) return;
-    const key = ev.key.toLowerCase();
-    if (/^[1-5]$/.test(key)) {
-      if (current()) decide("rate", { rating: Number(key) }, false);
-      ev.preventDefault();
-      return;
-    }
-    const fn = KEYS[key];
-    if (!fn) return;
-    if (!current() && !["u", "k"].includes(key)) return;
+    const typing = t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable);
+    if (S.mode === "view" && typing) return;
+    if (S.mode === "view" && !current() && !sc.always) return;
     ev.preventDefault();
-    fn();
+    sc.run(key);
   });
 
   document.addEventListener("DOMContentLoaded", () => {
     $("save").addEventListener("click", save);
     $("cancel-edit").addEventListener("click", stopEdit);
     $("dismiss").addEventListener("click", clearBanner);
+    $("notice-dismiss").addEventListener("click", clearNotice);
+    $("help-open").addEventListener("click", () => { if (S.mode === "view") openHelp(); });
+    $("help").addEventListener("click", (ev) => { if (ev.target === $("help")) closeHelp(); });
+    paintShortcuts();
     $("reload").addEventListener("click", () => {
       const rid = Number($("reload").dataset.rid);
       if (rid) reload(rid).catch((err) => failed(err));
