@@ -192,14 +192,12 @@ def update_record(*, db: Session, user: User, record_id: int, change: RecordUpda
     before_content = {f: getattr(record, f) for f in new_content}
     content_changed = any(new_content[f] != before_content[f] for f in new_content)
     if content_changed:
-        if (
-            record.version == 1
-            and db.scalar(select(RecordRevision.id).where(RecordRevision.record_id == record.id)) is None
-        ):
+        # The first edit keeps the original text, whatever the version: a rating or tag may have come first.
+        if db.scalar(select(RecordRevision.id).where(RecordRevision.record_id == record.id)) is None:
             db.add(
                 RecordRevision(
                     record_id=record.id,
-                    version=1,
+                    version=record.version,
                     edited_by=None,
                     edited_at=record.created_at,
                     note="original",
