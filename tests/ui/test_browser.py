@@ -198,7 +198,11 @@ def page(browser: Any, stack: Stack) -> Iterator[Any]:
 
 def login(page: Any, stack: Stack, who: str) -> None:
     page.goto("/login")
-    if SHOTS and who == "annotator":
+    if SHOTS and who == "annotator":  # the form after a mistyped password: the username is kept
+        page.fill("input[name=username]", stack.users[who])
+        page.fill("input[name=password]", "mistyped")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("p.error")
         page.screenshot(path=str(Path(SHOTS) / "login.png"))
     page.fill("input[name=username]", stack.users[who])
     page.fill("input[name=password]", PASSWORD)

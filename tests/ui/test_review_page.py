@@ -4,6 +4,7 @@ after a refusal and the favicon."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,13 @@ from tests.ui.test_pages import login
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "ui.md"
 BASE = "http://testserver"
+SHOTS = os.environ.get("IF_UI_SCREENSHOTS")  # a folder: refresh the docs' screenshots of these pages
+
+
+def shot(page: Any, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / name))
 
 
 @pytest.fixture
@@ -60,6 +68,7 @@ def test_question_mark_opens_the_shortcut_help_listing_every_handled_key_and_esc
     assert listed == documented_keys()  # the docs' table and the page's own table say the same
     assert {"a", "r", "e", "1–5", "t", "s", "j", "k", "u", "f", "h", "?", "Esc", "Ctrl+Enter"} <= set(listed)
     assert "accept" in page.inner_text("[data-role=help-keys]")
+    shot(page, "review_help.png")
     # The help is modal: a decision key does nothing while it is open.
     page.keyboard.press("a")
     page.keyboard.press("Escape")
@@ -189,6 +198,7 @@ def test_history_shows_ratings_tags_decisions_and_undo_with_who_beside_the_edits
     assert "tags — → facts, tone" in texts[3]
     assert "rating — → 4" in texts[4]
     assert all(re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", t) for t in texts)  # when
+    shot(page, "history.png")
 
 
 def test_a_failed_login_keeps_the_username_and_never_the_password(
