@@ -133,6 +133,8 @@ def _evol_run(db: Session, dataset: Dataset, request: EstimateRequest) -> DryRun
         raise Invalid("no records in the scope to evolve", field="params.scope")
     language = prompt_language(dataset.language)
     params = _params(EvolParams, {**p.extra, "rounds": p.rounds, "language": language, "seed": p.seed})
+    if not params.operations:
+        raise Invalid("Evol-Instruct needs at least one operation", field="params.extra.operations")
     prompts: list[Prompt] = []
     for r in first[: request.sample_prompts]:
         # The first round's rewrite of each record, as app.pipeline.evol sends it.

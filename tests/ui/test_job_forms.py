@@ -210,3 +210,18 @@ def test_evol_and_judge_forms_estimate_too_and_their_jobs_reuse_the_answers_paid
     # The estimate's three calls were the job's own first calls: answered from the cache, not paid again.
     assert estimated <= {key for key, cached in calls_of_job if cached}
     assert not estimated & {key for key, cached in calls_of_job if not cached}
+
+
+def test_an_evol_estimate_without_operations_is_refused_by_name_not_a_server_error(
+    client: Any, db: Session, teacher: Any
+) -> None:
+    curator, dataset = _curated_dataset(db)
+    token = login(client, curator)
+    url = f"/ui/datasets/{dataset.id}/jobs/new/evol/estimate"
+    answer = client.post(url, data={"csrf_token": token, "teacher": "fake", "extra": '{"operations": []}'})
+    assert answer.status_code == 422
+    assert answer.json() == {
+        "detail": "Evol-Instruct needs at least one operation",
+        "field": "params.extra.operations",
+    }
+    assert teacher.stats()["requests"] == 0
