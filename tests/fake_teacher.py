@@ -9,12 +9,20 @@ Chinese as the prompt is. Faults and latency can be toggled over an admin API:
     POST /admin/faults    {"status": 429, "count": 5, "retry_after": 1}
     POST /admin/latency   {"ms": 300}
     POST /admin/responses {"match": "substring", "text": "...", "finish_reason": "length", "times": 1}
+    POST /admin/judge     {"mode": "longer" | "first" | "reference" | "marker", "marker": "..."}
     GET  /admin/stats     requests received, completions served, per request hash
     POST /admin/reset
 
 In-process: ``with FakeTeacher.start(latency_ms=0) as fake: fake.base_url``.
 As a process: ``python -m tests.fake_teacher --port 8123 [--latency-ms 300] [--script FILE]``; the script
-is JSON ``{"latency_ms": 0, "faults": [...], "responses": [...]}``.
+is JSON ``{"latency_ms": 0, "faults": [...], "responses": [...], "judge": {"mode": "first"}}``.
+
+Evaluation judges (``app/pipeline/prompts/*/pairwise.txt``, ``single.txt``) get verdicts in the varied
+formats real judges write (``[[A]]``, JSON, "Final verdict: ...", Chinese), all readable, and chosen by
+the judge mode: ``longer`` (the default: the longer answer wins, as real judges lean), ``first`` (always the
+answer shown first: pure position bias), ``reference`` (the answer equal to the reference shown, else a
+tie) or ``marker`` (the answer containing the marker string, else a tie). Single-answer ratings follow the
+same mode. Unreadable verdicts are made with ``/admin/responses``.
 """
 
 from __future__ import annotations
@@ -590,11 +598,126 @@ def answer_judge(prompt: str, *, retry: bool) -> str:
     return "The answer is fine overall, though it could be more specific."
 
 
+# --------------------------------------------------------------------------------------------------
+# Evaluation judges: pairwise verdicts and 1-10 ratings
+
+JUDGE_MODES = ("longer", "first", "reference", "marker")
+_EVAL_MARKERS = {
+    "answer_a": (
+        ("[The Start of Assistant A's Answer]", "[The End of Assistant A's Answer]"),
+        ("[助手A的回答开始]", "[助手A的回答结束]"),
+    ),
+    "answer_b": (
+        ("[The Start of Assistant B's Answer]", "[The End of Assistant B's Answer]"),
+        ("[助手B的回答开始]", "[助手B的回答结束]"),
+    ),
+    "answer": (
+        ("[The Start of Assistant's Answer]", "[The End of Assistant's Answer]"),
+        ("[助手的回答开始]", "[助手的回答结束]"),
+    ),
+    "reference": (
+        ("[The Start of Reference Answer]", "[The End of Reference Answer]"),
+        ("[参考答案开始]", "[参考答案结束]"),
+    ),
+}
+
+
+def _eval_section(prompt: str, name: str) -> str | None:
+    for start, end in _EVAL_MARKERS[name]:
+        begin = prompt.find(start)
+        if begin >= 0:
+            stop = prompt.find(end, begin)
+            return prompt[begin + len(start) : stop if stop >= 0 else None].strip()
+    return None
+
+
+def _same_text(a: str | None, b: str | None) -> bool:
+    return (
+        a is not None and b is not None and re.sub(r"\s+", " ", a).strip() == re.sub(r"\s+", " ", b).strip()
+    )
+
+
+def _pick(a: bool, b: bool) -> str:
+    return "A" if a and not b else "B" if b and not a else "C"
+
+
+def answer_pairwise(prompt: str, lang: str, *, retry: bool, mode: str, marker: str) -> str:
+    a = _eval_section(prompt, "answer_a") or ""
+    b = _eval_section(prompt, "answer_b") or ""
+    if mode == "first":
+        choice = "A"
+    elif mode == "reference":
+        reference = _eval_section(prompt, "reference")
+        choice = _pick(_same_text(a, reference), _same_text(b, reference))
+    elif mode == "marker":
+        choice = _pick(bool(marker) and marker in a, bool(marker) and marker in b)
+    else:
+        la, lb = count_tokens(a), count_tokens(b)
+        choice = _pick(la > lb, lb > la)
+    if retry:
+        return f"[[{choice}]]"
+    if lang == "zh":
+        why = {"A": "助手A的回答更贴合问题。", "B": "助手B的回答更准确、更完整。", "C": "两个回答不相上下。"}[
+            choice
+        ]
+        style = _rng("pairwise-style", prompt).choice(["bracket", "json", "verdict"])
+        if style == "json":
+            return json.dumps(
+                {"winner": "tie" if choice == "C" else choice, "rationale": why}, ensure_ascii=False
+            )
+        if style == "verdict":
+            return f"{why}\n最终裁决：[[{choice}]]"
+        return f"{why}\n\n[[{choice}]]"
+    why = {
+        "A": "Assistant A addresses the question more directly.",
+        "B": "Assistant B is more accurate and complete.",
+        "C": "Both answers are of similar quality.",
+    }[choice]
+    style = _rng("pairwise-style", prompt).choice(["bracket", "json", "verdict", "bold"])
+    if style == "json":
+        return (
+            "```json\n"
+            + json.dumps({"winner": "tie" if choice == "C" else choice, "rationale": why})
+            + "\n```"
+        )
+    if style == "verdict":
+        return f"{why}\n\nFinal verdict: " + ("tie" if choice == "C" else f"Assistant {choice}")
+    if style == "bold":
+        return f"**[[{choice}]]**\n\n{why}"
+    return f"{why}\n\n[[{choice}]]"
+
+
+def answer_single(prompt: str, lang: str, *, retry: bool, mode: str, marker: str) -> str:
+    answer = _eval_section(prompt, "answer") or ""
+    if mode == "reference":
+        reference = _eval_section(prompt, "reference")
+        rating = 5 if reference is None else 9 if _same_text(answer, reference) else 2
+    elif mode == "marker":
+        rating = 9 if marker and marker in answer else 3
+    else:
+        rating = max(1, min(10, 2 + count_tokens(answer) // 25))
+    if retry:
+        return f"[[{rating}]]"
+    if lang == "zh":
+        return f"回答基本切题。\n评分：[[{rating}]]"
+    style = _rng("single-style", prompt).choice(["bracket", "json", "slash"])
+    why = "The answer is relevant and mostly accurate."
+    if style == "json":
+        return json.dumps({"rating": rating, "rationale": why})
+    if style == "slash":
+        return f"{rating}/10 - {why}"
+    return f"{why}\nRating: [[{rating}]]"
+
+
 def detect_kind(prompt: str) -> tuple[str, str]:
     """(prompt kind, language) from the phrases our templates use, as a real model reads the prompt."""
     zh = bool(re.search(r"[\u4e00-\u9fff]", prompt[:400]))
     lang = "zh" if zh else "en"
     checks = [
+        ("pairwise_retry", ("had no verdict in the required format", "没有符合格式的裁决")),
+        ("single_retry", ("had no rating in the required format", "没有符合格式的评分")),
+        ("pairwise", ("[The Start of Assistant A's Answer]", "[助手A的回答开始]")),
+        ("single", ("[The Start of Assistant's Answer]", "[助手的回答开始]")),
         ("judge_retry", ("could not be read", "无法解析")),
         ("judge", ("Score the response", "请为回答打分")),
         ("equal", ("The First Prompt:", "第一条提示：")),
@@ -610,8 +733,18 @@ def detect_kind(prompt: str) -> tuple[str, str]:
     return "answer", lang
 
 
-def respond(prompt: str, *, legacy: bool, max_tokens: int) -> tuple[str, str]:
+def respond(
+    prompt: str, *, legacy: bool, max_tokens: int, judge_mode: str = "longer", judge_marker: str = ""
+) -> tuple[str, str]:
     kind, lang = detect_kind(prompt)
+    if kind in ("pairwise", "pairwise_retry"):
+        text = answer_pairwise(
+            prompt, lang, retry=kind == "pairwise_retry", mode=judge_mode, marker=judge_marker
+        )
+        return _limit_tokens(text, "stop", max_tokens)
+    if kind in ("single", "single_retry"):
+        text = answer_single(prompt, lang, retry=kind == "single_retry", mode=judge_mode, marker=judge_marker)
+        return _limit_tokens(text, "stop", max_tokens)
     if kind == "instructions":
         return answer_instructions(prompt, lang, legacy=legacy, max_tokens=max_tokens)
     if kind == "classify":
@@ -642,6 +775,8 @@ class FakeState:
     completions: int = 0
     by_hash: Counter[str] = field(default_factory=Counter)
     completed_by_hash: Counter[str] = field(default_factory=Counter)
+    judge_mode: str = "longer"
+    judge_marker: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def take_fault(self) -> dict[str, Any] | None:
@@ -679,6 +814,7 @@ class FakeState:
         with self.lock:
             self.faults.clear()
             self.responses.clear()
+            self.judge_mode, self.judge_marker = "longer", ""
             self.requests = self.completions = 0
             self.by_hash.clear()
             self.completed_by_hash.clear()
@@ -723,7 +859,11 @@ def build_app(state: FakeState) -> Starlette:
         if scripted:
             text, finish = scripted["text"], scripted.get("finish_reason", "stop")
         else:
-            text, finish = respond(prompt, legacy=legacy, max_tokens=max_tokens)
+            with state.lock:
+                mode, marker = state.judge_mode, state.judge_marker
+            text, finish = respond(
+                prompt, legacy=legacy, max_tokens=max_tokens, judge_mode=mode, judge_marker=marker
+            )
         usage = {
             "prompt_tokens": count_tokens(prompt),
             "completion_tokens": count_tokens(text),
@@ -777,6 +917,15 @@ def build_app(state: FakeState) -> Starlette:
     async def stats(request: Request) -> JSONResponse:
         return JSONResponse(state.snapshot())
 
+    async def judge(request: Request) -> JSONResponse:
+        body = await request.json()
+        mode = body.get("mode", "longer")
+        if mode not in JUDGE_MODES:
+            return _error(400, f"judge mode must be one of {', '.join(JUDGE_MODES)}")
+        with state.lock:
+            state.judge_mode, state.judge_marker = mode, str(body.get("marker", ""))
+        return JSONResponse({"ok": True})
+
     async def reset(request: Request) -> JSONResponse:
         state.reset()
         return JSONResponse({"ok": True})
@@ -790,6 +939,7 @@ def build_app(state: FakeState) -> Starlette:
             Route("/admin/latency", latency, methods=["POST"]),
             Route("/admin/responses", responses, methods=["POST"]),
             Route("/admin/stats", stats, methods=["GET"]),
+            Route("/admin/judge", judge, methods=["POST"]),
             Route("/admin/reset", reset, methods=["POST"]),
         ]
     )
@@ -800,6 +950,9 @@ def load_script(state: FakeState, path: str | Path) -> None:
     state.latency_ms = float(script.get("latency_ms", state.latency_ms))
     state.faults.extend(script.get("faults", []))
     state.responses.extend(script.get("responses", []))
+    if script.get("judge"):
+        state.judge_mode = script["judge"].get("mode", state.judge_mode)
+        state.judge_marker = str(script["judge"].get("marker", state.judge_marker))
 
 
 class FakeTeacher:
@@ -860,6 +1013,13 @@ class FakeTeacher:
             self.state.responses.append(
                 {"match": match, "text": text, "finish_reason": finish_reason, "times": times}
             )
+
+    def set_judge(self, mode: str, *, marker: str = "") -> None:
+        """How evaluation judges decide from now on (see the module docstring); ``reset`` restores ``longer``."""
+        if mode not in JUDGE_MODES:
+            raise ValueError(f"judge mode must be one of {', '.join(JUDGE_MODES)}")
+        with self.state.lock:
+            self.state.judge_mode, self.state.judge_marker = mode, marker
 
     def reset(self) -> None:
         self.state.reset()
