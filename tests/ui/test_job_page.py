@@ -129,3 +129,30 @@ def test_the_jobs_list_names_the_dataset_and_says_how_long_each_job_ran(client: 
     assert f'<a href="/ui/datasets/{dataset.id}">support answers</a>' in row
     assert "1 min 05 s" in row and "2026-11-30 21:04:05 UTC" in row
     assert "scanned: 50 · kept: 11 · rejected by reason: rouge_dup 39 · share: 0.22" in row
+
+
+def test_the_jobs_list_live_update_reads_as_the_list_reloaded(client: Any, db: Session, browser_page: Any):
+    curator = make_user(db, "curator")
+    dataset = make_dataset(db, make_project(db, (curator, "curator")), name="support answers")
+    job = Job(
+        project_id=dataset.project_id,
+        dataset_id=dataset.id,
+        kind="dedup",
+        queue="default",
+        params={},
+        created_by=curator.id,
+    )
+    db.add(job)
+    db.flush()
+    login(client, curator)
+    serve_from(client, browser_page)
+    browser_page.goto("http://testserver/ui/jobs")
+    row = browser_page.locator(f'tr[data-job-id="{job.id}"]')
+    cells = row.locator("td").count()
+    _finish(db, job)
+    browser_page.wait_for_selector(f'tr[data-job-id="{job.id}"] [data-role=status]:text-is("succeeded")')
+    assert row.locator("td:visible").count() == cells  # every column still there, none hidden
+    live = row.inner_text()
+    assert "rejected by reason: rouge_dup 39" in live and "1 min 05 s" in live
+    browser_page.goto("http://testserver/ui/jobs")
+    assert row.inner_text() == live

@@ -75,8 +75,11 @@
   function paint(el, job) {
     const find = (role) => el.querySelector(`[data-role="${role}"]`);
     const set = (role, text) => { const n = find(role); if (n) n.textContent = text; };
-    // A value shown only once there is one: its <dd> and the <dt> naming it.
+    // On the job's page, a value is shown only once there is one: its <dd> and the <dt> naming it (the
+    // list's cells stay, or its columns would shift).
+    const detail = el.classList.contains("job-detail");
     const reveal = (role, on) => {
+      if (!detail) return;
       for (const n of el.querySelectorAll(`[data-role="${role}"], [data-for="${role}"]`)) n.hidden = !on;
     };
     const bar = find("bar");
@@ -109,7 +112,7 @@
       const btn = el.querySelector("[data-cancel]");
       if (btn && job.status !== "paused") btn.remove();
       // "job N queued" is news no longer once the job has ended.
-      if (el.classList.contains("job-detail")) for (const f of document.querySelectorAll("main > .flash")) f.remove();
+      if (detail) for (const f of document.querySelectorAll("main > .flash")) f.remove();
     }
   }
 
