@@ -64,11 +64,16 @@ class Refused(Exception):
 def list_models(models_dir: Path) -> list[ModelCheck]:
     """Every model folder under `models_dir` (one level, or two for `org/name` folders), checked."""
     root = models_dir.resolve()
-    if not root.is_dir():
+    try:
+        entries = _subdirs(root) if root.is_dir() else []
+    except OSError:  # the directory itself cannot be listed: nothing to offer
         return []
     out: list[ModelCheck] = []
-    for entry in _subdirs(root):
-        children = [c for c in _subdirs(entry) if (c / "config.json").exists()]
+    for entry in entries:
+        try:
+            children = [c for c in _subdirs(entry) if (c / "config.json").exists()]
+        except OSError:
+            children = []
         if (entry / "config.json").exists() or not children:
             out.append(check_model(root, entry.name))
         else:  # an organisation folder, as `models fetch org/name --name org/name` or a hub cache lays out
@@ -92,6 +97,9 @@ def check_model(models_dir: Path, name: str) -> ModelCheck:
         _check_weights(path, result)
     except Refused as exc:
         result.reason = str(exc)
+        return result
+    except OSError as exc:  # unreadable files, a folder removed while we look: a reason, never a 500
+        result.reason = f"unreadable: {exc.strerror or exc}"
         return result
     result.ok = True
     return result
