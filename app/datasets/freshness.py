@@ -25,9 +25,9 @@ Why the stamp is read before the stats are computed: a change committed in betwe
 newer than their stamp, which costs one extra computation on the next view; the other order could store old
 figures under the new stamp and keep them.
 
-Rule for new code: write records through a Session (as every service, job and the CLI do). A bare
-`engine.begin()` transaction that *updates* records is not seen at commit; its statements are still noted
-and bumped by the next session commit on that connection, which is too late to rely on.
+A transaction on a bare connection (`engine.begin()`) is settled the same way by the connection's commit
+event. Writes SQLAlchemy never sees (raw DBAPI cursors) must be inserts: an update made that way would not
+move the stamp.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ from sqlalchemy.sql.elements import BinaryExpression, BindParameter, ColumnEleme
 from app.datasets.models import Dataset
 from app.records.models import Record
 
-# The record columns the dataset page's stats read. An update of any other column (review locks, advice,
-# tags, ratings, reviewed_by, version) leaves every figure as it was and keeps the cache.
+# The record columns the dataset page's cached figures read (its stats, near-duplicate groups and flagged
+# count). An update of any other column (review locks, advice, tags, ratings, reviewed_by, version) leaves
+# every figure as it was and keeps the cache.
 STATS_COLUMNS = frozenset(
     {
         "dataset_id",
@@ -58,6 +59,8 @@ STATS_COLUMNS = frozenset(
         "nn_score",
         "meta",
         "job_id",
+        "flagged",
+        "nn_record_id",
     }
 )
 ALL = "all"
@@ -160,16 +163,16 @@ def _forget(conn: Connection) -> None:
     conn.info.pop(_KEY, None)
 
 
-def _datasets_of_records(db: Session, record_ids: set[int]) -> set[int]:
+def _datasets_of_records(conn: Connection, record_ids: set[int]) -> set[int]:
     ids = sorted(record_ids)
     found: set[int] = set()
     for start in range(0, len(ids), _IDS_PER_LOOKUP):
         chunk = ids[start : start + _IDS_PER_LOOKUP]
-        found.update(db.scalars(select(Record.dataset_id).where(Record.id.in_(chunk)).distinct()))
+        found.update(conn.scalars(select(Record.dataset_id).where(Record.id.in_(chunk)).distinct()))
     return found
 
 
-def bump(db: Session, dataset_ids: Iterable[int | str]) -> None:
+def bump(conn: Connection, dataset_ids: Iterable[int | str]) -> None:
     """Move the stats stamp of these datasets (or of every dataset, for `ALL`)."""
     ids = set(dataset_ids)
     if not ids:
@@ -177,22 +180,33 @@ def bump(db: Session, dataset_ids: Iterable[int | str]) -> None:
     stmt = update(Dataset).values(records_rev=Dataset.records_rev + 1)
     if ALL not in ids:
         stmt = stmt.where(Dataset.id.in_(sorted(int(i) for i in ids)))
-    db.execute(stmt.execution_options(synchronize_session=False))
+    conn.execute(stmt)
 
 
-@event.listens_for(Session, "before_commit")
-def _bump_before_commit(session: Session) -> None:
-    if not session.in_transaction():
-        return
-    session.flush()  # the last changes' statements are noted before the stamp moves
-    conn = session.connection()
+def _settle(conn: Connection) -> None:
+    """Bump what this connection's transaction changed; the last thing it does before COMMIT."""
     noted = conn.info.pop(_KEY, None)
     if not noted:
         return
     datasets: set[int | str] = set(noted["datasets"])
     if noted["records"] and ALL not in datasets:
-        datasets |= _datasets_of_records(session, noted["records"])
-    bump(session, datasets)
+        datasets |= _datasets_of_records(conn, noted["records"])
+    bump(conn, datasets)
+
+
+@event.listens_for(Session, "before_commit")
+def _bump_before_commit(session: Session) -> None:
+    # Also where a session's COMMIT is only a savepoint's release (a test's outer transaction).
+    if session.in_transaction():
+        session.flush()  # the last changes' statements are noted before the stamp moves
+        _settle(session.connection())
+
+
+@event.listens_for(Engine, "commit")
+def _bump_at_commit(conn: Connection) -> None:
+    # A transaction on a bare connection (`engine.begin()`), which no session event sees; after a
+    # session's before_commit there is nothing left here.
+    _settle(conn)
 
 
 def stamp(db: Session, dataset_id: int) -> str | None:

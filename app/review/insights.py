@@ -166,6 +166,25 @@ def compute_dataset_stats(*, db: Session, dataset_id: int, include_filtered: boo
     }
 
 
+def dataset_page_figures(
+    *, db: Session, user: User, dataset_id: int, include_filtered: bool, flagged_cap: int
+) -> dict[str, Any]:
+    """What the dataset page shows that scans the dataset's records: the stats, the 20 biggest near-duplicate
+    groups and the flagged count (up to `flagged_cap`). Cached together, like `dataset_stats`, while no
+    record of the dataset changes; a view then reads one row instead of scanning 100,000 records three times."""
+    require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    return datasets.cached_stats(
+        db=db,
+        dataset_id=dataset_id,
+        variant="page:" + (ALL_RECORDS if include_filtered else WITHOUT_FILTERED),
+        compute=lambda: {
+            "stats": compute_dataset_stats(db=db, dataset_id=dataset_id, include_filtered=include_filtered),
+            "groups": _duplicate_groups(db, dataset_id, GROUP_MIN_SCORE, 20),
+            "flagged": records.count_flagged(db=db, dataset_id=dataset_id, cap=flagged_cap),
+        },
+    )
+
+
 def count_matching(*, db: Session, user: User, dataset_id: int, flt: RecordFilter) -> int:
     """How many records a bulk action over this filter would change (told before it is applied)."""
     require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
@@ -350,6 +369,10 @@ def duplicate_groups(
 ) -> list[dict[str, Any]]:
     """Groups of records whose nearest neighbour (found by dedup) is the same record, biggest first."""
     require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+    return _duplicate_groups(db, dataset_id, min_score, limit)
+
+
+def _duplicate_groups(db: Session, dataset_id: int, min_score: float, limit: int) -> list[dict[str, Any]]:
     rows = db.execute(
         select(Record.nn_record_id, func.count(), func.max(Record.nn_score))
         .where(

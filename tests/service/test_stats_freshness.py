@@ -280,3 +280,62 @@ def test_a_change_in_another_dataset_keeps_this_ones_cache(world: dict[str, Any]
         db.execute(update(Record).where(Record.dataset_id == other.id).values(status="accepted"))
         db.commit()
     assert view(world)["total"] == -1
+
+
+def test_an_update_on_a_bare_connection_shows_at_once(world: dict[str, Any]) -> None:
+    """No session: the connection's own commit moves the stamp."""
+    view(world)
+    poison(world)
+    with world["engine"].begin() as conn:
+        conn.execute(update(Record).where(Record.id == world["ids"][0]).values(status="accepted"))
+    assert view(world)["by_status"] == {"pending": 3, "accepted": 1}
+
+
+def page_figures(world: dict[str, Any]) -> dict[str, Any]:
+    with Session(world["engine"]) as db:
+        figures = insights.dataset_page_figures(
+            db=db,
+            user=db.merge(world["curator"]),
+            dataset_id=world["ds"],
+            include_filtered=False,
+            flagged_cap=1000,
+        )
+        db.commit()
+        return figures
+
+
+def test_flagging_a_record_shows_on_the_page_at_once(world: dict[str, Any]) -> None:
+    from app.review import service as review
+
+    assert page_figures(world)["flagged"] == 0
+    as_curator(
+        world, lambda db, u: review.decide(db=db, user=u, record_id=world["ids"][2], action="flag", version=1)
+    )
+    assert page_figures(world)["flagged"] == 1
+
+
+def test_near_duplicate_groups_follow_a_dedup_and_a_group_decision(world: dict[str, Any]) -> None:
+    assert page_figures(world)["groups"] == []
+    with Session(world["engine"]) as db:
+        db.execute(
+            update(Record)
+            .where(Record.id.in_(world["ids"][1:3]))
+            .values(nn_record_id=world["ids"][0], nn_score=0.9)
+        )
+        db.commit()
+    groups = page_figures(world)["groups"]
+    assert [(g["anchor_id"], g["members"], g["anchor_status"]) for g in groups] == [
+        (world["ids"][0], 2, "pending")
+    ]
+    as_curator(
+        world,
+        lambda db, u: insights.decide_group(
+            db=db,
+            user=u,
+            dataset_id=world["ds"],
+            anchor_id=world["ids"][0],
+            status="accepted",
+            include_anchor=True,
+        ),
+    )
+    assert page_figures(world)["groups"][0]["anchor_status"] == "accepted"

@@ -59,13 +59,19 @@ def _charts(stats: dict[str, Any]) -> list[Any]:
 
 
 def _stats(db: Session, user: User, dataset: Dataset, include_filtered: bool) -> dict[str, Any]:
-    """The stats section's context (dataset_stats.html): figures from the cache while they are current."""
-    stats = insights.dataset_stats(db=db, user=user, dataset_id=dataset.id, include_filtered=include_filtered)
+    """The stats section's context (dataset_stats.html), with the page's other figures that scan the records
+    (duplicate groups, flagged count): all from the cache while they are current."""
+    figures = insights.dataset_page_figures(
+        db=db, user=user, dataset_id=dataset.id, include_filtered=include_filtered, flagged_cap=FLAGGED_CAP
+    )
+    stats = figures["stats"]
     return {
         "dataset": dataset,
         "stats": stats,
         "charts": _charts(stats),
         "include_filtered": include_filtered,
+        "groups": figures["groups"],
+        "flagged": figures["flagged"],
     }
 
 
@@ -76,7 +82,6 @@ def _overview(db: Session, user: User, dataset: Dataset, include_filtered: bool)
         "project": projects.require_project(db=db, user=user, project_id=dataset.project_id),
         "annotators": insights.annotator_progress(db=db, user=user, dataset_id=dataset.id),
         "agreement": insights.agreement(db=db, user=user, dataset_id=dataset.id),
-        "groups": insights.duplicate_groups(db=db, user=user, dataset_id=dataset.id, limit=20),
         "members": projects.list_members(db=db, user=user, project_id=dataset.project_id),
         "kinds": startable_kinds(),
         "jobs": jobs.list_jobs(
@@ -84,7 +89,6 @@ def _overview(db: Session, user: User, dataset: Dataset, include_filtered: bool)
         ),
         "snapshots": snapshots.list_snapshots(db=db, user=user, dataset_id=dataset.id),
         "export_formats": EXPORT_FORMATS,
-        "flagged": records.count_flagged(db=db, dataset_id=dataset.id, cap=FLAGGED_CAP),
     }
 
 
