@@ -31,6 +31,7 @@ does ask again is answered from the cache.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections import defaultdict
@@ -83,7 +84,9 @@ class _JudgingParams(BaseModel):
     language: Literal["en", "zh"] = "en"
     use_reference: bool = Field(True, description="Show the prompt's reference answer to the judge.")
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.0, max_tokens=512))
-    batch_size: int = Field(32, ge=1, description="Comparisons (or scored answers) per emitted batch.")
+    batch_size: int = Field(
+        32, ge=1, description="Comparisons (or scored answers) in flight, and per emitted batch."
+    )
 
 
 class PairwiseParams(_JudgingParams):
@@ -629,7 +632,7 @@ async def score_answer(
 V = TypeVar("V", PairVerdict, ScoreVerdict)
 
 
-async def _run_batches(
+async def _run_window(
     tasks: Sequence[Callable[[], Awaitable[V]]],
     *,
     total: int,
@@ -638,24 +641,59 @@ async def _run_batches(
     should_stop: Callable[[], bool],
     is_decided: Callable[[V], bool],
 ) -> RunSummary:
+    """Run ``tasks`` with ``batch_size`` of them in flight, emitting results in task order, ``batch_size`` at a
+    time (the rest at the end).
+
+    A sliding window, not batch after batch: with a barrier per batch, one slow comparison (a judge
+    that takes 20 s, a verdict asked for again) idles every other slot until it ends. Results that finish
+    ahead of an earlier one wait for it, so at most a window of finished, paid-for verdicts is not yet
+    emitted when a worker dies; their answers are in the gateway's cache, so asking again is free.
+    ``should_stop`` is polled once per ``batch_size`` started tasks (it may cost a database read). On a stop
+    or an exhausted budget, the finished prefix is emitted and everything in flight is cancelled.
+    """
     judged = decided = unparseable = errors = 0
     stop: Literal["done", "stopped", "budget"] = "done"
     message = ""
-    for start in range(0, len(tasks), batch_size):
-        if should_stop():
-            stop = "stopped"
-            break
-        try:
-            results = await gather_or_cancel([make() for make in tasks[start : start + batch_size]])
-        except BudgetExceeded as exc:
-            stop, message = "budget", str(exc)
-            break
-        for result in results:
-            judged += 1
-            decided += is_decided(result)
-            unparseable += result.status == "unparseable"
-            errors += result.status == "teacher_error"
-        emit(results)
+    in_flight: dict[asyncio.Future[V], int] = {}
+    finished: dict[int, V] = {}
+    ready: list[V] = []
+    started = emitted = 0
+
+    def flush(*, final: bool) -> None:
+        nonlocal emitted, judged, decided, unparseable, errors, ready
+        while emitted in finished:
+            ready.append(finished.pop(emitted))
+            emitted += 1
+        while ready and (final or len(ready) >= batch_size):
+            chunk, ready = ready[:batch_size], ready[batch_size:]
+            for result in chunk:
+                judged += 1
+                decided += is_decided(result)
+                unparseable += result.status == "unparseable"
+                errors += result.status == "teacher_error"
+            emit(chunk)
+
+    try:
+        while started < len(tasks) or in_flight:
+            while started < len(tasks) and len(in_flight) < batch_size and stop == "done":
+                if started % batch_size == 0 and should_stop():
+                    stop = "stopped"
+                    break
+                in_flight[asyncio.ensure_future(tasks[started]())] = started
+                started += 1
+            if not in_flight:
+                break
+            done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                finished[in_flight.pop(future)] = future.result()
+            flush(final=False)
+    except BudgetExceeded as exc:
+        stop, message = "budget", str(exc)
+    finally:
+        for future in in_flight:
+            future.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+    flush(final=True)
     return RunSummary(
         total=total,
         skipped=total - len(tasks),
@@ -696,7 +734,7 @@ async def run_pairwise(
     def task(c: Comparison) -> Callable[[], Awaitable[PairVerdict]]:
         return lambda: judge_pair(gateway, c, params=params)
 
-    return await _run_batches(
+    return await _run_window(
         [task(c) for c in todo],
         total=len(plan),
         batch_size=params.batch_size,
@@ -724,7 +762,7 @@ async def run_scoring(
     def task(p: EvalPrompt, s: str) -> Callable[[], Awaitable[ScoreVerdict]]:
         return lambda: score_answer(gateway, p, s, params=params)
 
-    return await _run_batches(
+    return await _run_window(
         [task(p, s) for p, s in todo],
         total=len(plan),
         batch_size=params.batch_size,

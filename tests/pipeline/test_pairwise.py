@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -55,18 +55,29 @@ def pairwise(
     pairs: Sequence[tuple[str, str]] = (("tuned", "base"),),
     params: PairwiseParams | None = None,
     done: Sequence[PairVerdict] = (),
+    *,
+    budget_usd: float | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    batches: list[int] | None = None,
 ) -> tuple[RunSummary, list[PairVerdict]]:
     verdicts: list[PairVerdict] = []
 
+    def emit(batch: list[PairVerdict]) -> None:
+        verdicts.extend(batch)
+        if batches is not None:
+            batches.append(len(batch))
+
     async def main() -> RunSummary:
-        async with Gateway(teacher_for(fake, max_concurrency=16)) as gateway:
+        teacher = teacher_for(fake, max_concurrency=16, price_in_per_1k=1.0, price_out_per_1k=0.0)
+        async with Gateway(teacher, budget_usd=budget_usd) as gateway:
             return await run_pairwise(
                 gateway=gateway,
                 prompts=prompts,
                 pairs=pairs,
                 params=params or PairwiseParams(),
-                emit=verdicts.extend,
+                emit=emit,
                 done=done,
+                should_stop=should_stop,
             )
 
     return asyncio.run(main()), verdicts
@@ -311,6 +322,47 @@ def test_a_teacher_error_is_counted_apart_and_judged_again_on_resume(fake: FakeT
     assert verdicts[0].outcome is None
     summary, again = pairwise(fake, prompts, done=verdicts)
     assert summary.skipped == 0 and again[0].status == "decided"
+
+
+# --- running: order, batches, stop, budget ---------------------------------------------------------
+
+
+def test_verdicts_are_emitted_in_plan_order_in_batches_of_the_window(fake: FakeTeacher) -> None:
+    fake.set_judge("reference")
+    prompts = reference_set(25, matched=20)
+    batches: list[int] = []
+    summary, verdicts = pairwise(fake, prompts, params=PairwiseParams(batch_size=10), batches=batches)
+    assert [v.prompt_id for v in verdicts] == [p.id for p in prompts]
+    assert batches == [10, 10, 5] and summary.judged == 25
+
+
+def test_a_stop_request_ends_the_run_after_what_is_in_flight(fake: FakeTeacher) -> None:
+    fake.set_judge("reference")
+    prompts = reference_set(25, matched=25)
+    polls: list[int] = []
+
+    def stop_on_second_poll() -> bool:
+        polls.append(1)
+        return len(polls) >= 2
+
+    summary, verdicts = pairwise(
+        fake, prompts, params=PairwiseParams(batch_size=10), should_stop=stop_on_second_poll
+    )
+    assert summary.stop_reason == "stopped"
+    # the first window ran to its end and was emitted in order; nothing more was started
+    assert [v.prompt_id for v in verdicts] == [p.id for p in prompts[: len(verdicts)]]
+    assert 10 <= len(verdicts) < 25 and summary.judged == len(verdicts)
+    assert fake.stats()["completions"] == 2 * len(verdicts)
+
+
+def test_an_exhausted_budget_stops_the_run_and_keeps_the_finished_prefix(fake: FakeTeacher) -> None:
+    fake.set_judge("reference")
+    prompts = reference_set(25, matched=25)
+    # ~$0.33 a call: a window of 4 comparisons (8 calls) fits in $6, the whole set does not
+    summary, verdicts = pairwise(fake, prompts, params=PairwiseParams(batch_size=4), budget_usd=6.0)
+    assert summary.stop_reason == "budget" and "budget" in summary.message
+    assert 0 < summary.judged == len(verdicts) < 25
+    assert [v.prompt_id for v in verdicts] == [p.id for p in prompts[: len(verdicts)]]
 
 
 # --- resume and storage ---------------------------------------------------------------------------
