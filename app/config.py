@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET = "dev-insecure-secret-change-me"  # noqa: S105 - the sentinel we refuse outside development
@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         "https://huggingface.co", description="The Hub to push snapshots to (any Hub-compatible endpoint)."
     )
     worker_concurrency: int = Field(2, description="Processes of the default-queue worker started by `run`.")
+
+    @field_validator("hub_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        # `IF_HUB_TOKEN=` as .env.example writes it means no token, not an empty one that turns pushing on.
+        return None if value is None or (isinstance(value, str) and not value.strip()) else value
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:
