@@ -17,9 +17,14 @@ def list_teachers(user: CurrentUser) -> list[TeacherRead]:
     return service.list_teachers(user=user)
 
 
-@router.post("/generation/estimate", response_model=EstimateRead)
+@router.post(
+    "/generation/estimate",
+    response_model=EstimateRead,
+    responses={503: {"description": "The teacher did not answer: nothing was estimated; try again."}},
+)
 def estimate(body: EstimateRequest, user: CurrentUser, db: SessionDep) -> EstimateRead:
-    """Dry-run a few of the job's own first prompts and extrapolate the cost of the whole job.
+    """Dry-run a few of the job's own first prompts (self_instruct, evol or judge) and extrapolate the cost
+    of the whole job.
 
     The answers go into the response cache, so the job does not pay for them again."""
     return service.estimate(db=db, user=user, request=body)
