@@ -861,11 +861,41 @@ def _decision_entries(db: Session, record_id: int) -> list[tuple[datetime, Histo
     return out
 
 
+# How far apart a record's reviewed_at and the event that set it can be (a vote resolves after its event).
+EVENT_SLACK = timedelta(seconds=1)
+# Decisions that leave reviewed_at as it was (an undo puts back the time of the decision it undoes).
+NOT_REVIEWING = frozenset({"rate", "tag", "flag", "undo", "update"})
+
+
+def _bulk_entry(
+    db: Session, record: Record, decisions: list[tuple[datetime, HistoryEntry]]
+) -> tuple[datetime, HistoryEntry] | None:
+    """Bulk and group status changes (`records.bulk_set_status`) write one audit entry for the whole
+    filter and no event per record, so the record's own reviewed_by / reviewed_at are their only trace
+    here: shown when no decision of this record explains them (the latest such change only)."""
+    at = record.reviewed_at
+    setters = [t for t, e in decisions if e.action not in NOT_REVIEWING]
+    if at is None or not record.human_decided or any(abs(t - at) <= EVENT_SLACK for t in setters):
+        return None
+    entry = HistoryEntry(
+        kind="decision",
+        action="bulk",
+        at=at.isoformat(timespec="seconds"),
+        by=_usernames(db, [record.reviewed_by]).get(record.reviewed_by) if record.reviewed_by else None,
+        summary=f"status set to {record.status} (reason: {record.reason or '—'}) by a bulk action",
+    )
+    return at, entry
+
+
 def timeline(*, db: Session, user: User, record_id: int) -> list[HistoryEntry]:
     """A record's whole history, newest first: its text edits (as diffs) and every decision and rating
-    people made on it (accept, reject, rate, tag, flag, votes, undo), each with who and when."""
+    people made on it (accept, reject, rate, tag, flag, votes, undo, the latest bulk change), each with
+    who and when."""
+    record = records.get_record(db=db, user=user, record_id=record_id)
     revs = records.revisions(db=db, user=user, record_id=record_id)
     entries = _decision_entries(db, record_id)
+    if (bulk := _bulk_entry(db, record, entries)) is not None:
+        entries.append(bulk)
     for at, diff in _revision_diffs(db, revs):
         summary = f"edited {', '.join(diff.changes) or 'nothing'}"
         entries.append(

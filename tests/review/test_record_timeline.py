@@ -115,3 +115,22 @@ def test_timeline_of_a_record_in_another_project_is_404(
     url = f"/api/v1/review/records/{world['recs'][0].id}/timeline"
     assert client.get(url, headers=world["h"]).status_code == 200
     assert client.get(url, headers=token_for(db, outsider)).status_code == 404
+
+
+def test_a_bulk_status_change_shows_as_the_latest_bulk_decision_with_who(
+    client: Any, db: Session, world: dict[str, Any]
+) -> None:
+    rid = world["recs"][0].id
+    act(client, world["h"], rid, "rate", 1, rating=3)
+    bulk = client.post(
+        f"/api/v1/datasets/{world['ds'].id}/records/bulk-status",
+        json={"filter": {"ids": [rid]}, "status": "rejected", "reason": "off-topic"},
+        headers=world["hc"],
+    )
+    assert bulk.status_code == 200 and bulk.json()["updated"] == 1
+    db.expire_all()  # the bulk UPDATE bypasses the ORM; each real request has a session of its own
+    timeline = client.get(f"/api/v1/review/records/{rid}/timeline", headers=world["h"]).json()
+    assert [(e["action"], e["by"], e["summary"]) for e in timeline] == [
+        ("bulk", world["curator"].username, "status set to rejected (reason: off-topic) by a bulk action"),
+        ("rate", world["ann"].username, "rating — → 3"),
+    ]

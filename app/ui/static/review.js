@@ -152,6 +152,7 @@
       if (ADVANCING.has(res.undone_action) && S.reviewed > 0) S.reviewed -= 1;
       clearBanner();
       notice(`Undid ${res.undone_action} on record #${it.id}.`);
+      if (S.historyFor === it.id) showHistory(it.id);
       return `undid ${res.undone_action} on #${it.id}`;
     }, undefined, "undo");
   }
@@ -348,7 +349,8 @@
     $("progress").textContent = `${S.reviewed} reviewed this session · ${left} loaded ahead` +
       (S.openAssignments !== null && S.openAssignments !== undefined ? ` · ${S.openAssignments} assigned to you` : "");
     const total = Math.max(S.total, S.before + S.items.length);
-    $("position").textContent = item ? `${S.before + S.pos + 1} of ${total}` : `end of queue (${total} in it when you opened the page)`;
+    $("position").textContent = item ? `${S.before + S.pos + 1} of ${total}`
+      : total ? `end of queue (${total} in it when you opened the page)` : "queue empty";
     $("empty").hidden = !!item;
     $("empty").textContent = S.inflight ? "Loading the next records…" : "Your queue is empty. Nothing more to review right now.";
     $("record").classList.toggle("is-empty", !item);
