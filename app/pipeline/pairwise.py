@@ -255,14 +255,16 @@ _JSON_OBJECT = re.compile(r"\{[^{}]*\}", re.S)
 _VERDICT_KEYS = ("winner", "verdict", "better", "choice", "preferred", "preference", "decision", "result")
 # The same keys read with a regex: a JSON object truncated after its verdict field still says it.
 _JSON_FIELD = re.compile(r'"(?:' + "|".join(_VERDICT_KEYS) + r')"\s*:\s*"([^"]{1,40})"', re.I)
+# The letters are case-sensitive inside case-insensitive patterns: "Verdict: a tie" is not a vote for A.
 _DECLARATION = re.compile(
     r"(?:final\s+)?(?:verdict|decision|winner|judge?ment|choice|better\s+(?:answer|response))"
-    r"\s*(?:is)?\s*[:：]?\s*[*\"'“(\[]*\s*(?:assistant|answer|response)?\s*(A|B|C|tie|draw)\b"
+    r"\s*(?:is)?\s*[:：]?\s*[*\"'“(\[]*\s*(?:assistant|answer|response)?\s*(?:a\s+)?"
+    r"((?-i:[ABC])\b|tie\b|draw\b)"
     r"|(?:最终)?(?:裁决|结论|判断|胜者)\s*(?:是|为)?\s*[:：]?\s*[*\"“(\[]*\s*(?:助手)?\s*(A|B|C|平局)",
     re.I,
 )
 _BETTER = re.compile(
-    r"\b(?:assistant|answer|response)\s*([AB])\s*(?:'s\s+(?:answer|response)\s+)?is\s+"
+    r"\b(?:assistant|answer|response)\s*((?-i:[AB]))\s*(?:'s\s+(?:answer|response)\s+)?is\s+"
     r"(?:clearly\s+|slightly\s+|much\s+|somewhat\s+|far\s+)?(?:the\s+)?better"
     r"|(?:助手|回答)\s*([AB])\s*(?:的回答)?\s*(?:明显|稍微|略)?更好",
     re.I,
@@ -287,7 +289,8 @@ def _choice_of(value: str) -> Choice | None:
 
 
 def _without(text: str, match: re.Match[str]) -> str:
-    return (text[: match.start()] + text[match.end() :]).strip()
+    """The text less the verdict token, and the markdown emphasis left around it ("**[[A]]**")."""
+    return (text[: match.start()] + text[match.end() :]).strip(" \t\r\n*")
 
 
 def _json_verdict(text: str) -> ParsedVerdict | None:
@@ -987,6 +990,12 @@ def summarise_pairwise(
     tokens = {(p.id, s): approx_tokens(a) for p in prompts for s, a in p.answers.items()}
     by_pair: dict[tuple[str, str], list[PairVerdict]] = defaultdict(list)
     for v in _latest(verdicts):
+        for system in (v.system_a, v.system_b):
+            if (v.prompt_id, system) not in tokens:
+                raise ValueError(
+                    f"a verdict on prompt {v.prompt_id!r} compares {system!r}, "
+                    "which has no answer to that prompt among the prompts given"
+                )
         by_pair[(v.system_a, v.system_b)].append(v)
     rates: list[WinRate] = []
     for (a, b), group in by_pair.items():

@@ -205,6 +205,7 @@ def test_the_rubric_reaches_the_judge(fake: FakeTeacher) -> None:
         ("Final verdict: Assistant A", "A"),
         ("My final decision: **B**", "B"),
         ("Verdict: tie", "tie"),
+        ("Verdict: a tie", "tie"),
         ("Overall, Assistant B is clearly better.", "B"),
         ("Both answers are equally good.", "tie"),
         ("最终裁决：[[A]]", "A"),
@@ -227,6 +228,7 @@ def test_verdicts_in_the_formats_judges_write(text: str, choice: str) -> None:
         '{"winner": "the first one with caveats"}',
         "[[D]]",
         "The verdict",
+        "My final verdict is a clear win for the second.",
     ],
 )
 def test_unreadable_verdicts_are_none_not_a_tie(text: str) -> None:
@@ -238,6 +240,8 @@ def test_the_rationale_is_kept_without_the_verdict_token() -> None:
     assert parsed is not None and parsed.rationale == "Assistant A is correct; B miscounts."
     parsed = parse_verdict('{"winner": "B", "rationale": "B is right."}')
     assert parsed is not None and parsed.rationale == "B is right."
+    parsed = parse_verdict("**[[B]]**\n\nAssistant B is right.")
+    assert parsed is not None and parsed.rationale == "Assistant B is right."
 
 
 @pytest.mark.parametrize(
@@ -429,6 +433,13 @@ def test_three_systems_give_three_pairs_and_per_category_rates(fake: FakeTeacher
     assert rates[("tuned", "teacher", "math")].win_rate == 0.5
     assert rates[("base", "teacher", None)].win_rate == 0.0
     assert rates[("tuned", "base", "math")].n == 10
+
+
+def test_a_verdict_for_an_answer_not_among_the_prompts_is_refused_by_name(fake: FakeTeacher) -> None:
+    prompts = reference_set(3, matched=3)
+    _, verdicts = pairwise(fake, prompts)
+    with pytest.raises(ValueError, match="'p2' compares 'tuned'"):
+        summarise_pairwise(prompts[:2], verdicts)
 
 
 def test_answer_lengths_are_reported_per_system_and_category() -> None:
