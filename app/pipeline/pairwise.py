@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from statistics import median
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -495,8 +495,8 @@ P = TypeVar("P")
 
 
 @dataclass(frozen=True)
-class _Asked:
-    parsed: Any
+class _Asked(Generic[P]):
+    parsed: P | None
     raw: str
     attempts: int
     status: CallStatus
@@ -511,7 +511,7 @@ async def _ask(
     retry_template: str,
     params: _JudgingParams,
     purpose: str,
-) -> _Asked:
+) -> _Asked[P]:
     """One judge call, asked again once with a format reminder when its answer cannot be read."""
     try:
         first = await gateway.complete(prompt, purpose=purpose, sampling=params.sampling)
@@ -531,8 +531,8 @@ async def _ask(
     except TeacherUnavailable:
         raise
     except TeacherError as exc:
-        return _Asked(None, str(exc)[:500], 0, "teacher_error", None)
-    return _Asked(parsed, raw, attempts, "parsed" if parsed is not None else "unparseable", first.key)
+        return _Asked[P](None, str(exc)[:500], 0, "teacher_error", None)
+    return _Asked[P](parsed, raw, attempts, "parsed" if parsed is not None else "unparseable", first.key)
 
 
 _BY_POSITION: dict[tuple[bool, Choice], Outcome] = {
@@ -561,7 +561,7 @@ async def _judge_order(
         params=params,
         purpose="eval.pairwise",
     )
-    verdict: ParsedVerdict | None = asked.parsed
+    verdict = asked.parsed
     return OrderJudgement(
         swapped=swapped,
         choice=verdict.choice if verdict else None,
@@ -618,7 +618,7 @@ async def score_answer(
     asked = await _ask(
         gateway, text, parse=parse_rating, retry_template="single_retry", params=params, purpose="eval.single"
     )
-    rating: ParsedRating | None = asked.parsed
+    rating = asked.parsed
     return ScoreVerdict(
         prompt_id=prompt.id,
         category=prompt.category,
