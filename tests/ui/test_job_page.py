@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.jobs.models import Job
+from app.ui.web import FLASH_COOKIE
 from tests.conftest import serve_from
 from tests.factories import make_dataset, make_project, make_user
 from tests.ui.test_job_forms import shot
@@ -156,3 +158,27 @@ def test_the_jobs_list_live_update_reads_as_the_list_reloaded(client: Any, db: S
     assert "rejected by reason: rouge_dup 39" in live and "1 min 05 s" in live
     browser_page.goto("http://testserver/ui/jobs")
     assert row.inner_text() == live
+
+
+def test_a_job_that_ended_before_its_page_loaded_shows_no_queued_notice(
+    client: Any, db: Session, browser_page: Any
+):
+    curator = make_user(db, "curator")
+    dataset = make_dataset(db, make_project(db, (curator, "curator")))
+    job = Job(
+        project_id=dataset.project_id,
+        dataset_id=dataset.id,
+        kind="dedup",
+        queue="default",
+        params={},
+        created_by=curator.id,
+    )
+    db.add(job)
+    _finish(db, job)
+    login(client, curator)
+    # What the form's redirect leaves for the next page (app.ui.web.redirect's flash cookie).
+    client.cookies.set(FLASH_COOKIE, quote(f"dedup job {job.id} queued"))
+    serve_from(client, browser_page)
+    browser_page.goto(f"http://testserver/ui/jobs/{job.id}")
+    assert browser_page.inner_text("[data-role=status]") == "succeeded"
+    assert browser_page.locator("main > .flash").count() == 0

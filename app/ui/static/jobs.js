@@ -129,6 +129,11 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    // A job that ended before its page loaded (a small import, a fast dedup) is no longer "queued" either.
+    const detail = document.querySelector(".job-detail");
+    if (detail && FINAL.has(detail.querySelector('[data-role="status"]').textContent)) {
+      for (const f of document.querySelectorAll("main > .flash")) f.remove();
+    }
     for (const btn of document.querySelectorAll("[data-cancel]")) {
       btn.addEventListener("click", async () => {
         btn.disabled = true;
