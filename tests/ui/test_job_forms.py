@@ -225,3 +225,14 @@ def test_an_evol_estimate_without_operations_is_refused_by_name_not_a_server_err
         "field": "params.extra.operations",
     }
     assert teacher.stats()["requests"] == 0
+
+
+def test_rules_posted_as_the_apis_json_list_start_the_same_job(client: Any, db: Session) -> None:
+    curator, dataset = _curated_dataset(db)
+    token = login(client, curator)
+    url = f"/ui/datasets/{dataset.id}/jobs/new/rules"
+    started = client.post(url, data={"csrf_token": token, "rules": '["refusal"]'}, follow_redirects=False)
+    assert started.status_code == 303
+    assert db.scalars(select(Job).where(Job.dataset_id == dataset.id)).one().params["rules"] == ["refusal"]
+    broken = client.post(url, data={"csrf_token": token, "rules": '["refusal"'})
+    assert broken.status_code == 422 and "rules: " in broken.text
