@@ -323,7 +323,7 @@ def export_snapshot(
         _write_zip(path, files)
         return path, path.name, "application/zip"
     records = export_records(db, snap, fmt)
-    writer, ext = formats.EXPORTERS[fmt]
+    writer, ext = formats.ALL_EXPORTERS[fmt]
     if val_fraction <= 0:
         path = out_dir / f"{base}.{ext}"
         with path.open("w", encoding="utf-8") as fh:
@@ -341,9 +341,9 @@ def export_snapshot(
 
 
 def check_export(fmt: str, val_fraction: float) -> None:
-    if fmt not in formats.EXPORTERS:
+    if fmt not in formats.ALL_EXPORTERS:
         raise Invalid(
-            f"unknown export format {fmt!r}; use one of {', '.join(formats.EXPORTERS)}", field="format"
+            f"unknown export format {fmt!r}; use one of {', '.join(formats.ALL_EXPORTERS)}", field="format"
         )
     if not 0.0 <= val_fraction < 1.0:
         raise Invalid("val_fraction must be in [0, 1)", field="val_fraction")
@@ -462,9 +462,32 @@ def _jobs_behind(db: Session, snap: Snapshot, records: Sequence[Mapping[str, Any
                 "status": job.status,
                 "params": _public(job.params),
                 "teacher": {"name": name, "model": model} if name else None,
+                "result": job.result if job.kind == "decontaminate" else {},
             }
         )
     return out
+
+
+def _decontamination(job: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A decontaminate job's findings for the card: against which evaluation set, what it found, and how
+    many exported records still carry its verdict (a person may have kept one)."""
+    params, result = job["params"], job.get("result") or {}
+    against = (
+        f"snapshot {params['eval_snapshot_id']}"
+        if params.get("eval_snapshot_id")
+        else f"dataset {params.get('eval_dataset_id')}"
+    )
+    return {
+        "job": job["id"],
+        "against": against,
+        "ngram": params.get("ngram"),
+        "threshold": params.get("threshold"),
+        **{
+            k: result.get(k, 0) for k in ("eval_prompts", "scanned", "contaminated", "by_ngram", "by_rouge_l")
+        },
+        "eval_prompts_leaked": result.get("eval_prompts_leaked", 0),
+        "exported_contaminated": sum(1 for r in records if r.get("reason") == "contaminated"),
+    }
 
 
 def bundle_files(
@@ -481,6 +504,7 @@ def bundle_files(
     else:
         splits = {"train": records}
     lengths = [_length(r) for r in records]
+    jobs = _jobs_behind(db, snap, records)
     card = formats.CardInfo(
         title=f"{dataset.name} / {snap.name}",
         description=snap.description or dataset.description,
@@ -499,7 +523,8 @@ def bundle_files(
             "prompt": formats.length_summary([p for p, _ in lengths]),
             "response": formats.length_summary([r for _, r in lengths]),
         },
-        jobs=_jobs_behind(db, snap, records),
+        jobs=jobs,
+        evaluations=[_decontamination(job, records) for job in jobs if job["kind"] == "decontaminate"],
         licenses=dict(Counter(r["license"] for r in records if r.get("license"))),
         val_fraction=val_fraction,
         seed=seed,

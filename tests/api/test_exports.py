@@ -274,7 +274,7 @@ def test_card_counts_lengths_licences_and_hash(client, snap, tmp_path):
     assert "| prompt | 12 | 20 | 20.0 | 28 | 28 |" in card
     assert "| response | 1 | 2 | 2.7 | 5 | 5 |" in card  # "5", "hello", "2" + "6"
     assert "1 records carry no licence field" not in card and "2 records carry no licence field" in card
-    assert "there are no decontamination results" in card
+    assert "No decontaminate job ran on this dataset before the snapshot" in card
     assert "No generation or curation job ran" in card
 
 
@@ -424,3 +424,46 @@ def test_push_refuses_a_malformed_repository_id(client, snap, repo_id):
     sid, h, _ = snap
     resp = client.post(f"/api/v1/snapshots/{sid}/hub", json={"repo_id": repo_id}, headers=h)
     assert resp.status_code == 422 and "repo_id" in resp.text
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_card_reports_the_decontamination_job_that_ran(committed, tmp_path):
+    """A real decontaminate job filters the record copying an evaluation prompt; the card says what it found."""
+    from sqlalchemy.orm import Session
+
+    from app.records.schemas import RecordFilter
+    from app.snapshots import service as snapshots
+    from tests.factories import make_records, run_job_now
+
+    leaked = "Write a limerick about a cat who learns to play the violin in the city orchestra at night."
+    with Session(committed) as db:
+        curator = make_user(db, "curator")
+        project = make_project(db, (curator, "curator"))
+        dataset, evals = make_dataset(db, project), make_dataset(db, project)
+        make_records(db, dataset, 3, status="accepted")
+        make_records(db, dataset, 1, status="accepted", instruction=leaked)
+        make_records(db, evals, 1, instruction=leaked)
+        db.commit()
+        db.expunge(curator)
+        ids = (dataset.id, evals.id)
+    job = run_job_now(committed, curator, ids[0], "decontaminate", {"eval_dataset_id": ids[1]})
+    with Session(committed) as db:
+        user = db.merge(curator)
+        snap = snapshots.create_snapshot(
+            db=db,
+            user=user,
+            dataset_id=ids[0],
+            name="clean",
+            description="",
+            flt=RecordFilter(status=["accepted"]),
+        )
+        db.commit()
+        card = snapshots.bundle_files(db, snap, fmt="alpaca", val_fraction=0.0, seed=0, parquet=True)[
+            "README.md"
+        ]
+    text = card.decode()
+    assert snap.record_count == 3
+    assert f"decontaminate job #{job.id} against dataset {ids[1]}" in text
+    assert "4 records scanned, 1 copied 1 of its 1 prompts" in text
+    assert "0 records in this export still carry that verdict" in text
+    assert f"| #{job.id} | decontaminate | succeeded | - |" in text

@@ -9,8 +9,10 @@ from app.pipeline.formats.model import FORMATS, BadLine, FormatError, Limits, Pa
 from app.pipeline.formats.readers import detect_format, iter_records, parse_all
 from app.pipeline.formats.split import split
 from app.pipeline.formats.writers import (
+    ALL_EXPORTERS,
     EXPORT_MEDIA_TYPES,
     EXPORTERS,
+    PAIR_EXPORTERS,
     ROWS,
     to_alpaca,
     to_axolotl,
@@ -25,9 +27,11 @@ from app.pipeline.formats.writers import (
 )
 
 __all__ = [
+    "ALL_EXPORTERS",
     "EXPORTERS",
     "EXPORT_MEDIA_TYPES",
     "FORMATS",
+    "PAIR_EXPORTERS",
     "PROVENANCE",
     "ROWS",
     "BadLine",

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from app.pipeline.formats.card import CardInfo, dataset_card
-from app.pipeline.formats.writers import EXPORTERS, ROWS
+from app.pipeline.formats.writers import ALL_EXPORTERS, ROWS
 
 _MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
 _SHAREGPT_TURN = pa.struct([pa.field("from", pa.string()), pa.field("value", pa.string())])
@@ -140,7 +140,7 @@ def build_bundle(
 ) -> dict[str, bytes]:
     """{path: content}: `data/<split>.<ext>` for each non-empty split, `dataset_info.json` where
     LLaMA-Factory reads the format, and `README.md`, the dataset card."""
-    writer, ext = EXPORTERS[fmt]
+    writer, ext = ALL_EXPORTERS[fmt]
     ext = "parquet" if parquet else ext
     files: dict[str, bytes] = {}
     paths: dict[str, str] = {}

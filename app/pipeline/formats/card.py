@@ -37,6 +37,8 @@ class CardInfo:
     licenses: Mapping[str, int]  # licence field of the source rows -> records
     val_fraction: float = 0.0
     seed: int = 0
+    # Decontaminate jobs' findings: job, against, ngram, threshold, eval_prompts, scanned, contaminated,
+    # by_ngram, by_rouge_l, eval_prompts_leaked, exported_contaminated.
     evaluations: Sequence[Mapping[str, Any]] = field(default_factory=list)
 
 
@@ -198,12 +200,18 @@ def dataset_card(
     out += ["## Decontamination", ""]
     if info.evaluations:
         for ev in info.evaluations:
-            out.append(f"- {text(ev.get('name', 'evaluation'))}: {text(ev.get('result', ''))}")
+            out.append(
+                f"- decontaminate job #{ev['job']} against {text(ev['against'])} (shared {ev['ngram']}-token runs "
+                f"or ROUGE-L ≥ {ev['threshold']}): {ev['scanned']} records scanned, {ev['contaminated']} copied "
+                f"{ev['eval_prompts_leaked']} of its {ev['eval_prompts']} prompts ({ev['by_ngram']} by n-gram, "
+                f"{ev['by_rouge_l']} by ROUGE-L) and were filtered as `contaminated`; "
+                f"{ev['exported_contaminated']} records in this export still carry that verdict."
+            )
         out.append("")
     else:
         out += [
-            "No evaluation has checked this snapshot against a benchmark: there are no decontamination "
-            "results.",
+            "No decontaminate job ran on this dataset before the snapshot: there are no decontamination "
+            "results, and nothing shows the data is free of benchmark prompts.",
             "",
         ]
     out += ["## Licences", ""]

@@ -154,8 +154,12 @@ EXPORTERS: dict[str, tuple[Callable[[Iterable[Mapping[str, Any]], TextIO], int],
     "sharegpt": (write_sharegpt, "json"),
     "openai": (write_openai_jsonl, "jsonl"),
     "axolotl": (write_axolotl_jsonl, "jsonl"),
+}
+# Preference pairs are not records: their rows need the `rejected` reply (see to_dpo).
+PAIR_EXPORTERS: dict[str, tuple[Callable[[Iterable[Mapping[str, Any]], TextIO], int], str]] = {
     "dpo": (write_dpo_jsonl, "jsonl"),
 }
+ALL_EXPORTERS = {**EXPORTERS, **PAIR_EXPORTERS}
 # name -> the one row of a record, as the writers above write it and the Parquet export stores it.
 ROWS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "alpaca": to_alpaca,

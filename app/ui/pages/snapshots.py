@@ -70,5 +70,5 @@ def snapshot_page(request: Request, snapshot_id: int, user: PageUser, db: Sessio
         user,
         **view,
         charts=_charts(view["stats"]),
-        export_formats=list(formats.EXPORTERS),
+        export_formats=list(formats.ALL_EXPORTERS),
     )
