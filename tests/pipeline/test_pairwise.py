@@ -274,6 +274,18 @@ def test_unreadable_or_off_scale_ratings_are_none(text: str) -> None:
     assert parse_rating(text) is None
 
 
+PIECES = [*'AaBbCc[]{}":/ 0123456789.-*\n', "tie", "verdict", "score", "rating", "out of", "评分", "分"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=30).map("".join))
+def test_parsers_never_raise_and_stay_on_their_scales(text: str) -> None:
+    verdict = parse_verdict(text)
+    assert verdict is None or verdict.choice in ("A", "B", "tie")
+    rating = parse_rating(text)
+    assert rating is None or 1.0 <= rating.score <= 10.0
+
+
 def test_fake_judge_formats_all_parse_through_http(fake: FakeTeacher) -> None:
     prompts = [
         EvalPrompt(id=f"q{i}", text=f"Explain topic {i}.", answers={"tuned": "x" * (i + 1), "base": "yy" * i})
