@@ -29,6 +29,14 @@ SAMPLES_FILE = (
 LOSS_CURVE_FILE = "loss_curve.png"
 MERGED_DIR = "merged"
 
+# `python -m trainer.answer SPEC.json` (evaluation generation, issue 18): the spec is a JSON object (see
+# trainer/answer.py); it writes into the spec's output_dir, and honours CANCEL_FILE and STATUS_FILE as training.
+ANSWER_SPEC_FILE = "answer_spec.json"
+ANSWERS_FILE = (
+    "answers.jsonl"  # {"id", "answer", "tokens"} per prompt, appended as they come; resume skips ids here
+)
+VAL_METRICS_FILE = "val_metrics.json"  # {"loss", "perplexity", "tokens", "records"} on the validation records
+
 # `python -m trainer` exit codes: a supervisor tells a cancel from a failure without parsing files.
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
 
