@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -72,6 +74,9 @@ def test_dataset_page_links_to_the_snapshot_page_and_its_split_export_downloads(
     browser_page.click(f'a[href="/ui/snapshots/{snap.id}"]')
     browser_page.wait_for_url(f"**/ui/snapshots/{snap.id}")
     assert browser_page.locator("[data-role=hash]").inner_text() == snap.content_hash
+    if shots := os.environ.get("IF_UI_SCREENSHOTS"):  # a folder: refresh docs/screenshots/snapshot.png
+        Path(shots).mkdir(parents=True, exist_ok=True)
+        browser_page.screenshot(path=str(Path(shots) / "snapshot.png"), full_page=True)
     form = browser_page.locator("form[data-role=export]")
     form.locator("select[name=format]").select_option("openai")
     form.locator("input[name=val_fraction]").fill("0.25")
