@@ -194,12 +194,26 @@ def _settle(conn: Connection) -> None:
     bump(conn, datasets)
 
 
+def _known_to(session: Session, conn: Connection) -> None:
+    """Records the session holds already name their dataset: no look-up for those (a review decision's)."""
+    noted = conn.info.get(_KEY)
+    if not noted or not noted["records"]:
+        return
+    for rid in list(noted["records"]):
+        record = session.identity_map.get(session.identity_key(Record, rid))
+        if isinstance(record, Record) and "dataset_id" in record.__dict__:
+            noted["datasets"].add(record.dataset_id)
+            noted["records"].discard(rid)
+
+
 @event.listens_for(Session, "before_commit")
 def _bump_before_commit(session: Session) -> None:
     # Also where a session's COMMIT is only a savepoint's release (a test's outer transaction).
     if session.in_transaction():
         session.flush()  # the last changes' statements are noted before the stamp moves
-        _settle(session.connection())
+        conn = session.connection()
+        _known_to(session, conn)
+        _settle(conn)
 
 
 @event.listens_for(Engine, "commit")
