@@ -36,7 +36,7 @@ def shown(value: Any) -> str:
         # Lists of objects (dropped examples, templates) are for the raw JSON below the table.
         return f"{len(value)} item{'' if len(value) == 1 else 's'}"
     if isinstance(value, dict):
-        return "none" if not value else f"{len(value)} entries"
+        return "none" if not value else f"{len(value)} entr{'y' if len(value) == 1 else 'ies'}"
     return str(value)
 
 
@@ -78,9 +78,9 @@ def duration(seconds: float | None) -> str:
     """Seconds as `4.2 s`, `3 min 05 s` or `2 h 07 min`."""
     if seconds is None:
         return "–"
-    if seconds < 60:
+    if seconds < 59.95:  # from here on, one decimal would round to "60.0 s"
         return f"{max(seconds, 0.0):.1f} s"
-    whole = int(seconds)
+    whole = int(seconds + 0.5)  # to the nearest second, halves up (as jobs.js's Math.floor(s + 0.5))
     if whole < 3600:
         return f"{whole // 60} min {whole % 60:02d} s"
     return f"{whole // 3600} h {whole % 3600 // 60:02d} min"

@@ -20,7 +20,7 @@
     }
     if (isObject(v)) {
       const n = Object.keys(v).length;
-      return n ? `${n} entries` : "none";
+      return n ? `${n} entr${n === 1 ? "y" : "ies"}` : "none";
     }
     return String(v);
   }
@@ -60,8 +60,8 @@
   function duration(started, finished) {
     if (!started) return "–";
     const seconds = ((finished ? new Date(finished) : new Date()) - new Date(started)) / 1000;
-    if (seconds < 60) return `${Math.max(seconds, 0).toFixed(1)} s`;
-    const whole = Math.floor(seconds);
+    if (seconds < 59.95) return `${Math.max(seconds, 0).toFixed(1)} s`;
+    const whole = Math.floor(seconds + 0.5);
     if (whole < 3600) return `${Math.floor(whole / 60)} min ${String(whole % 60).padStart(2, "0")} s`;
     return `${Math.floor(whole / 3600)} h ${String(Math.floor((whole % 3600) / 60)).padStart(2, "0")} min`;
   }
