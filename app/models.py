@@ -4,6 +4,13 @@ from app.audit.models import AuditLog
 from app.auth.models import ApiToken, User
 from app.base import Base
 from app.datasets.models import Dataset
+from app.evaluation.models import (
+    Evaluation,
+    EvaluationAnswer,
+    EvaluationPrompt,
+    EvaluationSystem,
+    EvaluationVerdict,
+)
 from app.generation.models import LlmCacheEntry, LlmCall
 from app.jobs.models import Job
 from app.projects.models import Project, ProjectMember
@@ -16,6 +23,11 @@ __all__ = [
     "AuditLog",
     "Base",
     "Dataset",
+    "Evaluation",
+    "EvaluationAnswer",
+    "EvaluationPrompt",
+    "EvaluationSystem",
+    "EvaluationVerdict",
     "Job",
     "LlmCacheEntry",
     "LlmCall",
