@@ -7,6 +7,10 @@ base; gradient-checkpointing recomputation is not counted as useful work).
 
     python bench/train.py            # GPU: 8B and 1B LoRA, plus 8B QLoRA peak memory
     python bench/train.py --tiny     # CPU smoke run on a tiny model (figures mean nothing)
+    python bench/train.py --cpu      # a laptop's first run: SmolLM2-135M- and Qwen2.5-0.5B-shaped models on
+                                     # this CPU: seconds per step, tokens/s, time for one epoch of 200 records
+
+Random weights: the time of a step depends on the shapes and the token counts, not on the weights' values.
 
 Prints its figures, then one JSON line last.
 """
@@ -20,6 +24,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +64,28 @@ SHAPES: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 8,
         "vocab_size": 128256,
         "tie_word_embeddings": True,
+    },
+    # the two small instruct models docs/training.md recommends for a laptop, as their config.json has them
+    "smollm2-135m": {
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+        "rope_theta": 100000.0,
+    },
+    "qwen2.5-0.5b": {
+        "model_type": "qwen2",
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+        "rope_theta": 1000000.0,
     },
     "tiny": {
         "hidden_size": 64,
@@ -118,12 +145,15 @@ def build_tokenizer(records: list[dict[str, str]], vocab: int) -> Any:
 
 def save_random_model(path: Path, shape: str, tokenizer: Any, *, dtype: torch.dtype) -> int:
     """Random weights straight on the GPU in bf16 (an 8B fp32 CPU init would take minutes)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-    config = LlamaConfig(
-        **SHAPES[shape],
+    spec = dict(SHAPES[shape])
+    config_cls = Qwen2Config if spec.pop("model_type", "llama") == "qwen2" else LlamaConfig
+    theta = spec.pop("rope_theta", 500000.0)
+    config = config_cls(
+        **spec,
         max_position_embeddings=8192,
-        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        rope_parameters={"rope_type": "default", "rope_theta": theta},
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -133,7 +163,7 @@ def save_random_model(path: Path, shape: str, tokenizer: Any, *, dtype: torch.dt
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(config)
+            model = AutoModelForCausalLM.from_config(config)
     finally:
         torch.set_default_dtype(previous)
     n_params = sum(p.numel() for p in model.parameters())
@@ -339,11 +369,102 @@ def bench_model(
     }
 
 
+def bench_cpu(
+    shape: str, args: argparse.Namespace, work: Path, records: list[dict[str, str]]
+) -> dict[str, Any]:
+    """A newcomer's first LoRA run on this CPU: the trainer's defaults (LoRA r=16 on every linear layer,
+    packing, gradient checkpointing, fp32 on CPU) with one packed row of --max-len tokens per step."""
+    import os
+
+    tokenizer = build_tokenizer(records, 32000)
+    model_dir = work / shape
+    n_params = save_random_model(model_dir, shape, tokenizer, dtype=torch.float32)
+    data_path = work / f"epoch-{shape}.jsonl"
+    epoch = records[: args.epoch_records]
+    data_path.write_text("".join(json.dumps(r) + "\n" for r in epoch), encoding="utf-8")
+    fmt = build_format("alpaca", tokenizer)
+    encoded = [encode_conversation(fmt, tokenizer, c) for c in load_dataset(data_path).conversations]
+    epoch_tokens = sum(min(len(e.input_ids), args.max_len) for e in encoded)
+    load_before = os.getloadavg()
+    out_dir = work / f"ours-{shape}"
+    cpu_marks: dict[int, float] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        # the process's CPU seconds when each metrics line appears: on a shared machine wall time measures the
+        # neighbours too, CPU time mostly measures us
+        while not done.is_set():
+            path = out_dir / "metrics.jsonl"
+            n = len(path.read_text().splitlines()) if path.is_file() else 0
+            cpu_marks.setdefault(n, time.process_time())
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    config = TrainConfig(
+        base_model=str(model_dir),
+        dataset_path=str(data_path),
+        output_dir=str(out_dir),
+        method="lora",
+        max_seq_len=args.max_len,
+        batch_size=1,
+        grad_accum=1,
+        max_steps=args.steps,
+        val_fraction=0.0,
+        logging_steps=1,
+        eval_steps=0,
+        save_steps=0,
+        sample_prompts=0,
+        prompt_format="alpaca",
+        resume=False,
+    )
+    rate, _peak = run_ours(config, args.warmup)
+    done.set()
+    watcher.join()
+    rows = [json.loads(x) for x in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in rows if r["step"] > args.warmup]
+    start = next(r["timestamp"] for r in rows if r["step"] == args.warmup)
+    step_s = (timed[-1]["timestamp"] - start) / len(timed)
+    load_after = os.getloadavg()
+    cpu_step_s = (cpu_marks[len(rows)] - cpu_marks[args.warmup]) / len(timed)
+    threads = torch.get_num_threads()
+    tokens_per_step = sum(r["tokens"] for r in timed) / len(timed)
+    result = {
+        "model": shape,
+        "params": n_params,
+        "threads": threads,
+        "seconds_per_step": round(step_s, 2),
+        "cpu_seconds_per_step": round(cpu_step_s, 2),
+        # what the same step takes when nothing else runs: the CPU seconds spread over our threads
+        "idle_seconds_per_step": round(cpu_step_s / threads, 2),
+        "tokens_per_step": round(tokens_per_step),
+        "tokens_per_s": round(rate, 1),
+        "epoch_records": len(epoch),
+        "epoch_tokens": epoch_tokens,
+        "epoch_minutes": round(epoch_tokens / rate / 60, 1),
+        "idle_tokens_per_s": round(tokens_per_step / (cpu_step_s / threads), 1),
+        "idle_epoch_minutes": round(epoch_tokens / (tokens_per_step / (cpu_step_s / threads)) / 60, 1),
+        "loadavg_1m": [round(load_before[0], 2), round(load_after[0], 2)],
+    }
+    log(
+        f"[{shape}] {n_params / 1e6:,.1f}M params: {step_s:.2f} s/step ({result['tokens_per_step']} real "
+        f"tokens/step), {rate:,.0f} tokens/s; 1 epoch of {len(epoch)} records ({epoch_tokens:,} tokens) "
+        f"= {result['epoch_minutes']} min; {cpu_step_s:.1f} CPU s/step on {threads} threads; "
+        f"load average {load_before[0]:.2f} -> {load_after[0]:.2f}"
+    )
+    shutil.rmtree(model_dir, ignore_errors=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run on a tiny model")
+    parser.add_argument(
+        "--cpu", action="store_true", help="laptop timings on this CPU (SmolLM2-135M, Qwen2.5-0.5B shapes)"
+    )
+    parser.add_argument("--epoch-records", type=int, default=200, help="--cpu: records in the epoch estimate")
     parser.add_argument("--models", default="llama-3-8b,llama-3.2-1b")
     parser.add_argument("--samples", type=int, default=4000)
     parser.add_argument("--steps", type=int, default=30)
@@ -357,13 +478,20 @@ def main() -> None:
     if args.tiny:
         args.models, args.samples, args.steps, args.warmup, args.max_len = "tiny", 300, 8, 2, 512
         torch.set_num_threads(1)
+    if args.cpu:
+        if args.models == parser.get_default("models"):
+            args.models = "smollm2-135m,qwen2.5-0.5b"
+        if args.max_len == parser.get_default("max_len"):
+            args.max_len = 1024
+        args.samples, args.steps, args.warmup = max(args.epoch_records, 300), min(args.steps, 4), 1
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     log(f"device: {device}; torch {torch.__version__}")
     records = real_records(args.samples, seed=0)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for shape in args.models.split(","):
-            results.append(bench_model(shape, args, Path(tmp), records))
+            bench = bench_cpu if args.cpu else bench_model
+            results.append(bench(shape, args, Path(tmp), records))
     head = results[0]
     print(json.dumps({**head, "device": device, "runs": results}))
 
