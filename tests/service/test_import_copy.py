@@ -194,3 +194,25 @@ def test_what_postgresql_cannot_store_is_refused_before_writing(record: ParsedRe
 def test_decode_is_the_inverse_of_encode_for_every_record():
     for rec in RECORDS:
         assert decode_cells(rec.line, encode_cells(rec)) == rec
+
+
+def test_a_role_that_may_not_turn_triggers_off_still_imports_with_per_row_checks(db: Session, tmp_path):
+    dataset_id = make_dataset(db, make_project(db)).id
+    # Roles are transactional in PostgreSQL: this one goes with the test's rollback.
+    db.execute(text("CREATE ROLE if_test_import_plain NOLOGIN"))
+    db.execute(text("GRANT SELECT, INSERT, UPDATE ON records, datasets, jobs TO if_test_import_plain"))
+    db.execute(text("GRANT USAGE ON SEQUENCE records_id_seq TO if_test_import_plain"))
+    db.execute(text("SET LOCAL ROLE if_test_import_plain"))
+    write_records(
+        sessions=[db],
+        dataset_id=dataset_id,
+        records=_spool(RECORDS, tmp_path),
+        fmt="alpaca",
+        key_prefix="k",
+        job_id=None,
+        batch_size=3,
+        fresh=True,
+    )
+    assert len(_stored(db, dataset_id)) == len(RECORDS)
+    assert db.execute(text("SHOW session_replication_role")).scalar_one() == "origin"
+    db.execute(text("RESET ROLE"))
