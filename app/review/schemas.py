@@ -181,6 +181,8 @@ class QueuePosition(BaseModel):
 
     before: int
     total: int
+    before_more: bool = Field(False, description="`before` is a lower bound: counting stopped at the cap.")
+    total_more: bool = Field(False, description="`total` is a lower bound: counting stopped at the cap.")
 
 
 class EditOut(BaseModel):

@@ -131,27 +131,31 @@ def queue_records(
     return rows, assigned
 
 
-def queue_position(*, db: Session, user: User, dataset_id: int, first: ReviewItem | None) -> QueuePosition:
-    """How many queue records come before the page's first record, and how many there are: the page's
-    "n of N". Counted once when the page opens (a count per keystroke would cost every decision a scan)."""
+# Counting a whole queue reads every record in it: ~90 ms at 100,000 pending records on a busy 2-core box,
+# three times the rest of the page (about 5 µs a record). The count stops here instead, and the page says
+# "of 1,000+": past that, the exact figure tells an annotator little.
+POSITION_CAP = 1_000
+
+
+def _count_upto(db: Session, query: Select[int], cap: int) -> tuple[int, bool]:
+    """(rows, whether there are more than `cap`), reading at most cap + 1 rows."""
+    n = int(db.scalar(select(func.count()).select_from(query.limit(cap + 1).subquery())) or 0)
+    return min(n, cap), n > cap
+
+
+def queue_position(*, db: Session, user: User, dataset_id: int, record_id: int | None) -> QueuePosition:
+    """The page's "n of N": how many queue records come before the record the page opens at (`?record=`;
+    none when it opens at the head of the queue) and how many there are. Counted once when the page opens
+    (a count per keystroke would cost every decision a scan), and only up to POSITION_CAP."""
     assigned = _has_assignments(db, user.id, dataset_id)
-    first_id = first.id if first is not None else 0
-    query = _in_queue(
-        select(func.count(Record.id), func.count(Record.id).filter(Record.id < first_id)),
-        user=user,
-        dataset_id=dataset_id,
-        assigned=assigned,
-        now=utcnow(),
-    )
-    total, before = db.execute(query).tuples().one()
-    if first is not None and not _in_queue_now(db, user, dataset_id, assigned, first.id):
-        total += 1  # opened at a record outside the queue (?record= of a decided one): it counts too
-    return QueuePosition(before=int(before or 0), total=int(total or 0))
-
-
-def _in_queue_now(db: Session, user: User, dataset_id: int, assigned: bool, record_id: int) -> bool:
-    query = _in_queue(select(Record.id), user=user, dataset_id=dataset_id, assigned=assigned, now=utcnow())
-    return db.scalar(query.where(Record.id == record_id)) is not None
+    ids = _in_queue(select(Record.id), user=user, dataset_id=dataset_id, assigned=assigned, now=utcnow())
+    total, total_more = _count_upto(db, ids, POSITION_CAP)
+    if record_id is None:
+        return QueuePosition(before=0, total=total, total_more=total_more)
+    before, before_more = _count_upto(db, ids.where(Record.id < record_id), POSITION_CAP)
+    if db.scalar(ids.where(Record.id == record_id)) is None:
+        total += 1  # opened at a record outside the queue (a decided one): it counts too
+    return QueuePosition(before=before, total=total, before_more=before_more, total_more=total_more)
 
 
 def open_assignments_by_dataset(*, db: Session, user: User) -> dict[int, int]:

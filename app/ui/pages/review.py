@@ -27,7 +27,7 @@ def review_page(
         "prefetch": PREFETCH,
         "items": [i.model_dump(mode="json") for i in items],
         "position": review.queue_position(
-            db=db, user=user, dataset_id=dataset_id, first=items[0] if items else None
+            db=db, user=user, dataset_id=dataset_id, record_id=record
         ).model_dump(),
         "open_assignments": review.open_assignments(db=db, user=user, dataset_id=dataset_id),
     }

@@ -20,6 +20,9 @@
     // "n of N": queue records before the first one shown, and the queue's size, when the page opened.
     before: data.position ? data.position.before : 0,
     total: data.position ? data.position.total : data.items.length,
+    // Past 1,000 the server stops counting: those figures are lower bounds, shown with a "+".
+    beforeMore: !!(data.position && data.position.before_more),
+    totalMore: !!(data.position && data.position.total_more),
     writes: 0, // decisions and edits sent and not yet answered
     modeBeforeHelp: "view",
   };
@@ -348,9 +351,10 @@
     const left = Math.max(0, S.items.length - S.pos);
     $("progress").textContent = `${S.reviewed} reviewed this session · ${left} loaded ahead` +
       (S.openAssignments !== null && S.openAssignments !== undefined ? ` · ${S.openAssignments} assigned to you` : "");
-    const total = Math.max(S.total, S.before + S.items.length);
-    $("position").textContent = item ? `${S.before + S.pos + 1} of ${total}`
-      : total ? `end of queue (${total} in it when you opened the page)` : "queue empty";
+    const total = `${Math.max(S.total, S.before + S.items.length).toLocaleString("en")}${S.totalMore ? "+" : ""}`;
+    const n = `${(S.before + S.pos + 1).toLocaleString("en")}${S.beforeMore ? "+" : ""}`;
+    $("position").textContent = item ? `${n} of ${total}`
+      : S.total ? `end of queue (${total} in it when you opened the page)` : "queue empty";
     $("empty").hidden = !!item;
     $("empty").textContent = S.inflight ? "Loading the next records…" : "Your queue is empty. Nothing more to review right now.";
     $("record").classList.toggle("is-empty", !item);
