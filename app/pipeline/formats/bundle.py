@@ -12,41 +12,52 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from app.pipeline.formats.card import CardInfo, dataset_card
 from app.pipeline.formats.writers import ALL_EXPORTERS, ROWS
 
-_MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
-_SHAREGPT_TURN = pa.struct([pa.field("from", pa.string()), pa.field("value", pa.string())])
-_ALPACA = [
-    pa.field("instruction", pa.string()),
-    pa.field("input", pa.string()),
-    pa.field("output", pa.string()),
-    pa.field("system", pa.string()),
-    pa.field("history", pa.list_(pa.list_(pa.string()))),
-]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 # Where a row came from (docs/architecture.md, rule 2), so a trained model's data can be traced back.
 PROVENANCE = ("id", "source", "parent_id", "job_id", "teacher_model", "prompt_hash")
-_PROVENANCE_FIELDS = [
-    pa.field("id", pa.int64()),
-    pa.field("source", pa.string()),
-    pa.field("parent_id", pa.int64()),
-    pa.field("job_id", pa.int64()),
-    pa.field("teacher_model", pa.string()),
-    pa.field("prompt_hash", pa.string()),
-]
-_COLUMNS: dict[str, list[pa.Field]] = {
-    "alpaca": _ALPACA,
-    "alpaca_jsonl": _ALPACA,
-    "sharegpt": [pa.field("conversations", pa.list_(_SHAREGPT_TURN))],
-    "openai": [pa.field("messages", pa.list_(_MESSAGE))],
-    "axolotl": [pa.field("conversations", pa.list_(_MESSAGE))],
-    "dpo": [pa.field(name, pa.list_(_MESSAGE)) for name in ("prompt", "chosen", "rejected")],
-}
+
+
+@lru_cache
+def parquet_schema(fmt: str) -> pa.Schema:
+    # pyarrow is imported here, not at module level: the web process imports this package for every
+    # export and validation, and only a Parquet export needs pyarrow (~0.8 s to import).
+    import pyarrow as pa
+
+    message = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+    sharegpt_turn = pa.struct([pa.field("from", pa.string()), pa.field("value", pa.string())])
+    alpaca = [
+        pa.field("instruction", pa.string()),
+        pa.field("input", pa.string()),
+        pa.field("output", pa.string()),
+        pa.field("system", pa.string()),
+        pa.field("history", pa.list_(pa.list_(pa.string()))),
+    ]
+    columns = {
+        "alpaca": alpaca,
+        "alpaca_jsonl": alpaca,
+        "sharegpt": [pa.field("conversations", pa.list_(sharegpt_turn))],
+        "openai": [pa.field("messages", pa.list_(message))],
+        "axolotl": [pa.field("conversations", pa.list_(message))],
+        "dpo": [pa.field(name, pa.list_(message)) for name in ("prompt", "chosen", "rejected")],
+    }
+    provenance = [
+        pa.field("id", pa.int64()),
+        pa.field("source", pa.string()),
+        pa.field("parent_id", pa.int64()),
+        pa.field("job_id", pa.int64()),
+        pa.field("teacher_model", pa.string()),
+        pa.field("prompt_hash", pa.string()),
+    ]
+    return pa.schema([*columns[fmt], *provenance])
+
 
 # LLaMA-Factory's dataset_info.json entry per format (its data/README.md): how its loader reads our rows.
 _ROLE_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
@@ -80,10 +91,6 @@ _LLAMAFACTORY: dict[str, dict[str, Any]] = {
 _LLAMAFACTORY["alpaca_jsonl"] = _LLAMAFACTORY["alpaca"]
 
 
-def parquet_schema(fmt: str) -> pa.Schema:
-    return pa.schema([*_COLUMNS[fmt], *_PROVENANCE_FIELDS])
-
-
 def parquet_row(fmt: str, rec: Mapping[str, Any]) -> dict[str, Any]:
     """One Parquet row: the format's row with its optional columns filled, then id and provenance."""
     row = ROWS[fmt](rec)
@@ -97,6 +104,9 @@ def parquet_row(fmt: str, rec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parquet_bytes(fmt: str, records: Sequence[Mapping[str, Any]]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     table = pa.Table.from_pylist([parquet_row(fmt, r) for r in records], schema=parquet_schema(fmt))
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
