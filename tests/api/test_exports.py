@@ -467,3 +467,11 @@ def test_card_reports_the_decontamination_job_that_ran(committed, tmp_path):
     assert "4 records scanned, 1 copied 1 of its 1 prompts" in text
     assert "0 records in this export still carry that verdict" in text
     assert f"| #{job.id} | decontaminate | succeeded | - |" in text
+
+
+def test_the_web_process_imports_neither_pyarrow_nor_huggingface_hub():
+    """Parquet writing and the Hub client load where they are used (an export, the worker's push job)."""
+    from tests.test_layering import _modules_after
+
+    loaded = _modules_after("import app.main; app.main.create_app()")
+    assert not {"pyarrow", "huggingface_hub"} & loaded
