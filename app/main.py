@@ -25,6 +25,7 @@ from app.datasets.router import router as datasets_router
 from app.db import get_engine, refusal
 from app.edge import check_request
 from app.errors import DomainError, validation_message
+from app.evaluation.router import router as evaluations_router
 from app.generation.router import router as generation_router
 from app.imports.router import router as imports_router
 from app.jobs.router import router as jobs_router
@@ -181,6 +182,7 @@ def create_app() -> FastAPI:
         jobs_router,
         snapshots_router,
         training_router,
+        evaluations_router,
         review_router,
         generation_router,
         audit_router,

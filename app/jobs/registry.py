@@ -67,6 +67,17 @@ register(
 )
 register(
     JobKind(
+        "evaluate",
+        "gpu",
+        "app.evaluation.schemas.EvaluationJobParams",
+        "app.evaluation.jobs.run_evaluation_job",
+        "Systems answer a prompt set, a judge compares every pair (created through POST /evaluations).",
+        needs_dataset=False,
+        internal=True,
+    )
+)
+register(
+    JobKind(
         "dedup",
         "default",
         "app.curation.schemas.DedupParams",

@@ -5,6 +5,9 @@ from fastapi.responses import FileResponse
 
 from app.auth.models import Role
 from app.deps import CurrentUser, SessionDep
+from app.evaluation import router as evaluations
+from app.evaluation import service as evaluation_service
+from app.evaluation.schemas import EvaluateAgainstBase, EvaluationRead
 from app.jobs import service as jobs
 from app.jobs.models import Job
 from app.training import service
@@ -91,3 +94,13 @@ def download_artifact(run_id: int, path: str, user: CurrentUser, db: SessionDep)
     """Metrics, summary and loss curve for project members; the data and weights for curators and admins."""
     target = service.download_artifact(db=db, user=user, run_id=run_id, path=path)
     return FileResponse(target, filename=target.name)
+
+
+@router.post("/training-runs/{run_id}/evaluate-against-base", response_model=EvaluationRead, status_code=202)
+def evaluate_against_base(
+    run_id: int, body: EvaluateAgainstBase, user: CurrentUser, db: SessionDep
+) -> EvaluationRead:
+    """Queue an evaluation of the run against its base model on its snapshot's validation split."""
+    evaluation = evaluation_service.evaluate_against_base(db=db, user=user, run_id=run_id, body=body)
+    job = evaluation_service.job_of(db=db, evaluation=evaluation)
+    return evaluations.read(evaluation, job, evaluations.systems(db, evaluation.id))
