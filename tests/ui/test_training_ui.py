@@ -200,6 +200,9 @@ def test_the_training_form_offers_the_models_found_and_says_why_others_are_refus
         assert "refused: " in refused[name] and words in refused[name]
     browser_page.click('[data-role="refused-models"] summary')
     assert "missing tokenizer" in browser_page.locator('[data-role="refused-models"] table').inner_text()
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        browser_page.locator("#train-form").screenshot(path=str(Path(SHOTS) / "training_form.png"))
     browser_page.select_option('[data-role="base-model"]', "tiny-llama-chat")
     browser_page.select_option("select[name=snapshot_id]", str(snap.id))
     browser_page.fill("textarea[name=hyperparameters]", '{"max_steps": 2}')
