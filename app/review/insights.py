@@ -30,6 +30,9 @@ MAX_EVENTS = 50_000
 FILTERED = "filtered"
 # The two sets of dataset-page figures, each cached on its own.
 ALL_RECORDS, WITHOUT_FILTERED = "all", "without_filtered"
+# Part of every cache key: raise it when the cached figures change shape, so that a page never reads figures
+# an older version stored (a missing key would fail the template).
+FIGURES_VERSION = "v1"
 
 
 def _bucket_expr(value: ColumnElement[Any], edges: Sequence[float]) -> ColumnElement[Any]:
@@ -75,7 +78,7 @@ def dataset_stats(
     return datasets.cached_stats(
         db=db,
         dataset_id=dataset_id,
-        variant=ALL_RECORDS if include_filtered else WITHOUT_FILTERED,
+        variant=f"{FIGURES_VERSION}:" + (ALL_RECORDS if include_filtered else WITHOUT_FILTERED),
         compute=lambda: compute_dataset_stats(
             db=db, dataset_id=dataset_id, include_filtered=include_filtered
         ),
@@ -176,7 +179,7 @@ def dataset_page_figures(
     return datasets.cached_stats(
         db=db,
         dataset_id=dataset_id,
-        variant="page:" + (ALL_RECORDS if include_filtered else WITHOUT_FILTERED),
+        variant=f"page:{FIGURES_VERSION}:" + (ALL_RECORDS if include_filtered else WITHOUT_FILTERED),
         compute=lambda: {
             "stats": compute_dataset_stats(db=db, dataset_id=dataset_id, include_filtered=include_filtered),
             "groups": _duplicate_groups(db, dataset_id, GROUP_MIN_SCORE, 20),
