@@ -27,7 +27,8 @@ figures under the new stamp and keep them.
 
 A transaction on a bare connection (`engine.begin()`) is settled the same way by the connection's commit
 event. Writes SQLAlchemy never sees (raw DBAPI cursors) must be inserts: an update made that way would not
-move the stamp.
+move the stamp. Textual SQL (`text("UPDATE records ...")`) is not parsed either; the two such statements in
+the code base only take row locks (`SET version = version`) and change no figure.
 """
 
 from __future__ import annotations
