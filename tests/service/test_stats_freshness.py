@@ -339,3 +339,14 @@ def test_near_duplicate_groups_follow_a_dedup_and_a_group_decision(world: dict[s
         ),
     )
     assert page_figures(world)["groups"][0]["anchor_status"] == "accepted"
+
+
+def test_an_update_with_ordered_values_shows_at_once(world: dict[str, Any]) -> None:
+    view(world)
+    poison(world)
+    with Session(world["engine"]) as db:
+        db.execute(
+            update(Record).where(Record.id == world["ids"][1]).ordered_values((Record.status, "rejected"))
+        )
+        db.commit()
+    assert view(world)["by_status"] == {"pending": 3, "rejected": 1}
