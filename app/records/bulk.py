@@ -4,8 +4,10 @@ Every job that creates records (import, convert, mix, Self-Instruct, Evol-Instru
 stable `gen_key`, so a job redelivered after a crash re-inserts the same keys and the unique index
 uq_records_dataset_gen_key turns the replay into a no-op. PostgreSQL and SQLite both say "insert, ignoring
 conflicts" as ON CONFLICT DO NOTHING, but SQLAlchemy builds it with a different construct for each: the
-choice is made here, once. The only other writer of new records is the import's PostgreSQL COPY path
-(app.imports.service), which streams rows around SQLAlchemy for speed and ends in the same ON CONFLICT.
+choice is made here, once. The only other writer of new records is the import's PostgreSQL binary COPY
+(app.imports.service, app.imports.spool), which streams rows around SQLAlchemy for speed: straight into
+records on a job's first attempt, otherwise through a staging table and the same ON CONFLICT.
+tests/service/test_import_copy.py holds the two writers to storing the same rows.
 """
 
 from __future__ import annotations
