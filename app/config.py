@@ -65,7 +65,11 @@ class Settings(BaseSettings):
     models_dir: Path = Field(
         Path("models"), description="Base models for training must be local directories under this folder."
     )
-    allow_hub_download: bool = Field(False, description="Let the trainer download base models from a hub.")
+    allow_hub_download: bool = Field(
+        False,
+        description="Let `instructforge models fetch` download base models from the Hugging Face hub into "
+        "MODELS_DIR. Training itself always reads local folders.",
+    )
     hub_token: SecretStr | None = Field(
         None,
         description="A Hugging Face (or Hub-compatible) write token: lets curators push snapshots to the Hub. "

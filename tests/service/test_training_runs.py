@@ -11,6 +11,7 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.audit.models import AuditLog
 from app.config import get_settings
 from app.jobs.models import Job
 from app.records.schemas import RecordFilter
@@ -312,6 +313,8 @@ def test_samples_before_the_trainer_wrote_them_say_so_and_only_curators_read_the
     )
     got = client.get(url, headers=h).json()
     assert got["written"] and got["skipped_lines"] == 2
+    views = db.scalars(select(AuditLog.detail).where(AuditLog.action == "training.samples_view")).all()
+    assert views == [{"samples": 2}]  # snapshot data read: in the audit log, like a download
     assert got["samples"] == [
         {
             "step": None,
