@@ -389,7 +389,7 @@ def preference_records(db: Session, snap: Snapshot) -> list[dict[str, Any]]:
             for rev in db.scalars(
                 select(RecordRevision).where(
                     RecordRevision.record_id.in_(list(first)),
-                    RecordRevision.version.in_(set(first.values())),
+                    RecordRevision.version.in_(sorted(set(first.values()))),
                 )
             )
             if first.get(rev.record_id) == rev.version

@@ -475,3 +475,11 @@ def test_the_web_process_imports_neither_pyarrow_nor_huggingface_hub():
 
     loaded = _modules_after("import app.main; app.main.create_app()")
     assert not {"pyarrow", "huggingface_hub"} & loaded
+
+
+def test_card_licence_is_the_one_the_sources_name_else_other_or_unknown():
+    from app.pipeline.formats.card import license_id
+
+    assert license_id({"Apache-2.0 ": 3}) == "apache-2.0"
+    assert license_id({"mit": 1, "cc-by-4.0": 2}) == "other"
+    assert license_id({}) == "unknown"

@@ -108,7 +108,7 @@ def _front_matter(info: CardInfo, files: Mapping[str, str], total: int) -> str:
         ],
     }
     if len(info.licenses) > 1:
-        meta["license_name"] = "several; see Licences"
+        meta["license_name"] = "several-see-licences-section"  # the Hub wants a slug here
     return "---\n" + yaml.safe_dump(meta, allow_unicode=True, sort_keys=False) + "---\n"
 
 
