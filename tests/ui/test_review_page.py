@@ -234,3 +234,17 @@ def test_favicon_is_served_at_favicon_ico_and_linked_from_every_page(client: Any
     assert href is not None
     linked = client.get(href.group(1))
     assert linked.status_code == 200 and linked.content == resp.content
+
+
+def test_a_refused_username_comes_back_escaped(client: Any) -> None:
+    page = client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token is not None
+    typed = '"><img src=x onerror="window.__xss=1">'
+    resp = client.post(
+        "/login",
+        data={"username": typed, "password": "whatever", "csrf_token": token.group(1), "next": "/ui"},
+    )
+    assert resp.status_code == 401
+    assert typed not in resp.text
+    assert 'value="&#34;&gt;&lt;img src=x onerror=&#34;window.__xss=1&#34;&gt;"' in resp.text
