@@ -13,13 +13,14 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     # The commands' modules are imported here, not at the top: `import app.cli` stays cheap for the console
     # script, and only parsing pays for the pipeline's imports (openai, rouge) that every command's --help needs.
-    from app.cli import curate, generate, models, service
+    from app.cli import curate, evaluate, generate, models, service
 
     parser = argparse.ArgumentParser(prog="instructforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     service.add_cli(sub)
     curate.add_cli(sub)
     generate.add_cli(sub)
+    evaluate.add_cli(sub)
     models.add_cli(sub)
     return parser
 
