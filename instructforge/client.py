@@ -648,7 +648,8 @@ class Client:
         self, snapshot_id: int, dest: str | Path, *, format: str = "alpaca", **options: Any
     ) -> Path:
         """Download an export (streamed) into `dest`: a file path, or a directory to keep the service's
-        file name. Options are the export's query parameters (val_fraction, seed, bundle, parquet: see docs/formats.md). Returns the path."""
+        file name. Options are the export's query parameters (val_fraction, seed, bundle, parquet: see
+        docs/formats.md). Returns the path."""
         params = {"format": format, **{k: _query_value(v) for k, v in options.items() if v is not None}}
         return self._download(f"/snapshots/{snapshot_id}/export", Path(dest), params=params)
 
