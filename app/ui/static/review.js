@@ -426,6 +426,7 @@
     S.modeBeforeHelp = S.mode;
     S.mode = "help";
     $("help").hidden = false;
+    $("help-card").focus(); // screen readers start reading the dialog; Esc still closes it
   }
 
   function closeHelp() {
