@@ -114,9 +114,9 @@ def _lock_parents(cur: Any, *, dataset_id: int, job_id: int | None) -> bool:
 
     The same guarantee at a fraction of the cost: `FOR KEY SHARE` is the lock PostgreSQL's own
     foreign-key check takes on the parent row, so neither the dataset nor the job can be deleted until
-    this transaction ends, and a parent already gone is NotFound before any row is written. `records`
-    has no triggers but foreign keys; the caller turns them back on before the transaction does anything
-    else. Without the privilege to set session_replication_role, the rows are checked one by one as before.
+    this transaction ends, and a parent already gone is NotFound before any row is written. The caller
+    turns the triggers back on before the transaction does anything else. Without the privilege to set
+    session_replication_role, or if records has a trigger of its own, rows are checked one by one as before.
     """
     if cur.execute("SELECT 1 FROM datasets WHERE id = %s FOR KEY SHARE", (dataset_id,)).fetchone() is None:
         raise NotFound(f"dataset {dataset_id} not found")
@@ -124,6 +124,12 @@ def _lock_parents(cur: Any, *, dataset_id: int, job_id: int | None) -> bool:
         cur.execute("SELECT 1 FROM jobs WHERE id = %s FOR KEY SHARE", (job_id,)).fetchone() is None
     ):
         raise NotFound(f"job {job_id} not found")
+    # Replica mode turns every trigger off, not only the foreign keys': if records ever has one of its own
+    # (user-defined, not internal), rows are checked and triggered one by one instead.
+    if cur.execute(
+        "SELECT 1 FROM pg_trigger WHERE tgrelid = 'records'::regclass AND NOT tgisinternal LIMIT 1"
+    ).fetchone():
+        return False
     allowed = "current_setting('is_superuser') = 'on'"
     if cur.connection.info.server_version >= 150000:  # GRANT SET ON PARAMETER came with PostgreSQL 15
         allowed += " OR has_parameter_privilege('session_replication_role', 'SET')"

@@ -216,3 +216,31 @@ def test_a_role_that_may_not_turn_triggers_off_still_imports_with_per_row_checks
     assert len(_stored(db, dataset_id)) == len(RECORDS)
     assert db.execute(text("SHOW session_replication_role")).scalar_one() == "origin"
     db.execute(text("RESET ROLE"))
+
+
+def test_a_trigger_of_its_own_on_records_still_fires_for_imported_rows(db: Session, tmp_path):
+    dataset_id = make_dataset(db, make_project(db)).id
+    # DDL is transactional in PostgreSQL: the function and trigger go with the test's rollback.
+    db.execute(
+        text(
+            "CREATE FUNCTION if_test_mark() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN NEW.label := 'triggered'; RETURN NEW; END $$"
+        )
+    )
+    db.execute(
+        text(
+            "CREATE TRIGGER if_test_mark BEFORE INSERT ON records FOR EACH ROW EXECUTE FUNCTION if_test_mark()"
+        )
+    )
+    write_records(
+        sessions=[db],
+        dataset_id=dataset_id,
+        records=_spool(RECORDS, tmp_path),
+        fmt="alpaca",
+        key_prefix="k",
+        job_id=None,
+        batch_size=3,
+        fresh=True,
+    )
+    labels = db.scalars(select(Record.label).where(Record.dataset_id == dataset_id)).all()
+    assert labels == ["triggered"] * len(RECORDS)
