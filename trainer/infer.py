@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,48 +69,132 @@ def load_for_inference(
     return model, tokenizer, fmt
 
 
+@dataclass(frozen=True)
+class Completion:
+    """One prompt's answer from :func:`iter_completions`."""
+
+    index: int  # the prompt's position in the list given
+    text: str
+    token_ids: list[int]  # the generated tokens before the first stop token (which is not included)
+    stopped: bool  # ended on a stop token; False when max_new_tokens cut it off
+
+
+def encode_prompts(
+    fmt: PromptFormat,
+    tokenizer: Any,
+    prompts: Sequence[str] | Sequence[list[dict[str, str]]] | Sequence[list[Message]],
+) -> list[list[int]]:
+    """The prompt tokens of each user prompt (or conversation ending with a user turn) in the saved format."""
+    return [encode_prompt(fmt, tokenizer, prompt_messages(p)) for p in prompts]
+
+
 @torch.no_grad()
-def generate(
+def iter_completions(
     model: Any,
     tokenizer: Any,
     fmt: PromptFormat,
-    prompts: list[str] | list[list[dict[str, str]]] | list[list[Message]],
+    prompt_ids: Sequence[list[int]],
     *,
     max_new_tokens: int = 128,
-    greedy: bool = True,
     batch_size: int = 8,
-) -> list[str]:
-    """Completions for user prompts (or conversations ending with a user turn), built with the saved format.
+    greedy: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> Iterator[list[Completion]]:
+    """Completions of encoded prompts, one list per batch as each batch finishes, longest prompts first.
 
-    Batches are left-padded so every prompt ends where generation starts.
+    Prompts are sorted by length before batching, so a batch pads little, and left-padded, so every row ends
+    where generation starts; the model's KV cache is on (a training model may have it switched off). Greedy
+    rows are the same tokens as one prompt at a time. Sampling uses temperature and top_p only (top_k off,
+    whatever the model's generation_config says) and seeds the RNG per batch from `seed` and the batch's
+    number, in a forked RNG state: the same prompts, batch size and seed give the same completions, and
+    the caller's RNG is left as it was.
     """
     stop_ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in fmt.stop_tokens]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     device = next(model.parameters()).device
+    # longest first: an out-of-memory shows up in the first batch, not at the end; ties keep input order
+    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
+    sampling: dict[str, Any] = (
+        {"do_sample": False}
+        if greedy
+        else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    )
     was_training = model.training
     model.eval()
-    results: list[str] = []
     try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            encoded = [encode_prompt(fmt, tokenizer, prompt_messages(p)) for p in chunk]
+        for number, start in enumerate(range(0, len(order), batch_size)):
+            chunk = order[start : start + batch_size]
+            encoded = [prompt_ids[i] for i in chunk]
             width = max(len(e) for e in encoded)
             input_ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
             attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-            output = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                max_new_tokens=max_new_tokens,
-                do_sample=not greedy,
-                eos_token_id=stop_ids,
-                pad_token_id=pad_id,
-            )
-            for row in output[:, width:].tolist():
-                cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
-                results.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
+            with _seeded(None if greedy else seed + number, device):
+                output = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=stop_ids,
+                    pad_token_id=pad_id,
+                    use_cache=True,
+                    **sampling,
+                )
+            batch: list[Completion] = []
+            for index, row in zip(chunk, output[:, width:].tolist(), strict=True):
+                cut = next((i for i, t in enumerate(row) if t in stop_ids), None)
+                tokens = row if cut is None else row[:cut]
+                text = tokenizer.decode(tokens, skip_special_tokens=True)
+                batch.append(Completion(index=index, text=text, token_ids=tokens, stopped=cut is not None))
+            yield batch
     finally:
         model.train(was_training)
-    return results
+
+
+@contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    if seed is None:
+        yield
+        return
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    fmt: PromptFormat,
+    prompts: Sequence[str] | Sequence[list[dict[str, str]]] | Sequence[list[Message]],
+    *,
+    max_new_tokens: int = 128,
+    greedy: bool = True,
+    batch_size: int = 8,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> list[str]:
+    """Completions for user prompts (or conversations ending with a user turn), in the order given.
+
+    Built with the saved format and batched by :func:`iter_completions` (sorted by length, left-padded).
+    """
+    texts = [""] * len(prompts)
+    for batch in iter_completions(
+        model,
+        tokenizer,
+        fmt,
+        encode_prompts(fmt, tokenizer, prompts),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        greedy=greedy,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+    ):
+        for completion in batch:
+            texts[completion.index] = completion.text
+    return texts
 
 
 def export_merged(
