@@ -4,7 +4,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-FormatName = Literal["auto", "alpaca", "sharegpt", "openai", "dolly", "self_instruct", "mt_bench", "belle_eval"]
+FormatName = Literal[
+    "auto", "alpaca", "sharegpt", "openai", "dolly", "self_instruct", "mt_bench", "belle_eval"
+]
 
 
 class ImportParams(BaseModel):

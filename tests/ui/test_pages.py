@@ -197,7 +197,8 @@ def test_dataset_page_draws_records_without_a_neighbour_at_the_cutoff_as_their_o
     ds = make_dataset(db, world["project"])
     deduped_records(db, ds)  # 4 with none ≥ 0.70, 2 real scores in 0.9, 1 never compared
     login(client, world["curator"])
-    page = client.get(f"/ui/datasets/{ds.id}?include_filtered=true")  # the 0.9 pair was filtered as duplicates
+    # the 0.9 pair was filtered as duplicates
+    page = client.get(f"/ui/datasets/{ds.id}?include_filtered=true")
     assert page.status_code == 200
     nn = page.text.split("Nearest-neighbour ROUGE-L</figcaption>", 1)[1].split("</figure>", 1)[0]
     bars = re.findall(r"<title>([^<]*): (\d+)</title>", nn)
