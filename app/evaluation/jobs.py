@@ -600,8 +600,14 @@ def decontamination(ctx: JobContext, ev: EvalInfo, prompts: Sequence[SetPrompt])
             continue
         seen.add(system.snapshot_id)
         evals = EvalSet(ngram=ngram, threshold=threshold, ngram_cjk=16)
+        # One entry per distinct text: EvalSet names the first prompt holding an n-gram, and a set with the
+        # same prompt twice must count both as leaked.
+        same_text: dict[str, list[str]] = {}
         for p in prompts:
-            evals.add(p.prompt_id, p.text)
+            if p.text not in same_text:
+                evals.add(p.prompt_id, p.text)
+            same_text.setdefault(p.text, []).append(p.prompt_id)
+        ids_of = {ids[0]: ids for ids in same_text.values()}
         leaks: dict[str, dict[str, Any]] = {}
         scanned = copies = 0
         with ctx.session() as db:
@@ -615,7 +621,13 @@ def decontamination(ctx: JobContext, ev: EvalInfo, prompts: Sequence[SetPrompt])
                     continue
                 copies += 1
                 leak = leaks.setdefault(
-                    hit["eval"], {"prompt_id": hit["eval"], "prompt": hit["eval_prompt"], "copies": []}
+                    hit["eval"],
+                    {
+                        "prompt_id": hit["eval"],
+                        "prompt_ids": ids_of[hit["eval"]],
+                        "prompt": hit["eval_prompt"],
+                        "copies": [],
+                    },
                 )
                 leak["copies"].append(
                     {
@@ -631,7 +643,8 @@ def decontamination(ctx: JobContext, ev: EvalInfo, prompts: Sequence[SetPrompt])
                 "systems": systems,
                 "records_scanned": scanned,
                 "copies": copies,
-                "prompts_leaked": len(leaks),
+                "prompts_leaked": sum(len(leak["prompt_ids"]) for leak in leaks.values()),
+                "leaked_prompt_ids": sorted({pid for leak in leaks.values() for pid in leak["prompt_ids"]}),
                 "leaks": list(leaks.values())[:MAX_LEAKS_LISTED],
             }
         )
@@ -655,7 +668,9 @@ def _results(
         "validation": validation,
         "decontamination": contamination,
     }
-    leaked = {leak["prompt_id"] for snap in contamination["snapshots"] for leak in snap["leaks"]}
+    leaked = {
+        pid for snap in contamination["snapshots"] for leak in snap["leaks"] for pid in leak["prompt_ids"]
+    }
     if leaked:
         # The same figures without the prompts a trained system may have seen: a win that vanishes here
         # was a leak.

@@ -430,7 +430,7 @@ def test_a_model_trained_on_the_answers_beats_its_base_with_an_interval_above_on
                 "lr": 3e-3,
                 "logging_steps": 10,
                 "eval_steps": 0,
-                "val_fraction": 0.0,
+                "val_fraction": 0.25,
                 "sample_prompts": 0,
                 "gradient_checkpointing": False,
                 "max_seq_len": 128,
@@ -456,5 +456,14 @@ def test_a_model_trained_on_the_answers_beats_its_base_with_an_interval_above_on
     overall = next(r for r in results["pairwise"]["win_rates"] if r["category"] is None)
     assert overall["system_a"] == "trained" and overall["n"] == 12
     assert overall["ci_low"] > 0.5, overall
-    # every eval prompt is in the training snapshot: decontamination says so
-    assert results["decontamination"]["snapshots"][0]["prompts_leaked"] == 12
+    # every eval prompt is in the training snapshot (4 questions, 3 records each): decontamination says so
+    (snap,) = results["decontamination"]["snapshots"]
+    assert (snap["copies"], snap["prompts_leaked"], len(snap["leaks"])) == (12, 12, 4)
+    assert results["pairwise_without_leaked"]["win_rates"] == []
+    # the run held out 3 of its 12 records: the trained system's loss and perplexity on them
+    validation = results["validation"]["trained"]
+    assert (
+        validation["records"] == 3
+        and validation["perplexity"] > 1
+        and validation["training_run_id"] == run_id
+    )
