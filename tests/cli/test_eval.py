@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from app.cli import main
 
@@ -69,3 +72,49 @@ def test_eval_refuses_fewer_than_two_systems_and_unknown_teachers(teacher, share
     assert main(["eval", prompts, "--teacher", "fake", "--run", str(tmp_path), *common]) == 1
     assert "not a training run" in capsys.readouterr().err
     assert not Path(tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("trainer.answer") is None, reason="trainer/answer.py has not landed yet"
+)
+def test_eval_generates_with_two_local_base_models_and_judges_them(teacher, tmp_path, capsys):
+    pytest.importorskip("torch")
+    from tests.trainer.conftest import CHAT_TEMPLATE, _save_model, _tokenizer
+
+    models = tmp_path / "models"
+    _save_model(models / "tiny-llama", _tokenizer(None))
+    _save_model(models / "tiny-llama-chat", _tokenizer(CHAT_TEMPLATE))
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(
+        json.dumps(
+            [{"instruction": f"Name a colour number {i}.", "input": "", "output": "Red."} for i in range(3)]
+        )
+    )
+    out = tmp_path / "eval.jsonl"
+    args = [
+        "eval",
+        str(prompts),
+        "--base",
+        "tiny-llama",
+        "--base",
+        "tiny-llama-chat",
+        "--models-dir",
+        str(models),
+    ]
+    args += [
+        "--judge",
+        "fake",
+        "--teachers-config",
+        _teachers(teacher),
+        "--max-new-tokens",
+        "6",
+        "-o",
+        str(out),
+    ]
+    assert main([*args, "--json"]) == 0, capsys.readouterr().err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    answers = [line for line in lines if line["type"] == "answer"]
+    assert sorted({a["system"] for a in answers}) == ["base tiny-llama", "base tiny-llama-chat"]
+    assert len(answers) == 6 and sum(line["type"] == "verdict" for line in lines) == 3
+    assert (tmp_path / "eval.jsonl.work" / "base-tiny-llama" / "answers.jsonl").is_file()
