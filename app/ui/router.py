@@ -6,9 +6,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.ui.pages import account, audit, auth, datasets, jobs, projects, review, snapshots, training
+from app.ui.pages import (
+    account,
+    audit,
+    auth,
+    datasets,
+    evaluations,
+    jobs,
+    projects,
+    review,
+    snapshots,
+    training,
+)
 from app.ui.web import HtmlRoute
 
 router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
-for page in (auth, account, projects, datasets, jobs, review, snapshots, training, audit):
+for page in (auth, account, projects, datasets, jobs, review, snapshots, training, evaluations, audit):
     router.include_router(page.router)

@@ -10,9 +10,10 @@ from sqlalchemy.orm import Session
 from app.auth.models import User
 from app.datasets import service as datasets
 from app.deps import SessionDep
+from app.errors import Invalid
 from app.projects import service as projects
 from app.snapshots import service as snapshots
-from app.ui.web import HtmlRoute, PageUser, render
+from app.ui.web import CheckedForm, HtmlRoute, PageUser, redirect, render
 
 router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
 
@@ -41,9 +42,53 @@ def _snapshots(db: Session, user: User) -> list[tuple[Any, str]]:
     return snaps
 
 
+def _run_context(db: Session, user: User, run_id: int, error: Invalid | None = None) -> dict[str, Any]:
+    """The run page's server-drawn part: its evaluations and the "evaluate against base" form (404 as the API,
+    unless a member of the run's project)."""
+    from app.evaluation import browse
+    from app.generation import service as generation
+
+    try:
+        judges = [t.name for t in generation.list_teachers(user=user)]
+    except Invalid:
+        judges = []
+    return {
+        "run_id": run_id,
+        "evaluations": browse.evaluations_of_run(db=db, user=user, run_id=run_id),
+        "judges": judges,
+        "eval_error": error.message if error else None,
+    }
+
+
+def _evaluate_against_base(db: Session, user: User, run_id: int, form: Any) -> Any:
+    from pydantic import ValidationError
+
+    from app.errors import validation_message
+    from app.evaluation import service as evaluations
+    from app.evaluation.schemas import EvaluateAgainstBase
+
+    fields = {k: str(form.get(k, "")).strip() for k in ("judge_teacher", "split", "max_prompts")}
+    body = {k: v for k, v in fields.items() if v} | {"scores": form.get("scores") == "on"}
+    try:
+        request = EvaluateAgainstBase.model_validate(body)
+    except ValidationError as exc:
+        raise Invalid(validation_message(exc.errors()), field=str(exc.errors()[0]["loc"][0])) from None
+    return evaluations.evaluate_against_base(db=db, user=user, run_id=run_id, body=request)
+
+
 @router.get("/ui/training/{run_id}")
 def training_run_page(request: Request, run_id: int, user: PageUser, db: SessionDep) -> Response:
-    from app.training import service as training
+    return render(request, "training_run.html", user, **_run_context(db, user, run_id))
 
-    training.require_run(db=db, user=user, run_id=run_id)  # 404 as the API, unless a member of its project
-    return render(request, "training_run.html", user, run_id=run_id)
+
+@router.post("/ui/training/{run_id}/evaluate-against-base")
+def evaluate_against_base(
+    request: Request, run_id: int, form: CheckedForm, user: PageUser, db: SessionDep
+) -> Response:
+    """Queue the run against its own base model; the form again, naming the field, if refused."""
+    try:
+        evaluation = _evaluate_against_base(db, user, run_id, form)
+    except Invalid as exc:
+        context = _run_context(db, user, run_id, exc)
+        return render(request, "training_run.html", user, status_code=exc.status_code, **context)
+    return redirect(f"/ui/evaluations/{evaluation.id}", f"evaluation {evaluation.id} queued")
