@@ -168,3 +168,35 @@ def test_the_bulk_count_refuses_a_malformed_filter_naming_the_field(client: Any,
     assert ok.status_code == 200 and ok.json() == {"count": 3}
     bad = client.get(f"/ui/datasets/{world['ds']}/bulk/count", params={"min_nn_score": "lots"})
     assert bad.status_code == 422 and "min_nn_score" in bad.text
+
+
+def test_the_forms_offer_every_import_and_export_format_and_a_bundle_with_its_card(
+    client: Any, db: Session, world: dict[str, Any], browser_page: Any
+):
+    from app.pipeline.formats import EXPORTERS, FORMATS
+
+    make_records(db, db.get_one(Dataset, world["ds"]), 4, status="accepted")
+    snap = create_snapshot(
+        db=db,
+        user=world["curator"],
+        dataset_id=world["ds"],
+        name="v1",
+        description="",
+        flt=RecordFilter(status=["accepted"]),
+    )
+    db.flush()
+    page = browser_page
+    open_page(client, page, world)
+    imports = page.locator('#import-form select[name="format"] option').all_inner_texts()
+    assert imports == ["auto", *FORMATS] and "mt_bench" in imports
+    form = page.locator(f'form[action="/api/v1/snapshots/{snap.id}/export"]')
+    assert form.locator('select[name="format"] option').all_inner_texts() == list(EXPORTERS)
+    form.locator('select[name="format"]').select_option("sharegpt")
+    form.locator('input[name="bundle"]').check()
+    with page.expect_download() as download_info:
+        form.locator('button[type="submit"]').click()
+    with zipfile.ZipFile(io.BytesIO(open(download_info.value.path(), "rb").read())) as bundle:
+        names = set(bundle.namelist())
+        info = json.loads(bundle.read("dataset_info.json"))
+    assert {"README.md", "dataset_info.json"} <= names
+    assert next(iter(info.values()))["formatting"] == "sharegpt"

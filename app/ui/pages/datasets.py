@@ -17,6 +17,7 @@ from app.datasets.models import Dataset
 from app.deps import SessionDep
 from app.errors import Invalid, validation_message
 from app.jobs import service as jobs
+from app.pipeline.formats import EXPORTERS, FORMATS
 from app.projects import service as projects
 from app.records import service as records
 from app.records.schemas import RecordFilter, StatusLiteral
@@ -29,7 +30,8 @@ from app.ui.web import CheckedForm, HtmlRoute, PageUser, redirect, render
 
 router = APIRouter(route_class=HtmlRoute, include_in_schema=False)
 
-EXPORT_FORMATS = ("alpaca", "alpaca_jsonl", "sharegpt", "openai")
+EXPORT_FORMATS = tuple(EXPORTERS)  # one row per record; DPO pairs are on the snapshot page
+IMPORT_FORMATS = ("auto", *FORMATS)
 STATUSES: tuple[str, ...] = get_args(StatusLiteral)
 # The dataset page counts flagged records up to this many ("1000+"): a count that stays cheap.
 FLAGGED_CAP = 1000
@@ -89,6 +91,7 @@ def _overview(db: Session, user: User, dataset: Dataset, include_filtered: bool)
         ),
         "snapshots": snapshots.list_snapshots(db=db, user=user, dataset_id=dataset.id),
         "export_formats": EXPORT_FORMATS,
+        "import_formats": IMPORT_FORMATS,
     }
 
 
