@@ -162,7 +162,9 @@ def _judged(committed: Any, teacher: Any) -> tuple[int, Any]:
         db.expunge(curator)
         dataset_id = dataset.id
     teacher.script_response("Describe the moon", HOSTILE_ANSWER, times=1)  # alpha answers first ...
-    teacher.script_response("Describe the moon", " ".join(["The moon circles the earth."] * 30), times=1)  # beta
+    teacher.script_response(
+        "Describe the moon", " ".join(["The moon circles the earth."] * 30), times=1
+    )  # beta
     teacher.script_response(
         "long poem about autumn", " ".join(["Rain falls softly on the roofs."] * 80), times=1
     )
@@ -356,3 +358,55 @@ def test_a_run_page_lists_its_evaluations_and_a_refused_evaluate_against_base_na
     )
     assert unknown_judge.status_code == 422 and "judge_teacher" in unknown_judge.text
     assert db.scalar(select(func.count()).select_from(Evaluation)) == before
+
+
+def _win_rate(category: str | None, share_a_longer: float) -> dict[str, Any]:
+    return {
+        "system_a": "tuned",
+        "system_b": "base",
+        "category": category,
+        "n": 40,
+        "wins": 30,
+        "ties": 0,
+        "losses": 10,
+        "unparseable": 0,
+        "teacher_errors": 0,
+        "consistent": 40,
+        "win_rate": 0.75,
+        "ci_low": 0.6,
+        "ci_high": 0.88,
+        "lc_win_rate": 0.52,
+        "lc_ci_low": 0.2,
+        "lc_ci_high": 0.85,
+        "length_coef": 1.3,
+        "mean_tokens_a": 300.0,
+        "mean_tokens_b": 90.0,
+        "share_a_longer": share_a_longer,
+    }
+
+
+@pytest.mark.parametrize(
+    ("share", "warned"), [(1.0, True), (0.95, True), (0.05, True), (0.75, False), (0.3, False)]
+)
+def test_the_length_controlled_figure_is_called_an_extrapolation_when_one_system_is_almost_always_longer(
+    share: float, warned: bool
+):
+    from app.ui.pages.evaluations import report
+
+    results = {
+        "pairwise": {
+            "win_rates": [_win_rate(None, share)],
+            "lengths": [],
+            "confidence": 0.95,
+            "resamples": 1000,
+        }
+    }
+    shown = report(results)
+    assert [p.extrapolated for p in shown["pairs"]] == [warned]
+    (bar,) = shown["chart"].bars
+    # The whisker spans the interval on the same 0..1 axis as the bar; the length-controlled tick sits at 0.52.
+    x0, width = shown["chart"].x0, shown["chart"].plot_w
+    assert (bar.low_x, bar.high_x, bar.lc_x) == pytest.approx(
+        (x0 + 0.6 * width, x0 + 0.88 * width, x0 + 0.52 * width)
+    )
+    assert bar.w == pytest.approx(0.75 * width)
