@@ -46,7 +46,14 @@ from app.evaluation.schemas import EvaluationJobParams
 from app.generation.cache import CallLog
 from app.jobs.context import JobCancelled, JobContext, JobPaused
 from app.pipeline import pairwise as pw
-from app.pipeline.llm import Gateway, Sampling, TeacherConfig, TeacherUnavailable, run_coroutine
+from app.pipeline.llm import (
+    BudgetExceeded,
+    Gateway,
+    Sampling,
+    TeacherConfig,
+    TeacherUnavailable,
+    run_coroutine,
+)
 from app.training.models import TrainingRun
 from trainer.contract import (
     ANSWER_SPEC_FILE,
@@ -95,8 +102,8 @@ def held_out(records: Sequence[Any], *, val_fraction: float, seed: int) -> list[
     """The validation records of a run trained on `records` (in snapshot order) with this fraction and seed.
 
     The same rule as trainer/run.py's prepare_data (shuffle the positions with Random(seed), the first
-    max(1, round(n * val_fraction)) are held out), so a run's validation split is exactly the prompts it
-    never trained on. app.pipeline.formats.split rounds half up and keeps one record for training; on the
+    max(1, round(n * val_fraction)) are held out), over the records it keeps (`trainable`), so a run's
+    validation split is exactly the prompts it never trained on. app.pipeline.formats.split rounds half up and keeps one record for training; on the
     rare n * val_fraction ending in exactly .5 the two would differ, and here the trainer's rule is the one
     that matters."""
     n = len(records)
@@ -106,6 +113,15 @@ def held_out(records: Sequence[Any], *, val_fraction: float, seed: int) -> list[
     random.Random(seed).shuffle(order)
     n_val = max(1, round(n * val_fraction))
     return [records[i] for i in sorted(order[:n_val])]
+
+
+def trainable(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The snapshot records the trainer keeps (trainer.data drops empty and response-less ones before it
+    splits): the positions `held_out` shuffles must be the trainer's."""
+    from app.pipeline.formats import to_openai
+    from trainer.data import record_to_conversation
+
+    return [r for r in records if record_to_conversation(to_openai(r))[0] is not None]
 
 
 def _freeze_prompts(ctx: JobContext, evaluation_id: int) -> None:
@@ -125,7 +141,7 @@ def _freeze_prompts(ctx: JobContext, evaluation_id: int) -> None:
             records = list(iter_contents(db, ev.snapshot_id))
             if ev.split == "validation":
                 records = held_out(
-                    records, val_fraction=float(params["val_fraction"]), seed=int(params["seed"])
+                    trainable(records), val_fraction=float(params["val_fraction"]), seed=int(params["seed"])
                 )
         elif ev.dataset_id is not None:
             rows = db.scalars(select(Record).where(Record.dataset_id == ev.dataset_id).order_by(Record.id))
@@ -260,7 +276,13 @@ def _validation_records(system: SystemInfo, out: Path) -> Path | None:
     data = Path(system.artifacts_dir or "") / "dataset.jsonl"
     if system.kind != "run" or val_fraction <= 0 or not data.is_file():
         return None
-    lines = [line for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from trainer.data import record_to_conversation
+
+    lines = [
+        line
+        for line in data.read_text(encoding="utf-8").splitlines()
+        if line.strip() and record_to_conversation(json.loads(line))[0] is not None
+    ]
     val = held_out(lines, val_fraction=val_fraction, seed=int(config.get("seed") or 0))
     if not val:
         return None
@@ -405,6 +427,11 @@ def _with_gateway(teacher: TeacherConfig, log: CallLog, budget: float | None, wo
 
     try:
         return run_coroutine(go())
+    except BudgetExceeded as exc:  # a teacher system's answers; judging stops on a budget by itself
+        log.flush()
+        raise JobPaused(
+            f"paused: the budget is spent ({exc}); resuming continues from what is stored"
+        ) from exc
     except TeacherUnavailable as exc:
         log.flush()
         raise JobPaused(

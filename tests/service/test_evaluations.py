@@ -467,3 +467,77 @@ def test_a_model_trained_on_the_answers_beats_its_base_with_an_interval_above_on
         and validation["perplexity"] > 1
         and validation["training_run_id"] == run_id
     )
+
+
+@pytest.mark.parametrize("val_fraction,seed", [(0.25, 0), (0.1, 7), (0.5, 3)])
+def test_a_snapshots_validation_split_is_exactly_what_the_trainer_held_out(
+    committed, teacher, tmp_path, val_fraction, seed
+):
+    pytest.importorskip("torch")
+    from app.evaluation.jobs import _freeze_prompts
+    from app.evaluation.models import EvaluationPrompt
+    from app.jobs.context import JobContext
+    from app.pipeline.formats import write_openai_jsonl
+    from app.snapshots.service import iter_contents
+    from tests.trainer.conftest import _save_model, _tokenizer
+    from trainer.config import TrainConfig
+    from trainer.run import prepare_data
+
+    tokenizer = _tokenizer(None)
+    model = _save_model(tmp_path / "tiny-llama", tokenizer)
+    with Session(committed) as db:
+        curator = make_user(db, "curator")
+        project = make_project(db, (curator, "curator"))
+        rows = [
+            (f"Question number {i}?", f"Answer {i}." if i % 5 else "") for i in range(23)
+        ]  # some untrainable
+        snap_id = _snapshot_of(db, curator, project.id, rows)
+        db.commit()
+        records = list(iter_contents(db, snap_id))
+        project_id = project.id
+        db.expunge(curator)
+    evaluation_id, job_id = _create(
+        committed,
+        curator,
+        snapshot_id=snap_id,
+        split="validation",
+        val_fraction=val_fraction,
+        seed=seed,
+        systems=TWO_TEACHERS,
+        judge_teacher="fake",
+    )
+    ctx = JobContext(
+        job_id=job_id,
+        kind="evaluate",
+        project_id=project_id,
+        dataset_id=None,
+        params={},
+        attempt=0,
+        created_by=None,
+    )
+    _freeze_prompts(ctx, evaluation_id)
+    with Session(committed) as db:
+        frozen = [
+            p.text
+            for p in db.scalars(
+                select(EvaluationPrompt)
+                .where(EvaluationPrompt.evaluation_id == evaluation_id)
+                .order_by(EvaluationPrompt.position)
+            )
+        ]
+    data = tmp_path / "dataset.jsonl"  # what the train job exports for the trainer
+    with data.open("w") as fh:
+        write_openai_jsonl(records, fh)
+    config = TrainConfig(
+        base_model=str(model),
+        dataset_path=str(data),
+        output_dir=str(tmp_path / "out"),
+        val_fraction=val_fraction,
+        seed=seed,
+        max_seq_len=128,
+    )
+    held = [
+        next(m["content"] for m in conv if m["role"] == "user")
+        for conv in prepare_data(config, tokenizer).val_conversations
+    ]
+    assert frozen == held and frozen
