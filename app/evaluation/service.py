@@ -359,3 +359,59 @@ def _batched(db: Session, model: Any, evaluation_id: int) -> Iterator[Any]:
 
 def _line(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False) + "\n"
+
+
+def comparisons(
+    *,
+    db: Session,
+    user: User,
+    evaluation_id: int,
+    outcome: str | None = None,
+    category: str | None = None,
+    limit: int = 200,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Prompt by prompt, for the page's side-by-side view: the prompt, its category and reference, every
+    system's answer, and each pair's verdict with the judge's rationale in both orders.
+
+    `outcome` keeps the comparisons that ended so (`a`, `b`, `tie`, or `unparseable` / `teacher_error` for
+    those without an outcome); `category` keeps one category. Members of the project may read it."""
+    evaluation = require_evaluation(db=db, user=user, evaluation_id=evaluation_id)
+    names = {s.id: s.name for s in systems_of(db=db, evaluation_id=evaluation.id)}
+    query = select(EvaluationPrompt).where(EvaluationPrompt.evaluation_id == evaluation.id)
+    if category is not None:
+        query = query.where(EvaluationPrompt.category == category)
+    prompts = db.scalars(query.order_by(EvaluationPrompt.position)).all()
+    answers: dict[str, dict[str, str]] = {}
+    for system_id, prompt_id, answer in db.execute(
+        select(EvaluationAnswer.system_id, EvaluationAnswer.prompt_id, EvaluationAnswer.answer).where(
+            EvaluationAnswer.evaluation_id == evaluation.id
+        )
+    ):
+        answers.setdefault(prompt_id, {})[names.get(system_id, "?")] = answer
+    verdicts: dict[str, list[dict[str, Any]]] = {}
+    for verdict in db.scalars(
+        select(EvaluationVerdict.verdict).where(
+            EvaluationVerdict.evaluation_id == evaluation.id, EvaluationVerdict.kind == "pair"
+        )
+    ):
+        verdicts.setdefault(str(verdict.get("prompt_id")), []).append(verdict)
+    rows = []
+    for p in prompts:
+        pairs = verdicts.get(p.prompt_id, [])
+        if outcome is not None:
+            pairs = [v for v in pairs if (v.get("outcome") or v.get("status")) == outcome]
+            if not pairs:
+                continue
+        rows.append(
+            {
+                "prompt_id": p.prompt_id,
+                "record_id": p.record_id,
+                "text": p.text,
+                "category": p.category,
+                "reference": p.reference,
+                "answers": answers.get(p.prompt_id, {}),
+                "verdicts": pairs,
+            }
+        )
+    return rows[offset : offset + limit]

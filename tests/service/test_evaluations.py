@@ -103,6 +103,21 @@ def test_a_judge_that_always_prefers_the_first_answer_yields_only_ties(committed
     assert overall["win_rate"] == 0.5
     job = job_row(committed, job_id)
     assert job.progress_done == job.progress_total and job.cost_usd > 0
+    with Session(committed) as db:  # the page's side-by-side view
+        user = db.merge(curator)
+        ties = evaluations.comparisons(db=db, user=user, evaluation_id=evaluation_id, outcome="tie")
+        assert len(ties) == 12 and all(set(row["answers"]) == {"alpha", "beta"} for row in ties)
+        (verdict,) = ties[0]["verdicts"]
+        assert (
+            verdict["ab"]["choice"] == verdict["ba"]["choice"] == "A"
+            and verdict["ab"]["rationale"] is not None
+        )
+        assert evaluations.comparisons(db=db, user=user, evaluation_id=evaluation_id, outcome="a") == []
+        category = ties[0]["category"]
+        in_category = evaluations.comparisons(
+            db=db, user=user, evaluation_id=evaluation_id, category=category
+        )
+        assert in_category and all(row["category"] == category for row in in_category)
 
 
 def test_export_round_trips_to_the_stored_results(committed, teacher, shared_data):
