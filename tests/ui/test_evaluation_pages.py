@@ -21,6 +21,7 @@ from app.evaluation import service as evaluations
 from app.evaluation.models import Evaluation, EvaluationSystem
 from app.evaluation.schemas import EvaluationCreate
 from app.jobs.models import Job
+from app.projects import service as projects
 from app.records.schemas import RecordFilter
 from app.snapshots import service as snapshots
 from app.training.models import TrainingRun
@@ -296,6 +297,14 @@ def test_other_projects_evaluations_are_404_and_not_listed(client: Any, db: Sess
         assert evaluation.name not in response.text
     own_list = client.get(f"/ui/projects/{theirs.id}/evaluations")
     assert own_list.status_code == 200 and f'data-evaluation-id="{evaluation.id}"' not in own_list.text
+    # An annotator of the project reads it, without the export (the answers hold the prompt set's data).
+    annotator = make_user(db, "annotator")
+    projects.add_member(db=db, user=owner, project_id=project.id, user_id=annotator.id, role="annotator")
+    login(client, annotator)
+    seen = client.get(f"/ui/evaluations/{evaluation.id}")
+    assert (
+        seen.status_code == 200 and 'data-role="export"' not in seen.text and "data-action" not in seen.text
+    )
 
 
 def _succeeded_run(db: Session, curator: Any, project: Any, tmp_path: Path) -> TrainingRun:
@@ -410,3 +419,92 @@ def test_the_length_controlled_figure_is_called_an_extrapolation_when_one_system
         (x0 + 0.6 * width, x0 + 0.88 * width, x0 + 0.52 * width)
     )
     assert bar.w == pytest.approx(0.75 * width)
+
+
+def test_validation_loss_decontamination_and_an_extrapolated_lc_figure_are_shown(
+    client: Any, db: Session, teacher: Any
+):
+    """Results as the job stores them for a trained system (app/evaluation/jobs.py: validation per system,
+    decontamination per training snapshot), read back by the page."""
+    curator = make_user(db, "curator")
+    project = make_project(db, (curator, "curator"))
+    evaluation = _queued_evaluation(db, curator, project, TEACHERS)
+    copy = "<script>window.__pwned=1</script>Name three primes below ten, please."
+    evaluation.results = {
+        "systems": ["a", "b"],
+        "prompts": 40,
+        "pairwise": {
+            "win_rates": [_win_rate(None, 1.0)],
+            "lengths": [],
+            "seed": 0,
+            "resamples": 1000,
+            "confidence": 0.95,
+        },
+        "validation": {"a": {"loss": 1.2345, "perplexity": 3.437, "records": 12, "training_run_id": 7}},
+        "decontamination": {
+            "ngram": 13,
+            "threshold": 0.8,
+            "snapshots": [
+                {
+                    "snapshot_id": 5,
+                    "systems": ["a"],
+                    "records_scanned": 120,
+                    "copies": 1,
+                    "prompts_leaked": 1,
+                    "leaks": [
+                        {
+                            "prompt_id": "3",
+                            "prompt": "Name three primes below ten.",
+                            "copies": [{"record_id": 99, "text": copy, "method": "rouge_l", "score": 0.91}],
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+    job = db.get(Job, evaluation.job_id)
+    assert job is not None
+    job.status = "succeeded"
+    db.flush()
+    login(client, curator)
+    html = client.get(f"/ui/evaluations/{evaluation.id}").text
+    assert 'data-role="lc-warning"' in html and "wrote the longer answer on 100% of prompts" in html
+    assert "1.2345" in html and "3.437" in html and 'href="/ui/training/7"' in html
+    assert html.count('data-role="leak"') == 1
+    assert "Name three primes below ten." in html and "(record 99)" in html and "rouge_l 0.91" in html
+    assert (
+        "&lt;script&gt;window.__pwned=1&lt;/script&gt;Name three primes" in html
+        and "<script>window" not in html
+    )
+
+
+def test_a_running_evaluations_page_follows_its_job_live_and_shows_the_results_when_it_ends(
+    client: Any, db: Session, teacher: Any, browser_page: Any
+):
+    curator = make_user(db, "curator")
+    project = make_project(db, (curator, "curator"))
+    evaluation = _queued_evaluation(db, curator, project, TEACHERS)
+    login(client, curator)
+    serve_from(client, browser_page)
+    page = browser_page
+    page.goto(f"http://testserver/ui/evaluations/{evaluation.id}")
+    assert page.locator('[data-role="no-results"]').count() == 1
+    job = db.get(Job, evaluation.job_id)
+    assert job is not None
+    # What the worker writes as it goes (app/evaluation/jobs.py: Progress.report).
+    job.status, job.progress_done, job.progress_total = "running", 3, 10
+    job.counters = {"stage": "judging", "judged": 1}
+    db.flush()
+    page.locator('[data-role="count"]', has_text="3/10").wait_for()
+    assert page.locator('[data-role="stage"]').inner_text() == "— judging"
+    assert page.locator('[data-role="status"]').inner_text() == "running"
+    evaluation.results = {
+        "pairwise": {"win_rates": [_win_rate(None, 0.5)], "lengths": [], "confidence": 0.95}
+    }
+    job.status, job.progress_done = "succeeded", 10
+    db.flush()
+    page.locator('#evaluation[data-active="0"]').wait_for()  # reloaded: the server drew the results
+    assert (
+        page.locator('[data-role="overall-chart"] [data-role="rate-bar"]').get_attribute("data-rate")
+        == "0.75"
+    )
