@@ -12,12 +12,17 @@ Sections:
   so those comparisons are asked again (two calls in a row per order) and end unparseable, as real judges
   do now and then; a barrier per batch would idle the other slots while they finish. Also timed: the summary
   (win rates with bootstrap and length-controlled intervals) over the concurrent run's verdicts.
+* ``generation``: answer tokens/s of the evaluation generator (trainer.infer.iter_completions: prompts
+  sorted by length, left-padded batches, KV cache) against ``trainer.infer.generate`` one prompt at a time,
+  same prompts, same run, on a random-weight tiny Llama (CPU, or the GPU when there is one); see
+  :func:`section_generation`.
 
 Prompts: MT-Bench's 80 first-turn questions (``../shared/data/fastchat/mt_bench_question.jsonl``) when
 present, else generated ones; three systems' answers are made up from the question (lengths differ, so the
 fake's default "longer answer wins" judge gives non-trivial win rates).
 
     .venv/bin/python bench/eval.py [--only judge] [--latency-ms 300] [--concurrency 32] [--repeats 3]
+    .venv/bin/python bench/eval.py --only generation [--gen-prompts 64] [--gen-batch-size 16]
 
 A new section is a function ``section_NAME(args) -> dict`` registered in ``SECTIONS``; its figures go in
 the last JSON line under its name.
@@ -189,7 +194,155 @@ def section_judge(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"judge": section_judge}
+# --------------------------------------------------------------------------------------------------
+# generation: the batched generator of evaluations against one prompt at a time
+
+ALPACA_EVAL = ROOT.parent / "shared" / "data" / "alpaca_eval" / "gpt4_1106_preview.model_outputs.json"
+
+
+def pick_stop_token(rows: list[list[int]], max_new: int) -> int:
+    """A token the random model does say, chosen so that answers stopping at it have lengths spread evenly
+    from 1 to max_new (the smallest Kolmogorov distance to uniform), as real answers vary."""
+
+    def distance(token: int) -> float:
+        lengths = sorted(row.index(token) + 1 if token in row else max_new for row in rows)
+        return max(abs((i + 1) / len(lengths) - n / max_new) for i, n in enumerate(lengths))
+
+    return min(sorted({t for row in rows for t in row}), key=distance)
+
+
+def batch_rows(prompt_ids: list[list[int]], batch_size: int) -> list[list[int]]:
+    """The prompt indices of each batch, as iter_completions forms them (longest prompts first)."""
+    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def section_generation(args: argparse.Namespace) -> dict[str, Any]:
+    """Answer tokens/s: trainer.infer.iter_completions (sorted, left-padded batches, KV cache) against
+    trainer.infer.generate with batch_size=1 (one prompt per model.generate call), same prompts, same run.
+
+    A random-weight tiny Llama (bench/train.py's "tiny" shape, or --gen-shape) with a BPE trained on
+    AlpacaEval; prompts are AlpacaEval instructions in the trainer's alpaca format. Two cases: every answer
+    runs to --gen-max-new-tokens ("fixed"), and answers that stop at spread-out lengths ("variable": a
+    token the model says often is made a stop token), where a batch waits for its longest answer. Greedy
+    both ways; the section checks that the answers are identical. Tokens counted: answer tokens before
+    the stop token, the same count for both sides. Each side runs --gen-repeats times, alternated; the
+    medians are reported.
+    """
+    import dataclasses
+    import tempfile
+
+    import torch
+
+    from bench.train import build_tokenizer, save_random_model
+    from trainer.formats import build_format
+    from trainer.infer import encode_prompts, generate, iter_completions
+    from trainer.methods import load_base_model, load_tokenizer
+
+    torch.set_num_threads(args.gen_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    records = json.loads(ALPACA_EVAL.read_text(encoding="utf-8"))
+    prompts = [r["instruction"] for r in records[: args.gen_prompts]]
+    corpus = [{"instruction": r["instruction"], "input": "", "output": r["output"]} for r in records]
+    max_new = args.gen_max_new_tokens
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        torch.manual_seed(0)  # the same random model, hence the same answers, in every run
+        n_params = save_random_model(
+            model_dir, args.gen_shape, build_tokenizer(corpus, 2048), dtype=torch.float32
+        )
+        tokenizer = load_tokenizer(model_dir, local_only=True)
+        model = load_base_model(model_dir, dtype=torch.float32, attn_implementation="sdpa").to(device).eval()
+    fmt = build_format("alpaca", tokenizer)
+    prompt_ids = encode_prompts(fmt, tokenizer, prompts)
+
+    def batched(f: Any) -> tuple[list[list[int]], list[str], float, float]:
+        rows: list[list[int]] = [[] for _ in prompts]
+        texts = [""] * len(prompts)
+        cpu, started = time.process_time(), time.perf_counter()
+        for batch in iter_completions(
+            model, tokenizer, f, prompt_ids, max_new_tokens=max_new, batch_size=args.gen_batch_size
+        ):
+            for c in batch:
+                rows[c.index], texts[c.index] = c.token_ids, c.text
+        return rows, texts, time.perf_counter() - started, time.process_time() - cpu
+
+    def one_at_a_time(f: Any) -> tuple[list[str], float, float]:
+        cpu, started = time.process_time(), time.perf_counter()
+        texts = generate(model, tokenizer, f, prompts, max_new_tokens=max_new, batch_size=1)
+        return texts, time.perf_counter() - started, time.process_time() - cpu
+
+    generate(model, tokenizer, fmt, prompts[:2], max_new_tokens=4, batch_size=2)  # warm-up
+    cases: dict[str, Any] = {}
+    fixed_rows: list[list[int]] = []
+    for case in ("fixed", "variable"):
+        f = fmt
+        if case == "variable":
+            stop = pick_stop_token(fixed_rows, max_new)
+            f = dataclasses.replace(
+                fmt, stop_tokens=(*fmt.stop_tokens, tokenizer.convert_ids_to_tokens(stop))
+            )
+        # alternated, medians: the box is shared and its load moves within seconds
+        batched_times, single_times, batched_cpu, single_cpu = [], [], [], []
+        for _ in range(args.gen_repeats):
+            rows, texts, seconds, cpu_s = batched(f)
+            batched_times.append(seconds)
+            batched_cpu.append(cpu_s)
+            single_texts, seconds, cpu_s = one_at_a_time(f)
+            single_times.append(seconds)
+            single_cpu.append(cpu_s)
+        batched_s, single_s = statistics.median(batched_times), statistics.median(single_times)
+        cpu_speedup = statistics.median(single_cpu) / statistics.median(batched_cpu)
+        if case == "fixed":
+            fixed_rows = rows
+        tokens = sum(len(r) for r in rows)
+        lengths = sorted(len(r) for r in rows)
+        cases[case] = {
+            "answer_tokens": tokens,
+            "answer_len_min_median_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],
+            "batched_tokens_per_s": round(tokens / batched_s, 1),
+            "one_at_a_time_tokens_per_s": round(tokens / single_s, 1),
+            "speedup": round(single_s / batched_s, 2),
+            # CPU seconds of this process: what the two sides cost, less moved by the others' load
+            "cpu_speedup": round(cpu_speedup, 2),
+            "batch_steps": sum(
+                max(len(rows[i]) for i in b) for b in batch_rows(prompt_ids, args.gen_batch_size)
+            ),
+            "batched_s": [round(x, 2) for x in batched_times],
+            "one_at_a_time_s": [round(x, 2) for x in single_times],
+            "identical": texts == single_texts,
+        }
+        c = cases[case]
+        print(
+            f"generation ({case} lengths {c['answer_len_min_median_max']}): {len(prompts)} prompts,"
+            f" {tokens} answer tokens; batched x{args.gen_batch_size}: {c['batched_tokens_per_s']} tok/s"
+            f" ({batched_s:.1f} s), one at a time: {c['one_at_a_time_tokens_per_s']} tok/s ({single_s:.1f} s);"
+            f" speedup {c['speedup']}x (CPU time {c['cpu_speedup']}x); identical answers: {c['identical']}"
+        )
+    try:
+        import vllm  # noqa: F401
+
+        vllm_note = "installed, not benchmarked here"
+    except ImportError:
+        vllm_note = "not installed"
+    return {
+        **cases,
+        "speedup": cases["variable"]["speedup"],
+        "prompts": len(prompts),
+        "max_new_tokens": max_new,
+        "batch_size": args.gen_batch_size,
+        "shape": args.gen_shape,
+        "params": n_params,
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "torch_threads": args.gen_threads,
+        "vllm": vllm_note,
+    }
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "judge": section_judge,
+    "generation": section_generation,
+}
 
 
 def main() -> None:
@@ -203,6 +356,12 @@ def main() -> None:
     ap.add_argument(
         "--sequential-comparisons", type=int, default=24, help="Comparisons judged one call at a time."
     )
+    ap.add_argument("--gen-prompts", type=int, default=64, help="generation: AlpacaEval prompts answered.")
+    ap.add_argument("--gen-max-new-tokens", type=int, default=64)
+    ap.add_argument("--gen-batch-size", type=int, default=16)
+    ap.add_argument("--gen-shape", default="tiny", help="generation: a model shape from bench/train.py.")
+    ap.add_argument("--gen-repeats", type=int, default=3, help="generation: timed runs per side (median).")
+    ap.add_argument("--gen-threads", type=int, default=1, help="generation: torch threads (CPU).")
     args = ap.parse_args()
     results: dict[str, Any] = {}
     for name in args.only or list(SECTIONS):
