@@ -9,6 +9,8 @@ Why a killed worker loses and repeats (almost) nothing:
   (`python -m trainer.answer`, a child process like the trainer) appends to its answers file, which we
   tail; on a restart it is given only the prompts still unanswered. A teacher system's calls go through
   the gateway with the database cache, so an answer paid for but not stored is replayed for free.
+- **A generator left running** by a killed worker (its own session outlives the worker) is killed by the
+  redelivered job before it starts another on the same machine (`stop_previous`, by the pid it recorded).
 - **Verdicts** are stored per comparison as `app.pipeline.pairwise` emits them, and handed back as `done`
   on a restart. Verdicts finished but not yet emitted when the worker died (at most one window of
   `batch_size` comparisons) are asked for again, and their answers come from the cache: the only calls
@@ -70,6 +72,7 @@ CANCEL_GRACE_S = 120.0
 ANSWER_LOG = "answer.log"  # the generator's stdout and stderr, appended across restarts
 PROMPTS_FILE = "prompts.jsonl"
 VAL_FILE = "validation.jsonl"
+PID_FILE = "generator.pid"  # the running generator's process group, for a redelivered job to stop
 MAX_LEAKS_LISTED = 500
 
 
@@ -325,6 +328,7 @@ def _generate_local(
     import importlib.util
 
     out = _work_dir(ev.id, system)
+    stop_previous(out)
     val_path = _validation_records(system, out)
     metrics_file = out / VAL_METRICS_FILE
     if not todo and (val_path is None or metrics_file.is_file()):
@@ -364,6 +368,7 @@ def _generate_local(
         start_new_session=True,
         cwd=Path(__file__).resolve().parents[2],
     )
+    (out / PID_FILE).write_text(str(proc.pid))
     cancel_sent_at: float | None = None
     try:
         while proc.poll() is None:
@@ -400,6 +405,27 @@ def _generate_local(
     if wanted:
         raise RuntimeError(f"generator for {system.name!r} ended without answering {len(wanted)} prompts")
     return _read_json(metrics_file) if val_path is not None else None
+
+
+def stop_previous(out: Path, *, wait_s: float = 10.0) -> bool:
+    """Kill a generator a killed worker left running in `out` (its own session outlives the worker), so a
+    redelivered job on the same machine never runs two on one GPU or rewrites the files it reads. Only a
+    live process whose command line names trainer.answer and this folder is touched. True if one was."""
+    try:
+        pid = int((out / PID_FILE).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError):
+        return False
+    if "trainer.answer" not in cmdline or str(out) not in cmdline:
+        return False  # the pid was reused by another process
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + wait_s
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -556,3 +556,29 @@ def test_a_snapshots_validation_split_is_exactly_what_the_trainer_held_out(
         for conv in prepare_data(config, tokenizer).val_conversations
     ]
     assert frozen == held and frozen
+
+
+def test_a_generator_left_running_by_a_killed_worker_is_stopped_before_a_new_one_starts(tmp_path):
+    import subprocess
+    import sys
+
+    from app.evaluation.jobs import PID_FILE, stop_previous
+
+    def spawn(*args: str) -> subprocess.Popen[bytes]:
+        code = "import time; time.sleep(60)"
+        return subprocess.Popen([sys.executable, "-c", code, *args], start_new_session=True)
+
+    orphan = spawn("trainer.answer", str(tmp_path / "answer_spec.json"))
+    stranger = spawn("something", "else")
+    try:
+        (tmp_path / PID_FILE).write_text(str(stranger.pid))
+        assert stop_previous(tmp_path, wait_s=0.2) is False  # a reused pid is never killed
+        assert stranger.poll() is None
+        (tmp_path / PID_FILE).write_text(str(orphan.pid))
+        time.sleep(0.2)  # let the interpreter start, so its command line is there to read
+        assert stop_previous(tmp_path, wait_s=0.2) is True
+        assert orphan.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        for proc in (orphan, stranger):
+            proc.kill()
+            proc.wait()
