@@ -7,7 +7,9 @@ app.pipeline.pairwise summaries (docs/evaluation.md says what each figure means)
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -20,7 +22,6 @@ from app.base import utcnow
 from app.datasets import service as datasets
 from app.deps import SessionDep
 from app.errors import Invalid, validation_message
-from app.evaluation import browse
 from app.evaluation import service as evaluations
 from app.evaluation.schemas import EvaluationCreate
 from app.generation import service as generation
@@ -320,26 +321,103 @@ class Filters:
     offset: int = 0
 
 
+OUTCOMES = ("win", "tie", "loss", "unparseable", "error", "pending")
+PAGE_SIZE = 20
+ALL_PROMPTS = 100_000  # an evaluation's most prompts (EvaluationCreate.max_prompts)
+_BY_OUTCOME = {"a": "win", "tie": "tie", "b": "loss"}
+_BY_STATUS = {"unparseable": "unparseable", "teacher_error": "error"}
+
+
+def outcome_of(verdict: dict[str, Any] | None) -> str:
+    """A stored PairVerdict's outcome in words, from ``system_a``'s side; ``pending`` before it is judged."""
+    if not verdict:
+        return "pending"
+    if verdict.get("status") == "decided":
+        return _BY_OUTCOME.get(str(verdict.get("outcome")), "pending")
+    return _BY_STATUS.get(str(verdict.get("status")), "pending")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    position: int
+    prompt_id: str
+    record_id: int | None
+    text: str
+    category: str | None
+    reference: str | None
+    answer_a: str | None
+    answer_b: str | None
+    outcome: str
+    verdict: dict[str, Any] | None
+    """The stored PairVerdict (``ab``: system_a shown first; ``ba``: system_b shown first)."""
+
+
+@dataclass
+class ComparisonPage:
+    pairs: list[tuple[str, str]]
+    pair: int
+    categories: list[str]
+    counts: dict[str, int]
+    """Prompts per outcome for the chosen pair and category (before the outcome filter)."""
+    total: int
+    """Prompts that pass both filters."""
+    offset: int
+    limit: int = PAGE_SIZE
+    rows: list[Comparison] = field(default_factory=list)
+
+
+def comparison_page(rows: list[dict[str, Any]], names: list[str], flt: Filters) -> ComparisonPage:
+    """One pair's comparisons, filtered by category and by outcome from its first system's side, one page of
+    them; `rows` are app.evaluation.service.comparisons' (every prompt, all pairs' verdicts)."""
+    pairs = list(combinations(dict.fromkeys(names), 2))
+    index = flt.pair if 0 <= flt.pair < len(pairs) else 0
+    a, b = pairs[index] if pairs else ("", "")
+    shown: list[Comparison] = []
+    for position, row in enumerate(rows):
+        verdict = next((v for v in row["verdicts"] if (v.get("system_a"), v.get("system_b")) == (a, b)), None)
+        answers = row["answers"]
+        shown.append(
+            Comparison(
+                position=position,
+                prompt_id=row["prompt_id"],
+                record_id=row["record_id"],
+                text=row["text"],
+                category=row["category"],
+                reference=row["reference"],
+                answer_a=answers.get(a),
+                answer_b=answers.get(b),
+                outcome=outcome_of(verdict),
+                verdict=verdict,
+            )
+        )
+    in_category = [c for c in shown if flt.category in ("", c.category)]
+    chosen = [c for c in in_category if flt.outcome in ("", c.outcome)]
+    offset = max(0, flt.offset)
+    return ComparisonPage(
+        pairs=pairs,
+        pair=index,
+        categories=sorted({c.category for c in shown if c.category}),
+        counts=dict(Counter(c.outcome for c in in_category)),
+        total=len(chosen),
+        offset=offset,
+        rows=chosen[offset : offset + PAGE_SIZE],
+    )
+
+
 def evaluation_context(db: Session, user: User, evaluation_id: int, flt: Filters) -> dict[str, Any]:
     evaluation, job = evaluations.get_evaluation(db=db, user=user, evaluation_id=evaluation_id)
-    outcome = flt.outcome if flt.outcome in browse.OUTCOMES else ""
-    page = browse.comparisons(
-        db=db,
-        user=user,
-        evaluation_id=evaluation_id,
-        pair=flt.pair,
-        outcome=outcome or None,
-        category=flt.category or None,
-        offset=flt.offset,
-    )
+    systems = evaluations.systems_of(db=db, evaluation_id=evaluation_id)
+    flt = Filters(flt.pair, flt.outcome if flt.outcome in OUTCOMES else "", flt.category, flt.offset)
+    rows = evaluations.comparisons(db=db, user=user, evaluation_id=evaluation_id, limit=ALL_PROMPTS)
+    page = comparison_page(rows, [s.name for s in systems], flt)
     seconds = jobview.run_time(job.started_at, job.finished_at, utcnow()) if job else None
     return {
         "evaluation": evaluation,
         "job": job,
-        "systems": evaluations.systems_of(db=db, evaluation_id=evaluation_id),
+        "systems": systems,
         "report": report(evaluation.results),
         "page": page,
-        "flt": Filters(page.pair, outcome, flt.category, page.offset),
+        "flt": Filters(page.pair, flt.outcome, flt.category, page.offset),
         "outcome_words": OUTCOME_WORDS,
         "active": ACTIVE_STATUSES,
         "counters": jobview.rows(job.counters if job else None),

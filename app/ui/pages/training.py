@@ -45,16 +45,23 @@ def _snapshots(db: Session, user: User) -> list[tuple[Any, str]]:
 def _run_context(db: Session, user: User, run_id: int, error: Invalid | None = None) -> dict[str, Any]:
     """The run page's server-drawn part: its evaluations and the "evaluate against base" form (404 as the API,
     unless a member of the run's project)."""
-    from app.evaluation import browse
+    from app.evaluation import service as evaluations
     from app.generation import service as generation
+    from app.training import service as training
 
+    run = training.require_run(db=db, user=user, run_id=run_id)
     try:
         judges = [t.name for t in generation.list_teachers(user=user)]
     except Invalid:
         judges = []
+    mine = [
+        (e, job)
+        for e, job in evaluations.list_evaluations(db=db, user=user, project_id=run.project_id)
+        if any(s.training_run_id == run_id for s in evaluations.systems_of(db=db, evaluation_id=e.id))
+    ]
     return {
         "run_id": run_id,
-        "evaluations": browse.evaluations_of_run(db=db, user=user, run_id=run_id),
+        "evaluations": mine,
         "judges": judges,
         "eval_error": error.message if error else None,
     }
