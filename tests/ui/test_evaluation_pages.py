@@ -508,3 +508,50 @@ def test_a_running_evaluations_page_follows_its_job_live_and_shows_the_results_w
         page.locator('[data-role="overall-chart"] [data-role="rate-bar"]').get_attribute("data-rate")
         == "0.75"
     )
+
+
+def _verdict(prompt_id: str, a: str, b: str, status: str, outcome: str | None) -> dict[str, Any]:
+    order = {"swapped": False, "choice": None, "outcome": outcome, "rationale": "", "raw": "", "attempts": 1}
+    return {
+        "prompt_id": prompt_id,
+        "system_a": a,
+        "system_b": b,
+        "ab": {**order, "status": "parsed", "key": None},
+        "ba": {**order, "swapped": True, "status": "parsed", "key": None},
+        "outcome": outcome,
+        "status": status,
+        "consistent": True,
+    }
+
+
+def test_the_prompt_by_prompt_view_shows_one_pair_of_three_systems_with_its_own_outcomes_and_pages():
+    from app.ui.pages.evaluations import PAGE_SIZE, Filters, comparison_page
+
+    rows = [
+        {
+            "prompt_id": str(i),
+            "record_id": i,
+            "text": f"prompt {i}",
+            "category": "math" if i % 2 else "writing",
+            "reference": None,
+            "answers": {"x": f"x{i}", "y": f"y{i}", "z": f"z{i}"},
+            # x beats y everywhere; y and z: y loses the odd prompts, the rest are not judged yet.
+            "verdicts": [_verdict(str(i), "x", "y", "decided", "a")]
+            + ([_verdict(str(i), "y", "z", "decided", "b")] if i % 2 else []),
+        }
+        for i in range(30)
+    ]
+    first = comparison_page(rows, ["x", "y", "z"], Filters())
+    assert first.pairs == [("x", "y"), ("x", "z"), ("y", "z")]
+    assert first.counts == {"win": 30} and first.total == 30 and len(first.rows) == PAGE_SIZE
+    assert (first.rows[0].answer_a, first.rows[0].answer_b) == ("x0", "y0")
+    second_page = comparison_page(rows, ["x", "y", "z"], Filters(offset=PAGE_SIZE))
+    assert [r.prompt_id for r in second_page.rows] == [str(i) for i in range(PAGE_SIZE, 30)]
+    y_vs_z = comparison_page(rows, ["x", "y", "z"], Filters(pair=2, outcome="loss"))
+    assert y_vs_z.counts == {"loss": 15, "pending": 15}
+    assert [r.prompt_id for r in y_vs_z.rows][:3] == ["1", "3", "5"] and y_vs_z.total == 15
+    assert (y_vs_z.rows[0].answer_a, y_vs_z.rows[0].answer_b) == ("y1", "z1")
+    writing = comparison_page(rows, ["x", "y", "z"], Filters(pair=2, category="writing"))
+    assert writing.counts == {"pending": 15} and writing.categories == ["math", "writing"]
+    out_of_range = comparison_page(rows, ["x", "y", "z"], Filters(pair=9, offset=-5))
+    assert (out_of_range.pair, out_of_range.offset) == (0, 0)
