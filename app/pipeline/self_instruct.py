@@ -1,9 +1,11 @@
 """Self-Instruct (Wang et al., 2023) with classification-aware instance synthesis.
 
-Resumable by construction: the run proceeds in rounds; a round's prompts are built from the pool as it
-was at the round's start with an RNG seeded by (seed, round, prompt index); answers are processed in
-prompt order, never arrival order. With the same seed and the same response cache a re-run therefore
-sends no request twice and emits the same records under the same keys.
+Resumable by construction: the run proceeds in rounds; round r's prompts are built from the tasks kept up
+to round r-2 with an RNG seeded by (seed, round, prompt index); answers are screened in (round, prompt,
+item) order, never arrival order (the order rule: :func:`run_self_instruct`, docs/generation.md). With the
+same seed and the same response cache a re-run therefore sends no request twice and emits the same records
+under the same keys, at any concurrency. Rounds overlap (the next one is screened while this one's tasks
+get their instances), so the teacher stays busy across round boundaries.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +45,7 @@ from app.pipeline.rouge import NearDuplicateIndex
 from app.pipeline.rules import RuleConfig, evaluate
 
 Language = Literal["en", "zh"]
+_T = TypeVar("_T")
 # Room for this many prompts per round in a sample index: index = round * ROUND_STRIDE + prompt.
 ROUND_STRIDE = 100_000
 
@@ -112,6 +115,9 @@ class SelfInstructResult:
     rounds: int
     stop_reason: StopReason
     message: str = ""
+    surplus_tasks: int = 0
+    """Candidates screened (and their calls paid and cached) past the exact target: not emitted. A later
+    run with the same seed and a higher target finds their answers in the cache."""
 
 
 class SelfInstructParams(BaseModel):
@@ -219,6 +225,64 @@ class _Tally:
                 self.by_reason[record.reason or "unknown"] += 1
 
 
+@dataclass
+class _Round:
+    """One round in flight: its prompts, their answers, and the screening that starts its tasks' calls."""
+
+    number: int
+    needed: int
+    """Tasks this round screens for (its cap is this plus slack); see :func:`run_self_instruct`."""
+    screening: asyncio.Task[tuple[dict[Position, GenRecord], list[tuple[Position, _Candidate]]]]
+
+
+class _Calls:
+    """The pipeline's teacher calls: at most the gateway's concurrency admitted at once, and none after
+    :meth:`close`. A call still waiting for admission when the run ends is never sent; one admitted
+    (in flight at the gateway) is let finish, so its answer reaches the cache and the costs."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.slots = asyncio.Semaphore(gateway.concurrency_limit)
+        self.closed = False
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    def spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+        task = asyncio.ensure_future(coro)
+        self.tasks.append(task)
+        return task
+
+    async def complete(
+        self, prompt: str, *, purpose: str, sampling: Sampling, sample_index: int = 0
+    ) -> Completion | None:
+        if self.closed:
+            return None
+        async with self.slots:
+            if self.closed:
+                return None
+            return await _complete_or_none(
+                self.gateway, prompt, purpose=purpose, sampling=sampling, sample_index=sample_index
+            )
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def drain(self) -> None:
+        """Send nothing more and wait for what is in flight (its answers are cached and costed)."""
+        self.close()
+        while pending := [task for task in self.tasks if not task.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in self.tasks:
+            if not task.cancelled():
+                task.exception()  # retrieved: a screened-ahead round's BudgetExceeded is not news
+
+    async def abort(self) -> None:
+        self.close()
+        pending = [task for task in self.tasks if not task.done()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
 async def run_self_instruct(
     *,
     gateway: Gateway,
@@ -233,6 +297,16 @@ async def run_self_instruct(
     ``pool_extra``: more instructions (e.g. the dataset's accepted records) that new instructions must not
     duplicate, each a text or a (key, text) pair: a rejected record's ``metadata["nearest"]`` is that key. A teacher that keeps failing raises :class:`TeacherUnavailable` (pause the job); a reached
     budget returns normally with ``stop_reason="budget"``.
+
+    The order rule (what makes the kept set a function of the seed and the teacher's answers alone, not of
+    timing or concurrency): new instructions are screened (rules, then ROUGE-L against the seeds,
+    ``pool_extra`` and every instruction that passed before it) strictly in (round, prompt, item) order;
+    round r's prompts are built from the tasks kept up to round r-2; round r's records are decided in
+    prompt order after round r-1's and stop exactly at the target. Round r+1 is screened while round r's
+    tasks are still being synthesised (that keeps the teacher busy across the boundary) whenever round r
+    cannot reach the target even if every one of its candidates is kept; it then screens for what is left
+    after counting them all (``target - kept - candidates``). Otherwise round r+1 waits for round r's
+    outcome, as at the end of a job.
     """
     if not seeds:
         raise ValueError("Self-Instruct needs at least one seed task")
@@ -248,14 +322,24 @@ async def run_self_instruct(
     tally = _Tally()
     round_no = 0
     stale = 0
+    surplus = 0
     stop_reason: StopReason = "target"
     message = ""
+    calls = _Calls(gateway)
+
+    def start(number: int, pool: list[str], needed: int) -> _Round:
+        prompts = _round_prompts(number, human=human, machine=pool, params=params)
+        answers = _ask_instructions(gateway, number, prompts, params, calls=calls)
+        screening = calls.spawn(
+            _screen(number, prompts, answers, gateway, index, params, needed, calls=calls)
+        )
+        return _Round(number, needed, screening)
+
     # Round r's prompts are built from the machine pool as it stood before round r-1's tasks were added.
     # The one-round lag lets round r's instruction calls run during round r-1's instance calls, and it is
-    # the same whether or not they were prefetched, so the run stays deterministic.
+    # the same whether or not they overlapped, so the run stays deterministic.
     lagged_machine: list[str] = []
-    prefetch: list[asyncio.Task[Completion | None]] | None = None
-    live: list[asyncio.Task[Any]] = []  # every call task not yet consumed: cancelled if we leave early
+    current: _Round | None = None
     try:
         while tally.kept_tasks < params.target:
             if should_stop():
@@ -265,26 +349,24 @@ async def run_self_instruct(
                 stop_reason, message = "exhausted", f"{stale} rounds in a row kept nothing"
                 break
             needed = params.target - tally.kept_tasks
-            prompts = _round_prompts(round_no, human=human, machine=lagged_machine, params=params)
             try:
-                answers = prefetch or _ask_instructions(gateway, round_no, prompts, params)
-                prefetch = None
-                live = list(answers)
-                rejected_at, candidates = await _screen(
-                    round_no, prompts, answers, gateway, index, params, needed, live=live
-                )
+                if current is None:
+                    current = start(round_no, lagged_machine, needed)
+                rejected_at, candidates = await current.screening
                 lagged_machine = list(machine)
-                if len(candidates) < needed:
-                    # This round cannot reach the target: the next round's instructions are needed anyway.
-                    nxt = _round_prompts(round_no + 1, human=human, machine=lagged_machine, params=params)
-                    prefetch = _ask_instructions(gateway, round_no + 1, nxt, params)
-                    live.extend(prefetch)
-                records, kept = await _finish_round(
+                nxt: _Round | None = None
+                left = needed - len(candidates)
+                if left > 0 and not should_stop():
+                    # This round cannot reach the target: screen the next one while its tasks finish.
+                    nxt = start(round_no + 1, lagged_machine, left)
+                records, kept, spare = await _finish_round(
                     round_no, gateway, rejected_at, candidates, params=params, needed=needed
                 )
             except BudgetExceeded as exc:
                 stop_reason, message = "budget", str(exc)
                 break
+            surplus += spare
+            current = nxt
             tally.add(records)
             tally.kept_tasks += len(kept)
             machine.extend(kept)
@@ -304,11 +386,12 @@ async def run_self_instruct(
                 )
             )
             round_no += 1
-    finally:
-        pending = [task for task in live if not task.done()]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+    except BaseException:
+        await calls.abort()
+        raise
+    # Whatever was started and is not needed (the last round's spare tasks, a round screened ahead of a
+    # stop) sends nothing more; calls already at the teacher finish, so every paid answer is cached.
+    await calls.drain()
     return SelfInstructResult(
         kept_tasks=tally.kept_tasks,
         records_kept=tally.records_kept,
@@ -317,6 +400,7 @@ async def run_self_instruct(
         rounds=round_no,
         stop_reason=stop_reason,
         message=message,
+        surplus_tasks=surplus,
     )
 
 
@@ -335,12 +419,17 @@ def _round_prompts(
 
 
 def _ask_instructions(
-    gateway: Gateway, round_no: int, prompts: list[tuple[str, int]], params: SelfInstructParams
+    gateway: Gateway,
+    round_no: int,
+    prompts: list[tuple[str, int]],
+    params: SelfInstructParams,
+    *,
+    calls: _Calls | None = None,
 ) -> list[asyncio.Task[Completion | None]]:
+    calls = calls or _Calls(gateway)
     return [
-        asyncio.ensure_future(
-            _complete_or_none(
-                gateway,
+        calls.spawn(
+            calls.complete(
                 prompt,
                 purpose="self_instruct.instructions",
                 sampling=params.sampling,
@@ -360,7 +449,7 @@ async def _screen(
     params: SelfInstructParams,
     needed: int,
     *,
-    live: list[asyncio.Task[Any]],
+    calls: _Calls,
 ) -> tuple[dict[Position, GenRecord], list[tuple[Position, _Candidate]]]:
     """Phase 1: rules and ROUGE-L on every new instruction, in prompt order, before anything else is spent.
 
@@ -377,6 +466,8 @@ async def _screen(
         if len(candidates) >= cap:
             break
         answer = await pending
+        if calls.closed:
+            break  # the run is over: what is screened now is never used
         if answer is None:
             continue
         text = answer.text
@@ -424,8 +515,7 @@ async def _screen(
                 prompt_hash=answer.key,
                 metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
             )
-            cand.synthesis = asyncio.ensure_future(_synthesize(gateway, cand, params))
-            live.append(cand.synthesis)
+            cand.synthesis = calls.spawn(_synthesize(calls, cand, params))
             candidates.append(((i, j), cand))
 
     return rejected_at, candidates
@@ -439,29 +529,29 @@ async def _finish_round(
     *,
     params: SelfInstructParams,
     needed: int,
-) -> tuple[list[GenRecord], list[str]]:
+) -> tuple[list[GenRecord], list[str], int]:
+    """Phase 3: records in prompt order, each task's as soon as its calls are done (phase 2, started during
+    phase 1); stop exactly at the target. Returns the records, the kept instructions and how many
+    candidates were left past the target (their calls are not waited for here)."""
     model = gateway.model
-    # Phase 2 (started during phase 1): classification, then instances, bounded by the gateway.
-    syntheses = [await cand.synthesis for _, cand in candidates if cand.synthesis is not None]
-
-    # Phase 3: records in prompt order; stop exactly at the target.
-    by_position: dict[Position, tuple[_Candidate, _Synthesis]] = {
-        pos: (cand, syn) for (pos, cand), syn in zip(candidates, syntheses, strict=True)
-    }
+    by_position = dict(candidates)
+    positions = sorted(set(rejected_at) | set(by_position))
     records: list[GenRecord] = []
     kept_instructions: list[str] = []
-    for pos in sorted(set(rejected_at) | set(by_position)):
+    for n, pos in enumerate(positions):
         if len(kept_instructions) >= needed:
-            break
+            return records, kept_instructions, sum(p in by_position for p in positions[n:])
         if pos in rejected_at:
             records.append(rejected_at[pos])
             continue
-        cand, syn = by_position[pos]
+        cand = by_position[pos]
+        assert cand.synthesis is not None
+        syn = await cand.synthesis
         task_records = _task_records(cand, syn, params=params, model=model, round_no=round_no)
         records.extend(task_records)
         if any(r.status == "kept" for r in task_records):
             kept_instructions.append(cand.instruction)
-    return records, kept_instructions
+    return records, kept_instructions, 0
 
 
 async def _complete_or_none(
@@ -476,17 +566,15 @@ async def _complete_or_none(
         return None
 
 
-async def _synthesize(gateway: Gateway, cand: _Candidate, params: SelfInstructParams) -> _Synthesis:
-    answer = await _complete_or_none(
-        gateway,
+async def _synthesize(calls: _Calls, cand: _Candidate, params: SelfInstructParams) -> _Synthesis:
+    answer = await calls.complete(
         classification_prompt(cand.instruction, language=params.language),
         purpose="self_instruct.classify",
         sampling=Sampling(temperature=0.0, max_tokens=5),
     )
     verdict = parse_yes_no(answer.text) if answer else None
     is_cls = bool(verdict)
-    result = await _complete_or_none(
-        gateway,
+    result = await calls.complete(
         instance_prompt(cand.instruction, classification=is_cls, language=params.language),
         purpose="self_instruct.instances",
         sampling=params.instance_sampling,
