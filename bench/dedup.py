@@ -1,35 +1,54 @@
-"""ROUGE-L near-duplicate filter: ours against the Alpaca-style reference loop, then at a million.
+"""ROUGE-L near-duplicate filter: ours against Alpaca's loop and against brute force, up to a million.
 
-1. The first N real instructions from ``../shared/data`` go through the reference (Stanford Alpaca's
-   ``generate_instruction.py`` loop: tokenize once with ``rouge_score``'s tokenizer, then
-   ``rouge_scorer._score_lcs`` against every instruction kept so far; keep iff the max is <= 0.7) and
-   through :func:`app.pipeline.rouge.greedy_filter`. ``identical`` says whether the kept sets are equal.
-2. A 1,000,000-instruction stream built from real text goes through ours (``n_1m_s``): every real
-   instruction and every distinct sentence of the datasets' inputs and answers (en + zh), two-sentence
-   prompts made of two of them, and injected near-duplicates (word substitutions, deletions,
-   insertions, swaps, added politeness openers, case and punctuation changes) of earlier items.
+Three filters make the same greedy decisions (keep a text iff its max ROUGE-L F against every text kept
+before it is <= 0.7):
 
-Prints the figures, then one JSON line: {"n", "reference_s", "ours_s", "speedup", "identical", "n_1m_s",
-"kept_1m", "peak_rss_mb", ...}.
+* the reference, Stanford Alpaca's ``generate_instruction.py`` loop: ``rouge_score``'s tokenizer, then
+  ``rouge_scorer._score_lcs`` against every instruction kept so far (pure Python, one pair at a time);
+* brute force, the obvious fast approach: our tokens, each distinct token mapped to one code point, and
+  rapidfuzz's bit-parallel LCS (``process.cdist`` with ``LCSseq``, all cores) of 64 candidates at a time
+  against every text kept before them, then within those 64 in order; the F-measure from the LCS length
+  with rouge_score's expression;
+* ours, :func:`app.pipeline.rouge.greedy_filter` (``strategy="auto"``).
+
+1. The first N real ASCII instructions of ``../shared/data`` (where both tokenizers agree) go through all
+   three: ``speedup`` is reference ÷ ours, ``brute_speedup`` reference ÷ brute force.
+2. Prefixes of a 1,000,000-instruction stream built from real text (every real instruction and every
+   distinct sentence of the datasets' inputs and answers, en + zh; two-sentence prompts; injected
+   near-duplicates: word substitutions, deletions, insertions, swaps, politeness openers, case and
+   punctuation changes) go through brute force and ours at each of ``--sizes``: ``ours_vs_brute``.
+3. The whole stream (``--n-large``) goes through ours; brute force's time for the same work is its
+   pairs/s, measured at the largest size of step 2, times the pairs it would score (known exactly from
+   the decisions, which are identical): ``ours_vs_brute_large``.
+
+Every comparison checks that the decisions are identical. Absolute times swing with the machine and its
+load (``loadavg``, taken before and after); ratios measured in the same run do not, much.
+
+Prints the figures, then one JSON line (keys listed in docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import LCSseq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.pipeline.rouge import greedy_filter, tokenize  # noqa: E402
+from app.pipeline.rouge import DedupDecision, greedy_filter, tokenize  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -173,56 +192,233 @@ def reference_kept(texts: list[str], threshold: float) -> list[int]:
     return kept
 
 
+# Candidates per cdist call in the brute force: enough to amortise the call, few enough that the
+# in-block pairs (scored in full, then read in order) stay a small share of the work.
+BRUTE_BLOCK = 64
+_SURROGATES = range(0xD800, 0xE000)
+
+
+def _code_points(token_lists: list[list[str]]) -> list[str | list[int]]:
+    """Each distinct token as one code point, first seen first (ints past Unicode's end)."""
+    ids: dict[str, int] = {}
+    out: list[str | list[int]] = []
+    for tokens in token_lists:
+        codes = [ids.setdefault(t, len(ids)) for t in tokens]
+        codes = [c + len(_SURROGATES) if c >= _SURROGATES.start else c for c in codes]
+        out.append("".join(map(chr, codes)) if not codes or max(codes) <= sys.maxunicode else codes)
+    return out
+
+
+def _rouge_f(lcs: np.ndarray, m: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """rouge_score's F-measure expression, elementwise (IEEE float64, so bit-identical to it)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = lcs / n
+        recall = lcs / m
+        f = 2 * precision * recall / (precision + recall)
+    return np.where(lcs > 0, f, 0.0)
+
+
+def brute_force(texts: list[str], threshold: float) -> tuple[list[tuple[bool, float, int | None]], int]:
+    """(kept, max score, nearest index) per text and the number of pairs scored, every pair by cdist."""
+    token_lists = [tokenize(t) for t in texts]
+    seqs = _code_points(token_lists)
+    lengths = np.array([len(t) for t in token_lists], dtype=np.float64)
+    kept: list[int] = []
+    kept_seqs: list[str | list[int]] = []
+    out: list[tuple[bool, float, int | None]] = []
+    pairs = 0
+    for start in range(0, len(seqs), BRUTE_BLOCK):
+        block = list(range(start, min(start + BRUTE_BLOCK, len(seqs))))
+        queries = [seqs[i] for i in block]
+        m = lengths[block][:, None]
+        best = np.zeros(len(block))
+        nearest = np.full(len(block), -1)
+        if kept:
+            lcs = process.cdist(queries, kept_seqs, scorer=LCSseq.similarity, dtype=np.int32, workers=-1)
+            scores = _rouge_f(lcs, m, lengths[kept][None, :])
+            best = scores.max(axis=1)
+            nearest = np.asarray(kept)[scores.argmax(axis=1)]  # argmax: the first (earliest) maximum
+            pairs += lcs.size
+        inner = _rouge_f(
+            process.cdist(queries, queries, scorer=LCSseq.similarity, dtype=np.int32, workers=-1),
+            m,
+            lengths[block][None, :],
+        )
+        pairs += inner.size
+        kept_here: list[int] = []
+        for a, i in enumerate(block):
+            score, near = float(best[a]), int(nearest[a])
+            for b in kept_here:
+                if inner[a, b] > score:
+                    score, near = float(inner[a, b]), block[b]
+            keep = score <= threshold
+            out.append((keep, score, near if score > 0 else None))
+            if keep:
+                kept_here.append(a)
+                kept.append(i)
+                kept_seqs.append(seqs[i])
+    return out, pairs
+
+
+def brute_force_pairs(kept: list[bool]) -> int:
+    """Pairs brute force scores for these decisions: each block against the records kept before it, and
+    itself."""
+    pairs = 0
+    kept_before = 0
+    for start in range(0, len(kept), BRUTE_BLOCK):
+        size = min(BRUTE_BLOCK, len(kept) - start)
+        pairs += size * (kept_before + size)
+        kept_before += sum(kept[start : start + size])
+    return pairs
+
+
+def same_decisions(ours: list[DedupDecision], brute: list[tuple[bool, float, int | None]], t: float) -> bool:
+    """Same keep/reject flags, and the same max and nearest record wherever the max reaches t."""
+    for i, (d, (kept, score, near)) in enumerate(zip(ours, brute, strict=True)):
+        if d.kept != kept:
+            print(f"  decision differs at {i}: ours {d}, brute force {(kept, score, near)}")
+            return False
+        if score >= t and (d.score, d.nearest) != (score, str(near)):
+            print(f"  neighbour differs at {i}: ours {d}, brute force {(kept, score, near)}")
+            return False
+    return True
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """Best of ``repeat`` runs (the machine is shared: the minimum is the least disturbed one)."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--n", type=int, default=1900, help="records for the reference comparison")
-    parser.add_argument("--n-large", type=int, default=1_000_000, help="records for the large run")
+    parser.add_argument(
+        "--sizes",
+        default="1000,1900,5000,10000,30000",
+        help="stream prefixes timed with brute force and ours (comma-separated)",
+    )
+    parser.add_argument("--n-large", type=int, default=1_000_000, help="records for the large run (0: none)")
     parser.add_argument("--threshold", type=float, default=0.7)
+    parser.add_argument("--skip-reference", action="store_true", help="no Alpaca loop (it takes minutes)")
+    parser.add_argument(
+        "--strategy", default="auto", choices=["auto", "index", "blocks"], help="ours: greedy_filter's"
+    )
     args = parser.parse_args()
+    t = args.threshold
+    load_start = loadavg()
+    print(f"load average at start: {load_start} on {os.cpu_count()} CPUs")
 
-    # The comparison is on Latin text, where both tokenizers agree token for token.
-    texts = [t for t in real_instructions() if t.isascii()][: args.n]
-    items = [(str(i), t) for i, t in enumerate(texts)]
+    def ours_on(texts: list[str]) -> list[DedupDecision]:
+        return greedy_filter(
+            [], [(str(i), x) for i, x in enumerate(texts)], threshold=t, strategy=args.strategy
+        )
 
-    start = time.perf_counter()
-    decisions = greedy_filter([], items, threshold=args.threshold)
-    ours_s = time.perf_counter() - start
+    # 1. Real instructions: reference, brute force, ours. Latin text, where both tokenizers agree.
+    texts = [x for x in real_instructions() if x.isascii()][: args.n]
+    ours_s, decisions = timed(lambda: ours_on(texts), 3)
+    brute_s, (brute, _) = timed(lambda: brute_force(texts, t), 3)
     ours = [i for i, d in enumerate(decisions) if d.kept]
-
-    start = time.perf_counter()
-    reference = reference_kept(texts, args.threshold)
-    reference_s = time.perf_counter() - start
-    identical = ours == reference
+    identical = same_decisions(decisions, brute, t)
+    reference_s = float("nan")
+    if not args.skip_reference:
+        start = time.perf_counter()
+        reference = reference_kept(texts, t)
+        reference_s = time.perf_counter() - start
+        identical = identical and ours == reference
     print(
-        f"first {len(texts)} real instructions: reference {reference_s:.1f} s, ours {ours_s:.3f} s, "
-        f"speedup {reference_s / ours_s:.0f}x, kept {len(ours)} vs {len(reference)}, identical={identical}"
+        f"first {len(texts)} real instructions: reference {reference_s:.1f} s, brute force {brute_s:.4f} s, "
+        f"ours {ours_s:.4f} s; ours {reference_s / ours_s:.0f}x the reference, "
+        f"{brute_s / ours_s:.2f}x brute force; kept {len(ours)}, identical={identical}"
     )
 
-    stream = million_stream(args.n_large)
-    tokens = sum(len(tokenize(t)) for t in stream[:10000]) / min(len(stream), 10000)
-    print(f"large stream: {len(stream)} instructions, ~{tokens:.1f} tokens each")
-    start = time.perf_counter()
-    large = greedy_filter([], [(str(i), t) for i, t in enumerate(stream)], threshold=args.threshold)
-    n_1m_s = time.perf_counter() - start
-    kept_large = sum(d.kept for d in large)
-    print(f"large run: {n_1m_s:.1f} s, kept {kept_large}, peak RSS {peak_rss_mb():.0f} MB")
+    # 2. Stream prefixes: brute force against ours.
+    sizes = sorted(int(x) for x in args.sizes.split(",") if x)
+    stream = million_stream(max([args.n_large, *sizes]))
+    tokens = sum(len(tokenize(x)) for x in stream[:10000]) / min(len(stream), 10000)
+    print(f"stream: {len(stream)} instructions, ~{tokens:.1f} tokens each")
+    rows: list[dict[str, Any]] = []
+    pairs_per_s = float("nan")
+    for size in sizes:
+        prefix = stream[:size]
+        repeat = 3 if size <= 10_000 else 1
+        ours_n_s, ours_n = timed(lambda: ours_on(prefix), repeat)  # noqa: B023
+        brute_n_s, (brute_n, pairs) = timed(lambda: brute_force(prefix, t), repeat)  # noqa: B023
+        same = same_decisions(ours_n, brute_n, t)
+        identical = identical and same
+        pairs_per_s = pairs / brute_n_s
+        rows.append(
+            {
+                "n": size,
+                "ours_s": round(ours_n_s, 4),
+                "brute_s": round(brute_n_s, 4),
+                "ours_vs_brute": round(brute_n_s / ours_n_s, 2),
+                "kept": sum(d.kept for d in ours_n),
+                "brute_pairs": pairs,
+                "identical": same,
+            }
+        )
+        print(
+            f"  n={size}: brute force {brute_n_s:.3f} s ({pairs / brute_n_s / 1e6:.1f}M pairs/s), "
+            f"ours {ours_n_s:.3f} s: {brute_n_s / ours_n_s:.2f}x; identical={same}"
+        )
 
+    # 3. The whole stream: ours measured, brute force extrapolated from its measured pairs/s.
+    large: dict[str, Any] = {}
+    if args.n_large:
+        items = [(str(i), x) for i, x in enumerate(stream[: args.n_large])]
+        start = time.perf_counter()
+        decisions_large = greedy_filter([], items, threshold=t, strategy=args.strategy)
+        large_s = time.perf_counter() - start
+        kept_flags = [d.kept for d in decisions_large]
+        work = brute_force_pairs(kept_flags)
+        brute_large_s = work / pairs_per_s
+        large = {
+            "n_large": len(items),
+            "n_1m_s": round(large_s, 1),
+            "kept_1m": sum(kept_flags),
+            "brute_pairs_large": work,
+            "brute_large_s_extrapolated": round(brute_large_s),
+            "ours_vs_brute_large": round(brute_large_s / large_s, 1),
+        }
+        print(
+            f"large run: ours {large_s:.1f} s, kept {sum(kept_flags)}; brute force would score {work:.3g} "
+            f"pairs: {brute_large_s:.0f} s at {pairs_per_s / 1e6:.1f}M pairs/s, "
+            f"{brute_large_s / large_s:.1f}x ours; peak RSS {peak_rss_mb():.0f} MB"
+        )
+
+    measured = reference_s == reference_s  # NaN when skipped: JSON gets null
     print(
         json.dumps(
             {
                 "n": len(texts),
-                "reference_s": round(reference_s, 2),
+                "reference_s": round(reference_s, 2) if measured else None,
+                "brute_s": round(brute_s, 4),
                 "ours_s": round(ours_s, 4),
-                "speedup": round(reference_s / ours_s, 1),
+                "speedup": round(reference_s / ours_s, 1) if measured else None,
+                "brute_speedup": round(reference_s / brute_s, 1) if measured else None,
+                "ours_vs_brute": round(brute_s / ours_s, 2),
                 "identical": identical,
-                "n_large": len(stream),
-                "n_1m_s": round(n_1m_s, 1),
-                "kept_1m": kept_large,
+                "sizes": rows,
+                "brute_pairs_per_s": round(pairs_per_s),
+                **large,
+                "strategy": args.strategy,
                 "peak_rss_mb": round(peak_rss_mb()),
+                "cpus": os.cpu_count(),
+                "loadavg_start": load_start,
+                "loadavg_end": loadavg(),
             }
         )
     )

@@ -13,23 +13,33 @@ the same decisions without scoring every pair:
   a *prefix* of each record's tokens (rarest first) and a length window, both derived from the bound
   ``LCS <= multiset overlap <= min(m, n)``; only those candidates get an exact bit-parallel LCS
   (rapidfuzz). The pruning is exact: it only skips pairs whose score is provably below ``floor``.
+* :func:`greedy_filter` runs the whole filter over texts known up front, a block of candidates at a time:
+  either every pair against the records kept so far (rapidfuzz's ``cdist`` on all cores: the fastest way
+  while the pool is small) or the index's prefix filter vectorised with numpy over the block (the fastest
+  once it is not). Both find every pair that reaches the threshold, so the decisions are the same.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
+import time
 import unicodedata
 from array import array
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
+from itertools import chain
+from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 from rapidfuzz import process
-from rapidfuzz.distance import LCSseq
+from rapidfuzz.distance import Indel, LCSseq
 
 __all__ = [
     "DedupDecision",
@@ -436,25 +446,303 @@ class NearDuplicateIndex:
         return best, best_rid
 
 
+Strategy = Literal["auto", "index", "blocks"]
+
+# Candidates decided per cdist ("blocks") pass: each is one call against the records kept before it and
+# one within itself, so larger blocks pay less call overhead but score more in-block pairs.
+_BLOCK = 64
+# Candidates probed per numpy pass of the prefix filter ("index"): larger blocks pay less per-call
+# overhead, but probe postings of more in-block records that end up rejected.
+_PREFIX_BLOCK = 512
+# rapidfuzz's cutoff is applied to its own float 2·LCS/(m+n); passing it this far below the threshold
+# means no pair that reaches the threshold in exact arithmetic can be cut, whatever the rounding.
+_CUTOFF_MARGIN = 1e-6
+# The cores cdist and cpdist spread over (workers=-1).
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# "auto" times both methods on this many candidates: the losing method's pass is the price of a trial.
+_PREFIX_TRIAL = 128
+# "auto" uses cdist alone until this many records are kept: below it, cdist wins on any data we measured.
+_MIN_TIMED_POOL = 1024
+# ... and only with at least this many candidates left to decide.
+_MIN_TRIAL_REMAINING = 1024
+
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
+_Near = dict[int, list[tuple[int, float]]]
+
+
 def greedy_filter(
     pool: Iterable[tuple[str, str]],
     candidates: Iterable[tuple[str, str]],
     *,
     threshold: float = 0.7,
     stem: bool = False,
+    strategy: Strategy = "auto",
 ) -> list[DedupDecision]:
     """Self-Instruct's filter: keep each candidate, in order, iff its max ROUGE-L against the pool and the
-    candidates kept before it is <= threshold. Returns one decision per candidate, in order."""
+    candidates kept before it is <= threshold. Returns one decision per candidate, in order.
+
+    Every strategy gives the same decisions, bit for bit: the keep/reject flag, and the exact max score
+    and nearest key (ties: the earliest) whenever that max reaches ``threshold``; a candidate whose max is
+    below it gets ``(0.0, None)``, since only pairs that can reach the threshold are looked at.
+    ``"blocks"`` scores every pair (rapidfuzz's ``cdist``, all cores, 64 candidates at a time);
+    ``"index"`` only the pairs that :class:`NearDuplicateIndex`'s prefix filter cannot rule out (the same
+    filter, vectorised over 512 candidates at a time); ``"auto"`` uses, for each next block, whichever
+    of the two has cost least per candidate so far (blocks cost grows with the pool, the filter's does
+    not), so it is never much slower than the faster of them.
+    """
+    if strategy not in ("auto", "index", "blocks"):
+        raise ValueError(f"unknown strategy {strategy!r}")
     pool = list(pool)
     candidates = list(candidates)
-    index = NearDuplicateIndex(threshold=threshold, stem=stem)
-    id_lists = index._freeze_order(tokenize(text, stem=stem) for _, text in [*pool, *candidates])
-    for (key, _), ids in zip(pool, id_lists, strict=False):
-        index._insert(key, ids)
-    return [
-        index._check_and_add_ids(key, ids)
-        for (key, _), ids in zip(candidates, id_lists[len(pool) :], strict=True)
-    ]
+    token_lists = [tokenize(text, stem=stem) for _, text in chain(pool, candidates)]
+    keys = [key for key, _ in chain(pool, candidates)]
+    return _Greedy(keys, token_lists, len(pool), threshold).run(strategy)
+
+
+def _ranges(starts: Ints, counts: Ints) -> Ints:
+    """``concatenate([arange(s, s + c) for s, c in zip(starts, counts)])`` without the Python loop."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(counts)
+    out: Ints = np.repeat(starts - (ends - counts), counts) + np.arange(total, dtype=np.int64)
+    return out
+
+
+def _frequency_encoded(token_lists: list[list[str]]) -> list[_Encoded]:
+    """Records as code-point strings, the most frequent tokens first: rapidfuzz looks code points below
+    256 up in a plain array and others in a hash map, so common words get the cheap path."""
+    counts = Counter(chain.from_iterable(token_lists))
+    ids = {token: i for i, (token, _) in enumerate(counts.most_common())}
+    return [_encode([ids[t] for t in tokens]) for tokens in token_lists]
+
+
+def _exact_scores(norm_sim: Floats, m: Floats, n: Floats) -> Floats:
+    """ROUGE-L F (rouge_score's expression) from rapidfuzz's normalized Indel similarity 1 - d/(m+n).
+
+    The Indel distance is d = m + n - 2·LCS, an integer well inside float precision, so rounding recovers
+    it exactly; numpy's float64 operations are IEEE's, so the F-measure is bit-identical to ``_f_measure``.
+    """
+    lensum = m + n
+    lcs = (lensum - np.rint((1.0 - norm_sim) * lensum)) / 2.0
+    precision = lcs / n
+    recall = lcs / m
+    out: Floats = 2 * precision * recall / (precision + recall)
+    return out
+
+
+class _Greedy:
+    """The batch greedy filter. Each block of candidates finds its pairs that can reach the threshold,
+    either by scoring every pair against the records kept so far (``_pairs_by_cdist``) or through the
+    prefix filter (``_pairs_by_prefix``); both return every pair whose score reaches the threshold, so
+    ``_decide`` resolves the block in order the same way whichever found them.
+    """
+
+    def __init__(self, keys: list[str], token_lists: list[list[str]], n_pool: int, threshold: float) -> None:
+        self.keys = keys
+        self.token_lists = token_lists
+        self.n_pool = n_pool
+        self.threshold = threshold
+        self.cutoff = threshold - _CUTOFF_MARGIN
+        self.n = len(token_lists)
+        self.lens = np.array([len(t) for t in token_lists], dtype=np.int64)
+        self.lens_f = self.lens.astype(np.float64)
+        self.seqs = _frequency_encoded(token_lists)
+        self.kept = np.zeros(self.n, dtype=bool)
+        self.kept[:n_pool] = self.lens[:n_pool] > 0
+        # The kept records with at least one token, for cdist (an empty record scores 0 with everything).
+        self.kept_ids: list[int] = [i for i in range(n_pool) if self.lens[i] > 0]
+        self.kept_seqs: list[_Encoded] = [self.seqs[i] for i in self.kept_ids]
+        self.out: list[DedupDecision] = []
+        self._prefix_ready = False
+
+    def run(self, strategy: Strategy) -> list[DedupDecision]:
+        # "auto" starts with cdist, whose cost per candidate grows with the pool, and each time the pool
+        # doubles from _MIN_TIMED_POOL on, times both methods on the same candidates; the prefix filter
+        # takes over for good once it wins. CPU time, not wall time: a shared machine's load would
+        # otherwise decide. cdist runs on every core and the filter mostly on one, so on an idle machine
+        # the filter is faster only if its CPU time is below cdist's divided by the cores; under load,
+        # cores are not free and this test errs towards cdist, until the next trial.
+        trial_at = _MIN_TIMED_POOL if strategy == "auto" else None
+        use_prefix = strategy == "index"
+        start = self.n_pool
+        while start < self.n:
+            # A trial costs the prefix filter's set-up and one pass: worth it only with work left.
+            left = self.n - start
+            if (
+                trial_at
+                and not use_prefix
+                and len(self.kept_ids) >= trial_at
+                and left >= _MIN_TRIAL_REMAINING
+            ):
+                trial_at *= 2
+                end = min(start + _PREFIX_TRIAL, self.n)
+                if not self._prefix_ready:
+                    self._prepare_prefix()  # once, not part of the cost per candidate
+                clock = time.process_time()
+                self._pairs_by_prefix(start, end)  # timed only: the cdist pass below decides
+                prefix_s = time.process_time() - clock
+                cdist_s = 0.0
+                for sub in range(start, end, _BLOCK):
+                    clock = time.process_time()
+                    found = self._pairs_by_cdist(sub, min(sub + _BLOCK, end))
+                    cdist_s += time.process_time() - clock
+                    self._decide(sub, min(sub + _BLOCK, end), *found)
+                use_prefix = prefix_s < cdist_s / _CORES
+                start = end
+                continue
+            end = min(start + (_PREFIX_BLOCK if use_prefix else _BLOCK), self.n)
+            if use_prefix and not self._prefix_ready:
+                self._prepare_prefix()
+            found = self._pairs_by_prefix(start, end) if use_prefix else self._pairs_by_cdist(start, end)
+            self._decide(start, end, *found)
+            start = end
+        return self.out
+
+    def _decide(self, start: int, end: int, near_pool: _Near, near_block: _Near) -> None:
+        """Resolve a block in order. Pairs are listed in record order: ties go to the earliest record,
+        and in-block partners (later than every pool record) only win with a strictly greater score."""
+        kept = self.kept
+        for i in range(start, end):
+            best, nearest = 0.0, -1
+            for j, score in near_pool.get(i, ()):
+                if score > best:
+                    best, nearest = score, j
+            for j, score in near_block.get(i, ()):
+                if kept[j] and score > best:
+                    best, nearest = score, j
+            keep = best <= self.threshold
+            if keep and self.lens[i] > 0:
+                kept[i] = True
+                self.kept_ids.append(i)
+                self.kept_seqs.append(self.seqs[i])
+            reached = best >= self.threshold
+            self.out.append(
+                DedupDecision(
+                    key=self.keys[i],
+                    kept=keep,
+                    score=best if reached else 0.0,
+                    nearest=self.keys[nearest] if reached else None,
+                )
+            )
+
+    def _collect(self, start: int, q: Ints, r: Ints, sims: Floats) -> tuple[_Near, _Near]:
+        """Pairs (query q, earlier record r) whose rapidfuzz score passed the cutoff, with exact scores."""
+        close = np.flatnonzero(sims)
+        q, r = q[close], r[close]
+        scores = _exact_scores(sims[close], self.lens_f[q], self.lens_f[r])
+        near_pool: _Near = {}
+        near_block: _Near = {}
+        for a, b, score in zip(q.tolist(), r.tolist(), scores.tolist(), strict=True):
+            (near_block if b >= start else near_pool).setdefault(a, []).append((b, score))
+        return near_pool, near_block
+
+    def _pairs_by_cdist(self, start: int, end: int) -> tuple[_Near, _Near]:
+        queries = self.seqs[start:end]
+        block = np.arange(start, end, dtype=np.int64)
+        near_pool: _Near = {}
+        if self.kept_seqs:
+            sims = process.cdist(
+                queries,
+                self.kept_seqs,
+                scorer=Indel.normalized_similarity,
+                score_cutoff=self.cutoff,
+                dtype=np.float64,
+                workers=-1,
+            )
+            rows, cols = np.nonzero(sims)
+            near_pool, _ = self._collect(start, block[rows], np.array(self.kept_ids)[cols], sims[rows, cols])
+        inner = process.cdist(
+            queries, queries, scorer=Indel.normalized_similarity, score_cutoff=self.cutoff, dtype=np.float64
+        )
+        # Below the diagonal: earlier records only; an empty query (1.0 with another empty) never counts.
+        later, earlier = np.nonzero(np.tril(inner, -1) * (self.lens[block] > 0)[:, None])
+        _, near_block = self._collect(start, block[later], block[earlier], inner[later, earlier])
+        return near_pool, near_block
+
+    def _prepare_prefix(self) -> None:
+        """Postings of every record (all are known up front), built once, the first time they are used."""
+        self._prefix_ready = True
+        floor, lens, n = self.threshold, self.lens, self.n
+        frac = floor / (2.0 - floor)
+        table: dict[str, int] = {}
+        flat = [table.setdefault(t, len(table)) for tokens in self.token_lists for t in tokens]
+        vocab = max(1, len(table))
+        tok = np.array(flat, dtype=np.int64)
+        self.starts = np.cumsum(lens) - lens
+        rec = np.repeat(np.arange(n, dtype=np.int64), lens)
+        # Rarest first by document frequency, ties by first appearance.
+        occurrences = np.sort(rec * vocab + tok)
+        df = np.bincount(occurrences[np.diff(occurrences, prepend=-1) != 0] % vocab, minlength=vocab)
+        rank = np.empty(vocab, dtype=np.int64)
+        rank[np.lexsort((np.arange(vocab), df))] = np.arange(vocab)
+        self.stok = tok[np.lexsort((rank[tok], rec))]  # each record's tokens, rarest first
+        pos = np.arange(len(tok), dtype=np.int64) - np.repeat(self.starts, lens)
+        # A token repeated in a record is probed once (at its first position), as in _candidates.
+        self.first = np.ones(len(tok), dtype=bool)
+        self.first[1:] = (self.stok[1:] != self.stok[:-1]) | (pos[1:] == 0)
+        self.bounds = np.array(_BOUNDS, dtype=np.int64)
+        bucket = np.searchsorted(self.bounds, lens, side="right") - 1
+        # Each record under its index prefix (as _index_record), as one sorted array of key·n + record.
+        alpha_min = np.maximum(1, np.ceil(lens * frac - _EPS)).astype(np.int64)
+        indexed = pos < np.repeat(np.minimum(lens, lens - alpha_min + _PREFIX_SLACK), lens)
+        keys = self.stok[indexed] * _N_BUCKETS + np.repeat(bucket, lens)[indexed]
+        self.postings = np.sort(keys * n + rec[indexed])
+        # Each record's length window and the hits it needs (as _scored_candidates and _candidates).
+        self.lo = np.maximum(1, np.ceil(lens * frac - _EPS)).astype(np.int64)
+        self.hi = np.floor(lens / frac + _EPS).astype(np.int64)
+        self.bucket_lo = np.searchsorted(self.bounds, self.lo, side="right") - 1
+        self.bucket_hi = np.searchsorted(self.bounds, self.hi, side="right") - 1
+        need = np.ceil(floor * (lens + self.lo) / 2.0 - _EPS)
+        self.need = np.minimum(_PREFIX_SLACK, np.maximum(1, need)).astype(np.int64)
+
+    def _pairs_by_prefix(self, start: int, end: int) -> tuple[_Near, _Near]:
+        if not self._prefix_ready:
+            self._prepare_prefix()
+        floor, lens, n = self.threshold, self.lens, self.n
+        queries = np.arange(start, end, dtype=np.int64)
+        queries = queries[lens[queries] > 0]
+        # One probe per (query, length bucket in its window) with that bucket's prefix length...
+        n_buckets = self.bucket_hi[queries] - self.bucket_lo[queries] + 1
+        probe_q = np.repeat(queries, n_buckets)
+        probe_b = _ranges(self.bucket_lo[queries], n_buckets)
+        m = lens[probe_q]
+        shortest = np.maximum(self.lo[probe_q], self.bounds[probe_b])
+        alpha = np.maximum(1, np.ceil(floor * (m + shortest) / 2.0 - _EPS)).astype(np.int64)
+        keep = np.minimum(m, m - alpha + _PREFIX_SLACK)
+        # ...then one per distinct token of that prefix.
+        at = _ranges(self.starts[probe_q], keep)
+        probe_q = np.repeat(probe_q, keep)
+        probe_key = self.stok[at] * _N_BUCKETS + np.repeat(probe_b, keep)
+        distinct = self.first[at]
+        probe_q, probe_key = probe_q[distinct], probe_key[distinct] * n
+        # Posting ranges cut at the block's end: later records are never this block's partners.
+        first_hit = np.searchsorted(self.postings, probe_key)
+        counts = np.searchsorted(self.postings, probe_key + end) - first_hit
+        hit_q = np.repeat(probe_q, counts)
+        hit_r = self.postings[_ranges(first_hit, counts)] % n
+        ok = (hit_r < hit_q) & ((hit_r >= start) | self.kept[hit_r])
+        ok &= (lens[hit_r] >= self.lo[hit_q]) & (lens[hit_r] <= self.hi[hit_q])
+        pairs = np.sort(hit_q[ok] * n + hit_r[ok])
+        if pairs.size == 0:
+            return {}, {}
+        run_start = np.flatnonzero(np.diff(pairs, prepend=-1))
+        runs = np.diff(np.append(run_start, pairs.size))
+        q, r = pairs[run_start] // n, pairs[run_start] % n
+        enough = runs >= self.need[q]
+        q, r = q[enough], r[enough]
+        if q.size == 0:
+            return {}, {}
+        sims = process.cpdist(
+            [self.seqs[i] for i in q.tolist()],
+            [self.seqs[j] for j in r.tolist()],
+            scorer=Indel.normalized_similarity,
+            score_cutoff=self.cutoff,
+            dtype=np.float64,
+            workers=-1,
+        )
+        return self._collect(start, q, r, sims)
 
 
 def nearest_neighbours(

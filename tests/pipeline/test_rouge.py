@@ -137,6 +137,9 @@ def test_chinese_sharing_one_english_word_no_longer_scores_one(shared_data):
 # -- greedy filter ---------------------------------------------------------------------------------------
 
 
+STRATEGIES = ["index", "blocks", "auto"]
+
+
 @pytest.mark.parametrize("n", [500, pytest.param(3000, marks=pytest.mark.slow)])
 def test_greedy_filter_keeps_exactly_what_rouge_score_on_every_pair_keeps(n, shared_data):
     """The reference is Alpaca's loop verbatim (rouge_score on every pair); it is slow, hence N
@@ -155,18 +158,42 @@ def test_greedy_filter_keeps_exactly_what_rouge_score_on_every_pair_keeps(n, sha
         if keep:
             kept_tokens.append(tokens)
 
-    decisions = greedy_filter([], [(str(i), t) for i, t in enumerate(sample)], threshold=0.7)
-    assert [d.kept for d in decisions] == reference
+    for strategy in STRATEGIES:
+        decisions = greedy_filter(
+            [], [(str(i), t) for i, t in enumerate(sample)], threshold=0.7, strategy=strategy
+        )
+        assert [d.kept for d in decisions] == reference, strategy
     assert 0 < reference.count(False) < len(reference)
 
 
-def test_greedy_filter_matches_brute_force_on_thousands_of_real_instructions(shared_data):
-    """Same decisions, and the same nearest neighbour and score for every rejected and kept record."""
-    texts = _latin_instructions(shared_data)[:3500]
+def _mixed_instructions(data: Path) -> list[str]:
+    """Latin and Chinese real instructions interleaved, so blocks and the index see both scripts at once."""
+    latin = _latin_instructions(data)[:2500]
+    chinese = _chinese_instructions(data)[:1000]
+    return [t for pair in zip(latin[::2], latin[1::2], chinese, strict=False) for t in pair] + latin[2000:]
+
+
+@pytest.fixture(scope="module")
+def mixed_brute_force(shared_data: Path) -> tuple[list[str], list[tuple[bool, float, int | None]]]:
+    """The mixed real instructions and their brute-force decisions (a pool of 175), computed once: every
+    pair in Python takes a while."""
+    texts = _mixed_instructions(shared_data)
+    return texts, _brute_force_greedy([tokenize(t) for t in texts], 0.7, pool=175)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_matches_brute_force_on_real_latin_and_chinese_instructions(
+    strategy, mixed_brute_force
+):
+    """Same decisions, and the same nearest neighbour and score whenever the max reaches the threshold;
+    below it every strategy reports (0.0, None)."""
+    texts, expected = mixed_brute_force
+    assert sum(not t.isascii() for t in texts) > 500
     pool, candidates = texts[:175], texts[175:]
-    expected = _brute_force_greedy([tokenize(t) for t in texts], 0.7, pool=175)
     decisions = greedy_filter(
-        [(f"p{i}", t) for i, t in enumerate(pool)], [(f"c{i}", t) for i, t in enumerate(candidates)]
+        [(f"p{i}", t) for i, t in enumerate(pool)],
+        [(f"c{i}", t) for i, t in enumerate(candidates)],
+        strategy=strategy,
     )
     assert sum(not d.kept for d in decisions) > 200
     for decision, (kept, best, best_j) in zip(decisions, expected, strict=True):
@@ -175,9 +202,32 @@ def test_greedy_filter_matches_brute_force_on_thousands_of_real_instructions(sha
             assert best_j is not None
             assert decision.score == best
             assert decision.nearest == (f"p{best_j}" if best_j < 175 else f"c{best_j - 175}")
+        else:
+            assert (decision.score, decision.nearest) == (0.0, None)
 
 
-def test_chinese_near_copies_are_rejected_with_their_original_as_nearest(shared_data):
+def test_strategies_agree_across_many_blocks_with_pool_and_in_block_duplicates(shared_data):
+    """Exact copies and near-copies land both in later blocks (against the pool) and in their original's
+    own block (within it), and ties between equally near records go to the earliest."""
+    texts = _mixed_instructions(shared_data)[:1200]
+    rnd = random.Random(13)
+    stream: list[str] = []
+    for text in texts:
+        stream.append(text)
+        roll = rnd.random()
+        if roll < 0.15:
+            stream.append(text)  # same block, exact copy: ties with any earlier copy
+        elif roll < 0.3:
+            stream.append(rnd.choice(stream[-300:]) + " please")
+    items = [(str(i), t) for i, t in enumerate(stream)]
+    by_index = greedy_filter(items[:100], items[100:], strategy="index")
+    by_blocks = greedy_filter(items[:100], items[100:], strategy="blocks")
+    assert by_index == by_blocks
+    assert sum(not d.kept for d in by_blocks) > 250
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_chinese_near_copies_are_rejected_with_their_original_as_nearest(strategy, shared_data):
     originals = _chinese_instructions(shared_data)[:1500]
     rnd = random.Random(11)
     copies = []
@@ -193,7 +243,9 @@ def test_chinese_near_copies_are_rejected_with_their_original_as_nearest(shared_
             copy = text.rstrip("。？！") + "？"
         copies.append((i, copy))
     decisions = greedy_filter(
-        [(str(i), t) for i, t in enumerate(originals)], [(f"copy{i}", c) for i, c in copies]
+        [(str(i), t) for i, t in enumerate(originals)],
+        [(f"copy{i}", c) for i, c in copies],
+        strategy=strategy,
     )
     originals_tokens = [tokenize(t) for t in originals]
     for (i, copy), decision in zip(copies, decisions, strict=True):
@@ -225,6 +277,27 @@ def test_pruning_never_changes_a_decision_or_a_reported_maximum(token_lists, thr
         assert decision.kept == kept
         if best >= effective_floor:
             assert (decision.score, decision.nearest) == (best, str(best_j))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(_SHORT, min_size=1, max_size=160),
+    st.integers(min_value=0, max_value=20),
+    st.sampled_from([0.3, 0.5, 0.7, 0.9, 1.0]),
+)
+def test_every_strategy_decides_like_brute_force_on_adversarial_records(token_lists, pool, threshold):
+    """Tiny vocabularies, repeated tokens, empty records and exact ties, across several cdist blocks."""
+    pool = min(pool, len(token_lists))
+    expected = _brute_force_greedy(token_lists, threshold, pool=pool)
+    items = [(str(i), " ".join(tokens)) for i, tokens in enumerate(token_lists)]
+    for strategy in STRATEGIES:
+        decisions = greedy_filter(items[:pool], items[pool:], threshold=threshold, strategy=strategy)
+        for decision, (kept, best, best_j) in zip(decisions, expected, strict=True):
+            assert decision.kept == kept, strategy
+            if best >= threshold:
+                assert (decision.score, decision.nearest) == (best, str(best_j)), strategy
+            else:
+                assert (decision.score, decision.nearest) == (0.0, None), strategy
 
 
 def test_index_stays_exact_across_reorders_and_for_unseen_query_words():
@@ -279,9 +352,12 @@ def test_check_and_add_reports_the_neighbour_and_only_adds_kept_texts():
     assert index.nearest("Write a haiku about the autumn rain in Osaka.")[1] == "b"
 
 
-def test_empty_texts_score_zero_and_are_kept():
-    decisions = greedy_filter([("seed", "...")], [("a", ""), ("b", "!!!")])
-    assert [(d.kept, d.score, d.nearest) for d in decisions] == [(True, 0.0, None), (True, 0.0, None)]
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_empty_texts_score_zero_and_are_kept(strategy):
+    decisions = greedy_filter(
+        [("seed", "..."), ("x", "hello")], [("a", ""), ("b", "!!!"), ("c", "")], strategy=strategy
+    )
+    assert [(d.kept, d.score, d.nearest) for d in decisions] == [(True, 0.0, None)] * 3
 
 
 def test_invalid_threshold_is_refused():
