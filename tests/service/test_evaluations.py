@@ -582,3 +582,69 @@ def test_a_generator_left_running_by_a_killed_worker_is_stopped_before_a_new_one
         for proc in (orphan, stranger):
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ANSWER_READY, reason="trainer/answer.py (evaluation generation) has not landed yet")
+def test_cancel_while_a_model_answers_stops_its_generator_and_keeps_the_answers_so_far(
+    committed_pg, teacher, tmp_path, monkeypatch
+):
+    pytest.importorskip("torch")
+    import threading
+
+    from app.evaluation.jobs import PID_FILE
+    from app.jobs import service as jobs
+    from tests.trainer.conftest import _save_model, _tokenizer
+
+    models = tmp_path / "models"
+    _save_model(models / "tiny-llama", _tokenizer(None))
+    monkeypatch.setattr(get_settings(), "models_dir", models)
+    with Session(committed_pg) as db:
+        curator = make_user(db, "curator")
+        dataset = make_dataset(db, make_project(db, (curator, "curator")))
+        make_records(db, dataset, 300)
+        db.commit()
+        dataset_id = dataset.id
+        db.expunge(curator)
+    evaluation_id, job_id = _create(
+        committed_pg,
+        curator,
+        dataset_id=dataset_id,
+        systems=[{"kind": "base", "base_model": "tiny-llama"}, {"kind": "teacher", "teacher": "fake"}],
+        judge_teacher="fake",
+        generation={"max_new_tokens": 48, "batch_size": 2},
+    )
+    outcome: list[str | None] = []
+    runner = threading.Thread(target=lambda: outcome.append(run_job(job_id)))
+    runner.start()
+
+    def answers() -> int:
+        with Session(committed_pg) as db:
+            return int(
+                db.scalar(select(func.count()).where(EvaluationAnswer.evaluation_id == evaluation_id)) or 0
+            )
+
+    try:
+        _wait(committed_pg, job_id, lambda: answers() > 0, 120, "the first answers")
+    finally:
+        with Session(committed_pg) as db:
+            jobs.cancel_job(db=db, user=db.merge(curator), job_id=job_id)
+            db.commit()
+        runner.join(timeout=180)
+    assert outcome == ["cancelled"]
+    assert 0 < answers() < 300  # what was answered before the cancel is kept
+    with Session(committed_pg) as db:
+        system = db.scalar(
+            select(EvaluationSystem).where(
+                EvaluationSystem.evaluation_id == evaluation_id, EvaluationSystem.kind == "base"
+            )
+        )
+        assert system is not None
+    out = (
+        Path(os.environ["IF_DATA_DIR"])
+        / "evaluations"
+        / f"evaluation-{evaluation_id}"
+        / f"system-{system.id}"
+    )
+    pid = int((out / PID_FILE).read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
