@@ -53,6 +53,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from tests.fake_teacher_answers import REASONING_CUES, REWRITE_CUES, answer_reasoning, answer_rewrite
+
 # --------------------------------------------------------------------------------------------------
 # Word lists: instructions are composed from these by hash, so a few hundred differ enough to pass a
 # 0.7 ROUGE-L filter.
@@ -771,6 +773,8 @@ def detect_kind(prompt: str) -> tuple[str, str]:
         ("bt_instruction", ("Write the instruction the user most likely gave", "请写出用户最可能提出的指令")),
         ("bt_score", ("Rate how well the answer answers the instruction", "请评估回答对指令的回答程度")),
         ("judge", ("Score the response", "请为回答打分")),
+        ("rewrite", REWRITE_CUES),
+        ("reasoning", REASONING_CUES),
         ("equal", ("The First Prompt:", "第一条提示：")),
         ("evol", ("#Given Prompt#", "#给定提示#")),
         ("classify", ("classification task with finite output labels", "有限输出标签的分类任务")),
@@ -814,6 +818,10 @@ def respond(
         return answer_backtranslate_score(prompt), "stop"
     if kind in ("judge", "judge_retry"):
         return answer_judge(prompt, retry=kind == "judge_retry"), "stop"
+    if kind == "rewrite":
+        return _limit_tokens(answer_rewrite(prompt, lang), "stop", max_tokens)
+    if kind == "reasoning":
+        return _limit_tokens(answer_reasoning(prompt, lang), "stop", max_tokens)
     return _limit_tokens(answer_generic(prompt, lang), "stop", max_tokens)
 
 

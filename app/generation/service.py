@@ -163,10 +163,20 @@ def _judge_run(db: Session, dataset: Dataset, request: EstimateRequest) -> DryRu
     return DryRun(teacher, prompts, "judge", params.sampling, [0] * len(prompts), n)
 
 
+def _dry_run_of(kind: str, db: Session, dataset: Dataset, request: EstimateRequest) -> DryRun:
+    """The plan of a kind whose job module holds it (imported late: those modules import this one)."""
+    from importlib import import_module
+
+    plan: DryRun = import_module(f"app.generation.{kind}").dry_run(db, dataset, request)
+    return plan
+
+
 DRY_RUNS: dict[str, Callable[[Session, Dataset, EstimateRequest], DryRun]] = {
     "self_instruct": _self_instruct_run,
     "evol": _evol_run,
     "judge": _judge_run,
+    "rewrite": lambda db, dataset, request: _dry_run_of("rewrite", db, dataset, request),
+    "reasoning": lambda db, dataset, request: _dry_run_of("reasoning", db, dataset, request),
 }
 # The job kinds POST /generation/estimate prices (their forms show an Estimate button).
 ESTIMATED_KINDS = tuple(DRY_RUNS)

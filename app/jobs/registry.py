@@ -161,3 +161,23 @@ register(
         internal=True,
     )
 )
+register(
+    JobKind(
+        "rewrite",
+        "default",
+        "app.generation.rewrite.RewriteJobParams",
+        "app.generation.rewrite.run_rewrite_job",
+        "Response rewriting: the teacher improves answers; each rewrite is a revision with its provenance.",
+        validator="app.generation.jobs.validate_teacher",
+    )
+)
+register(
+    JobKind(
+        "reasoning",
+        "default",
+        "app.generation.reasoning.ReasoningJobParams",
+        "app.generation.reasoning.run_reasoning_job",
+        "Reasoning traces: step-by-step solutions kept only when their final answer matches the reference.",
+        validator="app.generation.jobs.validate_teacher",
+    )
+)

@@ -320,3 +320,39 @@ def revisions(*, db: Session, user: User, record_id: int) -> Sequence[RecordRevi
     return db.scalars(
         select(RecordRevision).where(RecordRevision.record_id == record_id).order_by(RecordRevision.version)
     ).all()
+
+
+def revise_by_machine(
+    *, db: Session, record: Record, output: str, note: str, provenance: dict[str, Any], meta_key: str
+) -> RecordRevision:
+    """A job's new answer for a locked record, kept as a revision like a person's edit (the original text
+    is stored first, so the review page shows the diff and the history), with no editor (`edited_by` is
+    None: a machine) and its provenance appended to `meta[meta_key]` with the version it made. The
+    record's status and human_decided stay as they are: a person confirms a machine's revision by
+    deciding the record after it (app.review.insights reads that as the preference pair's confirmation)."""
+    if db.scalar(select(RecordRevision.id).where(RecordRevision.record_id == record.id)) is None:
+        db.add(
+            RecordRevision(
+                record_id=record.id,
+                version=record.version,
+                edited_by=None,
+                edited_at=record.created_at,
+                note="original",
+                **content_of(record),
+            )
+        )
+    previous = record.version
+    record.output = output
+    record.version += 1
+    revision = RecordRevision(
+        record_id=record.id, version=record.version, edited_by=None, note=note, **content_of(record)
+    )
+    db.add(revision)
+    meta = dict(record.meta or {})
+    meta[meta_key] = [
+        *(meta.get(meta_key) or []),
+        {**provenance, "version": record.version, "previous_version": previous},
+    ]
+    record.meta = meta
+    db.flush()
+    return revision

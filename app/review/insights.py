@@ -491,15 +491,26 @@ def _pair(original: RecordRevision, latest: RecordRevision, record_id: int) -> d
     }
 
 
+def _confirmed(latest: RecordRevision, status: str, reviewed_at: datetime | None) -> bool:
+    """A machine's revision (a rewrite job's: no editor) makes a pair only once a person confirmed it by
+    accepting the record after it was written; a person's own edit is its confirmation."""
+    return status == "accepted" and reviewed_at is not None and reviewed_at >= latest.edited_at
+
+
 def preference_pairs(*, db: Session, user: User, dataset_id: int) -> Iterator[dict[str, Any]]:
     """DPO pairs from human edits: prompt (as edited), chosen = the latest edited response, rejected =
-    the original one. Records a person rejected or curation filtered are left out."""
+    the original one. Records a person rejected or curation filtered are left out. A machine's rewrite
+    (app.generation.rewrite) counts once a person accepted the record after it (`_confirmed`)."""
     require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
     last = 0
     while True:
         spans = db.execute(
             select(
-                RecordRevision.record_id, func.min(RecordRevision.version), func.max(RecordRevision.version)
+                RecordRevision.record_id,
+                func.min(RecordRevision.version),
+                func.max(RecordRevision.version),
+                Record.status,
+                Record.reviewed_at,
             )
             .join(Record, Record.id == RecordRevision.record_id)
             .where(
@@ -507,23 +518,26 @@ def preference_pairs(*, db: Session, user: User, dataset_id: int) -> Iterator[di
                 Record.status.in_(("pending", "accepted")),
                 RecordRevision.record_id > last,
             )
-            .group_by(RecordRevision.record_id)
+            .group_by(RecordRevision.record_id, Record.status, Record.reviewed_at)
             .having(func.max(RecordRevision.version) > func.min(RecordRevision.version))
             .order_by(RecordRevision.record_id)
             .limit(500)
         ).all()
         if not spans:
             return
-        wanted = {(rid, v) for rid, lo, hi in spans for v in (lo, hi)}
+        wanted = {(rid, v) for rid, lo, hi, _, _ in spans for v in (lo, hi)}
         revs = {
             (r.record_id, r.version): r
             for r in db.scalars(
-                select(RecordRevision).where(RecordRevision.record_id.in_([rid for rid, _, _ in spans]))
+                select(RecordRevision).where(RecordRevision.record_id.in_([rid for rid, *_ in spans]))
             )
             if (r.record_id, r.version) in wanted
         }
-        for rid, lo, hi in spans:
-            pair = _pair(revs[(rid, lo)], revs[(rid, hi)], rid)
+        for rid, lo, hi, status, reviewed_at in spans:
+            latest = revs[(rid, hi)]
+            if latest.edited_by is None and not _confirmed(latest, status, reviewed_at):
+                continue
+            pair = _pair(revs[(rid, lo)], latest, rid)
             if pair is not None:
                 yield pair
         last = spans[-1][0]
