@@ -2,7 +2,9 @@
 
 A fake OpenAI-compatible teacher runs in a separate process and answers every request after 300 ms
 (so its CPU is not ours). Both sides use the same prompts, parsers, rules and ROUGE-L filter; the
-reference sends one request at a time, as Alpaca's / Self-Instruct's scripts do. Prints figures, then
+reference sends one request at a time, as Alpaca's / Self-Instruct's scripts do; it runs in slices, one
+after each of our measured jobs (its state carried over, so the slices add up to one run of the loop), so
+that load drift on a shared machine hits both sides alike. Prints figures, then
 one JSON line: {"kept_per_min", "reference_kept_per_min", "speedup", "cpu_ms_per_record", ...}.
 
 Baseline for our CPU: the bare ``openai`` client (``AsyncOpenAI().chat.completions.create`` under an
@@ -134,19 +136,31 @@ def run_bare_client(
     }
 
 
-def run_reference(base_url: str, *, seconds: float, k: int = 3) -> dict[str, float]:
-    """The reference's loop: one prompt, then each new task's classification and instances, one by one."""
-    client = openai.OpenAI(api_key="none", base_url=base_url, max_retries=0)
-    params = SelfInstructParams(seed=2)
-    seeds = load_seed_tasks(SEEDS)
-    human = [s.instruction for s in seeds]
-    machine: list[str] = []
-    index = NearDuplicateIndex(threshold=0.7)
-    for s in seeds:
-        index.add(s.key, s.instruction)
+class Reference:
+    """The reference's loop: one prompt, then each new task's classification and instances, one by one.
 
-    def ask(prompt: str, temperature: float, max_tokens: int) -> tuple[str, str | None]:
-        r = client.chat.completions.create(
+    Run in slices (:meth:`run`) interleaved with our jobs, so both sides see the same load on a shared
+    machine; the loop's state (pool, index, prompt counter, the prompt's items not yet processed) carries
+    over from slice to slice, so the slices add up to one continuous run of the loop.
+    """
+
+    def __init__(self, base_url: str, *, k: int = 3) -> None:
+        self.client = openai.OpenAI(api_key="none", base_url=base_url, max_retries=0)
+        self.params = SelfInstructParams(seed=2)
+        self.k = k
+        seeds = load_seed_tasks(SEEDS)
+        self.human = [s.instruction for s in seeds]
+        self.machine: list[str] = []
+        self.index = NearDuplicateIndex(threshold=0.7)
+        for s in seeds:
+            self.index.add(s.key, s.instruction)
+        self.n = 0
+        self.kept = 0
+        self.wall_s = 0.0
+        self.items: list[str] = []
+
+    def ask(self, prompt: str, temperature: float, max_tokens: int) -> tuple[str, str | None]:
+        r = self.client.chat.completions.create(
             model="fake",
             messages=[{"role": "user", "content": prompt}],
             temperature=temperature,
@@ -154,37 +168,43 @@ def run_reference(base_url: str, *, seconds: float, k: int = 3) -> dict[str, flo
         )
         return r.choices[0].message.content or "", r.choices[0].finish_reason
 
-    kept = 0
-    started = time.perf_counter()
-    n = 0
-    while time.perf_counter() - started < seconds:
-        prompt, _ = build_instruction_prompt(
-            human=human, machine=machine, rng=random.Random(f"ref:{n}"), params=params
-        )
-        n += 1
-        text, finish = ask(prompt, 0.7, 1024)
-        for item in parse_numbered_list(text, truncated=finish == "length"):
-            if time.perf_counter() - started >= seconds:
-                break
-            if evaluate(instruction=item) or not index.check_and_add(f"r{n}:{item[:20]}", item).kept:
+    def run(self, seconds: float) -> None:
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            if not self.items:
+                prompt, _ = build_instruction_prompt(
+                    human=self.human,
+                    machine=self.machine,
+                    rng=random.Random(f"ref:{self.n}"),
+                    params=self.params,
+                )
+                self.n += 1
+                text, finish = self.ask(prompt, 0.7, 1024)
+                self.items = parse_numbered_list(text, truncated=finish == "length")
                 continue
-            is_cls = bool(parse_yes_no(ask(classification_prompt(item, language="en"), 0.0, 5)[0]))
-            answer, finish = ask(instance_prompt(item, classification=is_cls), 0.0, 600)
+            item = self.items.pop(0)
+            if (
+                evaluate(instruction=item)
+                or not self.index.check_and_add(f"r{self.n}:{item[:20]}", item).kept
+            ):
+                continue
+            is_cls = bool(parse_yes_no(self.ask(classification_prompt(item, language="en"), 0.0, 5)[0]))
+            answer, finish = self.ask(instance_prompt(item, classification=is_cls), 0.0, 600)
             if is_cls:
                 instances = parse_output_first(answer, truncated=finish == "length")[1]
             else:
                 instances = parse_input_first(answer, truncated=finish == "length")
-            decisions = filter_instances(instances, max_per_task=k, classification=is_cls)
+            decisions = filter_instances(instances, max_per_task=self.k, classification=is_cls)
             good = [
                 d
                 for d in decisions
                 if d.reason is None
                 and not evaluate(instruction=item, input=d.instance.input, output=d.instance.output)
             ]
-            kept += len(good)
+            self.kept += len(good)
             if good:
-                machine.append(item)
-    return {"kept": kept, "wall_s": time.perf_counter() - started}
+                self.machine.append(item)
+        self.wall_s += time.perf_counter() - started
 
 
 def main() -> None:
@@ -195,7 +215,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="Measured jobs; figures are their medians.")
     ap.add_argument("--warmup-target", type=int, default=40, help="Tasks of the warm-up job before them.")
     ap.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop", help="Ours runs on.")
-    ap.add_argument("--reference-seconds", type=float, default=30, help="How long the sequential loop runs.")
+    ap.add_argument(
+        "--reference-seconds", type=float, default=30, help="How long the sequential loop runs, all slices."
+    )
     args = ap.parse_args()
     with teacher_process(latency_ms=args.latency_ms) as (url, _):
         ours = functools.partial(run_ours, url, concurrency=args.concurrency, loop=args.event_loop)
@@ -205,12 +227,17 @@ def main() -> None:
         ours(target=args.warmup_target, requests=warm_requests)
         run_bare_client(url, warm_requests, concurrency=args.concurrency, loop="asyncio")
         requests: list[dict[str, Any]] = []
-        runs = [ours(target=args.target, requests=requests if i == 0 else None) for i in range(args.repeats)]
+        # Our jobs and slices of the sequential loop alternate, so load drift on a shared machine hits both.
+        reference = Reference(url)
+        runs: list[dict[str, float]] = []
+        for i in range(args.repeats):
+            runs.append(ours(target=args.target, requests=requests if i == 0 else None))
+            reference.run(args.reference_seconds / args.repeats)
         bare = [
             run_bare_client(url, requests, concurrency=args.concurrency, loop=loop)
             for loop in ("asyncio", "uvloop", "asyncio", "uvloop")
         ]
-        ref = run_reference(url, seconds=args.reference_seconds)
+        ref = {"kept": reference.kept, "wall_s": reference.wall_s}
     per_min = [r["kept"] / r["wall_s"] * 60 for r in runs]
     cpu_ms = [r["cpu_s"] * 1000 / max(1, r["kept"]) for r in runs]
     cpu_ms_per_call = statistics.median(r["cpu_s"] * 1000 / max(1, r["calls"]) for r in runs)
@@ -233,7 +260,10 @@ def main() -> None:
         f"ours: {cpu_ms_per_call:.3f} ms CPU per teacher call (whole job); bare openai client, same"
         f" {len(requests)} requests: {bare_ms['asyncio']:.3f} ms (asyncio), {bare_ms['uvloop']:.3f} ms (uvloop)"
     )
-    print(f"reference: {ref['kept']:.0f} kept records in {ref['wall_s']:.1f} s -> {ref_per_min:.0f}/min")
+    print(
+        f"reference: {ref['kept']:.0f} kept records in {ref['wall_s']:.1f} s -> {ref_per_min:.0f}/min"
+        f" (in {args.repeats} slices, one after each of our jobs)"
+    )
     print(
         f"warm-up job: {warmup['kept']:.0f} kept records, {warmup['cpu_s']:.2f} s CPU;"
         f" {cold_cpu_ms:.2f} ms per kept record over all jobs, warm-up included"
