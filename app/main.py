@@ -27,6 +27,7 @@ from app.edge import check_request
 from app.errors import DomainError, validation_message
 from app.evaluation.router import router as evaluations_router
 from app.generation.router import router as generation_router
+from app.imports.documents_router import router as documents_router
 from app.imports.router import router as imports_router
 from app.jobs.router import router as jobs_router
 from app.openapi import install as install_openapi
@@ -179,6 +180,7 @@ def create_app() -> FastAPI:
         datasets_router,
         records_router,
         imports_router,
+        documents_router,
         jobs_router,
         snapshots_router,
         training_router,

@@ -135,6 +135,16 @@ register(
 )
 register(
     JobKind(
+        "backtranslate",
+        "default",
+        "app.generation.backtranslate.BacktranslateJobParams",
+        "app.generation.backtranslate.run_backtranslate_job",
+        "Instruction backtranslation (Humpback): an instruction per document passage, the pair scored 1-5.",
+        validator="app.generation.jobs.validate_teacher",
+    )
+)
+register(
+    JobKind(
         "convert",
         "default",
         "app.curation.schemas.ConvertParams",

@@ -1,0 +1,210 @@
+"""The `backtranslate` job: passages (records with source 'document') become instruction–answer pairs.
+
+Each passage yields at most one record, source 'backtranslation', parent_id the passage, keyed
+``bt<job>:<passage id>``: pending when the teacher scored the pair at or above the threshold, else
+filtered with its reason. A redelivered job is answered from the cache and finds its keys; a second job on
+the same passages adds no copies (app.generation.jobs.upsert_generated). Passages and earlier records are
+never changed, so a person's decision on any of them stands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from sqlalchemy import bindparam, update
+
+from app.generation.schemas import TeacherChoice
+from app.jobs.context import JobCancelled, JobContext
+from app.records.schemas import RecordFilter
+
+PASSAGE_SOURCE = "document"
+
+
+class BacktranslateJobParams(TeacherChoice):
+    """Instruction backtranslation (Humpback): the teacher writes an instruction for each passage, then
+    scores the pair 1-5; pairs at or above the threshold are kept as pending records."""
+
+    threshold: float = Field(
+        4.0, ge=1, le=5, description="Keep pairs the teacher scores at least this (Humpback: 4)."
+    )
+    scope: RecordFilter = Field(
+        default_factory=lambda: RecordFilter(source=PASSAGE_SOURCE, status=["pending", "accepted"]),
+        description="The passages to backtranslate (default: imported documents' passages not rejected).",
+    )
+    max_items: int | None = Field(None, ge=1, le=1_000_000, description="At most this many passages.")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of the instruction.")
+    max_tokens: int = Field(256, ge=16, le=4096, description="Longest instruction the teacher may write.")
+    batch_size: int = Field(32, ge=1, le=1000, description="Passages in flight together per checkpoint.")
+    skip_done: bool = Field(
+        True,
+        description=(
+            "Skip passages that already have a backtranslated record (from any job, whatever its status or "
+            "a person's edits); turn off to backtranslate them again, e.g. with another teacher."
+        ),
+    )
+
+
+def pipeline_params(p: BacktranslateJobParams, *, language: str) -> Any:
+    """The pipeline's parameters for a job (its cost estimate builds the same prompts)."""
+    from app.pipeline.backtranslate import BacktranslateParams
+    from app.pipeline.llm import Sampling
+
+    return BacktranslateParams(
+        threshold=p.threshold,
+        language="zh" if language == "zh" else "en",
+        instruction_sampling=Sampling(temperature=p.temperature, top_p=0.9, max_tokens=p.max_tokens),
+        batch_size=p.batch_size,
+    )
+
+
+def _backtranslated(ctx: JobContext, passage_ids: list[int]) -> set[int]:
+    """The passages that already have a backtranslated record: a job resumed or run again after a cancel
+    skips them (no call, not even a cached one), and a record a person edited is not made again."""
+    from sqlalchemy import select
+
+    from app.pipeline.backtranslate import SOURCE
+    from app.records.models import Record
+
+    done: set[int] = set()
+    with ctx.session() as db:
+        for start in range(0, len(passage_ids), 10_000):
+            chunk = passage_ids[start : start + 10_000]
+            done.update(
+                pid
+                for pid in db.scalars(
+                    select(Record.parent_id).where(
+                        Record.dataset_id == ctx.dataset,
+                        Record.source == SOURCE,
+                        Record.parent_id.in_(chunk),
+                    )
+                )
+                if pid is not None
+            )
+    return done
+
+
+def run_backtranslate_job(ctx: JobContext) -> None:
+    from app.errors import Invalid
+    from app.generation.cache import CallLog
+    from app.generation.jobs import _language, get_teacher, run_with_gateway, scope_rows, upsert_generated
+    from app.pipeline.backtranslate import SOURCE, BacktranslateItem, BacktranslateResult, run_backtranslate
+    from app.pipeline.self_instruct import GenRecord
+    from app.records.models import Record
+
+    p = BacktranslateJobParams.model_validate(ctx.params)
+    teacher = get_teacher(p)
+    params = pipeline_params(p, language=_language(ctx))
+    # max_items counts the passages still to do, so that jobs of max_items each work through a corpus.
+    limit = None if p.skip_done else p.max_items
+    rows = [r for r in scope_rows(ctx, ctx.dataset, p.scope, limit) if r.output.strip()]
+    if not rows:
+        raise Invalid("no passages in the scope: import documents first (POST /datasets/{id}/documents)")
+    done_before = _backtranslated(ctx, [r.id for r in rows]) if p.skip_done else set()
+    rows = [r for r in rows if r.id not in done_before][: p.max_items]
+    items = [BacktranslateItem(key=f"rec:{r.id}", passage=r.output) for r in rows]
+    passages = {f"rec:{r.id}": r for r in rows}
+    log = CallLog(ctx.job_id)
+    key_prefix = f"bt{ctx.job_id}"
+    counters: dict[str, Any] = {
+        "kept": 0,
+        "filtered": 0,
+        "filtered_by_reason": {},
+        "copies_skipped": 0,
+        "done_before": len(done_before),
+    }
+    ctx.progress(0, len(items), counters=counters)
+
+    def record_of(res: BacktranslateResult) -> GenRecord:
+        passage = passages[res.key]
+        judged = {
+            "score": res.score,
+            "rationale": res.rationale,
+            "threshold": p.threshold,
+            "model": teacher.model,
+        }
+        meta = {
+            "backtranslation": judged,
+            "document": (passage.meta or {}).get("document"),
+            "passage_index": (passage.meta or {}).get("passage_index"),
+        }
+        if res.status != "kept":
+            meta["raw"] = res.raw[:2000]
+        detail = f"score {res.score} < {p.threshold}" if res.reason == "backtranslation_score" else None
+        return GenRecord(
+            key=res.key.removeprefix("rec:"),
+            instruction=res.instruction,
+            input="",
+            output=passage.output,
+            status=res.status,
+            reason=res.reason,
+            source=SOURCE,
+            teacher_model=teacher.model,
+            round=0,
+            detail=detail,
+            prompt_hash=res.prompt_hash,
+            parent_key=res.key,
+            metadata=meta,
+        )
+
+    def emit(results: list[BacktranslateResult]) -> None:
+        records = [record_of(r) for r in results]
+        counters["copies_skipped"] += upsert_generated(
+            ctx, records, dataset_id=ctx.dataset, key_prefix=key_prefix
+        )
+        scored = [
+            {"k": f"{key_prefix}:{r.key}", "s": r.metadata["backtranslation"]["score"]}
+            for r in records
+            if r.metadata["backtranslation"]["score"] is not None
+        ]
+        if scored:
+            # The score is also the record's judge_score, so the review page sorts and filters by it; only
+            # this job's own records, which no person has touched before they exist.
+            with ctx.session() as db:
+                db.connection().execute(
+                    update(Record)
+                    .where(
+                        Record.dataset_id == ctx.dataset,
+                        Record.gen_key == bindparam("k"),
+                        Record.job_id == ctx.job_id,
+                        Record.human_decided.is_(False),
+                    )
+                    .values(judge_score=bindparam("s"))
+                    .execution_options(synchronize_session=False),
+                    scored,
+                )
+        for r in results:
+            if r.status == "kept":
+                counters["kept"] += 1
+            else:
+                counters["filtered"] += 1
+                by = counters["filtered_by_reason"]
+                by[r.reason or "rejected"] = by.get(r.reason or "rejected", 0) + 1
+        done = counters["kept"] + counters["filtered"]
+        ctx.progress(done, len(items), counters=counters, usage=log.flush())
+
+    summary = run_with_gateway(
+        ctx,
+        teacher,
+        log,
+        p.budget_usd,
+        lambda gateway: run_backtranslate(
+            gateway=gateway, items=items, params=params, emit=emit, should_stop=lambda: ctx.cancelled
+        ),
+    )
+    ctx.set_result(
+        {
+            "stop_reason": summary.stop_reason,
+            "message": summary.message,
+            "passages": len(items),
+            "kept": summary.kept,
+            "filtered": summary.rejected,
+            "filtered_by_reason": summary.rejected_by_reason,
+            "mean_score": summary.mean_score,
+            "copies_skipped": counters["copies_skipped"],
+            "done_before": len(done_before),
+            **log.flush(),
+        }
+    )
+    if summary.stop_reason == "stopped" and ctx.cancelled:
+        raise JobCancelled()
