@@ -16,6 +16,8 @@ The evaluation job (app/evaluation/jobs.py) runs this in a child process, as the
 Why a kill loses and repeats nothing: an answer line is written whole (one write, then flush and fsync)
 after its batch; on start, a last line without its newline (cut by the kill) is truncated away, and every
 id already in the file is skipped. The parent reads only complete lines, so it never sees the cut one.
+One generator per output_dir at a time (an flock on LOCK_FILE): a second one, started by the retry of a
+killed worker while the first still runs, waits for it and then skips what it answered.
 A CANCEL_FILE is looked for before every batch; the exit code says how it ended (EXIT_OK, EXIT_FAILED with
 the traceback in STATUS_FILE, EXIT_CANCELLED).
 
@@ -34,6 +36,7 @@ status that says so.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -63,6 +66,7 @@ from trainer.formats import PromptFormat, TemplateError, build_format
 from trainer.reporting import write_json_atomic
 
 State = Literal["running", "succeeded", "cancelled", "failed"]
+LOCK_FILE = ".answer.lock"  # one generator per output_dir at a time
 # the trainer's default max_seq_len: validation records of a bare base model are truncated like a run's
 DEFAULT_MAX_SEQ_LEN = 2048
 
@@ -218,18 +222,23 @@ def run(spec: AnswerSpec) -> int:
     """Answer every unanswered prompt, then the validation loss; an exit code from trainer.contract."""
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    status = Status(out / STATUS_FILE)
-    try:
-        status.write()
-        _run(spec, out, status)
-    except Cancelled:
-        status.write(state="cancelled")
-        return EXIT_CANCELLED
-    except Exception:
-        status.write(state="failed", error=traceback.format_exc())
-        return EXIT_FAILED
-    status.write(state="succeeded", phase="done")
-    return EXIT_OK
+    with (out / LOCK_FILE).open("a") as lock:
+        # A worker killed by SIGKILL leaves its generator running (its own process group), and the job's
+        # retry starts another on the same folder: the second waits here until the first is done (the kernel
+        # drops the lock when a process dies), then finds its answers and skips them.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        status = Status(out / STATUS_FILE)
+        try:
+            status.write()
+            _run(spec, out, status)
+        except Cancelled:
+            status.write(state="cancelled")
+            return EXIT_CANCELLED
+        except Exception:
+            status.write(state="failed", error=traceback.format_exc())
+            return EXIT_FAILED
+        status.write(state="succeeded", phase="done")
+        return EXIT_OK
 
 
 def _run(spec: AnswerSpec, out: Path, status: Status) -> None:

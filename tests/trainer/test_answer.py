@@ -201,7 +201,9 @@ def test_a_bare_base_model_uses_its_chat_template_when_it_has_one_else_alpaca(
     )
 
 
-def test_a_prompt_that_is_no_prompt_gets_an_error_line_and_the_others_are_answered(tmp_path, models_root):
+def test_a_prompt_that_is_no_prompt_gets_an_error_line_and_the_others_are_answered(
+    tmp_path, models_root, base_model
+):
     prompts = [
         *_prompts(2),
         {
@@ -316,7 +318,7 @@ def test_a_killed_run_resumes_and_answers_every_prompt_exactly_once(tmp_path, mo
     assert _status(out) | {"state": "succeeded", "done": 30, "total": 30} == _status(out)
 
 
-def test_the_cancel_file_stops_the_run_before_its_next_batch(tmp_path, models_root):
+def test_the_cancel_file_stops_the_run_before_its_next_batch(tmp_path, models_root, base_model):
     prompts = _prompts(40)
     spec = _spec(tmp_path, models_root, prompts, batch_size=1, max_new_tokens=24)
     out = Path(spec.output_dir)
@@ -329,3 +331,15 @@ def test_the_cancel_file_stops_the_run_before_its_next_batch(tmp_path, models_ro
     status = _status(out)
     assert status["state"] == "cancelled"
     assert 1 <= len(answers) == status["done"] < len(prompts)
+
+
+def test_two_generators_on_one_folder_answer_every_prompt_once(tmp_path, models_root, base_model):
+    # what a SIGKILLed worker's retry does: the orphaned generator still runs when the next one starts
+    prompts = _prompts(12)
+    spec = _spec(tmp_path, models_root, prompts, batch_size=2)
+    first, second = _start(spec, tmp_path), _start(spec, tmp_path)
+    for proc in (first, second):
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == EXIT_OK, stderr.decode()[-3000:]
+    ids = [a["id"] for a in _answers(Path(spec.output_dir))]
+    assert sorted(ids) == sorted(p["id"] for p in prompts)
