@@ -110,6 +110,10 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     _common(jd)
     jd.set_defaults(func=cmd_judge)
 
+    from app.cli.backtranslate import add_backtranslate, cmd_backtranslate
+
+    add_backtranslate(sub, _common, cmd_backtranslate)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="teacher name from the teachers config")

@@ -174,3 +174,49 @@ def test_pairs_at_or_above_the_threshold_are_kept_the_others_rejected_with_a_rea
             assert r.score is not None and r.score < 4
         if r.reason in ("backtranslation_no_instruction", "backtranslation_unscored"):
             assert r.score is None  # never a made-up score
+
+
+def test_cli_backtranslates_a_chinese_jsonl_and_replays_from_its_cache(server, shared_data, tmp_path):
+    import argparse
+
+    from app.cli.generate import add_cli
+
+    server.reset()
+    docs = tmp_path / "belle.jsonl"
+    docs.write_text(
+        "\n".join(json.dumps({"answer": t}, ensure_ascii=False) for t in belle_answers(shared_data, 8)),
+        encoding="utf-8",
+    )
+    teachers = tmp_path / "teachers.json"
+    teachers.write_text(json.dumps([{"name": "local", "base_url": server.base_url, "model": "fake-teacher"}]))
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    out, rejected, cache = tmp_path / "out.jsonl", tmp_path / "rejected.jsonl", tmp_path / "cache.jsonl"
+    argv = [
+        "generate", "backtranslate", "--input", str(docs), "--text-field", "answer", "--max-chars", "300",
+        "--language", "zh", "--teacher", "local", "-o", str(out), "--rejected", str(rejected),
+        "--teachers-config", str(teachers), "--cache", str(cache), "--no-progress",
+    ]  # fmt: skip
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    dropped = [json.loads(line) for line in rejected.read_text().splitlines()]
+    assert kept and dropped
+    assert all(r["score"] >= 4 and r["instruction"] and len(r["output"]) <= 300 for r in kept)
+    assert all(r["reason"] for r in dropped) and {r["document"] for r in kept} <= {
+        f"belle.jsonl#{n}" for n in range(1, 9)
+    }
+    sent, first = server.stats()["requests"], out.read_text()
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    assert server.stats()["requests"] == sent and out.read_text() == first
+
+
+def test_cli_refuses_a_bad_document_file_naming_the_line(tmp_path):
+    from app.cli import main
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"text": "fine"}\n{"text": null}\n')
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "backtranslate", "--input", str(docs), "--teacher", "x", "-o", str(tmp_path / "o")])
+    assert 'line 2: field "text": expected a string' in str(info.value.code)
