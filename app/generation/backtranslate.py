@@ -9,7 +9,7 @@ never changed, so a person's decision on any of them stands.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 from sqlalchemy import bindparam, update
@@ -17,6 +17,14 @@ from sqlalchemy import bindparam, update
 from app.generation.schemas import TeacherChoice
 from app.jobs.context import JobCancelled, JobContext
 from app.records.schemas import RecordFilter
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from app.datasets.models import Dataset
+    from app.generation.schemas import EstimateRequest
+    from app.generation.service import DryRun
+    from app.pipeline.llm import Prompt
 
 PASSAGE_SOURCE = "document"
 
@@ -208,3 +216,31 @@ def run_backtranslate_job(ctx: JobContext) -> None:
     )
     if summary.stop_reason == "stopped" and ctx.cancelled:
         raise JobCancelled()
+
+
+def dry_run(db: Session, dataset: Dataset, request: EstimateRequest) -> DryRun:
+    """The estimate's plan (app.generation.service.DRY_RUNS): the job's own first instruction prompts.
+
+    Two calls per passage still to do: the instruction and the score. The score prompts cannot be sent
+    before their instruction exists, so the price per call is the instruction prompt's; a score prompt is
+    the same passage plus the rubric (about 450 more input tokens), which docs/generation.md adds."""
+    from app.datasets.service import prompt_language
+    from app.errors import Invalid
+    from app.generation.jobs import get_teacher
+    from app.generation.service import DryRun, _in_scope, _params
+    from app.pipeline.backtranslate import BacktranslateItem, instruction_prompt
+    from app.records.models import Record
+
+    p = _params(BacktranslateJobParams, request.params)
+    teacher = get_teacher(p)
+    first, n = _in_scope(db, dataset.id, p.scope, p.max_items, Record.output != "")
+    if not n:
+        raise Invalid("no passages in the scope: import documents first", field="params.scope")
+    params = pipeline_params(p, language=prompt_language(dataset.language))
+    prompts: list[Prompt] = [
+        instruction_prompt(BacktranslateItem(f"rec:{r.id}", r.output), params=params)
+        for r in first[: request.sample_prompts]
+    ]
+    return DryRun(
+        teacher, prompts, "backtranslate.instruction", params.instruction_sampling, [0] * len(prompts), 2 * n
+    )

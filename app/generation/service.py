@@ -171,10 +171,17 @@ def _dry_run_of(kind: str, db: Session, dataset: Dataset, request: EstimateReque
     return plan
 
 
+def _backtranslate_run(db: Session, dataset: Dataset, request: EstimateRequest) -> DryRun:
+    from app.generation.backtranslate import dry_run
+
+    return dry_run(db, dataset, request)
+
+
 DRY_RUNS: dict[str, Callable[[Session, Dataset, EstimateRequest], DryRun]] = {
     "self_instruct": _self_instruct_run,
     "evol": _evol_run,
     "judge": _judge_run,
+    "backtranslate": _backtranslate_run,
     "rewrite": lambda db, dataset, request: _dry_run_of("rewrite", db, dataset, request),
     "reasoning": lambda db, dataset, request: _dry_run_of("reasoning", db, dataset, request),
 }

@@ -249,3 +249,55 @@ def test_backtranslating_again_on_purpose_answers_from_the_cache_and_adds_no_cop
     assert teacher.stats()["completions"] == paid and not paid_keys(committed_pg, again)
     assert job.result["copies_skipped"] == job.result["passages"] > 0
     assert records_of(committed_pg, dataset_id, job_id=again) == []
+
+
+def test_the_job_form_renders_its_parameters_and_starts_the_job(client, db, shared_data, teacher):
+    from app.jobs.models import Job
+    from tests.ui.test_pages import login
+
+    curator = make_user(db, "curator")
+    ds = make_dataset(db, make_project(db, (curator, "curator")))
+    token = login(client, curator)
+    page = client.get(f"/ui/datasets/{ds.id}/jobs/new/backtranslate")
+    assert page.status_code == 200, page.text
+    for name in ("teacher", "threshold", "skip_done", "max_items", "budget_usd"):
+        assert f'name="{name}"' in page.text, name
+    form = {"csrf_token": token, "teacher": "fake", "threshold": "4.5", "skip_done": "on"}
+    ok = client.post(f"/ui/datasets/{ds.id}/jobs/new/backtranslate", data=form, follow_redirects=False)
+    assert ok.status_code == 303, ok.text
+    job = db.query(Job).filter(Job.dataset_id == ds.id).one()
+    assert job.kind == "backtranslate" and job.params["threshold"] == 4.5 and job.params["skip_done"] is True
+
+
+def test_cost_estimate_sends_the_jobs_own_first_prompts_and_counts_two_calls_a_passage(
+    client, db, shared_data, teacher, tmp_path
+):
+    curator = make_user(db, "curator")
+    dataset = make_dataset(db, make_project(db, (curator, "curator")))
+    path = tmp_path / "a.md"
+    path.write_text("\n\n".join(answers(shared_data, 4)))
+    result = import_documents(
+        db=db,
+        user=curator,
+        dataset_id=dataset.id,
+        path=path,
+        filename="a.md",
+        params=DocumentImportParams(),
+        max_field_chars=1_000_000,
+    )
+    body = {
+        "dataset_id": dataset.id,
+        "kind": "backtranslate",
+        "params": {"teacher": "fake"},
+        "sample_prompts": 3,
+    }
+    resp = client.post("/api/v1/generation/estimate", json=body, headers=token_for(db, curator))
+    assert resp.status_code == 200, resp.text
+    est = resp.json()
+    assert est["sampled_calls"] == 3 and est["total_calls"] == 2 * result.passages
+    assert teacher.stats()["completions"] == 3
+    empty = make_dataset(db, make_project(db, (curator, "curator")))
+    resp = client.post(
+        "/api/v1/generation/estimate", json={**body, "dataset_id": empty.id}, headers=token_for(db, curator)
+    )
+    assert resp.status_code == 422 and "no passages" in resp.json()["detail"]
