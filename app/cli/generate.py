@@ -114,6 +114,10 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
     add_backtranslate(sub, _common, cmd_backtranslate)
 
+    from app.cli.rewrite_reasoning import add_rewrite_reasoning
+
+    add_rewrite_reasoning(sub, _common)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="teacher name from the teachers config")
