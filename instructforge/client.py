@@ -10,6 +10,9 @@
         forge.wait_for_job(job.id, progress=lambda j: print(j.progress_done, j.counters))
         for record in forge.iter_records(dataset.id, status=["pending"]):
             ...
+        evaluation = forge.evaluate_against_base(run_id, judge_teacher="gpt")
+        forge.wait_for_job(evaluation.job_id)
+        print(forge.get_evaluation(evaluation.id).results["pairwise"])
 
 Every method is one HTTP call (or one call per page), returns a typed, immutable model, and raises an
 `APIError` subclass carrying the API's own message (and the field it names) when the service refuses.
@@ -331,6 +334,56 @@ class TrainingRun(Model):
 class Artifact(Model):
     path: str
     size: int
+
+
+class EvaluationSystem(Model):
+    id: int
+    position: int
+    name: str
+    kind: str
+    base_model: str | None
+    training_run_id: int | None
+    teacher: str | None
+
+
+class Evaluation(Model):
+    """An evaluation; `results` (win rates with intervals, lengths, scores, validation loss,
+    decontamination) is filled by `get_evaluation` once its job succeeded."""
+
+    id: int
+    project_id: int
+    name: str
+    dataset_id: int | None
+    snapshot_id: int | None
+    split: str
+    judge_teacher: str
+    params: dict[str, Any]
+    job_id: int
+    created_by: int | None
+    created_at: datetime
+    status: str = ""
+    error: str | None = None
+    progress_done: int = 0
+    progress_total: int | None = None
+    counters: dict[str, Any] = {}
+    cost_usd: float = 0.0
+    systems: list[EvaluationSystem] = []
+    results: dict[str, Any] = {}
+
+
+def base_system(base_model: str, name: str | None = None) -> dict[str, Any]:
+    """A system for `create_evaluation`: a base model under the service's models folder."""
+    return {"kind": "base", "base_model": base_model, "name": name}
+
+
+def run_system(training_run_id: int, name: str | None = None) -> dict[str, Any]:
+    """A system for `create_evaluation`: a training run's adapter on its base model."""
+    return {"kind": "run", "training_run_id": training_run_id, "name": name}
+
+
+def teacher_system(teacher: str, name: str | None = None) -> dict[str, Any]:
+    """A system for `create_evaluation`: a configured teacher endpoint (the ceiling)."""
+    return {"kind": "teacher", "teacher": teacher, "name": name}
 
 
 # --- the client --------------------------------------------------------------------------------------
@@ -687,6 +740,52 @@ class Client:
     def download_artifact(self, run_id: int, path: str, dest: str | Path) -> Path:
         """Download one artifact (e.g. `adapter/adapter_model.safetensors`) into `dest` (file or folder)."""
         return self._download(f"/training-runs/{run_id}/artifacts/{path}", Path(dest))
+
+    # -- evaluations --
+
+    def create_evaluation(
+        self,
+        *,
+        systems: Sequence[Mapping[str, Any]],
+        judge_teacher: str,
+        dataset_id: int | None = None,
+        snapshot_id: int | None = None,
+        **options: Any,
+    ) -> Evaluation:
+        """Queue an evaluation: every system (`base_system`, `run_system`, `teacher_system`) answers the
+        prompt set (a dataset or a snapshot), the judge compares every pair in both orders. Options are
+        the API's: name, split, val_fraction, seed, max_prompts, rubric, use_reference, scores, language,
+        budget_usd, generation={...} (see docs/evaluation.md)."""
+        body = {
+            "systems": [dict(s) for s in systems],
+            "judge_teacher": judge_teacher,
+            "dataset_id": dataset_id,
+            "snapshot_id": snapshot_id,
+            **options,
+        }
+        return self._one(Evaluation, "POST", "/evaluations", json=body)
+
+    def evaluate_against_base(self, run_id: int, judge_teacher: str, **options: Any) -> Evaluation:
+        """Queue an evaluation of a training run against its base model (its validation split by default)."""
+        body = {"judge_teacher": judge_teacher, **options}
+        return self._one(Evaluation, "POST", f"/training-runs/{run_id}/evaluate-against-base", json=body)
+
+    def list_evaluations(self, project_id: int | None = None) -> list[Evaluation]:
+        params = {} if project_id is None else {"project_id": project_id}
+        return self._many(Evaluation, "/evaluations", params=params)
+
+    def get_evaluation(self, evaluation_id: int) -> Evaluation:
+        return self._one(Evaluation, "GET", f"/evaluations/{evaluation_id}")
+
+    def cancel_evaluation(self, evaluation_id: int) -> Evaluation:
+        return self._one(Evaluation, "POST", f"/evaluations/{evaluation_id}/cancel")
+
+    def resume_evaluation(self, evaluation_id: int) -> Evaluation:
+        return self._one(Evaluation, "POST", f"/evaluations/{evaluation_id}/resume")
+
+    def export_evaluation(self, evaluation_id: int, dest: str | Path) -> Path:
+        """Every prompt, answer and verdict as JSON Lines, streamed into `dest` (file or folder)."""
+        return self._download(f"/evaluations/{evaluation_id}/export.jsonl", Path(dest))
 
     # -- helpers --
 

@@ -22,6 +22,7 @@ from instructforge.client import (
     JobFailed,
     NotFoundError,
     PermissionDenied,
+    teacher_system,
 )
 from tests.conftest import PG_URL, engine_for, flushed_redis_url, truncate_all
 from tests.factories import PASSWORD, make_user
@@ -61,7 +62,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         )
         port = free_port()
         api = start_api(env, tmp / "api.log", port)
-        worker = start_worker(env, tmp / "worker.log")
+        worker = start_worker(env, tmp / "worker.log", queues="default,gpu")  # evaluations run on gpu
         try:
             yield Service(url=f"http://127.0.0.1:{port}", seed_tasks=seed_tasks)
         finally:
@@ -229,3 +230,37 @@ def test_training_run_refusal_names_the_base_model(forge: Client) -> None:
         forge.start_training(snapshot.id, "no-such-model")
     assert "no-such-model" in refused.value.message
     assert forge.list_training_runs(project.id) == []
+
+
+def test_an_evaluation_of_two_teacher_systems_runs_and_exports_from_python(
+    service: Service, forge: Client, tmp_path: Path
+) -> None:
+    project = forge.create_project("client-eval")
+    dataset = forge.create_dataset(project.id, "prompts")
+    forge.import_file(
+        dataset.id,
+        b'{"turns": ["Name a prime number.", "And another?"], "category": "math", "question_id": 1}\n'
+        b'{"turns": ["Give a synonym of happy."], "category": "writing", "question_id": 2}\n',
+        filename="questions.jsonl",
+    )
+    with pytest.raises(InvalidRequest) as one_system:
+        forge.create_evaluation(systems=[teacher_system("fake")], judge_teacher="fake", dataset_id=dataset.id)
+    assert one_system.value.field == "systems" or "systems" in one_system.value.message
+
+    evaluation = forge.create_evaluation(
+        systems=[teacher_system("fake", "first"), teacher_system("fake", "second")],
+        judge_teacher="fake",
+        dataset_id=dataset.id,
+        name="teacher vs teacher",
+    )
+    assert [s.name for s in evaluation.systems] == ["first", "second"]
+    forge.wait_for_job(evaluation.job_id, timeout=180, poll_interval=0.3)
+    done = forge.get_evaluation(evaluation.id)
+    assert done.status == "succeeded" and "pairwise" in done.results
+    assert [e.id for e in forge.list_evaluations(project.id)] == [evaluation.id]
+    exported = forge.export_evaluation(evaluation.id, tmp_path)
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    kinds = [line["type"] for line in lines]
+    assert exported.suffix == ".jsonl" and kinds[0] == "evaluation"
+    assert (kinds.count("system"), kinds.count("prompt"), kinds.count("answer")) == (2, 2, 4)
+    assert kinds.count("verdict") >= 2  # each prompt's pair, judged in both orders
