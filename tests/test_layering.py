@@ -32,6 +32,8 @@ def _modules_after(code: str) -> set[str]:
 def test_the_web_process_never_imports_torch():
     loaded = _modules_after("from app.main import create_app\ncreate_app()")
     assert not {"torch", "transformers", "peft"} & loaded
+    # The evaluation generator runs as a child process of the gpu worker, never inside the web process.
+    assert "trainer.answer" not in loaded
 
 
 def test_the_pipeline_imports_neither_sqlalchemy_nor_fastapi_nor_torch():

@@ -124,7 +124,7 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--top-p", type=float, default=0.9, help="with --sample (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="generation and bootstrap seed (default: %(default)s)")
     p.add_argument(
-        "--batch-size", type=int, default=8, help="prompts generated together (default: %(default)s)"
+        "--batch-size", type=int, default=32, help="prompts generated together (default: %(default)s)"
     )
     add_output_options(p)
     p.set_defaults(func=cmd_eval)

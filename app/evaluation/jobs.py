@@ -351,7 +351,7 @@ def _generate_local(
         "temperature": float(gen.get("temperature", 0.7)),
         "top_p": float(gen.get("top_p", 0.9)),
         "seed": int(gen.get("seed", 0)),
-        "batch_size": int(gen.get("batch_size", 8)),
+        "batch_size": int(gen.get("batch_size", 32)),
         "val_path": str(val_path) if val_path is not None else None,
     }
     spec_path = out / ANSWER_SPEC_FILE

@@ -29,7 +29,7 @@ class GenerationParams(BaseModel):
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="When sampling.")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="When sampling.")
     seed: int = 0
-    batch_size: int = Field(8, ge=1, le=512, description="Prompts generated together (left padding).")
+    batch_size: int = Field(32, ge=1, le=512, description="Prompts generated together (left padding).")
 
 
 class EvaluationCreate(BaseModel):
@@ -123,3 +123,18 @@ class EvaluationDetail(EvaluationRead):
         description="pairwise (win rates with intervals, per category, lengths, length-controlled), scores, "
         "validation (loss and perplexity per trained system), decontamination, judging; empty until done.",
     )
+
+
+class LineageRead(BaseModel):
+    """One step of a record's lineage: a snapshot holding it, a run trained on that snapshot (or none yet),
+    and an evaluation of that run (or none yet)."""
+
+    snapshot_id: int
+    snapshot_name: str
+    record_version: int = Field(description="The version of the record the snapshot froze.")
+    training_run_id: int | None = None
+    training_status: str | None = None
+    evaluation_id: int | None = None
+    evaluation_name: str | None = None
+    evaluation_status: str | None = None
+    system: str | None = Field(None, description="The run's system name in the evaluation.")
