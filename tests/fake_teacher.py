@@ -11,6 +11,14 @@ Chinese as the prompt is. Faults and latency can be toggled over an admin API:
     POST /admin/responses {"match": "substring", "text": "...", "finish_reason": "length", "times": 1}
     POST /admin/judge     {"mode": "longer" | "first" | "reference" | "marker", "marker": "..."}
     GET  /admin/stats     requests received, completions served, per request hash
+    POST /admin/batches   {"delay_s": 1, "fail_lines": 2, "expire_next": 1, "create_hold_s": 5}
+
+The Batch API as OpenAI serves it: ``POST /v1/files`` (purpose ``batch``), ``GET /v1/files/{id}/content``,
+``POST /v1/batches``, ``GET /v1/batches`` and ``/v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``. A
+batch is ``in_progress`` for ``delay_s``, then answered line by line as the chat endpoint would; the
+first ``fail_lines`` lines of the next batch go to its error file, an expired batch (``expire_next``)
+answers only its first half, and ``create_hold_s`` holds the answer to ``POST /v1/batches`` after the
+batch exists (a test kills the worker meanwhile). ``/admin/stats`` counts batches created.
     POST /admin/reset
 
 In-process: ``with FakeTeacher.start(latency_ms=0) as fake: fake.base_url``.
@@ -50,7 +58,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.fake_teacher_answers import REASONING_CUES, REWRITE_CUES, answer_reasoning, answer_rewrite
@@ -841,6 +849,11 @@ class FakeState:
     judge_mode: str = "longer"
     judge_marker: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    files: dict[str, bytes] = field(default_factory=dict)
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batch_settings: dict[str, float] = field(
+        default_factory=lambda: {"delay_s": 0.0, "fail_lines": 0, "expire_next": 0, "create_hold_s": 0.0}
+    )
 
     def take_fault(self) -> dict[str, Any] | None:
         with self.lock:
@@ -871,6 +884,8 @@ class FakeState:
                 "completed_by_hash": dict(self.completed_by_hash),
                 "latency_ms": self.latency_ms,
                 "pending_faults": [dict(f) for f in self.faults if f.get("count", 1) > 0],
+                "batches_created": len(self.batches),
+                "batch_requests": sum(b["request_counts"]["total"] for b in self.batches.values()),
             }
 
     def reset(self) -> None:
@@ -993,8 +1008,10 @@ def build_app(state: FakeState) -> Starlette:
         state.reset()
         return JSONResponse({"ok": True})
 
+    batch_routes = _batch_routes(state)
     return Starlette(
         routes=[
+            *batch_routes,
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", legacy, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
@@ -1006,6 +1023,173 @@ def build_app(state: FakeState) -> Starlette:
             Route("/admin/reset", reset, methods=["POST"]),
         ]
     )
+
+
+def _answer_body(state: FakeState, body: dict[str, Any], *, legacy: bool) -> dict[str, Any]:
+    """The completion a batch line gets: the synchronous endpoint's answer to the same body."""
+    if legacy:
+        prompt = body.get("prompt", "")
+        prompt = prompt if isinstance(prompt, str) else "\n".join(prompt)
+    else:
+        prompt = "\n\n".join(str(m.get("content", "")) for m in body.get("messages", []))
+    scripted = state.scripted(prompt)
+    if scripted:
+        text, finish = scripted["text"], scripted.get("finish_reason", "stop")
+    else:
+        with state.lock:
+            mode, marker = state.judge_mode, state.judge_marker
+        text, finish = respond(
+            prompt,
+            legacy=legacy,
+            max_tokens=int(body.get("max_tokens") or 0),
+            judge_mode=mode,
+            judge_marker=marker,
+        )
+    usage = {"prompt_tokens": count_tokens(prompt), "completion_tokens": count_tokens(text)}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    if legacy:
+        choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": finish}
+    else:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+    return {
+        "object": "chat.completion",
+        "model": body.get("model", "fake"),
+        "choices": [choice],
+        "usage": usage,
+    }
+
+
+def _run_batch(state: FakeState, batch: dict[str, Any]) -> None:
+    """Answer a batch whose delay has passed: output and error files, as OpenAI writes them."""
+    lines = [json.loads(x) for x in state.files[batch["input_file_id"]].decode().splitlines() if x.strip()]
+    answered = lines[: len(lines) // 2] if batch["_expire"] else lines
+    out, err = [], []
+    for n, line in enumerate(lines):
+        rid = f"batch_req_{batch['id']}_{n}"
+        if line not in answered:
+            error = {"code": "batch_expired", "message": "This request could not be executed before expiry."}
+            err.append({"id": rid, "custom_id": line["custom_id"], "response": None, "error": error})
+        elif n < batch["_fail_lines"]:
+            body = {"error": {"message": "injected batch line failure", "type": "server_error"}}
+            response = {"status_code": 500, "request_id": rid, "body": body}
+            err.append({"id": rid, "custom_id": line["custom_id"], "response": response, "error": None})
+        else:
+            answer = _answer_body(state, line["body"], legacy=line["url"].endswith("/v1/completions"))
+            response = {"status_code": 200, "request_id": rid, "body": answer}
+            out.append({"id": rid, "custom_id": line["custom_id"], "response": response, "error": None})
+    with state.lock:
+        for name, rows in (("output_file_id", out), ("error_file_id", err)):
+            if rows:
+                file_id = f"file-{batch['id']}-{name[:3]}"
+                state.files[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                batch[name] = file_id
+        batch["status"] = "expired" if batch["_expire"] else "completed"
+        batch["request_counts"].update(completed=len(out), failed=len(err))
+        batch["completed_at"] = int(time.time())
+
+
+def _batch_routes(state: FakeState) -> list[Route]:
+    def public(batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+    async def upload(request: Request) -> JSONResponse:
+        form = await request.form()
+        upload = form.get("file")
+        if form.get("purpose") != "batch" or upload is None or isinstance(upload, str):
+            return _error(400, "a file with purpose 'batch' is required")
+        data = await upload.read()
+        with state.lock:
+            file_id = f"file-{len(state.files) + 1}"
+            state.files[file_id] = data
+        return JSONResponse(
+            {
+                "id": file_id,
+                "object": "file",
+                "bytes": len(data),
+                "created_at": int(time.time()),
+                "filename": upload.filename or "batch.jsonl",
+                "purpose": "batch",
+                "status": "processed",
+            }
+        )
+
+    async def content(request: Request) -> Response:
+        data = state.files.get(request.path_params["file_id"])
+        if data is None:
+            return _error(404, "no such file")
+        return Response(data, media_type="application/octet-stream")
+
+    async def create(request: Request) -> JSONResponse:
+        body = await request.json()
+        if body.get("input_file_id") not in state.files:
+            return _error(400, "input_file_id not found")
+        lines = [x for x in state.files[body["input_file_id"]].decode().splitlines() if x.strip()]
+        with state.lock:
+            settings = state.batch_settings
+            batch_id = f"batch_{len(state.batches) + 1}"
+            batch = {
+                "id": batch_id,
+                "object": "batch",
+                "endpoint": body.get("endpoint", "/v1/chat/completions"),
+                "input_file_id": body["input_file_id"],
+                "completion_window": body.get("completion_window", "24h"),
+                "status": "in_progress",
+                "created_at": int(time.time()),
+                "output_file_id": None,
+                "error_file_id": None,
+                "errors": None,
+                "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+                "metadata": body.get("metadata") or {},
+                "_ready_at": time.monotonic() + settings["delay_s"],
+                "_fail_lines": int(settings["fail_lines"]),
+                "_expire": settings["expire_next"] > 0,
+            }
+            settings["fail_lines"] = 0
+            settings["expire_next"] = max(0, settings["expire_next"] - 1)
+            state.batches[batch_id] = batch
+            hold = settings["create_hold_s"]
+        if hold:
+            await asyncio.sleep(hold)
+        return JSONResponse(public(batch))
+
+    def advanced(batch_id: str) -> dict[str, Any] | None:
+        batch = state.batches.get(batch_id)
+        if batch is not None and batch["status"] == "in_progress" and time.monotonic() >= batch["_ready_at"]:
+            _run_batch(state, batch)
+        return batch
+
+    async def retrieve(request: Request) -> JSONResponse:
+        batch = advanced(request.path_params["batch_id"])
+        return JSONResponse(public(batch)) if batch else _error(404, "no such batch")
+
+    async def listing(request: Request) -> JSONResponse:
+        data = [public(b) for b in reversed(list(state.batches.values()))]
+        return JSONResponse({"object": "list", "data": data, "has_more": False})
+
+    async def cancel(request: Request) -> JSONResponse:
+        batch = state.batches.get(request.path_params["batch_id"])
+        if batch is None:
+            return _error(404, "no such batch")
+        with state.lock:
+            if batch["status"] == "in_progress":
+                batch["status"] = "cancelled"
+        return JSONResponse(public(batch))
+
+    async def settings(request: Request) -> JSONResponse:
+        body = await request.json()
+        with state.lock:
+            state.batch_settings.update({k: float(v) for k, v in body.items() if k in state.batch_settings})
+        return JSONResponse({"ok": True})
+
+    return [
+        Route("/v1/files", upload, methods=["POST"]),
+        Route("/v1/files/{file_id}/content", content, methods=["GET"]),
+        Route("/v1/batches", create, methods=["POST"]),
+        Route("/v1/batches", listing, methods=["GET"]),
+        Route("/v1/batches/{batch_id}", retrieve, methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", cancel, methods=["POST"]),
+        Route("/admin/batches", settings, methods=["POST"]),
+    ]
 
 
 def load_script(state: FakeState, path: str | Path) -> None:
@@ -1086,6 +1270,11 @@ class FakeTeacher:
 
     def reset(self) -> None:
         self.state.reset()
+
+    def set_batches(self, **settings: float) -> None:
+        """Batch API behaviour from now on: ``delay_s``, ``fail_lines``, ``expire_next``, ``create_hold_s``."""
+        with self.state.lock:
+            self.state.batch_settings.update(settings)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 
@@ -15,7 +15,7 @@ from app.base import utcnow
 from app.config import get_settings
 from app.db import get_sessionmaker
 from app.errors import DomainError
-from app.jobs.context import JobCancelled, JobContext, JobPaused, lease_deadline
+from app.jobs.context import JobCancelled, JobContext, JobPaused, JobWaiting, lease_deadline
 from app.jobs.models import FINAL_STATUSES, Job, JobStatus
 from app.jobs.registry import KINDS
 
@@ -124,6 +124,24 @@ def finish(job_id: int, status: str, error: str | None = None) -> None:
         db.commit()
 
 
+# What run_job returns for a job that gave its worker back to wait (JobWaiting): it is still `running`.
+WAITING = "waiting"
+
+
+def wait_outside(job_id: int, seconds: float) -> None:
+    """Give the worker back while the job waits: it stays `running`, its lease ending when it wants to look
+    again, so the reaper re-sends it then (a running job whose lease expired); no worker is held meanwhile.
+    Only this worker's own lease is moved: if the job was taken from it (its lease had lapsed), the
+    other holder's lease stands."""
+    with get_sessionmaker()() as db:
+        db.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker == WORKER_NAME, Job.status == JobStatus.running.value)
+            .values(lease_until=utcnow() + timedelta(seconds=max(0.0, seconds)))
+        )
+        db.commit()
+
+
 def failure_message(job_id: int, exc: Exception) -> str:
     """The failed job's `error`, which every member of its project reads. A domain error says what to fix
     (a bad line of an upload, a dataset gone); any other exception is a fault whose SQL, traceback and file
@@ -152,6 +170,12 @@ def run_job(job_id: int, handler: Callable[[JobContext], None] | None = None) ->
     except JobPaused as exc:
         finish(job_id, JobStatus.paused.value, str(exc))
         return JobStatus.paused.value
+    except JobWaiting as exc:
+        # The heartbeat must be stopped first: a beat after the write below would cut the wait short.
+        stop.set()
+        beat.join(timeout=5)
+        wait_outside(job_id, exc.seconds)
+        return WAITING
     except Exception as exc:
         log.exception("job %s failed", job_id)  # the traceback, for operators
         finish(job_id, JobStatus.failed.value, failure_message(job_id, exc))

@@ -51,9 +51,14 @@ def get_teacher(choice: TeacherChoice) -> TeacherConfig:
 
 def validate_teacher(params: dict[str, Any]) -> None:
     """Job-creation hook: refuse an unknown teacher before anything is queued."""
-    get_teacher(
+    teacher = get_teacher(
         TeacherChoice.model_validate({k: params.get(k) for k in ("teacher", "concurrency", "budget_usd")})
     )
+    if params.get("batch") and not teacher.batch:
+        raise Invalid(
+            f"teacher {teacher.name!r} does not offer a batch API (batch: false in IF_TEACHERS)",
+            field="params.batch",
+        )
 
 
 def run_with_gateway(
@@ -494,15 +499,38 @@ def run_judge_job(ctx: JobContext) -> None:
                 verdicts.extend(task_verdicts(waiting.pop(task), complete=True))
         write(verdicts)
 
-    summary = run_with_gateway(
-        ctx,
-        teacher,
-        log,
-        p.budget_usd,
-        lambda gateway: run_judge(
-            gateway=gateway, items=items, params=params, emit=emit, should_stop=lambda: ctx.cancelled
-        ),
-    )
+    if p.batch:
+        from app.generation.batch_mode import run_in_batches
+
+        def report(batch: dict[str, Any]) -> None:
+            ctx.progress(0, len(items), counters={**counters, "batch": batch}, usage=log.flush())
+
+        summary = run_in_batches(
+            ctx,
+            teacher,
+            log,
+            p.budget_usd,
+            # The passes that only find the missing calls write nothing; the final one is the synchronous
+            # path's run on the same answers, so its verdicts are the same.
+            lambda gateway, real: run_judge(
+                gateway=gateway,
+                items=items,
+                params=params,
+                emit=emit if real else lambda results: None,
+                should_stop=(lambda: ctx.cancelled) if real else (lambda: False),
+            ),
+            report=report,
+        )
+    else:
+        summary = run_with_gateway(
+            ctx,
+            teacher,
+            log,
+            p.budget_usd,
+            lambda gateway: run_judge(
+                gateway=gateway, items=items, params=params, emit=emit, should_stop=lambda: ctx.cancelled
+            ),
+        )
     # A stopped job leaves tasks judged in part: their scores are stored, their statuses left alone.
     write([v for results in waiting.values() for v in task_verdicts(results, complete=False)])
     ctx.set_result(

@@ -58,6 +58,11 @@ class JudgeJobParams(TeacherChoice):
     )
     override_human: bool = Field(False, description=OVERRIDE_HELP)
     max_items: int | None = Field(None, ge=1)
+    batch: bool = Field(
+        False,
+        description="Through the teacher's Batch API: typically half the price, answers within 24 h; the job "
+        "waits holding no worker (docs/generation.md).",
+    )
 
 
 class EstimateRequest(BaseModel):

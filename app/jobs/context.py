@@ -30,6 +30,20 @@ class JobPaused(Exception):
     """Raised by a handler that must stop and wait for a person (teacher down, budget reached)."""
 
 
+class JobWaiting(Exception):
+    """Raised by a handler whose work is being done elsewhere (a provider's batch): come back in `seconds`.
+
+    The runner releases the worker at once and keeps the job `running` under a lease that ends when the
+    handler wants to look again; the workers' reaper then sends it again, as it does for any running job
+    whose lease expired (workers/tasks.py). Nothing but the database holds the wait, so it survives
+    worker and API restarts, and the handler must keep in its checkpoint what it needs to resume.
+    """
+
+    def __init__(self, seconds: float, why: str = "") -> None:
+        super().__init__(why or f"waiting {seconds:.0f}s")
+        self.seconds = seconds
+
+
 @dataclass
 class JobContext:
     """What a handler gets: ids and params, sessions, progress and cancellation. Never ORM objects."""

@@ -57,6 +57,32 @@ class TeacherConfig(BaseModel):
         description="How the openai client sends: over aiohttp (lean, the default) or its own httpx2 stack.",
     )
 
+    batch: bool = Field(
+        False,
+        description="The endpoint offers OpenAI's Batch API (files + batches): jobs may run in batch mode.",
+    )
+    batch_price_in_per_1k: float | None = Field(
+        None, ge=0, description="Input price through the Batch API; default: half of price_in_per_1k."
+    )
+    batch_price_out_per_1k: float | None = Field(
+        None, ge=0, description="Output price through the Batch API; default: half of price_out_per_1k."
+    )
+    batch_poll_s: float = Field(
+        60.0, gt=0, description="How long a job in batch mode waits, holding no worker, between polls."
+    )
+    batch_max_attempts: int = Field(
+        3, ge=1, description="Batches one request may go into before it counts as failed (expired, errors)."
+    )
+
+    @property
+    def batch_prices(self) -> tuple[float, float]:
+        """(in, out) per 1k tokens through the Batch API: half the synchronous prices unless set."""
+        pin = self.price_in_per_1k / 2 if self.batch_price_in_per_1k is None else self.batch_price_in_per_1k
+        pout = (
+            self.price_out_per_1k / 2 if self.batch_price_out_per_1k is None else self.batch_price_out_per_1k
+        )
+        return pin, pout
+
     @property
     def default_sampling(self) -> Sampling:
         return Sampling(

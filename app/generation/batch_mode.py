@@ -1,0 +1,135 @@
+"""Batch mode for generation jobs: a job's pipeline answered through the teacher's Batch API.
+
+The mechanism is app/pipeline/llm/batch.py; this is the job's side of it: the batch state lives in the
+job's ``result["batch"]`` (saved before each step that could be lost, so a killed worker neither submits
+twice nor loses a batch), answers go into the job's database cache and ledger, and between polls the job
+gives its worker back (``JobWaiting``: it stays ``running``, and the reaper sends it again when it is time
+to look). Any handler whose calls do not depend on each other, or only in rounds (the judge's re-asks),
+can use :func:`run_in_batches` with the pipeline it runs synchronously.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import openai
+from sqlalchemy import select, update
+
+from app.generation.cache import CallLog
+from app.jobs.context import JobCancelled, JobContext, JobPaused, JobWaiting
+from app.jobs.models import Job
+from app.pipeline.llm import Gateway, TeacherConfig, run_coroutine
+from app.pipeline.llm.batch import BatchGateway, BatchRunner, BatchState, Step, collect_missing
+
+T = TypeVar("T")
+# The pipeline as the job runs it: `real` is False for the passes that only find the missing calls (they
+# must write nothing), True for the final pass, whose every call the cache answers.
+Pipeline = Callable[[Gateway, bool], Awaitable[T]]
+
+
+def load_state(ctx: JobContext) -> BatchState:
+    with ctx.session() as db:
+        result = db.scalar(select(Job.result).where(Job.id == ctx.job_id)) or {}
+    return BatchState.from_json(result.get("batch"))
+
+
+def save_state(ctx: JobContext, state: BatchState) -> None:
+    """Into the job's result, in its own transaction: what a restarted worker resumes from."""
+    with ctx.session() as db:
+        result = dict(db.scalar(select(Job.result).where(Job.id == ctx.job_id).with_for_update()) or {})
+        result["batch"] = state.to_json()
+        db.execute(update(Job).where(Job.id == ctx.job_id).values(result=result))
+
+
+def batch_summary(state: BatchState) -> dict[str, Any]:
+    """What the job's counters and result say about its batches."""
+    open_ = state.open
+    return {
+        "batches": [s.batch_id for s in state.submissions if s.batch_id],
+        "open": None if open_ is None else {"batch_id": open_.batch_id, "status": open_.provider_status},
+        "answered": state.answered,
+        "failing": len(state.failures),
+        "cost_usd": round(state.cost_usd, 6),
+    }
+
+
+def run_in_batches(
+    ctx: JobContext,
+    teacher: TeacherConfig,
+    log: CallLog,
+    budget_usd: float | None,
+    pipeline: Pipeline[T],
+    *,
+    report: Callable[[dict[str, Any]], None],
+) -> T:
+    """Advance the job's batches as far as they go on this visit; raise JobWaiting to be called again, or
+    run the pipeline for real once every call it makes is answered (or has failed in too many batches).
+
+    ``report`` gets :func:`batch_summary` after each step, for the job's progress.
+    """
+    state = load_state(ctx)
+    spent = log.flush()["cost_usd"]
+    runner = BatchRunner(
+        teacher,
+        job_label=f"if-job{ctx.job_id}",
+        cache=log.response_cache,
+        save=lambda s: save_state(ctx, s),
+        state=state,
+        budget_left_usd=None if budget_usd is None else max(0.0, budget_usd - spent),
+    )
+    try:
+        step = _advance(ctx, teacher, log, runner, pipeline, report)
+    except JobCancelled:
+        _cancel_open(runner)
+        raise
+    finally:
+        runner.close()
+
+    async def final() -> T:
+        async with BatchGateway(
+            teacher, mode="final", failed=step.failed, cache=log.response_cache, on_call=log
+        ) as gateway:
+            return await pipeline(gateway, True)
+
+    return run_coroutine(final())
+
+
+def _advance(
+    ctx: JobContext,
+    teacher: TeacherConfig,
+    log: CallLog,
+    runner: BatchRunner,
+    pipeline: Pipeline[Any],
+    report: Callable[[dict[str, Any]], None],
+) -> Step:
+    while True:
+        ctx.check_cancel()
+        missing = collect_missing(teacher, lambda g: pipeline(g, False), cache=log.response_cache)
+        try:
+            step = runner.step(missing)
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            # The state is saved: looking again later resumes exactly here.
+            raise JobWaiting(teacher.batch_poll_s, f"batch API unreachable ({exc}); trying again") from exc
+        except openai.APIStatusError as exc:
+            if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
+                raise JobWaiting(teacher.batch_poll_s, f"batch API busy ({exc.status_code})") from exc
+            raise JobPaused(
+                f"paused: the teacher's batch API refused a request ({exc.status_code}: {str(exc)[:300]}); "
+                "resume the job when it is fixed"
+            ) from exc
+        report(batch_summary(runner.state))
+        if step.action == "wait":
+            raise JobWaiting(step.seconds, step.message)
+        if step.action == "final":
+            return step
+
+
+def _cancel_open(runner: BatchRunner) -> None:
+    """A cancelled job's open batch is cancelled at the provider too (best effort: it expires anyway)."""
+    open_ = runner.state.open
+    if open_ is None or open_.batch_id is None:
+        return
+    with contextlib.suppress(openai.OpenAIError):
+        runner.client.batches.cancel(open_.batch_id)

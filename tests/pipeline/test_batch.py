@@ -1,0 +1,197 @@
+"""Batch mode (app/pipeline/llm/batch.py) against the fake teacher's Batch API, through the real openai
+client: answers match the synchronous endpoint's, cost is at batch prices, failed and expired requests go
+into a new batch, and a submission interrupted after the batch was created is never made twice."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from app.pipeline.judge import JudgeItem, JudgeParams, JudgeResult, run_judge
+from app.pipeline.llm import CallRecord, Gateway, InMemoryCache, run_coroutine
+from app.pipeline.llm.batch import BatchGateway, BatchRunner, BatchState, collect_missing
+from tests.fake_teacher import FakeTeacher, teacher_for
+
+
+class LedgerCache(InMemoryCache):
+    """The job's DB cache in miniature: keeps the paid call with its answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[CallRecord] = []
+
+    def put(self, key: str, request: dict[str, Any], response: dict[str, Any], call: Any = None) -> None:
+        super().put(key, request, response, call)
+        if call is not None:
+            self.calls.append(call)
+
+
+ITEMS = [
+    JudgeItem(key=f"rec:{i}", instruction=f"Explain topic number {i}.", input="", output=f"Answer {i} " * 5)
+    for i in range(40)
+]
+PARAMS = JudgeParams(threshold=4.0)
+
+
+def _judge(gateway: Gateway, sink: list[JudgeResult] | None = None) -> Any:
+    return run_judge(
+        gateway=gateway, items=ITEMS, params=PARAMS, emit=(sink if sink is not None else []).extend
+    )
+
+
+def _drive(
+    teacher: Any, cache: LedgerCache, state: BatchState, label: str = "test"
+) -> tuple[list[JudgeResult], int]:
+    """What the job does over its visits, in one process: collect, step, wait; then the final run."""
+    saved: list[dict[str, Any]] = []
+    runner = BatchRunner(
+        teacher, job_label=label, cache=cache, save=lambda s: saved.append(s.to_json()), state=state
+    )
+    visits = 0
+    try:
+        while True:
+            visits += 1
+            assert visits < 50
+            step = runner.step(collect_missing(teacher, _judge, cache=cache))
+            if step.action == "wait":
+                time.sleep(step.seconds)
+            elif step.action == "final":
+                break
+    finally:
+        runner.close()
+    results: list[JudgeResult] = []
+
+    async def final() -> None:
+        async with BatchGateway(teacher, mode="final", failed=step.failed, cache=cache) as gateway:
+            await _judge(gateway, results)
+
+    run_coroutine(final())
+    return results, visits
+
+
+def _sync_results(fake: FakeTeacher) -> list[JudgeResult]:
+    results: list[JudgeResult] = []
+
+    async def go() -> None:
+        async with Gateway(teacher_for(fake), cache=InMemoryCache()) as gateway:
+            await _judge(gateway, results)
+
+    run_coroutine(go())
+    return results
+
+
+def _custom_ids(fake: FakeTeacher, file_id: str) -> set[str]:
+    return {json.loads(line)["custom_id"] for line in fake.state.files[file_id].decode().splitlines()}
+
+
+@pytest.fixture
+def fake() -> Any:
+    with FakeTeacher.start() as f:
+        f.set_batches(delay_s=0.3)
+        yield f
+
+
+def _teacher(fake: FakeTeacher) -> Any:
+    return teacher_for(
+        fake,
+        batch=True,
+        batch_poll_s=0.2,
+        price_in_per_1k=0.002,
+        price_out_per_1k=0.004,
+        batch_max_attempts=2,
+    )
+
+
+def test_batch_judge_gives_the_synchronous_verdicts_at_half_price(fake):
+    teacher, cache = _teacher(fake), LedgerCache()
+    results, _ = _drive(teacher, cache, BatchState())
+    assert [(r.key, r.score, r.status) for r in results] == [
+        (r.key, r.score, r.status) for r in _sync_results(fake)
+    ]
+    # Unreadable first answers were asked again, in a second batch that depended on the first.
+    assert any(r.attempts == 2 for r in results)
+    assert fake.stats()["batches_created"] == 2
+    assert cache.calls and all(c.purpose.endswith(".batch") for c in cache.calls)
+    for c in cache.calls:
+        assert c.cost_usd == pytest.approx(c.tokens_in * 0.001 / 1000 + c.tokens_out * 0.002 / 1000)
+
+
+def test_failed_lines_and_an_expired_batch_are_resubmitted_and_nothing_is_lost(fake):
+    fake.set_batches(fail_lines=5, expire_next=1)
+    teacher, cache = _teacher(fake), LedgerCache()
+    state = BatchState()
+    results, _ = _drive(teacher, cache, state)
+    assert [(r.key, r.score) for r in results] == [(r.key, r.score) for r in _sync_results(fake)]
+    first = fake.state.batches["batch_1"]
+    assert first["status"] == "expired" and first["request_counts"]["failed"] == 20 + 5
+    # The expired half and the failed lines went into the next batch, with the re-asks of unreadable
+    # scores among the first batch's answers; nothing answered went again.
+    failed = _custom_ids(fake, first["error_file_id"])
+    answered = _custom_ids(fake, first["output_file_id"])
+    second = _custom_ids(fake, fake.state.batches["batch_2"]["input_file_id"])
+    assert failed <= second and not answered & second
+    assert len({c.key for c in cache.calls}) == len(cache.calls)  # nothing paid twice
+    assert not state.failures
+
+
+def test_a_request_failing_in_every_batch_ends_as_a_teacher_error_for_its_item_only(fake):
+    teacher, cache = _teacher(fake), LedgerCache()
+    fake.set_batches(fail_lines=1)
+    state = BatchState()
+    runner = BatchRunner(teacher, job_label="t", cache=cache, save=lambda s: None, state=state)
+    # The first line of every batch fails.
+    for _ in range(10):
+        fake.set_batches(fail_lines=1)
+        step = runner.step(collect_missing(teacher, _judge, cache=cache))
+        if step.action == "final":
+            break
+        time.sleep(step.seconds)
+    runner.close()
+    assert step.action == "final" and len(step.failed) == 1
+    assert "HTTP 500" in next(iter(step.failed.values()))
+    # It went into batch_max_attempts batches, never more, and then counts as failed.
+    assert fake.stats()["batches_created"] >= teacher.batch_max_attempts
+    results: list[JudgeResult] = []
+
+    async def final() -> None:
+        async with BatchGateway(teacher, mode="final", failed=step.failed, cache=cache) as gateway:
+            await _judge(gateway, results)
+
+    run_coroutine(final())
+    errors = [r for r in results if r.reason == "teacher_error"]
+    assert len(errors) == 1 and errors[0].status == "unscored" and "HTTP 500" in errors[0].raw
+    assert sum(r.score is not None for r in results) >= len(ITEMS) - 1 - 10
+
+
+def test_a_submission_killed_after_the_batch_was_created_finds_it_instead_of_creating_another(fake):
+    teacher, cache = _teacher(fake), LedgerCache()
+    saved: list[dict[str, Any]] = []
+    state = BatchState()
+    runner = BatchRunner(
+        teacher, job_label="job9", cache=cache, save=lambda s: saved.append(s.to_json()), state=state
+    )
+    missing = collect_missing(teacher, _judge, cache=cache)
+    runner.step(missing)
+    runner.close()
+    # A worker killed right after batches.create returned: its last save has the file but no batch id.
+    before_id = next(
+        s for s in saved if s["submissions"][0]["file_id"] and not s["submissions"][0]["batch_id"]
+    )
+    restarted = BatchState.from_json(before_id)
+    results, _ = _drive(teacher, cache, restarted, label="job9")
+    assert fake.stats()["batches_created"] == 2  # the first batch adopted, plus the re-ask batch
+    assert fake.state.batches["batch_1"]["metadata"] == {"instructforge_submission": "job9-s0"}
+    assert restarted.submissions[0].batch_id == "batch_1"
+    assert len(results) == len(ITEMS)
+
+
+def test_a_teacher_without_batches_is_refused(fake):
+    from app.pipeline.llm import TeacherError
+
+    with pytest.raises(TeacherError, match="does not offer batches"):
+        BatchRunner(
+            teacher_for(fake), job_label="x", cache=InMemoryCache(), save=lambda s: None, state=BatchState()
+        )

@@ -1,0 +1,214 @@
+"""The judge job in batch mode (issue 21) against the fake teacher's Batch API through the real openai
+client: the same verdicts as the synchronous job at half the price, a job that waits holding no worker,
+and a worker SIGKILLed right after creating a batch that neither submits it twice nor loses an answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.errors import Invalid
+from app.generation.models import LlmCall
+from app.records.models import Record
+from tests.conftest import PG_URL
+from tests.factories import create_job, job_row, seeded_dataset
+from tests.fake_teacher import FakeTeacher
+from tests.procs import kill, service_env, start_worker
+from workers.runner import WAITING, run_job
+
+PRICES = {"price_in_per_1k": 0.001, "price_out_per_1k": 0.002}
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Two teachers on one fake endpoint: "sync" and "batch" (batch API on). Their model names differ so
+    neither job finds the other's answers in the cache; the fake answers by prompt, not by model."""
+    with FakeTeacher.start() as t:
+        common = {"base_url": t.base_url, "max_retries": 2, "backoff_base_s": 0.05, "timeout_s": 60, **PRICES}
+        config = json.dumps(
+            [
+                {"name": "sync", "model": "fake-sync", **common},
+                {"name": "batch", "model": "fake-batch", "batch": True, "batch_poll_s": 0.5, **common},
+            ]
+        )
+        monkeypatch.setattr(get_settings(), "teachers", config)
+        t.config = config  # type: ignore[attr-defined]
+        yield t
+
+
+def _verdicts(engine: Any, dataset_id: int) -> dict[str, tuple[Any, ...]]:
+    with Session(engine) as db:
+        rows = db.scalars(select(Record).where(Record.dataset_id == dataset_id)).all()
+    return {
+        r.instruction: (
+            r.status,
+            r.reason,
+            r.judge_score,
+            r.meta["judge"]["status"],
+            r.meta["judge"]["attempts"],
+        )
+        for r in rows
+    }
+
+
+def _paid(engine: Any, job_id: int) -> list[LlmCall]:
+    with Session(engine) as db:
+        calls = db.scalars(select(LlmCall).where(LlmCall.job_id == job_id, LlmCall.cached.is_(False))).all()
+        for c in calls:
+            db.expunge(c)
+        return list(calls)
+
+
+def test_judge_in_batch_mode_gives_the_synchronous_verdicts_at_half_price(committed_pg, shared_data, fake):
+    fake.set_batches(delay_s=1.0)
+    sync_ds, curator = seeded_dataset(committed_pg, shared_data)
+    batch_ds, batch_curator = seeded_dataset(committed_pg, shared_data)
+    params = {"threshold": 4.0}
+    sync_job = create_job(committed_pg, curator, sync_ds, "judge", {"teacher": "sync", **params})
+    assert run_job(sync_job) == "succeeded", job_row(committed_pg, sync_job).error
+    batch_job = create_job(
+        committed_pg, batch_curator, batch_ds, "judge", {"teacher": "batch", "batch": True, **params}
+    )
+
+    outcomes = []
+    for _ in range(60):
+        outcome = run_job(batch_job)
+        outcomes.append(outcome)
+        if outcome != WAITING:
+            break
+        waiting = job_row(committed_pg, batch_job)
+        assert waiting.status == "running" and waiting.counters["batch"]["batches"]
+        time.sleep(0.6)  # the wait the job asked for (batch_poll_s), after which the reaper would send it
+    job = job_row(committed_pg, batch_job)
+    assert outcomes[-1] == "succeeded", job.error
+    assert WAITING in outcomes
+    assert _verdicts(committed_pg, batch_ds) == _verdicts(committed_pg, sync_ds)
+    assert job.result["kept"] == job_row(committed_pg, sync_job).result["kept"]
+    # First answers in one batch, the re-asks of unreadable scores in a second: the only calls made.
+    assert fake.stats()["batches_created"] == 2
+    paid = _paid(committed_pg, batch_job)
+    assert paid and all(c.purpose.endswith(".batch") for c in paid)
+    assert len({c.key for c in paid}) == len(paid)
+    for c in paid:
+        assert c.cost_usd == pytest.approx(c.tokens_in * 0.0005 / 1000 + c.tokens_out * 0.001 / 1000)
+    sync_cost = job_row(committed_pg, sync_job).cost_usd
+    assert job.cost_usd == pytest.approx(sync_cost / 2, rel=1e-3)
+
+
+def test_batch_mode_is_refused_for_a_teacher_without_a_batch_api(committed_pg, shared_data, fake):
+    dataset_id, curator = seeded_dataset(committed_pg, shared_data)
+    with pytest.raises(Invalid, match="does not offer a batch API"):
+        create_job(committed_pg, curator, dataset_id, "judge", {"teacher": "sync", "batch": True})
+
+
+def _env(fake: FakeTeacher, redis_url: str) -> dict[str, str]:
+    return service_env(
+        database_url=PG_URL,
+        broker_url=redis_url,
+        data_dir=Path(os.environ["IF_DATA_DIR"]),
+        IF_TEACHERS=fake.config,  # type: ignore[attr-defined]
+        IF_JOB_LEASE_SECONDS="3",
+        IF_REAPER_INTERVAL_SECONDS="1",
+        IF_BROKER_VISIBILITY_TIMEOUT="4",
+    )
+
+
+def _send(redis_url: str, *job_ids: int) -> None:
+    app = Celery(broker=redis_url)
+    for job_id in job_ids:
+        app.send_task("workers.tasks.run_job_task", args=[job_id], queue="default")
+    app.close()
+
+
+def _until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_a_waiting_batch_job_holds_no_worker_a_second_job_runs_meanwhile(
+    committed_pg, shared_data, fake, redis_url, tmp_path
+):
+    fake.set_batches(delay_s=20)
+    batch_ds, curator = seeded_dataset(committed_pg, shared_data)
+    other_ds, other_curator = seeded_dataset(committed_pg, shared_data)
+    batch_job = create_job(committed_pg, curator, batch_ds, "judge", {"teacher": "batch", "batch": True})
+    other_job = create_job(
+        committed_pg, other_curator, other_ds, "judge", {"teacher": "sync", "max_items": 20}
+    )
+    _send(redis_url, batch_job)
+    worker = start_worker(_env(fake, redis_url), tmp_path / "w.log")  # one solo worker: one job at a time
+    try:
+        _until(lambda: fake.stats()["batches_created"] == 1, 60, "the batch to be submitted")
+        _send(redis_url, other_job)
+        _until(lambda: job_row(committed_pg, other_job).status == "succeeded", 60, "the second job")
+        # The second job ran to its end on the only worker while the batch was still being answered.
+        waiting = job_row(committed_pg, batch_job)
+        assert waiting.status == "running" and fake.state.batches["batch_1"]["status"] == "in_progress"
+        assert waiting.counters["batch"]["open"]["batch_id"] == "batch_1"
+        _until(lambda: job_row(committed_pg, batch_job).status == "succeeded", 120, "the batch job")
+    finally:
+        kill(worker)
+    job = job_row(committed_pg, batch_job)
+    assert job.attempts >= 3  # submitted, polled at least once while in progress, finished
+    assert job.result["kept"] + job.result["below_threshold"] + job.result["unscored"] == 175
+
+
+@pytest.mark.slow
+def test_worker_sigkilled_right_after_creating_a_batch_submits_nothing_twice_and_loses_nothing(
+    committed_pg, shared_data, fake, redis_url, tmp_path
+):
+    # The fake holds its answer to "create batch" after the batch exists: the worker is killed then, before
+    # it could save the batch id.
+    fake.set_batches(delay_s=1, create_hold_s=30)
+    dataset_id, curator = seeded_dataset(committed_pg, shared_data)
+    job_id = create_job(committed_pg, curator, dataset_id, "judge", {"teacher": "batch", "batch": True})
+    env = _env(fake, redis_url)
+    _send(redis_url, job_id)
+    first = start_worker(env, tmp_path / "w1.log")
+    try:
+        _until(lambda: fake.stats()["batches_created"] == 1, 60, "the batch to be created")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        kill(first)
+    saved = job_row(committed_pg, job_id).result["batch"]["submissions"]
+    assert len(saved) == 1 and saved[0]["file_id"] and saved[0]["batch_id"] is None
+    fake.set_batches(create_hold_s=0)
+    second = start_worker(env, tmp_path / "w2.log")
+    try:
+        _until(lambda: job_row(committed_pg, job_id).status in ("succeeded", "failed"), 120, "the job")
+    finally:
+        kill(second)
+    job = job_row(committed_pg, job_id)
+    assert job.status == "succeeded", job.error
+    batches = list(fake.state.batches.values())
+    labels = Counter(b["metadata"]["instructforge_submission"] for b in batches)
+    assert labels[f"if-job{job_id}-s0"] == 1 and max(labels.values()) == 1
+    submitted = Counter(
+        json.loads(line)["custom_id"]
+        for b in batches
+        for line in fake.state.files[b["input_file_id"]].decode().splitlines()
+    )
+    assert max(submitted.values()) == 1, "a request went into two batches"
+    with Session(committed_pg) as db:
+        judged = db.scalar(
+            select(func.count()).where(Record.dataset_id == dataset_id, Record.meta["judge"].is_not(None))
+        )
+    assert judged == 175
+    assert {c.key for c in _paid(committed_pg, job_id)} == set(submitted)  # every answer kept, once
