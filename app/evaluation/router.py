@@ -9,7 +9,13 @@ from app.db import session_scope
 from app.deps import CurrentUser, SessionDep
 from app.evaluation import service
 from app.evaluation.models import Evaluation
-from app.evaluation.schemas import EvaluationCreate, EvaluationDetail, EvaluationRead, SystemRead
+from app.evaluation.schemas import (
+    EvaluationCreate,
+    EvaluationDetail,
+    EvaluationRead,
+    LineageRead,
+    SystemRead,
+)
 from app.jobs.models import Job
 
 router = APIRouter(tags=["evaluations"])
@@ -90,3 +96,9 @@ def export_evaluation(evaluation_id: int, user: CurrentUser, db: SessionDep) -> 
     name = f"evaluation-{evaluation.id}.jsonl"
     headers = {"Content-Disposition": f'attachment; filename="{name}"'}
     return StreamingResponse(_stream(evaluation.id), media_type="application/jsonl", headers=headers)
+
+
+@router.get("/records/{record_id}/evaluations", response_model=list[LineageRead])
+def record_evaluations(record_id: int, user: CurrentUser, db: SessionDep) -> list[LineageRead]:
+    """A record's lineage: the snapshots holding it, the training runs on them and those runs' evaluations."""
+    return service.record_lineage(db=db, user=user, record_id=record_id)

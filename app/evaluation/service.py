@@ -27,7 +27,7 @@ from app.evaluation.models import (
     EvaluationSystem,
     EvaluationVerdict,
 )
-from app.evaluation.schemas import EvaluateAgainstBase, EvaluationCreate, SystemSpec
+from app.evaluation.schemas import EvaluateAgainstBase, EvaluationCreate, LineageRead, SystemSpec
 from app.jobs import service as jobs
 from app.jobs.models import Job, JobStatus
 from app.projects.service import require_project
@@ -415,3 +415,54 @@ def comparisons(
             }
         )
     return rows[offset : offset + limit]
+
+
+def record_lineage(*, db: Session, user: User, record_id: int) -> list[LineageRead]:
+    """A record's lineage, in one query: every snapshot holding it, the training runs on those snapshots and
+    the evaluations those runs took part in (a snapshot without runs, or a run without evaluations, is a row
+    with the rest empty). Newest snapshot, run and evaluation first; whoever may read the record may read it."""
+    from sqlalchemy.orm import aliased
+
+    from app.records.service import get_record
+    from app.snapshots.models import Snapshot, SnapshotItem
+
+    get_record(db=db, user=user, record_id=record_id)
+    run_job, eval_job = aliased(Job), aliased(Job)
+    query = (
+        select(
+            Snapshot.id,
+            Snapshot.name,
+            SnapshotItem.record_version,
+            TrainingRun.id,
+            run_job.status,
+            Evaluation.id,
+            Evaluation.name,
+            eval_job.status,
+            EvaluationSystem.name,
+        )
+        .join(Snapshot, Snapshot.id == SnapshotItem.snapshot_id)
+        .outerjoin(TrainingRun, TrainingRun.snapshot_id == Snapshot.id)
+        .outerjoin(run_job, run_job.id == TrainingRun.job_id)
+        .outerjoin(EvaluationSystem, EvaluationSystem.training_run_id == TrainingRun.id)
+        .outerjoin(Evaluation, Evaluation.id == EvaluationSystem.evaluation_id)
+        .outerjoin(eval_job, eval_job.id == Evaluation.job_id)
+        .where(SnapshotItem.record_id == record_id)
+        .order_by(Snapshot.id.desc(), TrainingRun.id.desc(), Evaluation.id.desc())
+        .limit(500)
+    )
+    return [
+        LineageRead(
+            snapshot_id=snap_id,
+            snapshot_name=snap_name,
+            record_version=version,
+            training_run_id=run_id,
+            training_status=run_status,
+            evaluation_id=eval_id,
+            evaluation_name=eval_name,
+            evaluation_status=eval_status,
+            system=system,
+        )
+        for snap_id, snap_name, version, run_id, run_status, eval_id, eval_name, eval_status, system in (
+            db.execute(query).all()
+        )
+    ]

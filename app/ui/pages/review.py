@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.datasets import service as datasets
 from app.deps import SessionDep
+from app.evaluation import service as evaluations
 from app.records import service as records
 from app.review import service as review
 from app.ui.web import HtmlRoute, PageUser, render
@@ -36,7 +37,8 @@ def review_page(
 
 @router.get("/ui/records/{record_id}/history")
 def history_page(request: Request, record_id: int, user: PageUser, db: SessionDep) -> Response:
-    """Edits and decisions, newest first."""
+    """Edits and decisions, newest first; then the record's lineage (snapshots, runs, evaluations)."""
     record = records.get_record(db=db, user=user, record_id=record_id)
     history = review.timeline(db=db, user=user, record_id=record_id)
-    return render(request, "history.html", user, record=record, history=history)
+    lineage = evaluations.record_lineage(db=db, user=user, record_id=record_id)
+    return render(request, "history.html", user, record=record, history=history, lineage=lineage)
