@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth.models import Role, User
 from app.datasets.service import require_dataset
-from app.errors import Invalid
+from app.errors import Invalid, validation_message
 from app.pipeline.formats.documents import DocumentFormat, read_documents, split_passages
 from app.pipeline.formats.model import FormatError
 from app.records.bulk import NewRecord, insert_new
@@ -51,14 +52,20 @@ def import_documents(
     dataset_id: int,
     path: Path,
     filename: str | None,
-    params: DocumentImportParams,
+    params: DocumentImportParams | dict[str, Any],
     max_field_chars: int,
 ) -> DocumentImportResult:
-    """Read, split and write one uploaded file of documents; the upload is deleted either way."""
+    """Read, split and write one uploaded file of documents (`params` as the model or as a request's raw
+    values); the upload is deleted either way."""
     from app.pipeline.formats.documents import document_format
 
     try:
         require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
+        if not isinstance(params, DocumentImportParams):
+            try:
+                params = DocumentImportParams.model_validate(params)
+            except ValidationError as exc:
+                raise Invalid(validation_message(exc.errors())) from exc
         if params.min_chars > params.max_chars:
             raise Invalid("min_chars must not exceed max_chars", field="min_chars")
         try:
@@ -115,3 +122,27 @@ def import_documents(
         return result
     finally:
         path.unlink(missing_ok=True)
+
+
+def import_document_upload(
+    *,
+    db: Session,
+    user: User,
+    dataset_id: int,
+    upload: tuple[Path, str | None, dict[str, str]],
+    query: dict[str, Any],
+    max_field_chars: int,
+) -> DocumentImportResult:
+    """The endpoint's call: a stored upload (path, file name, form fields); form fields override the query."""
+    path, name, fields = upload
+    params = {k: v for k, v in {**query, **fields}.items() if k in DocumentImportParams.model_fields}
+    filename = name or query.get("filename")
+    return import_documents(
+        db=db,
+        user=user,
+        dataset_id=dataset_id,
+        path=path,
+        filename=filename,
+        params=params,
+        max_field_chars=max_field_chars,
+    )

@@ -7,12 +7,10 @@ from fastapi import APIRouter, Query, Request
 from app.auth.models import Role
 from app.datasets.service import require_dataset
 from app.deps import CurrentUser, SessionDep, SettingsDep
-from app.errors import Invalid, validation_message
 from app.imports.documents import (
     MAX_DOCUMENT_BYTES,
-    DocumentImportParams,
     DocumentImportResult,
-    import_documents,
+    import_document_upload,
 )
 from app.imports.router import _store_upload
 from app.pipeline.formats.documents import DocumentFormat
@@ -36,23 +34,14 @@ async def import_document_file(
     """Import plain documents (.txt, .md, or JSONL/JSON with a text field) as passages for the
     `backtranslate` job (multipart field `file`, or the raw body with `filename`). Form fields override the
     query's. A bad line is a 422 naming it, and nothing is written."""
-    from pydantic import ValidationError
-
     require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
-    path, name, fields = await _store_upload(request, min(settings.max_upload_bytes, MAX_DOCUMENT_BYTES))
-    raw = {"format": format, "text_field": text_field, "max_chars": max_chars, "min_chars": min_chars}
-    raw.update({k: v for k, v in fields.items() if k in raw})
-    try:
-        params = DocumentImportParams.model_validate(raw)
-    except ValidationError as exc:
-        path.unlink(missing_ok=True)
-        raise Invalid(validation_message(exc.errors())) from exc
-    return import_documents(
+    upload = await _store_upload(request, min(settings.max_upload_bytes, MAX_DOCUMENT_BYTES))
+    query = {"format": format, "text_field": text_field, "max_chars": max_chars, "min_chars": min_chars}
+    return import_document_upload(
         db=db,
         user=user,
         dataset_id=dataset_id,
-        path=path,
-        filename=name or filename,
-        params=params,
+        upload=upload,
+        query=query | {"filename": filename},
         max_field_chars=settings.max_field_chars,
     )
