@@ -772,6 +772,14 @@ def _usernames(db: Session, ids: Iterable[int | None]) -> dict[int, str]:
     return dict(db.execute(select(User.id, User.username).where(User.id.in_(wanted))).tuples().all())
 
 
+def _machine_author(note: str) -> str | None:
+    """Who wrote a revision no person edited: a rewrite job's note names its teacher, model and job
+    ("rewrite by teacher fake (fake-model), job 12: format"); the original has no author."""
+    if not note.startswith("rewrite by "):
+        return None
+    return note.removeprefix("rewrite by ").split(":", 1)[0]
+
+
 def _revision_diffs(db: Session, revs: Sequence[RecordRevision]) -> list[tuple[datetime, RevisionDiff]]:
     """Every revision after the original, oldest first, with the diff of each field it changed."""
     names = _usernames(db, (r.edited_by for r in revs))
@@ -785,7 +793,7 @@ def _revision_diffs(db: Session, revs: Sequence[RecordRevision]) -> list[tuple[d
         }
         diff = RevisionDiff(
             version=rev.version,
-            edited_by=names.get(rev.edited_by) if rev.edited_by else None,
+            edited_by=names.get(rev.edited_by) if rev.edited_by else _machine_author(rev.note),
             edited_at=rev.edited_at.isoformat(timespec="seconds"),
             note=rev.note,
             changes=changes,

@@ -17,6 +17,7 @@ from app.records import service as records
 from app.records.models import Record, RecordRevision
 from app.records.schemas import RecordUpdate
 from app.review import insights
+from app.review import service as review
 from tests.factories import create_job, job_row, make_dataset, make_project, make_user, run_job_now
 from workers.runner import run_job
 
@@ -104,6 +105,13 @@ def test_rewrite_stores_revisions_with_provenance_and_leaves_human_decided_recor
             assert revs[1].edited_by is None and f"job {job.id}" in revs[1].note
             # Preambles and wrapping fences are the teacher's chatter, not the answer.
             assert not r.output.startswith(("Sure!", "```")) and r.output.startswith(before[r.id][:20])
+        # The review page's timeline shows the rewrite as an edit of the output, with its provenance.
+        (entry,) = [
+            e for e in review.timeline(db=db, user=db.merge(curator), record_id=r.id) if e.kind == "edit"
+        ]
+        assert entry.by == f"teacher fake (fake-model), job {job.id}" and "rewrite by" in (entry.note or "")
+        assert list(entry.changes) == ["output"]
+        assert any(part.op == "insert" for part in entry.changes["output"])
 
 
 def test_rewrite_with_override_human_keeps_the_persons_version_as_a_revision(
