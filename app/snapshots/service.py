@@ -22,7 +22,7 @@ from app.datasets.service import require_dataset
 from app.db import get_or_404
 from app.errors import Conflict, Invalid, not_found_as
 from app.pipeline import formats
-from app.records.models import Record, RecordRevision
+from app.records.models import Record, RecordRevision, ReviewEvent
 from app.records.schemas import RecordFilter
 from app.records.service import filter_clauses
 from app.review.service import generation_cutoffs, nn_finding, none_label
@@ -367,6 +367,44 @@ def export_records(db: Session, snap: Snapshot, fmt: str) -> list[dict[str, Any]
     return pairs
 
 
+def _unconfirmed_machine_versions(
+    db: Session, snap: Snapshot, batch: Sequence[Mapping[str, Any]]
+) -> set[tuple[int, int]]:
+    """(record, version) of the frozen versions whose text a machine wrote (their latest revision is a
+    rewrite job's: no editor) and that no person confirmed by accepting the record after it and before
+    the snapshot was taken. Review events are history, never rewritten, so a snapshot's pairs stay the
+    same. A version bumped by a tag or rating alone has no revision of its own: its latest one counts."""
+    frozen = {c["record_id"]: c["record_version"] for c in batch}
+    latest: dict[int, tuple[int, bool, Any]] = {}
+    for rid, version, editor, note, at in db.execute(
+        select(
+            RecordRevision.record_id,
+            RecordRevision.version,
+            RecordRevision.edited_by,
+            RecordRevision.note,
+            RecordRevision.edited_at,
+        ).where(RecordRevision.record_id.in_(list(frozen)))
+    ):
+        if version <= frozen[rid] and (rid not in latest or version > latest[rid][0]):
+            latest[rid] = (version, editor is None and note != "original", at)
+    machine = {rid: at for rid, (_, by_machine, at) in latest.items() if by_machine}
+    if not machine:
+        return set()
+    accepts: dict[int, list[Any]] = {}
+    for rid, at, after in db.execute(
+        select(ReviewEvent.record_id, ReviewEvent.at, ReviewEvent.after).where(
+            ReviewEvent.record_id.in_(list(machine)),
+            ReviewEvent.undone.is_(False),
+            ReviewEvent.at <= snap.created_at,
+        )
+    ):
+        if (after or {}).get("status") == "accepted":
+            accepts.setdefault(rid, []).append(at)
+    return {
+        (rid, frozen[rid]) for rid, at in machine.items() if not any(t >= at for t in accepts.get(rid, []))
+    }
+
+
 def preference_records(db: Session, snap: Snapshot) -> list[dict[str, Any]]:
     """DPO pairs read from the snapshot: chosen = the reply as frozen, rejected = the reply of the record's
     first version (RecordRevision keeps it from the first edit on), for records a person edited before the
@@ -394,9 +432,12 @@ def preference_records(db: Session, snap: Snapshot) -> list[dict[str, Any]]:
             )
             if first.get(rev.record_id) == rev.version
         }
+        unconfirmed = _unconfirmed_machine_versions(db, snap, batch)
         for content in batch:
             original = originals.get(content["record_id"])
             if original is None or original.version >= content["record_version"]:
+                continue
+            if (content["record_id"], content["record_version"]) in unconfirmed:
                 continue
             chosen = formats.to_messages(content)[-1]
             rejected = formats.to_messages(

@@ -245,3 +245,49 @@ def test_rewrite_rerun_after_cancel_pays_only_for_records_not_yet_rewritten(
         for rid in db.scalars(select(Record.id).where(Record.dataset_id == dataset_id)):
             versions = db.scalars(select(RecordRevision.version).where(RecordRevision.record_id == rid)).all()
             assert len(versions) in (0, 2)  # rewritten once (original + rewrite) or not at all
+
+
+def test_a_snapshots_dpo_export_leaves_out_rewrites_of_accepted_records_until_a_person_accepts_again(
+    committed_pg, shared_data, teacher, tmp_path
+):
+    from app.errors import Invalid
+    from app.records.schemas import RecordFilter
+    from app.snapshots import service as snapshots
+
+    dataset_id, curator = _dataset(committed_pg, tmp_path, _alpaca(shared_data, 8))
+    before = {r.id: r.output for r in _records(committed_pg, dataset_id)}
+    for rid in before:
+        _decide(committed_pg, curator, rid, status="accepted")
+    run_job_now(
+        committed_pg,
+        curator,
+        dataset_id,
+        "rewrite",
+        {"teacher": "fake", "preset": "formal", "override_human": True},
+    )
+    rewritten = [r for r in _records(committed_pg, dataset_id) if r.meta.get("rewrites")]
+    assert rewritten and all(r.status == "accepted" for r in rewritten)  # the person's status stands
+
+    def dpo(name: str) -> list[dict[str, Any]]:
+        with Session(committed_pg) as db:
+            snap = snapshots.create_snapshot(
+                db=db,
+                user=db.merge(curator),
+                dataset_id=dataset_id,
+                name=name,
+                description="",
+                flt=RecordFilter(status=["accepted"]),
+            )
+            db.commit()
+            try:
+                return snapshots.export_records(db, snap, "dpo")
+            except Invalid:
+                return []
+
+    assert dpo("before confirmation") == []
+    confirmed = rewritten[0]
+    _decide(committed_pg, curator, confirmed.id, status="accepted")
+    _decide(committed_pg, curator, confirmed.id, tags=["checked"])  # a later tag bumps the version only
+    (pair,) = dpo("after confirmation")
+    assert pair["record_id"] == confirmed.id
+    assert pair["output"] == confirmed.output and pair["rejected"] == before[confirmed.id]
