@@ -30,13 +30,15 @@ def run_job_task(job_id: int) -> str | None:
 
 
 def _waiting(now: datetime) -> ColumnElement[bool]:
-    """Jobs that wait for a worker: queued, or running under a lease that expired (their worker died)."""
-    return and_(
-        Job.cancel_requested.is_(False),
-        or_(
-            Job.status == JobStatus.queued.value,
-            and_(Job.status == JobStatus.running.value, Job.lease_until < now),
-        ),
+    """Jobs that wait for a worker: queued, or running under a lease that expired (their worker died, or
+    the job gave its worker back to wait: app.jobs.context.JobWaiting).
+
+    A running one whose cancel was requested is sent too: nobody else will ever end it, and the worker
+    that gets it records it cancelled without running it (workers.runner.claim).
+    """
+    return or_(
+        and_(Job.cancel_requested.is_(False), Job.status == JobStatus.queued.value),
+        and_(Job.status == JobStatus.running.value, Job.lease_until < now),
     )
 
 

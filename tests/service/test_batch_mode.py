@@ -212,3 +212,28 @@ def test_worker_sigkilled_right_after_creating_a_batch_submits_nothing_twice_and
         )
     assert judged == 175
     assert {c.key for c in _paid(committed_pg, job_id)} == set(submitted)  # every answer kept, once
+
+
+def test_cancelling_a_waiting_batch_job_ends_it_cancelled_without_running_it_again(
+    committed_pg, shared_data, fake, redis_url
+):
+    from app.jobs import service as jobs
+    from app.jobs.broker import make_celery
+    from workers.tasks import reap_once
+
+    fake.set_batches(delay_s=60)
+    dataset_id, curator = seeded_dataset(committed_pg, shared_data)
+    job_id = create_job(committed_pg, curator, dataset_id, "judge", {"teacher": "batch", "batch": True})
+    assert run_job(job_id) == WAITING
+    with Session(committed_pg) as db:
+        assert jobs.cancel_job(db=db, user=db.merge(curator), job_id=job_id).status == "running"
+        db.commit()
+    time.sleep(0.6)  # its wait is over: the reaper sends it, and the worker that gets it ends it
+    app = make_celery(redis_url)
+    try:
+        assert job_id in reap_once({"default"}, app=app)
+    finally:
+        app.close()
+    assert run_job(job_id) is None
+    job = job_row(committed_pg, job_id)
+    assert job.status == "cancelled" and fake.stats()["batches_created"] == 1
