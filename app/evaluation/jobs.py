@@ -127,44 +127,54 @@ def trainable(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if record_to_conversation(to_openai(r))[0] is not None]
 
 
-def _freeze_prompts(ctx: JobContext, evaluation_id: int) -> None:
-    """Store the prompt set once; a restart finds it stored and keeps it."""
+def select_prompts(
+    db: Any, *, snapshot_id: int | None, dataset_id: int | None, split: str, params: dict[str, Any]
+) -> list[SetPrompt]:
+    """The prompt set an evaluation with these settings answers (read, not stored): the job freezes it,
+    an estimate prices it."""
     from app.records.models import Record
     from app.snapshots.service import iter_contents
 
+    records: list[dict[str, Any]]
+    if snapshot_id is not None:
+        records = list(iter_contents(db, snapshot_id))
+        if split == "validation":
+            records = held_out(
+                trainable(records), val_fraction=float(params["val_fraction"]), seed=int(params["seed"])
+            )
+    elif dataset_id is not None:
+        rows = db.scalars(select(Record).where(Record.dataset_id == dataset_id).order_by(Record.id))
+        records = [
+            {
+                "record_id": r.id,
+                "instruction": r.instruction,
+                "input": r.input,
+                "output": r.output,
+                "system": r.system,
+                "messages": r.messages,
+                "label": r.label,
+            }
+            for r in rows
+        ]
+    else:
+        raise Invalid("the evaluation's dataset or snapshot was deleted", field="prompt_set")
+    prompts = [p for r in records if (p := set_prompt(str(r["record_id"]), r, record_id=r["record_id"]))]
+    if params.get("max_prompts"):
+        prompts = prompts[: int(params["max_prompts"])]
+    return prompts
+
+
+def _freeze_prompts(ctx: JobContext, evaluation_id: int) -> None:
+    """Store the prompt set once; a restart finds it stored and keeps it."""
     with ctx.session() as db:
         if db.scalar(select(func.count()).where(EvaluationPrompt.evaluation_id == evaluation_id)):
             return
         ev = db.get(Evaluation, evaluation_id)
         if ev is None:
             raise NotFound(f"evaluation {evaluation_id} not found")
-        params = ev.params
-        records: list[dict[str, Any]]
-        if ev.snapshot_id is not None:
-            records = list(iter_contents(db, ev.snapshot_id))
-            if ev.split == "validation":
-                records = held_out(
-                    trainable(records), val_fraction=float(params["val_fraction"]), seed=int(params["seed"])
-                )
-        elif ev.dataset_id is not None:
-            rows = db.scalars(select(Record).where(Record.dataset_id == ev.dataset_id).order_by(Record.id))
-            records = [
-                {
-                    "record_id": r.id,
-                    "instruction": r.instruction,
-                    "input": r.input,
-                    "output": r.output,
-                    "system": r.system,
-                    "messages": r.messages,
-                    "label": r.label,
-                }
-                for r in rows
-            ]
-        else:
-            raise Invalid("the evaluation's dataset or snapshot was deleted", field="prompt_set")
-        prompts = [p for r in records if (p := set_prompt(str(r["record_id"]), r, record_id=r["record_id"]))]
-        if params.get("max_prompts"):
-            prompts = prompts[: int(params["max_prompts"])]
+        prompts = select_prompts(
+            db, snapshot_id=ev.snapshot_id, dataset_id=ev.dataset_id, split=ev.split, params=ev.params
+        )
         if not prompts:
             raise Invalid("the prompt set has no prompts", field="prompt_set")
         db.add_all(

@@ -12,6 +12,7 @@ from app.evaluation.models import Evaluation
 from app.evaluation.schemas import (
     EvaluationCreate,
     EvaluationDetail,
+    EvaluationEstimate,
     EvaluationRead,
     LineageRead,
     SystemRead,
@@ -50,6 +51,12 @@ def create_evaluation(body: EvaluationCreate, user: CurrentUser, db: SessionDep)
     evaluation = service.create_evaluation(db=db, user=user, body=body)
     job = service.job_of(db=db, evaluation=evaluation)
     return read(evaluation, job, systems(db, evaluation.id))
+
+
+@router.post("/evaluations/estimate", response_model=EvaluationEstimate)
+def estimate_evaluation(body: EvaluationCreate, user: CurrentUser, db: SessionDep) -> EvaluationEstimate:
+    """What this evaluation would call and cost (the body of POST /evaluations); nothing is stored."""
+    return service.estimate_evaluation(db=db, user=user, body=body)
 
 
 @router.get("/evaluations", response_model=list[EvaluationRead])

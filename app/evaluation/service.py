@@ -27,7 +27,14 @@ from app.evaluation.models import (
     EvaluationSystem,
     EvaluationVerdict,
 )
-from app.evaluation.schemas import EvaluateAgainstBase, EvaluationCreate, LineageRead, SystemSpec
+from app.evaluation.schemas import (
+    EstimateLine,
+    EvaluateAgainstBase,
+    EvaluationCreate,
+    EvaluationEstimate,
+    LineageRead,
+    SystemSpec,
+)
 from app.jobs import service as jobs
 from app.jobs.models import Job, JobStatus
 from app.projects.service import require_project
@@ -110,8 +117,10 @@ def _prompt_set(db: Session, user: User, body: EvaluationCreate) -> tuple[Datase
     return dataset, f"dataset {dataset.id}"
 
 
-def create_evaluation(*, db: Session, user: User, body: EvaluationCreate) -> Evaluation:
-    """Validate the systems, prompt set and judge, store the evaluation and queue its job (curators)."""
+def _checked(
+    db: Session, user: User, body: EvaluationCreate
+) -> tuple[Dataset, str, list[EvaluationSystem], list[str]]:
+    """The prompt set's dataset and name, the systems and their names, or Invalid naming the field."""
     dataset, set_name = _prompt_set(db, user, body)
     project_id = dataset.project_id
     require_project(db=db, user=user, project_id=project_id, min_role=Role.curator.value)
@@ -128,6 +137,13 @@ def create_evaluation(*, db: Session, user: User, body: EvaluationCreate) -> Eva
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:
         raise Invalid(f"systems: two systems are named {duplicate!r}; give them names", field="systems")
+    return dataset, set_name, systems, names
+
+
+def create_evaluation(*, db: Session, user: User, body: EvaluationCreate) -> Evaluation:
+    """Validate the systems, prompt set and judge, store the evaluation and queue its job (curators)."""
+    dataset, set_name, systems, names = _checked(db, user, body)
+    project_id = dataset.project_id
     job = jobs.create_job(
         db=db,
         user=user,
@@ -171,6 +187,116 @@ def create_evaluation(*, db: Session, user: User, body: EvaluationCreate) -> Eva
     db.commit()  # a worker must never get the id of a row it cannot see yet
     jobs.send(db=db, job=job)
     return evaluation
+
+
+ESTIMATE_BASIS = (
+    "computed from the prompt set's lengths (about 4 characters a token, 1 a CJK character) and the "
+    "teachers' prices; no teacher was called: the judge's prompts hold answers that do not exist yet. Every "
+    "answer is counted at max_new_tokens and every verdict at judge_max_tokens, so the cost is an upper bound."
+)
+
+
+def estimate_evaluation(*, db: Session, user: User, body: EvaluationCreate) -> EvaluationEstimate:
+    """What the evaluation `body` describes would call and cost (curators; the same checks as creating it,
+    nothing stored, no teacher called): judge calls (pairs x prompts x 2 orders, + one score per answer
+    with `scores`) and teacher systems' answer calls, with tokens and cost from the teachers' prices."""
+    from app.evaluation.jobs import _teacher, select_prompts
+    from app.evaluation.prompts import SetPrompt
+    from app.pipeline import pairwise as pw
+    from app.pipeline.llm import approx_tokens
+
+    dataset, _, systems, names = _checked(db, user, body)
+    params = body.model_dump(mode="json")
+    params["language"] = body.language or ("zh" if dataset.language.startswith("zh") else "en")
+    prompts = select_prompts(
+        db, snapshot_id=body.snapshot_id, dataset_id=body.dataset_id, split=body.split, params=params
+    )
+    if not prompts:
+        raise Invalid(
+            "the prompt set has no prompts", field="snapshot_id" if body.snapshot_id else "dataset_id"
+        )
+    answer_max = body.generation.max_new_tokens
+    judge_params = {
+        "rubric": body.rubric,
+        "language": params["language"],
+        "use_reference": body.use_reference,
+    }
+    pairs = pw.all_pairs(names)
+
+    def judged(p: SetPrompt) -> pw.EvalPrompt:
+        return pw.EvalPrompt(id=p.prompt_id, text=p.text, category=p.category, reference=p.reference)
+
+    # A judge prompt without its answers, plus the answers at their longest.
+    pair_in = sum(
+        approx_tokens(pw.pairwise_prompt(judged(p), "", "", params=pw.PairwiseParams(**judge_params)))
+        + 2 * answer_max
+        for p in prompts
+    )
+    lines: list[EstimateLine] = []
+
+    def line(purpose: Any, teacher: str, calls: int, tin: int, tout: int, system: str | None = None) -> None:
+        config = _teacher(teacher, body.concurrency)
+        cost = tin * config.price_in_per_1k / 1000 + tout * config.price_out_per_1k / 1000
+        lines.append(
+            EstimateLine(
+                purpose=purpose,
+                teacher=teacher,
+                system=system,
+                calls=calls,
+                tokens_in=tin,
+                tokens_out=tout,
+                cost_usd=cost,
+            )
+        )
+
+    n_pair_calls = 2 * len(pairs) * len(prompts)
+    line(
+        "judge_pairs",
+        body.judge_teacher,
+        n_pair_calls,
+        2 * len(pairs) * pair_in,
+        n_pair_calls * body.judge_max_tokens,
+    )
+    if body.scores:
+        score_in = sum(
+            approx_tokens(pw.single_prompt(judged(p), "", params=pw.ScoreParams(**judge_params))) + answer_max
+            for p in prompts
+        )
+        n_score_calls = len(systems) * len(prompts)
+        line(
+            "judge_scores",
+            body.judge_teacher,
+            n_score_calls,
+            len(systems) * score_in,
+            n_score_calls * body.judge_max_tokens,
+        )
+    answer_in = sum(approx_tokens("\n\n".join(m["content"] for m in p.messages)) for p in prompts)
+    for system in systems:
+        if system.kind == "teacher" and system.teacher is not None:
+            line(
+                "teacher_answers",
+                system.teacher,
+                len(prompts),
+                answer_in,
+                len(prompts) * answer_max,
+                system.name,
+            )
+    judge_calls = sum(x.calls for x in lines if x.purpose != "teacher_answers")
+    answer_calls = sum(x.calls for x in lines if x.purpose == "teacher_answers")
+    return EvaluationEstimate(
+        prompts=len(prompts),
+        systems=len(systems),
+        pairs=len(pairs),
+        judge_calls=judge_calls,
+        answer_calls=answer_calls,
+        local_answers=len(prompts) * sum(1 for s in systems if s.kind != "teacher"),
+        total_calls=judge_calls + answer_calls,
+        tokens_in=sum(x.tokens_in for x in lines),
+        tokens_out=sum(x.tokens_out for x in lines),
+        estimated_cost_usd=sum(x.cost_usd for x in lines),
+        lines=lines,
+        basis=ESTIMATE_BASIS,
+    )
 
 
 def evaluate_against_base(*, db: Session, user: User, run_id: int, body: EvaluateAgainstBase) -> Evaluation:

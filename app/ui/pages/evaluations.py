@@ -13,6 +13,7 @@ from itertools import combinations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
@@ -21,7 +22,7 @@ from app.auth.models import Role, User
 from app.base import utcnow
 from app.datasets import service as datasets
 from app.deps import SessionDep
-from app.errors import Invalid, validation_message
+from app.errors import DomainError, Invalid, validation_message
 from app.evaluation import service as evaluations
 from app.evaluation.schemas import EvaluationCreate
 from app.generation import service as generation
@@ -190,6 +191,25 @@ def create_from_form(db: Session, user: User, form: FormData) -> Any:
         raise _in_words(exc, rows) from None
 
 
+def estimate_from_form(db: Session, user: User, form: FormData) -> JSONResponse:
+    """The cost of the evaluation the form describes, as JSON for the form's Estimate button (nothing is
+    stored); a refusal is JSON too, naming the field as Start would."""
+    body, rows = _body(form)
+    try:
+        create = EvaluationCreate.model_validate(body)
+        estimate = evaluations.estimate_evaluation(db=db, user=user, body=create)
+    except ValidationError as exc:
+        first = ".".join(str(p) for p in exc.errors()[0].get("loc", ()))
+        error = _in_words(Invalid(validation_message(exc.errors()), field=first), rows)
+        return JSONResponse({"detail": error.message, "field": error.detail.get("field")}, status_code=422)
+    except DomainError as exc:
+        refused: DomainError = _in_words(exc, rows) if isinstance(exc, Invalid) else exc
+        return JSONResponse(
+            {"detail": refused.message, "field": refused.detail.get("field")}, status_code=refused.status_code
+        )
+    return JSONResponse(estimate.model_dump(mode="json"))
+
+
 def _form_page(
     request: Request,
     db: Session,
@@ -250,6 +270,13 @@ def evaluation_create(
     except Invalid as exc:
         return _form_page(request, db, user, project_id, form, exc)
     return redirect(f"/ui/evaluations/{evaluation.id}", f"evaluation {evaluation.id} queued")
+
+
+@router.post("/ui/projects/{project_id}/evaluations/new/estimate")
+def evaluation_estimate(project_id: int, form: CheckedForm, user: PageUser, db: SessionDep) -> Response:
+    """The form's Estimate button: judge and teacher calls, tokens and cost; nothing is started."""
+    projects.require_project(db=db, user=user, project_id=project_id, min_role=Role.curator.value)
+    return estimate_from_form(db, user, form)
 
 
 # --------------------------------------------------------------------------------------------------
