@@ -152,6 +152,8 @@ def _judge_run(db: Session, dataset: Dataset, request: EstimateRequest) -> DryRu
 
     p = _params(JudgeJobParams, request.params)
     teacher = get_teacher(p)
+    if p.batch:
+        teacher = teacher.at_batch_prices()  # the sample is paid in full; the job at batch prices
     first, n = _in_scope(db, dataset.id, p.scope, p.max_items)
     if not n:
         raise Invalid("no records in the scope to judge", field="params.scope")

@@ -237,3 +237,34 @@ def test_cancelling_a_waiting_batch_job_ends_it_cancelled_without_running_it_aga
     assert run_job(job_id) is None
     job = job_row(committed_pg, job_id)
     assert job.status == "cancelled" and fake.stats()["batches_created"] == 1
+
+
+def test_the_cost_estimate_of_a_batch_mode_judge_is_at_batch_prices(client, db, shared_data, fake):
+    from app.imports.service import parse_file, write_records
+    from tests.factories import make_dataset, make_project, make_user, token_for
+
+    curator = make_user(db, "curator")
+    dataset = make_dataset(db, make_project(db, (curator, "curator")))
+    records, _, fmt = parse_file(
+        shared_data / "self-instruct" / "seed_tasks.jsonl", fmt="self_instruct", filename=None, skip_bad=False
+    )
+    write_records(
+        sessions=[db],
+        dataset_id=dataset.id,
+        records=records,
+        fmt=fmt,
+        key_prefix="seed",
+        job_id=None,
+        batch_size=1000,
+    )
+
+    def estimate(batch: bool) -> dict[str, Any]:
+        body = {"dataset_id": dataset.id, "kind": "judge", "params": {"teacher": "batch", "batch": batch}}
+        resp = client.post("/api/v1/generation/estimate", json=body, headers=token_for(db, curator))
+        assert resp.status_code == 200, resp.text
+        return dict(resp.json())
+
+    sync, batch = estimate(False), estimate(True)
+    assert batch["total_calls"] == sync["total_calls"] == 175
+    assert batch["tokens_in_per_call"] == sync["tokens_in_per_call"]  # the same sample, from the cache
+    assert batch["estimated_cost_usd"] == pytest.approx(sync["estimated_cost_usd"] / 2)

@@ -83,6 +83,11 @@ class TeacherConfig(BaseModel):
         )
         return pin, pout
 
+    def at_batch_prices(self) -> TeacherConfig:
+        """This teacher priced as its Batch API is: what a batch-mode job's cost estimate counts with."""
+        pin, pout = self.batch_prices
+        return self.model_copy(update={"price_in_per_1k": pin, "price_out_per_1k": pout})
+
     @property
     def default_sampling(self) -> Sampling:
         return Sampling(
