@@ -37,8 +37,13 @@ class BacktranslateJobParams(TeacherChoice):
         4.0, ge=1, le=5, description="Keep pairs the teacher scores at least this (Humpback: 4)."
     )
     scope: RecordFilter = Field(
-        default_factory=lambda: RecordFilter(source=PASSAGE_SOURCE, status=["pending", "accepted"]),
-        description="The passages to backtranslate (default: imported documents' passages not rejected).",
+        default_factory=lambda: RecordFilter(
+            source=PASSAGE_SOURCE, status=["filtered", "pending", "accepted"]
+        ),
+        description=(
+            "The passages to backtranslate (default: imported documents' passages, which are filtered "
+            "with reason document_passage, unless a person rejected them)."
+        ),
     )
     max_items: int | None = Field(None, ge=1, le=1_000_000, description="At most this many passages.")
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of the instruction.")

@@ -23,6 +23,7 @@ from app.pipeline.formats.documents import DocumentFormat, read_documents, split
 from app.pipeline.formats.model import FormatError
 from app.records.bulk import NewRecord, insert_new
 
+PASSAGE_REASON = "document_passage"
 SOURCE = "document"
 # Documents are split in memory inside the request (the text and its passages, a few times the file):
 # 20 MB of text is already some 10,000 passages of the default size.
@@ -93,6 +94,10 @@ def import_documents(
                         source=SOURCE,
                         instruction="",
                         output=p.text,
+                        # Source text, not training data: filtered with its reason, so "accept all
+                        # pending", the review queue, snapshots and the charts leave passages out.
+                        status="filtered",
+                        reason=PASSAGE_REASON,
                         meta={
                             "document": doc.name,
                             "document_line": doc.line,

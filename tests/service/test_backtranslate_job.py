@@ -83,7 +83,8 @@ def test_documents_import_as_passages_with_offsets_over_the_api(client, db, shar
     rows = db.scalars(select(Record).where(Record.dataset_id == dataset.id).order_by(Record.id)).all()
     assert body["documents"] == 1 and body["passages"] == len(rows) > 5 and body["format"] == "text"
     for i, r in enumerate(rows):
-        assert r.source == "document" and r.instruction == "" and r.status == "pending"
+        assert r.source == "document" and r.instruction == ""
+        assert (r.status, r.reason) == ("filtered", "document_passage")  # source text, not training data
         assert r.meta["document"] == "answers.md" and r.meta["passage_index"] == i
         assert doc[r.meta["char_start"] : r.meta["char_end"]] == r.output and len(r.output) <= 500
 
@@ -139,7 +140,9 @@ def test_job_keeps_high_scoring_pairs_and_filters_low_ones_with_the_reason(
         "backtranslation_unscored",
     }
     # The passages themselves are untouched.
-    assert all(r.status == "pending" for r in records_of(committed_pg, dataset_id, source="document"))
+    assert {(r.status, r.reason) for r in records_of(committed_pg, dataset_id, source="document")} == {
+        ("filtered", "document_passage")
+    }
 
 
 def test_chinese_passages_get_chinese_instructions(committed_pg, shared_data, tmp_path, teacher):
