@@ -109,12 +109,12 @@ class _Write(BaseModel):
 
 
 def _store(db: Session, w: _Write, *, provenance: dict[str, Any], override_human: bool, note: str) -> str:
-    from app.records.service import revise_by_machine
+    from app.records.service import lock_record, revise_by_machine
 
     record = db.get(Record, w.record_id)
     if record is None:
         return "gone"
-    db.refresh(record, with_for_update=True)
+    lock_record(db, record)  # a person's edit or decision committed meanwhile is seen, and wins
     if record.output != w.original:
         return "changed_meanwhile"  # a person (or another job) changed it since the job read it
     if record.human_decided and not override_human:

@@ -67,7 +67,7 @@ class JudgeJobParams(TeacherChoice):
 
 class EstimateRequest(BaseModel):
     dataset_id: int
-    kind: str = Field(description="self_instruct | evol | judge")
+    kind: str = Field(description="self_instruct | evol | judge | backtranslate | rewrite | reasoning")
     params: dict[str, Any] = Field(default_factory=dict)
     sample_prompts: int = Field(3, ge=1, le=10)
 
