@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -291,3 +292,14 @@ def test_a_snapshots_dpo_export_leaves_out_rewrites_of_accepted_records_until_a_
     (pair,) = dpo("after confirmation")
     assert pair["record_id"] == confirmed.id
     assert pair["output"] == confirmed.output and pair["rejected"] == before[confirmed.id]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_rewrite_and_reasoning_run_on_the_embedded_sqlite_default(committed, shared_data, teacher, tmp_path):
+    dataset_id, curator = _dataset(committed, tmp_path, _gsm8k(shared_data, 8))
+    rewrite = run_job_now(committed, curator, dataset_id, "rewrite", {"teacher": "fake", "preset": "concise"})
+    reasoning = run_job_now(committed, curator, dataset_id, "reasoning", {"teacher": "fake"})
+    rows = _records(committed, dataset_id)
+    assert rewrite.result["rewritten"] == sum(bool(r.meta.get("rewrites")) for r in rows) > 0
+    assert reasoning.result["matched"] + reasoning.result["mismatched"] + reasoning.result["unparseable"] == 8
+    assert sum(r.source == "reasoning" for r in rows) == 8
