@@ -93,6 +93,8 @@ def _why_not_claimed(job: Job, now: datetime) -> str:
         )
     if job.cancel_requested:
         return "its cancel was requested"
+    if job.lease_until is not None and job.lease_until >= now and job.worker is None:
+        return f"it waits, holding no worker, until {job.lease_until:%H:%M:%S} UTC"
     if job.lease_until is not None and job.lease_until >= now:
         return f"it is running on {job.worker} under a lease until {job.lease_until:%H:%M:%S} UTC"
     return f"it was {job.status} and changed while this worker tried to claim it"
@@ -137,7 +139,8 @@ def wait_outside(job_id: int, seconds: float) -> None:
         db.execute(
             update(Job)
             .where(Job.id == job_id, Job.worker == WORKER_NAME, Job.status == JobStatus.running.value)
-            .values(lease_until=utcnow() + timedelta(seconds=max(0.0, seconds)))
+            # No worker: the job is held by none while it waits (the reaper and the page say so).
+            .values(lease_until=utcnow() + timedelta(seconds=max(0.0, seconds)), worker=None)
         )
         db.commit()
 

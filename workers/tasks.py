@@ -63,11 +63,11 @@ def reap_once(queues: set[str], *, app: Celery = celery_app, now: datetime | Non
         lost = Job.enqueued_at < lost_before(app, queue, now)
         with get_sessionmaker()() as db:
             rows = db.execute(
-                select(Job.id, Job.enqueued_at, _unsent().label("unsent"))
+                select(Job.id, Job.enqueued_at, _unsent().label("unsent"), Job.worker)
                 .where(Job.queue == queue, _waiting(now), or_(_unsent(), lost))
                 .order_by(Job.id)
             ).all()
-        for job_id, enqueued_at, unsent in rows:
+        for job_id, enqueued_at, unsent, worker in rows:
             stamp = utcnow()
             # Only if it still waits for the same reason: another worker's reaper may have sent it just now.
             with get_sessionmaker()() as db:
@@ -82,7 +82,9 @@ def reap_once(queues: set[str], *, app: Celery = celery_app, now: datetime | Non
                 continue
             # Should the send fail, the job looks sent: a lease period on it is found lost and sent again.
             send_job(app, job_id=job_id, queue=queue, sent_at=stamp)
-            if unsent:
+            if unsent and enqueued_at and worker is None:
+                why = "its wait is over (it gave its worker back to wait, app.jobs.context.JobWaiting)"
+            elif unsent:
                 why = "its worker is gone" if enqueued_at else "it was never sent"
             else:
                 why = f"its message of {enqueued_at:%H:%M:%S} UTC was lost: queue {queue} holds none that old"

@@ -88,7 +88,7 @@ def test_judge_in_batch_mode_gives_the_synchronous_verdicts_at_half_price(commit
         if outcome != WAITING:
             break
         waiting = job_row(committed_pg, batch_job)
-        assert waiting.status == "running" and waiting.counters["batch"]["batches"]
+        assert waiting.status == "running" and waiting.worker is None and waiting.counters["batch"]["batches"]
         time.sleep(0.6)  # the wait the job asked for (batch_poll_s), after which the reaper would send it
     job = job_row(committed_pg, batch_job)
     assert outcomes[-1] == "succeeded", job.error
