@@ -39,7 +39,9 @@ _MARKERS = (
     r"答案\s*(?:是|为)?\s*[:：]?\s*",
 )
 _MARKER_RE = re.compile("|".join(f"(?:{m})" for m in _MARKERS), re.I)
-_NUM = r"[-−]?\d[\d,\u00a0\u202f ]*(?:\.\d+)?|[-−]?\.\d+"
+# Digits grouped by three with a comma or a (narrow, no-break) space are one number ("1,250", "100 000");
+# other digits after a space are the next number ("80 18-inch lengths": 80, then 18).
+_NUM = r"[-−]?(?:\d{1,3}(?:[,\u00a0\u202f ]\d{3})+(?!\d)|\d+)(?:\.\d+)?|[-−]?\.\d+"
 _NUMBER_RE = re.compile(
     rf"(?P<mixed>(?P<whole>[-−]?\d+)\s+(?P<mn>\d+)\s*/\s*(?P<md>\d+))"
     rf"|\\frac\{{(?P<fn>{_NUM})\}}\{{(?P<fd>{_NUM})\}}"
@@ -129,7 +131,8 @@ def _balanced(text: str) -> str:
 
 def final_answer(solution: str) -> str | None:
     """The final answer a solution ends with: after its last marker ("#### ", "The answer is", "Final
-    answer:", ``\\boxed{}``, "答案："), to the end of that line; else a last line that is a bare number.
+    answer:", ``\\boxed{}``, "答案："), to the end of that line (after its last "=" if it has one); else a
+    last line that is a bare number.
     ``None`` when there is none."""
     text = solution.strip()
     if not text:
@@ -142,6 +145,8 @@ def final_answer(solution: str) -> str | None:
             rest = _balanced(rest)
         line = rest.strip().split("\n", 1)[0].strip().strip("*").strip()
         line = re.sub(r"^\$+|\$+$", "", line) if line.count("$") >= 2 else line  # LaTeX $...$ delimiters
+        # "The answer is 48 + 24 = 72": what the working equals is the answer.
+        line = line.rsplit("=", 1)[1].strip() if "=" in line else line
         return line.rstrip(".。").strip() or None
     last_line = text.splitlines()[-1].strip()
     if parse_number(last_line) is not None and len(last_line) <= 40:
