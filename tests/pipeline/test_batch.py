@@ -195,3 +195,30 @@ def test_a_teacher_without_batches_is_refused(fake):
         BatchRunner(
             teacher_for(fake), job_label="x", cache=InMemoryCache(), save=lambda s: None, state=BatchState()
         )
+
+
+def test_a_budget_submits_only_what_it_covers_at_batch_prices_and_the_job_stops_on_budget(fake):
+    teacher, cache = _teacher(fake), LedgerCache()
+    state = BatchState()
+    # Worst case per first call: ~100 tokens in and 256 out at batch prices (0.001, 0.002 per 1k): ~0.0006.
+    runner = BatchRunner(
+        teacher, job_label="b", cache=cache, save=lambda s: None, state=state, budget_left_usd=0.006
+    )
+    step = runner.step(collect_missing(teacher, _judge, cache=cache))
+    assert step.action == "wait"
+    submitted = fake.state.batches["batch_1"]["request_counts"]["total"]
+    assert 0 < submitted < len(ITEMS)
+    time.sleep(0.5)
+    assert runner.step(collect_missing(teacher, _judge, cache=cache)).action == "collect"
+    runner.budget_left_usd = 0.0  # the job's next visit: the budget is spent
+    step = runner.step(collect_missing(teacher, _judge, cache=cache))
+    runner.close()
+    assert step.action == "final" and fake.stats()["batches_created"] == 1
+    results: list[JudgeResult] = []
+
+    async def final() -> Any:
+        async with BatchGateway(teacher, mode="final", failed=step.failed, cache=cache) as gateway:
+            return await _judge(gateway, results)
+
+    summary = run_coroutine(final())
+    assert summary.stop_reason == "budget" and sum(c.cost_usd for c in cache.calls) <= 0.006

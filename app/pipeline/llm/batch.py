@@ -373,6 +373,10 @@ class BatchRunner:
         self.cache.put(key, pending.request, response, call)
         self.state.answered += 1
         self.state.cost_usd += cost
+        if self.budget_left_usd is not None:
+            # The next submission of this visit must see what this batch cost (the next visit reads it
+            # from the ledger).
+            self.budget_left_usd -= cost
 
 
 def collect_missing(
