@@ -13,7 +13,7 @@ cache, so a resumed job replays the finished questions without paying and writes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from sqlalchemy.orm import Session
@@ -39,9 +39,8 @@ class ReasoningJobParams(TeacherChoice):
         default_factory=lambda: RecordFilter(status=["pending", "accepted"]),
         description="Which records to solve (default: pending and accepted); traces are never re-solved.",
     )
-    reference_from: str = Field(
+    reference_from: Literal["auto", "marker", "last_number", "output"] = Field(
         "auto",
-        pattern="^(auto|marker|last_number|output)$",
         description="Where the reference answer is read: marker ('#### 72', 'The answer is ...'), "
         "last_number of the output (GSM8K in Alpaca form), the whole output, or auto (marker, else a short "
         "output whole, else its last number).",
@@ -52,13 +51,15 @@ class ReasoningJobParams(TeacherChoice):
     max_tokens: int = Field(1024, ge=16, le=32_000, description="Longest solution, in tokens.")
 
 
-def _items(rows: list[Record], reference_from: str) -> tuple[list[Any], int]:
+def _items(
+    rows: list[Record], reference_from: Literal["auto", "marker", "last_number", "output"]
+) -> tuple[list[Any], int]:
     from app.pipeline.answers import reference_answer
     from app.pipeline.reasoning import ReasoningItem
 
     items, missing = [], 0
     for r in rows:
-        reference = reference_answer(r.output, reference_from) if r.instruction.strip() else None  # type: ignore[arg-type]
+        reference = reference_answer(r.output, reference_from) if r.instruction.strip() else None
         if r.source == SOURCE or r.messages or reference is None:
             missing += r.source != SOURCE
             continue

@@ -12,7 +12,7 @@ others' answers come from the response cache, so a resumed job pays for no call 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy.orm import Session
@@ -36,10 +36,8 @@ PRESET_HELP = (
 class RewriteJobParams(TeacherChoice):
     """Response rewriting: the teacher improves existing answers; each rewrite is a revision of its record."""
 
-    preset: str = Field(
-        "complete",
-        pattern="^(complete|format|concise|friendly|formal|translate|custom)$",
-        description=PRESET_HELP,
+    preset: Literal["complete", "format", "concise", "friendly", "formal", "translate", "custom"] = Field(
+        "complete", description=PRESET_HELP
     )
     instruction: str | None = Field(
         None,

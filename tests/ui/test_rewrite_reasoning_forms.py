@@ -52,6 +52,9 @@ def test_rewrite_and_reasoning_forms_estimate_and_their_jobs_reuse_the_answers_p
     page = client.get(url)
     assert page.status_code == 200 and 'data-role="estimate"' in page.text
     assert all(f'name="{f}"' in page.text for f in fields)
+    # The goal preset and where the reference is read are chosen from a list, not typed.
+    choice = {"rewrite": "preset", "reasoning": "reference_from"}[kind]
+    assert f'<select name="{choice}">' in page.text
     answer = client.post(f"{url}/estimate", data={"csrf_token": token, "teacher": "fake", **params})
     assert answer.status_code == 200, answer.text
     estimate = answer.json()
