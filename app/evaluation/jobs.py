@@ -746,8 +746,21 @@ def _results(
     return results
 
 
+def _wait_for_runs(ctx: JobContext, evaluation_id: int) -> None:
+    """An ablation's evaluation: fail naming a run that failed or was cancelled; pause (freeing the worker)
+    while one still trains: the end of its `train` job queues this one again (app/evaluation/ablations.py)."""
+    from app.evaluation.ablations import check_runs
+
+    with ctx.session() as db:
+        ev = db.get(Evaluation, evaluation_id)
+        waiting = check_runs(db, ev) if ev is not None else None
+    if waiting:
+        raise JobPaused(waiting)
+
+
 def run_evaluation_job(ctx: JobContext) -> None:
     p = EvaluationJobParams.model_validate(ctx.params)
+    _wait_for_runs(ctx, p.evaluation_id)
     _freeze_prompts(ctx, p.evaluation_id)
     ev, prompts = _load(ctx, p.evaluation_id)
     log = CallLog(ctx.job_id)

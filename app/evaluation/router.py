@@ -7,9 +7,11 @@ from fastapi.responses import StreamingResponse
 
 from app.db import session_scope
 from app.deps import CurrentUser, SessionDep
-from app.evaluation import service
+from app.evaluation import ablations, service
 from app.evaluation.models import Evaluation
 from app.evaluation.schemas import (
+    AblationCreate,
+    AblationRead,
     EvaluationCreate,
     EvaluationDetail,
     EvaluationEstimate,
@@ -109,3 +111,9 @@ def export_evaluation(evaluation_id: int, user: CurrentUser, db: SessionDep) -> 
 def record_evaluations(record_id: int, user: CurrentUser, db: SessionDep) -> list[LineageRead]:
     """A record's lineage: the snapshots holding it, the training runs on them and those runs' evaluations."""
     return service.record_lineage(db=db, user=user, record_id=record_id)
+
+
+@router.post("/ablations", response_model=AblationRead, status_code=202)
+def create_ablation(body: AblationCreate, user: CurrentUser, db: SessionDep) -> AblationRead:
+    """Train these snapshots the same way and compare (curators): one run per snapshot, then their evaluation."""
+    return ablations.create_ablation(db=db, user=user, body=body)

@@ -169,3 +169,31 @@ class EvaluationEstimate(BaseModel):
     estimated_cost_usd: float = Field(description="At most, at the teachers' configured prices.")
     lines: list[EstimateLine]
     basis: str
+
+
+class AblationCreate(BaseModel):
+    """Train these snapshots the same way and compare: one training run per snapshot (the same base model,
+    method and hyperparameters) and one evaluation of those runs, which starts when every run has succeeded."""
+
+    snapshot_ids: list[int] = Field(description="Two or more snapshots of one project.")
+    base_model: str = Field(max_length=500, description="A folder under IF_MODELS_DIR.")
+    method: Literal["lora", "qlora", "dora", "adalora", "ia3", "prefix", "prompt", "bitfit"] = "lora"
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, description="Any TrainConfig field.")
+    include_base: bool = Field(True, description="Also evaluate the base model as it is.")
+    name: str = Field("", max_length=200)
+    dataset_id: int | None = Field(None, description="The prompt set: a dataset ...")
+    snapshot_id: int | None = Field(None, description="... or a snapshot (give exactly one).")
+    split: Literal["all", "validation"] = "all"
+    max_prompts: int | None = Field(None, ge=1, le=100_000)
+    judge_teacher: str
+    rubric: str | None = Field(None, max_length=20_000)
+    scores: bool = False
+    budget_usd: float | None = Field(None, gt=0)
+    generation: GenerationParams = Field(default_factory=GenerationParams)
+
+
+class AblationRead(BaseModel):
+    evaluation_id: int
+    evaluation_job_id: int
+    training_run_ids: list[int]
+    status: str = Field(description="The evaluation job's: paused while it waits for the runs.")

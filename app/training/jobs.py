@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 from sqlalchemy import select
 
-from app.errors import NotFound
-from app.jobs.context import JobCancelled, JobContext
+from app.errors import DomainError, NotFound
+from app.jobs.context import JobCancelled, JobContext, JobPaused
 from app.pipeline import formats
 from app.snapshots.service import iter_contents
 from app.training.models import TrainingMetric, TrainingRun
@@ -80,7 +80,39 @@ def _status(out: Path) -> dict[str, Any]:
 
 
 def run_training_job(ctx: JobContext) -> None:
+    """Train, then tell the ablations waiting on this run how it ended (app/evaluation/ablations.py)."""
+    run_id = TrainingJobParams.model_validate(ctx.params).run_id
+    try:
+        _train(ctx)
+    except JobCancelled:
+        _run_ended(ctx, run_id, "cancelled")
+        raise
+    except JobPaused:
+        raise
+    except Exception as exc:
+        # Only a domain error's words travel: any other is a fault whose details are for operators.
+        _run_ended(ctx, run_id, "failed", exc.message if isinstance(exc, DomainError) else None)
+        raise
+    _run_ended(ctx, run_id, "succeeded")
 
+
+def _run_ended(ctx: JobContext, run_id: int, outcome: str, error: str | None = None) -> None:
+    """The end-of-run hook: an ablation's evaluation waits (paused, holding no worker) until every one of its
+    runs has succeeded, and fails naming the run that did not."""
+    from app.evaluation.ablations import training_finished
+    from app.jobs import service as jobs
+    from app.jobs.models import Job
+
+    with ctx.session() as db:
+        queued = training_finished(db, run_id, outcome, error)
+    for job_id in queued:
+        with ctx.session() as db:
+            job = db.get(Job, job_id)
+            if job is not None:
+                jobs.send(db=db, job=job)
+
+
+def _train(ctx: JobContext) -> None:
     params = TrainingJobParams.model_validate(ctx.params)
     with ctx.session() as db:
         run = db.get(TrainingRun, params.run_id)
