@@ -21,7 +21,14 @@ from app.generation.cache import CallLog
 from app.jobs.context import JobCancelled, JobContext, JobPaused, JobWaiting
 from app.jobs.models import Job
 from app.pipeline.llm import Gateway, TeacherConfig, run_coroutine
-from app.pipeline.llm.batch import BatchGateway, BatchRunner, BatchState, Step, collect_missing
+from app.pipeline.llm.batch import (
+    BatchGateway,
+    BatchRunner,
+    BatchState,
+    RememberingCache,
+    Step,
+    collect_missing,
+)
 
 T = TypeVar("T")
 # The pipeline as the job runs it: `real` is False for the passes that only find the missing calls (they
@@ -71,16 +78,17 @@ def run_in_batches(
     """
     state = load_state(ctx)
     spent = log.flush()["cost_usd"]
+    cache = RememberingCache(log.response_cache)
     runner = BatchRunner(
         teacher,
         job_label=f"if-job{ctx.job_id}",
-        cache=log.response_cache,
+        cache=cache,
         save=lambda s: save_state(ctx, s),
         state=state,
         budget_left_usd=None if budget_usd is None else max(0.0, budget_usd - spent),
     )
     try:
-        step = _advance(ctx, teacher, log, runner, pipeline, report)
+        step = _advance(ctx, teacher, cache, runner, pipeline, report)
     except JobCancelled:
         _cancel_open(runner)
         raise
@@ -89,7 +97,7 @@ def run_in_batches(
 
     async def final() -> T:
         async with BatchGateway(
-            teacher, mode="final", failed=step.failed, cache=log.response_cache, on_call=log
+            teacher, mode="final", failed=step.failed, cache=cache, on_call=log
         ) as gateway:
             return await pipeline(gateway, True)
 
@@ -99,14 +107,14 @@ def run_in_batches(
 def _advance(
     ctx: JobContext,
     teacher: TeacherConfig,
-    log: CallLog,
+    cache: RememberingCache,
     runner: BatchRunner,
     pipeline: Pipeline[Any],
     report: Callable[[dict[str, Any]], None],
 ) -> Step:
     while True:
         ctx.check_cancel()
-        missing = collect_missing(teacher, lambda g: pipeline(g, False), cache=log.response_cache)
+        missing = collect_missing(teacher, lambda g: pipeline(g, False), cache=cache)
         try:
             step = runner.step(missing)
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:

@@ -222,3 +222,23 @@ def test_a_budget_submits_only_what_it_covers_at_batch_prices_and_the_job_stops_
 
     summary = run_coroutine(final())
     assert summary.stop_reason == "budget" and sum(c.cost_usd for c in cache.calls) <= 0.006
+
+
+def test_a_visit_reads_each_answer_from_the_jobs_cache_once_however_many_passes(fake):
+    from app.pipeline.llm.batch import RememberingCache
+
+    class Counting(LedgerCache):
+        gets = 0
+
+        def get(self, key: str) -> dict[str, Any] | None:
+            Counting.gets += 1
+            return super().get(key)
+
+    teacher, inner = _teacher(fake), Counting()
+    _drive(teacher, inner, BatchState())  # every answer is in the job's cache now
+    cache = RememberingCache(inner)
+    Counting.gets = 0
+    assert collect_missing(teacher, _judge, cache=cache) == {}
+    first_pass = Counting.gets
+    assert collect_missing(teacher, _judge, cache=cache) == {}
+    assert first_pass >= len(ITEMS) and Counting.gets == first_pass

@@ -31,6 +31,7 @@ caller's.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -89,6 +90,35 @@ class BatchGateway(Gateway):
             self.missing.setdefault(key, Pending(request, purpose))
             raise Deferred(f"left for a batch: {key}")
         raise BudgetExceeded("the budget stopped the batch submission before this call")
+
+
+class RememberingCache:
+    """A cache in front of another that keeps the answers it has read or stored: one visit of a job runs
+    its pipeline several times over the same calls (find what is missing, again after new answers, then
+    for real), and each answer is then read from the database once per visit, not once per pass. Holds
+    the job's answers in memory for the visit (the judge: a few hundred bytes each)."""
+
+    def __init__(self, inner: ResponseCache) -> None:
+        self.inner = inner
+        self._seen: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            hit = self._seen.get(key)
+        if hit is None:
+            hit = self.inner.get(key)
+            if hit is not None:
+                with self._lock:
+                    self._seen[key] = hit
+        return hit
+
+    def put(
+        self, key: str, request: dict[str, Any], response: dict[str, Any], call: CallRecord | None = None
+    ) -> None:
+        self.inner.put(key, request, response, call)
+        with self._lock:
+            self._seen[key] = response
 
 
 @dataclass
@@ -407,6 +437,7 @@ __all__ = [
     "BatchState",
     "Deferred",
     "Pending",
+    "RememberingCache",
     "Step",
     "Submission",
     "collect_missing",
