@@ -204,3 +204,50 @@ def test_an_ablation_over_http_is_202_with_its_runs_and_paused_evaluation(
     detail = client.get(f"/api/v1/evaluations/{out['evaluation_id']}", headers=token_for(db, curator)).json()
     assert detail["status"] == "paused" and "waiting for its training runs" in detail["error"]
     assert [s["kind"] for s in detail["systems"]] == ["run", "run"]
+
+
+def test_the_compare_snapshots_form_queues_an_ablation_and_names_a_bad_field(
+    client, db, teacher, tmp_path, monkeypatch
+):
+    from tests.ui.test_pages import login
+
+    _tiny_model(tmp_path, monkeypatch)
+    curator, first, more, _ = _two_snapshots(db)
+    from app.snapshots.models import Snapshot
+
+    snap = db.get(Snapshot, more)
+    assert snap is not None
+    snap.name = '<img src=x onerror="window.__pwned=1">more'
+    from app.datasets.models import Dataset
+
+    dataset = db.get(Dataset, snap.dataset_id)
+    assert dataset is not None
+    db.commit()
+    token = login(client, curator)
+    listing = client.get(f"/ui/projects/{dataset.project_id}/evaluations").text
+    assert 'data-role="compare-snapshots"' in listing
+    page = client.get(f"/ui/projects/{dataset.project_id}/evaluations/ablation")
+    assert page.status_code == 200
+    assert "&lt;img src=x" in page.text and "<img src=x onerror" not in page.text
+    data = {
+        "csrf_token": token,
+        "snapshot_ids": [str(first), str(more)],
+        "base_model": "tiny-llama",
+        "method": "lora",
+        "hyperparameters": "{not json",
+        "prompt_set": f"snapshot:{first}",
+        "split": "all",
+        "judge_teacher": "fake",
+        "include_base": "on",
+    }
+    url = f"/ui/projects/{dataset.project_id}/evaluations/ablation"
+    bad = client.post(url, data=data, follow_redirects=False)
+    assert bad.status_code == 422 and 'data-field="hyperparameters"' in bad.text
+    assert db.scalar(select(func.count()).select_from(TrainingRun)) == 0
+    data["hyperparameters"] = '{"max_steps": 2}'
+    ok = client.post(url, data=data, follow_redirects=False)
+    assert ok.status_code == 303, ok.text
+    evaluation = db.scalars(select(Evaluation)).one()
+    assert ok.headers["location"].startswith(f"/ui/evaluations/{evaluation.id}")
+    assert evaluation.params["ablation"]["snapshot_ids"] == [first, more]
+    assert db.scalar(select(func.count()).select_from(TrainingRun)) == 2

@@ -23,8 +23,9 @@ from app.base import utcnow
 from app.datasets import service as datasets
 from app.deps import SessionDep
 from app.errors import DomainError, Invalid, validation_message
+from app.evaluation import ablations
 from app.evaluation import service as evaluations
-from app.evaluation.schemas import EvaluationCreate
+from app.evaluation.schemas import AblationCreate, EvaluationCreate
 from app.generation import service as generation
 from app.jobs.models import ACTIVE_STATUSES
 from app.pipeline.prompts import load_prompt
@@ -277,6 +278,96 @@ def evaluation_estimate(project_id: int, form: CheckedForm, user: PageUser, db: 
     """The form's Estimate button: judge and teacher calls, tokens and cost; nothing is started."""
     projects.require_project(db=db, user=user, project_id=project_id, min_role=Role.curator.value)
     return estimate_from_form(db, user, form)
+
+
+# --------------------------------------------------------------------------------------------------
+# Compare snapshots (an ablation)
+
+
+def _snapshot_choices(db: Session, user: User, project_id: int) -> list[tuple[int, str]]:
+    return [
+        (s.id, f"{s.name} of {d.name} ({s.record_count} records)")
+        for d in datasets.list_datasets(db=db, user=user, project_id=project_id)
+        for s in snapshots.list_snapshots(db=db, user=user, dataset_id=d.id)
+    ]
+
+
+def ablation_from_form(db: Session, user: User, form: FormData) -> Any:
+    """The ablation the form describes, queued; Invalid naming the field otherwise."""
+    import json
+
+    text = {k: str(form.get(k, "")).strip() for k in form.keys()}  # noqa: SIM118 (FormData, not a dict)
+    try:
+        hyperparameters = json.loads(text.get("hyperparameters") or "{}")
+    except json.JSONDecodeError as exc:
+        raise Invalid(f"hyperparameters: not JSON ({exc.msg})", field="hyperparameters") from None
+    body: dict[str, Any] = {
+        "snapshot_ids": [
+            _int_or_none(str(v), "snapshot_ids", "Snapshots") for v in form.getlist("snapshot_ids")
+        ],
+        "hyperparameters": hyperparameters,
+        "include_base": form.get("include_base") == "on",
+        "generation": {k: text[k] for k in ("max_new_tokens",) if text.get(k)},
+        **_prompt_set(form),
+    }
+    for key in ("name", "base_model", "method", "split", "max_prompts", "judge_teacher"):
+        if text.get(key):
+            body[key] = text[key]
+    try:
+        create = AblationCreate.model_validate(body)
+    except ValidationError as exc:
+        first = ".".join(str(p) for p in exc.errors()[0].get("loc", ()))
+        raise Invalid(validation_message(exc.errors()), field=first) from None
+    return ablations.create_ablation(db=db, user=user, body=create)
+
+
+def _ablation_page(
+    request: Request,
+    db: Session,
+    user: User,
+    project_id: int,
+    form: FormData | None = None,
+    error: Invalid | None = None,
+) -> Response:
+    from app.training import service as training
+
+    project = projects.require_project(db=db, user=user, project_id=project_id, min_role=Role.curator.value)
+    posted = {k: str(v) for k, v in form.items()} if form is not None else {}
+    return render(
+        request,
+        "ablation_form.html",
+        user,
+        status_code=error.status_code if error else 200,
+        project=project,
+        options=_options(db, user, project_id),
+        snapshots=_snapshot_choices(db, user, project_id),
+        chosen={str(v) for v in form.getlist("snapshot_ids")} if form is not None else set(),
+        models=[m for m in training.base_models() if m.ok],
+        posted=posted,
+        was_posted=form is not None,
+        error=error.message if error else None,
+        error_field=str(error.detail.get("field") or "") if error else "",
+    )
+
+
+@router.get("/ui/projects/{project_id}/evaluations/ablation")
+def ablation_form(request: Request, project_id: int, user: PageUser, db: SessionDep) -> Response:
+    """Compare snapshots: train them the same way, then evaluate the runs (and the base)."""
+    return _ablation_page(request, db, user, project_id)
+
+
+@router.post("/ui/projects/{project_id}/evaluations/ablation")
+def ablation_create(
+    request: Request, project_id: int, form: CheckedForm, user: PageUser, db: SessionDep
+) -> Response:
+    projects.require_project(db=db, user=user, project_id=project_id, min_role=Role.curator.value)
+    try:
+        out = ablation_from_form(db, user, form)
+    except Invalid as exc:
+        return _ablation_page(request, db, user, project_id, form, exc)
+    return redirect(
+        f"/ui/evaluations/{out.evaluation_id}", f"ablation queued: evaluation {out.evaluation_id}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
