@@ -185,9 +185,24 @@ def create_ablation(*, db: Session, user: User, body: AblationCreate) -> Ablatio
         detail={"snapshots": body.snapshot_ids, "runs": run_ids, "method": body.method},
     )
     db.commit()
+    _catch_up(db, evaluation, job)
     return AblationRead(
         evaluation_id=evaluation.id, evaluation_job_id=job.id, training_run_ids=run_ids, status=job.status
     )
+
+
+def _catch_up(db: Session, evaluation: Evaluation, job: Job) -> None:
+    """The runs were sent before the evaluation was stored: one that already ended told nobody. Look once."""
+    try:
+        waiting = check_runs(db, evaluation)
+    except Invalid as exc:
+        job.status, job.error, job.finished_at = JobStatus.failed.value, exc.message, utcnow()
+        db.commit()
+        return
+    if waiting is None:
+        job.status, job.error = JobStatus.queued.value, None
+        db.commit()
+        jobs.send(db=db, job=job)
 
 
 def _waiting_on(db: Session, run_id: int) -> list[Evaluation]:

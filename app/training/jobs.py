@@ -4,6 +4,7 @@ stream its metrics into the database, and turn cancel into a CANCEL file the tra
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -22,6 +23,8 @@ from app.snapshots.service import iter_contents
 from app.training.models import TrainingMetric, TrainingRun
 from app.training.schemas import TrainingJobParams
 from trainer.contract import CANCEL_FILE, EXIT_CANCELLED, EXIT_OK, METRICS_FILE, STATUS_FILE, SUMMARY_FILE
+
+log = logging.getLogger(__name__)
 
 POLL_S = 1.0
 CANCEL_GRACE_S = 120.0
@@ -103,13 +106,16 @@ def _run_ended(ctx: JobContext, run_id: int, outcome: str, error: str | None = N
     from app.jobs import service as jobs
     from app.jobs.models import Job
 
-    with ctx.session() as db:
-        queued = training_finished(db, run_id, outcome, error)
-    for job_id in queued:
+    try:
         with ctx.session() as db:
-            job = db.get(Job, job_id)
-            if job is not None:
-                jobs.send(db=db, job=job)
+            queued = training_finished(db, run_id, outcome, error)
+        for job_id in queued:
+            with ctx.session() as db:
+                job = db.get(Job, job_id)
+                if job is not None:
+                    jobs.send(db=db, job=job)
+    except Exception:  # the run itself is done: a waiting evaluation can be resumed by hand
+        log.exception("training run %s: could not tell the evaluations waiting on it", run_id)
 
 
 def _train(ctx: JobContext) -> None:
