@@ -21,7 +21,7 @@ run: install
 
 ## test: install and run the whole suite (PostgreSQL, Redis, SQLite, Chromium), lint and types first
 test: install lint typecheck
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 --durations=25 $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check app workers trainer instructforge tests bench migrations
