@@ -115,7 +115,13 @@ def test_generation_time_duplicates_store_their_neighbour_as_fields(
 ):
     dataset_id, curator = seeded_dataset(committed, shared_data)
     job = run_job_now(
-        committed, curator, dataset_id, "self_instruct", {"teacher": "fake", "target": 30, "batch_size": 8}
+        # 60: enough rounds for the (deterministic) fake teacher to repeat an instruction under the
+        # overlapping-rounds order rule; with 30 it no longer did on PostgreSQL.
+        committed,
+        curator,
+        dataset_id,
+        "self_instruct",
+        {"teacher": "fake", "target": 60, "batch_size": 8},
     )
     with Session(committed) as db:
         written = db.scalars(select(Record).where(Record.job_id == job.id)).all()
