@@ -114,14 +114,14 @@ def test_generation_time_duplicates_store_their_neighbour_as_fields(
     committed: Engine, shared_data: Any, teacher: Any
 ):
     dataset_id, curator = seeded_dataset(committed, shared_data)
+    # The teacher repeats itself: one answer lists the same task three times (the first is kept, the
+    # other two are near-duplicates of it), rather than relying on its random answers to repeat.
+    repeated = "Write a limerick about a cat who learns to play the violin at night."
+    teacher.script_response(
+        "Come up with a series of tasks", "\n".join(f"{n}. {repeated}" for n in (9, 10, 11)), times=1
+    )
     job = run_job_now(
-        # 60: enough rounds for the (deterministic) fake teacher to repeat an instruction under the
-        # overlapping-rounds order rule; with 30 it no longer did on PostgreSQL.
-        committed,
-        curator,
-        dataset_id,
-        "self_instruct",
-        {"teacher": "fake", "target": 60, "batch_size": 8},
+        committed, curator, dataset_id, "self_instruct", {"teacher": "fake", "target": 30, "batch_size": 8}
     )
     with Session(committed) as db:
         written = db.scalars(select(Record).where(Record.job_id == job.id)).all()
@@ -129,7 +129,7 @@ def test_generation_time_duplicates_store_their_neighbour_as_fields(
     assert len(written) == job.result["records_kept"] + job.result["records_rejected"]
     assert job.result["copies_skipped"] == 0
     same = Counter((r.instruction, r.input, r.output) for r in written if r.status == "filtered")
-    assert max(same.values()) > 1, "the fake teacher must repeat an instruction within the job"
+    assert same[(repeated, "", "")] == 2, same  # the scripted repeat: two copies filtered, each a record
     with Session(committed) as db:
         dups = db.scalars(
             select(Record).where(Record.dataset_id == dataset_id, Record.reason == "rouge_dup")
