@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -75,9 +74,6 @@ def test_eval_refuses_fewer_than_two_systems_and_unknown_teachers(teacher, share
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("trainer.answer") is None, reason="trainer/answer.py has not landed yet"
-)
 def test_eval_generates_with_two_local_base_models_and_judges_them(teacher, tmp_path, capsys):
     pytest.importorskip("torch")
     from tests.trainer.conftest import CHAT_TEMPLATE, _save_model, _tokenizer

@@ -3,7 +3,6 @@ mid-judging, the export round trip, and a tiny trained model against its base.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -413,11 +412,8 @@ def test_a_worker_killed_mid_judging_resumes_without_paying_again_beyond_one_win
 
 # --- a tiny trained model against its base ------------------------------------------------------------------
 
-ANSWER_READY = importlib.util.find_spec("trainer.answer") is not None
-
 
 @pytest.mark.slow
-@pytest.mark.skipif(not ANSWER_READY, reason="trainer/answer.py (evaluation generation) has not landed yet")
 def test_a_model_trained_on_the_answers_beats_its_base_with_an_interval_above_one_half(
     committed, teacher, tmp_path, monkeypatch
 ):
@@ -585,7 +581,6 @@ def test_a_generator_left_running_by_a_killed_worker_is_stopped_before_a_new_one
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not ANSWER_READY, reason="trainer/answer.py (evaluation generation) has not landed yet")
 def test_cancel_while_a_model_answers_stops_its_generator_and_keeps_the_answers_so_far(
     committed_pg, teacher, tmp_path, monkeypatch
 ):
