@@ -22,12 +22,11 @@ from pydantic import BaseModel, Field
 
 from app.pipeline.judge import parse_score
 from app.pipeline.llm import (
-    BudgetExceeded,
     Gateway,
     Sampling,
     TeacherError,
     TeacherUnavailable,
-    gather_or_cancel,
+    run_in_batches,
 )
 from app.pipeline.prompts import render_prompt
 
@@ -178,18 +177,9 @@ async def run_backtranslate(
     reasons: Counter[str] = Counter()
     kept = 0
     scores: list[float] = []
-    stop: Literal["done", "stopped", "budget"] = "done"
-    message = ""
-    for start in range(0, len(items), params.batch_size):
-        if should_stop():
-            stop = "stopped"
-            break
-        batch = items[start : start + params.batch_size]
-        try:
-            results = await gather_or_cancel([backtranslate_one(gateway, i, params=params) for i in batch])
-        except BudgetExceeded as exc:
-            stop, message = "budget", str(exc)
-            break
+
+    def tally(results: list[BacktranslateResult]) -> None:
+        nonlocal kept
         for r in results:
             if r.status == "kept":
                 kept += 1
@@ -198,5 +188,13 @@ async def run_backtranslate(
             if r.score is not None:
                 scores.append(r.score)
         emit(results)
+
+    stop, message = await run_in_batches(
+        items,
+        lambda item: backtranslate_one(gateway, item, params=params),
+        batch_size=params.batch_size,
+        emit=tally,
+        should_stop=should_stop,
+    )
     mean = round(sum(scores) / len(scores), 4) if scores else None
     return BacktranslateSummary(kept, sum(reasons.values()), dict(reasons), mean, stop, message)

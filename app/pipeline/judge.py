@@ -17,12 +17,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from app.pipeline.llm import (
-    BudgetExceeded,
     Gateway,
     Sampling,
     TeacherError,
     TeacherUnavailable,
-    gather_or_cancel,
+    run_in_batches,
 )
 from app.pipeline.prompts import load_prompt, render_prompt
 
@@ -201,23 +200,21 @@ async def run_judge(
     """Score every item, emitting results batch by batch in item order."""
     counts: Counter[str] = Counter()
     scores: list[float] = []
-    stop: Literal["done", "stopped", "budget"] = "done"
-    message = ""
-    for start in range(0, len(items), params.batch_size):
-        if should_stop():
-            stop = "stopped"
-            break
-        batch = items[start : start + params.batch_size]
-        try:
-            results = await gather_or_cancel([judge_one(gateway, item, params=params) for item in batch])
-        except BudgetExceeded as exc:
-            stop, message = "budget", str(exc)
-            break
+
+    def tally(results: list[JudgeResult]) -> None:
         for result in results:
             counts[result.status] += 1
             if result.score is not None:
                 scores.append(result.score)
         emit(results)
+
+    stop, message = await run_in_batches(
+        items,
+        lambda item: judge_one(gateway, item, params=params),
+        batch_size=params.batch_size,
+        emit=tally,
+        should_stop=should_stop,
+    )
     mean = sum(scores) / len(scores) if scores else None
     return JudgeSummary(counts["kept"], counts["rejected"], counts["unscored"], mean, stop, message)
 

@@ -15,12 +15,11 @@ from pydantic import BaseModel, Field
 
 from app.pipeline.answers import AnswerCheck, check_answer
 from app.pipeline.llm import (
-    BudgetExceeded,
     Gateway,
     Sampling,
     TeacherError,
     TeacherUnavailable,
-    gather_or_cancel,
+    run_in_batches,
 )
 from app.pipeline.prompts import render_prompt
 
@@ -91,18 +90,16 @@ async def run_reasoning(
 ) -> ReasoningSummary:
     """Solve every item, emitting results batch by batch in item order."""
     counts: Counter[str] = Counter()
-    stop: Literal["done", "stopped", "budget"] = "done"
-    message = ""
-    for start in range(0, len(items), params.batch_size):
-        if should_stop():
-            stop = "stopped"
-            break
-        batch = items[start : start + params.batch_size]
-        try:
-            results = await gather_or_cancel([solve_one(gateway, item, params=params) for item in batch])
-        except BudgetExceeded as exc:
-            stop, message = "budget", str(exc)
-            break
+
+    def tally(results: list[ReasoningResult]) -> None:
         counts.update(r.status for r in results)
         emit(results)
+
+    stop, message = await run_in_batches(
+        items,
+        lambda item: solve_one(gateway, item, params=params),
+        batch_size=params.batch_size,
+        emit=tally,
+        should_stop=should_stop,
+    )
     return ReasoningSummary(dict(counts), stop, message)

@@ -17,12 +17,11 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app.pipeline.llm import (
-    BudgetExceeded,
     Gateway,
     Sampling,
     TeacherError,
     TeacherUnavailable,
-    gather_or_cancel,
+    run_in_batches,
 )
 from app.pipeline.prompts import render_prompt
 from app.pipeline.textnorm import normalize
@@ -170,18 +169,16 @@ async def run_rewrite(
 ) -> RewriteSummary:
     """Rewrite every item, emitting results batch by batch in item order."""
     counts: Counter[str] = Counter()
-    stop: Literal["done", "stopped", "budget"] = "done"
-    message = ""
-    for start in range(0, len(items), params.batch_size):
-        if should_stop():
-            stop = "stopped"
-            break
-        batch = items[start : start + params.batch_size]
-        try:
-            results = await gather_or_cancel([rewrite_one(gateway, item, params=params) for item in batch])
-        except BudgetExceeded as exc:
-            stop, message = "budget", str(exc)
-            break
+
+    def tally(results: list[RewriteResult]) -> None:
         counts.update(r.status for r in results)
         emit(results)
+
+    stop, message = await run_in_batches(
+        items,
+        lambda item: rewrite_one(gateway, item, params=params),
+        batch_size=params.batch_size,
+        emit=tally,
+        should_stop=should_stop,
+    )
     return RewriteSummary(dict(counts), stop, message)

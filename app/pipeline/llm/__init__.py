@@ -29,7 +29,7 @@ from app.pipeline.llm.calls import (
 )
 from app.pipeline.llm.config import Sampling, TeacherConfig, load_teachers
 from app.pipeline.llm.gateway import CostEstimate, Gateway, Message, Prompt, approx_tokens, estimate_cost
-from app.pipeline.llm.loop import gather_or_cancel, run_coroutine
+from app.pipeline.llm.loop import gather_or_cancel, run_coroutine, run_in_batches
 
 __all__ = [
     "BudgetExceeded",
@@ -53,4 +53,5 @@ __all__ = [
     "load_teachers",
     "request_key",
     "run_coroutine",
+    "run_in_batches",
 ]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+
+from app.pipeline.llm.calls import BudgetExceeded
 
 T = TypeVar("T")
 
@@ -44,3 +46,30 @@ async def gather_or_cancel(aws: Sequence[Awaitable[T]]) -> list[T]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+ItemT = TypeVar("ItemT")
+StopReason = Literal["done", "stopped", "budget"]
+
+
+async def run_in_batches(
+    items: Sequence[ItemT],
+    one: Callable[[ItemT], Awaitable[T]],
+    *,
+    batch_size: int,
+    emit: Callable[[list[T]], None],
+    should_stop: Callable[[], bool],
+) -> tuple[StopReason, str]:
+    """Call `one` on every item, `batch_size` at a time, emitting each batch's results in item order.
+
+    Stops before the next batch when `should_stop()` says so ("stopped"), or when the budget is spent
+    ("budget", with the gateway's message): the batches already emitted are the job's checkpoints."""
+    for start in range(0, len(items), batch_size):
+        if should_stop():
+            return "stopped", ""
+        try:
+            results = await gather_or_cancel([one(item) for item in items[start : start + batch_size]])
+        except BudgetExceeded as exc:
+            return "budget", str(exc)
+        emit(results)
+    return "done", ""
