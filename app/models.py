@@ -13,6 +13,7 @@ from app.evaluation.models import (
 )
 from app.generation.models import LlmCacheEntry, LlmCall
 from app.jobs.models import Job
+from app.preferences.models import Candidate, PreferenceJudgment
 from app.projects.models import Project, ProjectMember
 from app.records.models import Record, RecordAssignment, RecordRevision, RecordTag, ReviewEvent
 from app.snapshots.models import Snapshot, SnapshotItem
@@ -22,6 +23,7 @@ __all__ = [
     "ApiToken",
     "AuditLog",
     "Base",
+    "Candidate",
     "Dataset",
     "Evaluation",
     "EvaluationAnswer",
@@ -31,6 +33,7 @@ __all__ = [
     "Job",
     "LlmCacheEntry",
     "LlmCall",
+    "PreferenceJudgment",
     "Project",
     "ProjectMember",
     "Record",
