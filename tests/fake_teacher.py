@@ -768,11 +768,34 @@ def answer_single(prompt: str, lang: str, *, retry: bool, mode: str, marker: str
     return f"{why}\nRating: [[{rating}]]"
 
 
+def answer_aspects(prompt: str) -> str:
+    """UltraFeedback-style aspect ratings (app/pipeline/prompts/*/aspects.txt) of the response shown: longer
+    answers rate higher on helpfulness and instruction following, as real judges lean; a re-ask (the
+    previous reply is in the prompt) gets the bare JSON line."""
+    answer = ""
+    for start, end in (
+        ("[The Start of the Response]", "[The End of the Response]"),
+        ("[回答开始]", "[回答结束]"),
+    ):
+        if start in prompt:
+            answer = prompt.split(start, 1)[1].split(end, 1)[0].strip()
+            break
+    level = max(1, min(5, 1 + count_tokens(answer) // 40))
+    scores = {"helpfulness": level, "honesty": 4, "instruction_following": level, "harmlessness": 5}
+    line = json.dumps(scores)
+    if "had no ratings in the required format" in prompt or "没有给出符合格式的四项评分" in prompt:
+        return line
+    why = "The response is relevant; its detail decides how helpful it is."
+    return f"{why}\n{line}"
+
+
 def detect_kind(prompt: str) -> tuple[str, str]:
     """(prompt kind, language) from the phrases our templates use, as a real model reads the prompt."""
     zh = bool(re.search(r"[\u4e00-\u9fff]", prompt[:400]))
     lang = "zh" if zh else "en"
     checks = [
+        ("aspects", ("had no ratings in the required format", "没有给出符合格式的四项评分")),
+        ("aspects", ("on each of four aspects", "请从以下四个方面为下面这个回答打分")),
         ("pairwise_retry", ("had no verdict in the required format", "没有符合格式的裁决")),
         ("single_retry", ("had no rating in the required format", "没有符合格式的评分")),
         ("pairwise", ("[The Start of Assistant A's Answer]", "[助手A的回答开始]")),
@@ -797,8 +820,16 @@ def detect_kind(prompt: str) -> tuple[str, str]:
 
 
 def respond(
-    prompt: str, *, legacy: bool, max_tokens: int, judge_mode: str = "longer", judge_marker: str = ""
+    prompt: str,
+    *,
+    legacy: bool,
+    max_tokens: int,
+    judge_mode: str = "longer",
+    judge_marker: str = "",
+    seed: int | None = None,
 ) -> tuple[str, str]:
+    """The answer to `prompt`. A request's `seed` (sent by the respond job to sample several candidates)
+    varies plain answers as sampling would; without one, answers are what they always were."""
     kind, lang = detect_kind(prompt)
     if kind in ("pairwise", "pairwise_retry"):
         text = answer_pairwise(
@@ -830,7 +861,10 @@ def respond(
         return _limit_tokens(answer_rewrite(prompt, lang), "stop", max_tokens)
     if kind == "reasoning":
         return _limit_tokens(answer_reasoning(prompt, lang), "stop", max_tokens)
-    return _limit_tokens(answer_generic(prompt, lang), "stop", max_tokens)
+    if kind == "aspects":
+        return answer_aspects(prompt), "stop"
+    varied = prompt if seed is None else f"{prompt}\x00seed={seed}"
+    return _limit_tokens(answer_generic(varied, lang), "stop", max_tokens)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -940,7 +974,12 @@ def build_app(state: FakeState) -> Starlette:
             with state.lock:
                 mode, marker = state.judge_mode, state.judge_marker
             text, finish = respond(
-                prompt, legacy=legacy, max_tokens=max_tokens, judge_mode=mode, judge_marker=marker
+                prompt,
+                legacy=legacy,
+                max_tokens=max_tokens,
+                judge_mode=mode,
+                judge_marker=marker,
+                seed=body.get("seed") if isinstance(body.get("seed"), int) else None,
             )
         usage = {
             "prompt_tokens": count_tokens(prompt),
@@ -1044,6 +1083,7 @@ def _answer_body(state: FakeState, body: dict[str, Any], *, legacy: bool) -> dic
             max_tokens=int(body.get("max_tokens") or 0),
             judge_mode=mode,
             judge_marker=marker,
+            seed=body.get("seed") if isinstance(body.get("seed"), int) else None,
         )
     usage = {"prompt_tokens": count_tokens(prompt), "completion_tokens": count_tokens(text)}
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]

@@ -191,3 +191,13 @@ register(
         validator="app.generation.jobs.validate_teacher",
     )
 )
+register(
+    JobKind(
+        "respond",
+        "default",
+        "app.generation.respond.RespondJobParams",
+        "app.generation.respond.run_respond_job",
+        "Candidate responses: n answers per prompt from one or more teachers, stored as candidates to rank.",
+        validator="app.generation.respond.validate_respond",
+    )
+)

@@ -1,0 +1,118 @@
+"""The respond job (candidates from teachers) and the rank_candidates job (an LLM judge's aspect scores and
+pairwise verdicts) on real prompts (InstructionWild, Code Alpaca) against the fake teacher over HTTP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.imports.service import parse_file, write_records
+from app.preferences import service as prefs
+from app.preferences.models import Candidate, PreferenceJudgment
+from app.records import service as records
+from app.records.models import Record
+from app.records.schemas import RecordUpdate
+from tests.factories import make_dataset, make_project, make_user, run_job_now
+
+
+def _dataset(engine: Any, tmp_path: Path, rows: list[dict[str, Any]], fmt: str = "alpaca") -> tuple[int, Any]:
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    with Session(engine) as db:
+        curator = make_user(db, "curator")
+        dataset = make_dataset(db, make_project(db, (curator, "curator")))
+        parsed, _, fmt = parse_file(path, fmt=fmt, filename=None, skip_bad=False)
+        write_records(
+            sessions=[db],
+            dataset_id=dataset.id,
+            records=parsed,
+            fmt=fmt,
+            key_prefix="imp",
+            job_id=None,
+            batch_size=1000,
+        )
+        db.commit()
+        db.expunge(curator)
+        return dataset.id, curator
+
+
+def _wild_prompts(shared_data: Path, n: int) -> list[dict[str, Any]]:
+    """InstructionWild's prompts (no answers) in the prompt-set shape the importer takes without answers
+    (mt_bench: `turns`); the alpaca reader refuses a record without `output`."""
+    lines = (shared_data / "instructionwild" / "user_2.jsonl").read_text(encoding="utf-8").splitlines()
+    return [{"turns": [json.loads(line)["instruction"]]} for line in lines[:n]]
+
+
+def _records(engine: Any, dataset_id: int) -> dict[int, Record]:
+    with Session(engine) as db:
+        rows = list(db.scalars(select(Record).where(Record.dataset_id == dataset_id).order_by(Record.id)))
+        db.expunge_all()
+        return {r.id: r for r in rows}
+
+
+def _candidates(engine: Any, dataset_id: int) -> dict[int, list[Candidate]]:
+    with Session(engine) as db:
+        ids = list(db.scalars(select(Record.id).where(Record.dataset_id == dataset_id)))
+        out = prefs.candidates_of(db=db, record_ids=ids)
+        db.expunge_all()
+        return out
+
+
+def _accept(engine: Any, user: Any, record_id: int) -> None:
+    with Session(engine) as db:
+        record = db.get(Record, record_id)
+        assert record is not None
+        records.update_record(
+            db=db,
+            user=db.merge(user),
+            record_id=record_id,
+            change=RecordUpdate(version=record.version, status="accepted"),
+        )
+        db.commit()
+
+
+def test_respond_answers_prompt_only_records_with_n_candidates_each_and_fills_only_undecided_outputs(
+    committed_pg, shared_data, teacher, tmp_path
+):
+    dataset_id, curator = _dataset(committed_pg, tmp_path, _wild_prompts(shared_data, 4), "mt_bench")
+    before = _records(committed_pg, dataset_id)
+    assert all(r.output == "" for r in before.values())  # imported as prompts without answers
+    decided = sorted(before)[1]
+    _accept(committed_pg, curator, decided)
+    params = {
+        "teacher": "fake",
+        "n": 2,
+        "seed": 0,
+        "samplers": [{"teacher": "fake", "n": 1, "temperature": 0.2, "seed": 100}],
+    }
+
+    job = run_job_now(committed_pg, curator, dataset_id, "respond", params)
+
+    cands = _candidates(committed_pg, dataset_id)
+    rows = _records(committed_pg, dataset_id)
+    assert sorted(cands) == sorted(before)
+    for rid, cs in cands.items():
+        assert len(cs) == 3 and len({c.content for c in cs}) == 3, rid  # each seed its own sample
+        assert {c.params["seed"] for c in cs} == {0, 1, 100}
+        assert {(c.source, c.model, c.job_id) for c in cs} == {("teacher", "fake-model", job.id)}
+        assert {c.params["temperature"] for c in cs} == {0.8, 0.2}
+        first = next(c for c in cs if c.params["sampler"] == 0 and c.params["sample_index"] == 0)
+        if rid == decided:
+            assert rows[rid].output == "" and "responses" not in rows[rid].meta  # a person decided it
+        else:
+            assert rows[rid].output == first.content
+            assert rows[rid].meta["responses"][0]["candidate_id"] == first.id
+    assert job.result["answered"] + job.result["truncated"] == 12 and job.result["outputs_filled"] == 3
+    assert job.result["cost_usd"] > 0
+
+    # The same job again pays for nothing (every request is cached) and stores no copy of an answer.
+    completions = teacher.stats()["completions"]
+    again = run_job_now(committed_pg, curator, dataset_id, "respond", params)
+    assert teacher.stats()["completions"] == completions
+    assert again.result["duplicate"] == 12 and again.result["answered"] == 0
+    assert again.result["cost_usd"] == 0
+    assert sum(len(cs) for cs in _candidates(committed_pg, dataset_id).values()) == 12
