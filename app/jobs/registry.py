@@ -201,3 +201,13 @@ register(
         validator="app.generation.respond.validate_respond",
     )
 )
+register(
+    JobKind(
+        "rank_candidates",
+        "default",
+        "app.generation.rank.RankJobParams",
+        "app.generation.rank.run_rank_job",
+        "LLM judge over candidates: aspect scores 1-5 each and pairs in both orders, each with its rationale.",
+        validator="app.generation.jobs.validate_teacher",
+    )
+)

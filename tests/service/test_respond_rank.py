@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.imports.service import parse_file, write_records
 from app.preferences import service as prefs
-from app.preferences.models import Candidate, PreferenceJudgment
+from app.preferences.models import ASPECTS, Candidate, PreferenceJudgment
 from app.records import service as records
 from app.records.models import Record
 from app.records.schemas import RecordUpdate
@@ -116,3 +116,70 @@ def test_respond_answers_prompt_only_records_with_n_candidates_each_and_fills_on
     assert again.result["duplicate"] == 12 and again.result["answered"] == 0
     assert again.result["cost_usd"] == 0
     assert sum(len(cs) for cs in _candidates(committed_pg, dataset_id).values()) == 12
+
+
+def _code_alpaca(shared_data: Path, n: int) -> list[dict[str, Any]]:
+    rows = json.loads((shared_data / "codealpaca" / "code_alpaca_2k.json").read_text(encoding="utf-8"))
+    return [r for r in rows if r["output"].strip()][:n]
+
+
+def test_a_persons_pairwise_choice_survives_a_later_judge_job_and_the_judges_verdict_is_recorded_beside_it(
+    committed_pg, shared_data, teacher, tmp_path
+):
+    dataset_id, curator = _dataset(committed_pg, tmp_path, _code_alpaca(shared_data, 3))
+    run_job_now(committed_pg, curator, dataset_id, "respond", {"teacher": "fake", "n": 2})
+    cands = _candidates(committed_pg, dataset_id)
+    rid = sorted(cands)[0]
+    short, long = sorted(cands[rid], key=lambda c: len(c.content))
+    # The person prefers the shorter answer; the fake judge (mode "longer") prefers the longer one.
+    with Session(committed_pg) as db:
+        record = db.get(Record, rid)
+        assert record is not None
+        mine = prefs.record_pairwise(
+            db=db, user=db.merge(curator), record=record, a_id=short.id, b_id=long.id, choice="a"
+        )
+        db.commit()
+        mine_id = mine.id
+
+    job = run_job_now(
+        committed_pg, curator, dataset_id, "rank_candidates", {"teacher": "fake", "include_original": False}
+    )
+
+    with Session(committed_pg) as db:
+        person = db.get(PreferenceJudgment, mine_id)
+        assert person is not None and person.choice == "a" and person.superseded_by_id is None
+        assert person.candidate_ids == [short.id, long.id] and person.source == "person"
+        machine = [
+            j
+            for j in prefs.judgments_of(db=db, record_ids=[rid])[rid]
+            if j.source == "judge" and j.kind == "pairwise"
+        ]
+        (verdict,) = machine
+        assert verdict.job_id == job.id and verdict.judge_model == "fake-model"
+        winner = verdict.candidate_ids[0 if verdict.choice == "a" else 1]
+        assert winner == long.id and verdict.rationale  # the judge disagrees, with its reasons
+        assert {v["swapped"] for v in (verdict.meta["verdict"]["ab"], verdict.meta["verdict"]["ba"])} == {
+            False,
+            True,
+        }
+        # "The" decision on the record is still the person's; the judge's is advice beside it.
+        assert [j.id for j in prefs.current_judgments(db=db, record_id=rid)] == [mine_id]
+        scores = db.scalars(
+            select(PreferenceJudgment).where(
+                PreferenceJudgment.job_id == job.id, PreferenceJudgment.kind == "scores"
+            )
+        ).all()
+        assert len(scores) == 6
+        assert all(set(s.scores or {}) == set(ASPECTS) and s.rationale for s in scores)
+    assert job.result["beside_person"] == 1 and job.result["compared"] == 3 and job.result["scored"] == 6
+
+    # A second judge job supersedes the first one's verdicts (history kept), never the person's.
+    again = run_job_now(
+        committed_pg, curator, dataset_id, "rank_candidates", {"teacher": "fake", "include_original": False}
+    )
+    assert again.result["cost_usd"] == 0  # every verdict came from the cache
+    with Session(committed_pg) as db:
+        first_job = db.scalars(select(PreferenceJudgment).where(PreferenceJudgment.job_id == job.id)).all()
+        assert len(first_job) == 9 and all(j.superseded_by_id is not None for j in first_job)
+        person = db.get(PreferenceJudgment, mine_id)
+        assert person is not None and person.superseded_by_id is None
