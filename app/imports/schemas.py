@@ -5,7 +5,17 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 FormatName = Literal[
-    "auto", "alpaca", "sharegpt", "openai", "dolly", "self_instruct", "mt_bench", "belle_eval"
+    "auto",
+    "alpaca",
+    "sharegpt",
+    "openai",
+    "dolly",
+    "self_instruct",
+    "mt_bench",
+    "belle_eval",
+    "preference",
+    "hh_rlhf",
+    "ultrafeedback",
 ]
 
 

@@ -31,11 +31,14 @@ from app.imports.spool import (
     copy_tuples,
     decode_cells,
     encode_cells,
+    import_meta,
 )
 from app.jobs import service as jobs
 from app.jobs.context import JobCancelled, JobContext
 from app.pipeline import formats
 from app.pipeline.formats.model import Unit
+from app.pipeline.formats.preference import PREFERENCE_FORMATS
+from app.preferences import imports as preference_imports
 from app.records.bulk import NewRecord, insert_new
 from app.records.models import Record
 
@@ -155,7 +158,7 @@ def _new_record(
         is_classification=rec.is_classification,
         gen_key=key,
         job_id=job_id,
-        meta={"import_extra": rec.extra} if rec.extra else {},
+        meta=import_meta(rec),
     )
 
 
@@ -303,6 +306,8 @@ def import_inline(
             batch_size=get_settings().import_batch_size,
             fresh=True,
         )
+    if detected in PREFERENCE_FORMATS:
+        preference_imports.materialize(db, dataset_id=dataset_id, key_prefix=key_prefix, job_id=None)
     return {"imported": len(records), "bad": bad, "format": detected}
 
 
@@ -396,6 +401,15 @@ def _import_job(ctx: JobContext) -> None:
             # A first attempt cannot collide with itself; a redelivered one skips what was written.
             fresh=ctx.attempt == 1,
         )
+    if detected in PREFERENCE_FORMATS:
+        # Candidates and verdicts, a committed batch at a time; a resumed job redoes only what is left.
+        after: int | None = 0
+        while after is not None:
+            with ctx.session() as db:
+                after = preference_imports.materialize_batch(
+                    db, dataset_id=ctx.dataset, key_prefix=key_prefix, job_id=ctx.job_id, after=after
+                )
+                db.commit()
     with ctx.session() as db:
         imported = count_with_prefix(db, ctx.dataset, key_prefix)
     ctx.set_result({"imported": imported, "bad": bad[:1000], "bad_count": len(bad), "format": detected})

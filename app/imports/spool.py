@@ -127,9 +127,18 @@ def encode_cells(rec: ParsedRecord) -> bytes:
             _NULL if rec.messages is None else _jsonb(rec.messages, "messages"),
             _NULL if rec.label is None else _text(rec.label),
             _NULL if rec.is_classification is None else (_TRUE if rec.is_classification else _FALSE),
-            _jsonb({"import_extra": rec.extra}, "meta") if rec.extra else _EMPTY_OBJECT,
+            _jsonb(import_meta(rec), "meta") if rec.extra or rec.preference else _EMPTY_OBJECT,
         )
     )
+
+
+def import_meta(rec: ParsedRecord) -> dict[str, Any]:
+    """The record's meta: the format's unused keys, and a preference dataset's candidates and verdict until
+    app.preferences.imports turns them into rows (and drops them from meta)."""
+    meta: dict[str, Any] = {"import_extra": rec.extra} if rec.extra else {}
+    if rec.preference is not None:
+        meta["import_preference"] = rec.preference
+    return meta
 
 
 def decode_cells(line: int, cells: bytes) -> ParsedRecord:
@@ -161,6 +170,7 @@ def decode_cells(line: int, cells: bytes) -> ParsedRecord:
         is_classification=is_cls,
         extra=meta.get("import_extra", {}),
         line=line,
+        preference=meta.get("import_preference"),
     )
 
 

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.records.schemas import RecordFilter
 
-ExportFormat = Literal["alpaca", "alpaca_jsonl", "sharegpt", "openai", "axolotl", "dpo"]
+ExportFormat = Literal["alpaca", "alpaca_jsonl", "sharegpt", "openai", "axolotl", "dpo", "dpo_plain"]
 
 
 class SnapshotCreate(BaseModel):

@@ -22,6 +22,8 @@ from app.datasets.service import require_dataset
 from app.db import get_or_404
 from app.errors import Conflict, Invalid, not_found_as
 from app.pipeline import formats
+from app.preferences.pairs import preferred_pairs
+from app.preferences.service import candidates_of
 from app.records.models import Record, RecordRevision, ReviewEvent
 from app.records.schemas import RecordFilter
 from app.records.service import filter_clauses
@@ -169,11 +171,12 @@ def create_snapshot(
         if not rows:
             break
         items = []
+        preferences = frozen_preferences(db, [r.id for r in rows])
         for r in rows:
             nn_status, nn_cutoff = nn_finding(r, job_cutoffs)
             if nn_status == "below_cutoff":
                 below_cutoff[r.id] = nn_cutoff
-            content = record_content(r)
+            content = record_content(r) | preferences.get(r.id, {})
             items.append(
                 {"snapshot_id": snap.id, "record_id": r.id, "record_version": r.version, "content": content}
             )
@@ -200,6 +203,25 @@ def create_snapshot(
     )
     db.flush()
     return snap
+
+
+def frozen_preferences(db: Session, record_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """What a snapshot keeps of the records' preference data, for those that have candidates: the candidates
+    and the pairs their judgments give now (app.preferences.pairs). Frozen in the snapshot's content, so a
+    judgment made later changes no pair of it."""
+    cands = candidates_of(db=db, record_ids=record_ids)
+    if not cands:
+        return {}
+    pairs = preferred_pairs(db, list(cands))
+    return {
+        rid: {
+            "candidates": [
+                {"id": c.id, "content": c.content, "source": c.source, "model": c.model} for c in rows
+            ],
+            "preference_pairs": pairs.get(rid, []),
+        }
+        for rid, rows in cands.items()
+    }
 
 
 ROUGE_STATS_MAX_RECORDS = 50_000
@@ -356,15 +378,36 @@ def _write_zip(path: Path, files: Mapping[str, bytes]) -> None:
 
 
 def export_records(db: Session, snap: Snapshot, fmt: str) -> list[dict[str, Any]]:
-    """The snapshot's records, or for `dpo` its preference pairs (see preference_records)."""
-    if fmt != "dpo":
+    """The snapshot's records, or for `dpo` / `dpo_plain` its preference pairs (see preference_records)."""
+    if fmt not in formats.PAIR_EXPORTERS:
         return list(iter_contents(db, snap.id))
     pairs = preference_records(db, snap)
     if not pairs:
         raise Invalid(
-            "no preference pairs: no record of this snapshot has a reply a person edited", field="format"
+            "no preference pairs: no record of this snapshot has a reply a person edited, nor candidates "
+            "with a ranking that prefers one (a tie or 'both bad' gives none)",
+            field="format",
         )
+    if fmt == "dpo_plain":
+        for pair in pairs:
+            try:
+                formats.to_dpo_plain(pair)
+            except ValueError as exc:
+                raise Invalid(f"record {pair['record_id']}: {exc}", field="format") from None
     return pairs
+
+
+def _with_reply(content: Mapping[str, Any], reply: str) -> dict[str, Any]:
+    """The frozen record with `reply` as its final assistant turn (its output, for a single turn)."""
+    out = dict(content)
+    messages = content.get("messages")
+    if messages:
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+        turns = [dict(m) for m in messages[:last]]
+        out["messages"] = [*turns, {"role": "assistant", "content": reply}]
+    else:
+        out["output"] = reply
+    return out
 
 
 def _unconfirmed_machine_versions(
@@ -406,11 +449,13 @@ def _unconfirmed_machine_versions(
 
 
 def preference_records(db: Session, snap: Snapshot) -> list[dict[str, Any]]:
-    """DPO pairs read from the snapshot: chosen = the reply as frozen, rejected = the reply of the record's
-    first version (RecordRevision keeps it from the first edit on), for records a person edited before the
-    snapshot was taken and whose reply the edit changed. Revisions are history, never rewritten, so the
-    pairs of a snapshot stay the same."""
-    pairs = []
+    """DPO pairs read from the snapshot, record by record: first the edit's pair (chosen = the reply as
+    frozen, rejected = the reply of the record's first version, which RecordRevision keeps from the first edit
+    on; for records a person edited before the snapshot was taken and whose reply the edit changed), then the
+    pairs of its candidates as frozen at snapshot time (`frozen_preferences`). Revisions are history, never
+    rewritten, and candidates' pairs are in the snapshot's content, so the pairs of a snapshot stay the same.
+    Each row is the frozen record with the chosen reply as its final turn, plus `rejected` and `pair`."""
+    pairs: list[dict[str, Any]] = []
     batch: list[dict[str, Any]] = []
 
     def flush() -> None:
@@ -436,8 +481,10 @@ def preference_records(db: Session, snap: Snapshot) -> list[dict[str, Any]]:
         for content in batch:
             original = originals.get(content["record_id"])
             if original is None or original.version >= content["record_version"]:
+                _ranked(content)
                 continue
             if (content["record_id"], content["record_version"]) in unconfirmed:
+                _ranked(content)
                 continue
             chosen = formats.to_messages(content)[-1]
             rejected = formats.to_messages(
@@ -449,8 +496,19 @@ def preference_records(db: Session, snap: Snapshot) -> list[dict[str, Any]]:
                 }
             )[-1]
             if chosen["role"] == rejected["role"] == "assistant" and chosen["content"] != rejected["content"]:
-                pairs.append({**content, "rejected": rejected["content"]})
+                pairs.append({**content, "rejected": rejected["content"], "pair": {"by": "edit"}})
+            _ranked(content)
         batch.clear()
+
+    def _ranked(content: dict[str, Any]) -> None:
+        for p in content.get("preference_pairs") or []:
+            pairs.append(
+                _with_reply(content, p["chosen"])
+                | {
+                    "rejected": p["rejected"],
+                    "pair": {k: p[k] for k in ("by", "sources", "chosen_id", "rejected_id") if k in p},
+                }
+            )
 
     for content in iter_contents(db, snap.id, with_version=True):
         batch.append(content)

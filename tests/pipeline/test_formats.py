@@ -546,7 +546,7 @@ def test_a_file_whose_first_hundred_records_are_all_broken_is_refused_as_a_whole
 def test_unknown_format_name_is_refused() -> None:
     assert first_error(jsonl({"instruction": "a", "output": "b"}), fmt="parquet") == (
         "unknown format 'parquet': expected one of alpaca, sharegpt, openai, dolly, self_instruct, mt_bench, "
-        "belle_eval or auto"
+        "belle_eval, preference, hh_rlhf, ultrafeedback or auto"
     )
 
 

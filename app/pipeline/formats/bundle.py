@@ -47,6 +47,10 @@ def parquet_schema(fmt: str) -> pa.Schema:
         "openai": [pa.field("messages", pa.list_(message))],
         "axolotl": [pa.field("conversations", pa.list_(message))],
         "dpo": [pa.field(name, pa.list_(message)) for name in ("prompt", "chosen", "rejected")],
+        "dpo_plain": [
+            *(pa.field(name, pa.string()) for name in ("prompt", "chosen", "rejected")),
+            pa.field("system", pa.string()),
+        ],
     }
     provenance = [
         pa.field("id", pa.int64()),
@@ -97,6 +101,8 @@ def parquet_row(fmt: str, rec: Mapping[str, Any]) -> dict[str, Any]:
     if fmt in ("alpaca", "alpaca_jsonl"):
         row.setdefault("system", None)
         row.setdefault("history", [])
+    if fmt == "dpo_plain":
+        row.setdefault("system", None)
     row["id"] = rec["record_id"]
     for key in PROVENANCE[1:]:
         row[key] = rec.get(key)

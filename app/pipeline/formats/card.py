@@ -151,6 +151,8 @@ def _loading(
             "TRL: the rows are in TRL's conversational format; pass the dataset to the trainer as it is.",
             "",
         ]
+    if info.fmt == "dpo_plain":
+        lines += ["TRL: the rows are in TRL's standard (plain text) preference format.", ""]
     if info.fmt == "axolotl":
         lines += ["Axolotl: `type: chat_template` with `field_messages: conversations`.", ""]
     return lines

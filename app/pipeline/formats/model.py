@@ -5,7 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-FORMATS = ("alpaca", "sharegpt", "openai", "dolly", "self_instruct", "mt_bench", "belle_eval")
+# The last three are preference datasets (app.pipeline.formats.preference): their records carry `preference`.
+FORMATS = (
+    "alpaca",
+    "sharegpt",
+    "openai",
+    "dolly",
+    "self_instruct",
+    "mt_bench",
+    "belle_eval",
+    "preference",
+    "hh_rlhf",
+    "ultrafeedback",
+)
 
 # "line" for JSON Lines (1-based line number), "item" for JSON arrays (1-based index of the array item).
 Unit = Literal["line", "item"]
@@ -62,6 +74,8 @@ class ParsedRecord:
     is_classification: bool | None
     extra: dict[str, Any]
     line: int
+    # Preference datasets only: the candidates and the dataset's verdict (app.pipeline.formats.preference).
+    preference: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

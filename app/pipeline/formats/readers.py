@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 from app.pipeline.formats.converters import CONVERTERS, Invalid, type_name
 from app.pipeline.formats.model import FORMATS, BadLine, FormatError, Limits, ParsedRecord, Unit
+from app.pipeline.formats.preference import PREFERENCE_CONVERTERS
 
 _CHUNK = 1 << 20
 _BOM = b"\xef\xbb\xbf"
@@ -58,8 +59,10 @@ _FILENAME_HINTS = (
 _EXPECTED = (
     "alpaca (instruction, output), sharegpt (conversations), openai (messages), "
     "dolly (instruction, response, context, category), self_instruct (instruction, instances), "
-    "mt_bench (turns, category), belle_eval (question, std_answer, class)"
+    "mt_bench (turns, category), belle_eval (question, std_answer, class), "
+    "preference (prompt, chosen, rejected), hh_rlhf (chosen, rejected), ultrafeedback (instruction, completions)"
 )
+_ALL_CONVERTERS = {**CONVERTERS, **PREFERENCE_CONVERTERS}
 
 
 def _hint(filename: str | None) -> str | None:
@@ -74,6 +77,11 @@ def format_from_keys(
 ) -> str:
     """Pick the format from a record's top-level keys; the filename only breaks ties."""
     keys = set(keys)
+    # Preference rows first: UltraFeedback-binarized rows also carry `messages`, UltraFeedback `instruction`.
+    if "chosen" in keys and "rejected" in keys:
+        return "preference" if "prompt" in keys else "hh_rlhf"
+    if "completions" in keys and "instruction" in keys:
+        return "ultrafeedback"
     if "conversations" in keys:
         return "sharegpt"
     if "messages" in keys:
@@ -349,7 +357,7 @@ def _convert(
             yield from (bad for _, bad in buffered)
             return
         objects = chain(buffered, objects)
-    convert = CONVERTERS[fmt]
+    convert = _ALL_CONVERTERS[fmt]
     for index, obj in objects:
         if type(obj) is BadLine:
             yield obj

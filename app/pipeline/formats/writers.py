@@ -98,6 +98,21 @@ def to_dpo(rec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def to_dpo_plain(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """TRL's standard (plain text) preference row: `prompt`, `chosen`, `rejected` strings, plus `system` when
+    the record has one. Plain text cannot carry a conversation: a multi-turn record is a ValueError (use
+    `dpo`, the messages form)."""
+    turns = to_messages(rec)
+    system = [m["content"] for m in turns if m["role"] == "system"]
+    chat = [m for m in turns if m["role"] != "system"]
+    if len(chat) != 2 or chat[0]["role"] != "user" or chat[1]["role"] != "assistant":
+        raise ValueError("a conversation has no plain-text prompt: export it in the messages form (dpo)")
+    row = {"prompt": chat[0]["content"], "chosen": chat[1]["content"], "rejected": rec["rejected"]}
+    if system:
+        row["system"] = "\n\n".join(system)
+    return row
+
+
 def _write_array(items: Iterable[dict[str, Any]], fp: TextIO) -> int:
     count = 0
     for item in items:
@@ -147,6 +162,11 @@ def write_dpo_jsonl(records: Iterable[Mapping[str, Any]], fp: TextIO) -> int:
     return _write_lines(map(to_dpo, records), fp)
 
 
+def write_dpo_plain_jsonl(records: Iterable[Mapping[str, Any]], fp: TextIO) -> int:
+    """{"prompt", "chosen", "rejected"} strings per line: see to_dpo_plain."""
+    return _write_lines(map(to_dpo_plain, records), fp)
+
+
 # name -> (writer, file extension); EXPORT_MEDIA_TYPES maps the extension to a Content-Type.
 EXPORTERS: dict[str, tuple[Callable[[Iterable[Mapping[str, Any]], TextIO], int], str]] = {
     "alpaca": (write_alpaca, "json"),
@@ -158,6 +178,7 @@ EXPORTERS: dict[str, tuple[Callable[[Iterable[Mapping[str, Any]], TextIO], int],
 # Preference pairs are not records: their rows need the `rejected` reply (see to_dpo).
 PAIR_EXPORTERS: dict[str, tuple[Callable[[Iterable[Mapping[str, Any]], TextIO], int], str]] = {
     "dpo": (write_dpo_jsonl, "jsonl"),
+    "dpo_plain": (write_dpo_plain_jsonl, "jsonl"),
 }
 ALL_EXPORTERS = {**EXPORTERS, **PAIR_EXPORTERS}
 # name -> the one row of a record, as the writers above write it and the Parquet export stores it.
@@ -168,5 +189,6 @@ ROWS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "openai": to_openai,
     "axolotl": to_axolotl,
     "dpo": to_dpo,
+    "dpo_plain": to_dpo_plain,
 }
 EXPORT_MEDIA_TYPES = {"json": "application/json", "jsonl": "application/jsonl"}
