@@ -282,7 +282,9 @@ def _load(spec: AnswerSpec, status: Status) -> tuple[Any, Any, PromptFormat, int
         artifacts = Path(spec.adapter_dir)
         trained = TrainConfig.from_yaml(artifacts / TRAIN_CONFIG_FILE)
         base = resolve_base(spec.base_model or trained.base_model, spec.models_dir)
-        if Path(trained.base_model).resolve() != base:
+        if trained.method == "full":
+            info["notes"].append("a fully fine-tuned model (model/): the base model is not loaded")
+        elif Path(trained.base_model).resolve() != base:
             info["notes"].append(f"adapter trained on {trained.base_model}, applied to {base}")
         model, tokenizer, fmt = load_for_inference(artifacts, str(base), device=device)
         info.update(prompt_format=fmt.kind, prompt_format_source=f"the adapter's {PROMPT_FORMAT_FILE}")

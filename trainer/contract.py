@@ -28,6 +28,7 @@ SAMPLES_FILE = (
 )
 LOSS_CURVE_FILE = "loss_curve.png"
 MERGED_DIR = "merged"
+MODEL_DIR = "model"  # method=full: the whole fine-tuned model (weights, tokenizer, prompt_format.json)
 
 # `python -m trainer.answer SPEC.json` (evaluation generation, issue 18): the spec is a JSON object (see
 # trainer/answer.py); it writes into the spec's output_dir, and honours CANCEL_FILE and STATUS_FILE as training.

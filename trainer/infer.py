@@ -1,4 +1,5 @@
-"""Loading a trained adapter with its saved prompt format, batched generation, and merged export."""
+"""Loading a trained adapter (or a fully fine-tuned model) with its saved prompt format, batched generation,
+and merged export."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 
 from trainer.config import TrainConfig
-from trainer.contract import ADAPTER_DIR, MERGED_DIR, PROMPT_FORMAT_FILE, TRAIN_CONFIG_FILE
+from trainer.contract import ADAPTER_DIR, MERGED_DIR, MODEL_DIR, PROMPT_FORMAT_FILE, TRAIN_CONFIG_FILE
 from trainer.data import Message
 from trainer.formats import PromptFormat, encode_prompt, prompt_messages
 from trainer.methods import (
@@ -61,8 +62,15 @@ def load_for_inference(
     """(model, tokenizer, prompt format) from an artifacts folder; the base is loaded in 16 bits on GPU."""
     out = Path(output_dir)
     dtype = torch.bfloat16 if cuda_bf16() else torch.float32
-    model, tokenizer = _load_base(out, base_model, dtype=dtype)
-    model = _attach_adapter(model, out / ADAPTER_DIR)
+    if TrainConfig.from_yaml(out / TRAIN_CONFIG_FILE).method == "full":
+        # the whole fine-tuned model: a base_model given here has nothing to add to it
+        tokenizer = load_tokenizer(out / MODEL_DIR, local_only=True)
+        model = load_base_model(
+            out / MODEL_DIR, dtype=dtype, attn_implementation=resolve_attn_implementation("auto")
+        )
+    else:
+        model, tokenizer = _load_base(out, base_model, dtype=dtype)
+        model = _attach_adapter(model, out / ADAPTER_DIR)
     model.to(device or _device())
     model.eval()
     fmt = PromptFormat.load(out / PROMPT_FORMAT_FILE)
@@ -206,6 +214,8 @@ def export_merged(
     cfg = TrainConfig.from_yaml(out / TRAIN_CONFIG_FILE)
     if cfg.method in ("prefix", "prompt"):
         raise ValueError(f"{cfg.method} tuning has no weights to merge")
+    if cfg.method == "full":
+        raise ValueError(f"method=full has no adapter to merge: {out / MODEL_DIR} is the whole model")
     # dtype="auto" keeps the checkpoint's own precision; no quantization_config is ever passed here
     model, tokenizer = _load_base(out, base_model, dtype="auto")
     model = _attach_adapter(model, out / ADAPTER_DIR)

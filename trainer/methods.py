@@ -1,9 +1,10 @@
-"""Base model loading and the PEFT methods: LoRA, QLoRA, DoRA, AdaLoRA, IA3, prefix, prompt tuning, BitFit."""
+"""Base model loading and the methods: LoRA, QLoRA, DoRA, AdaLoRA, IA3, prefix, prompt tuning, BitFit, full."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from trainer.config import PROMPT_LEARNING_METHODS, TrainConfig
+from trainer.contract import PROMPT_FORMAT_FILE
 
 BITFIT_WEIGHTS = "bitfit.safetensors"
 BITFIT_CONFIG = "bitfit_config.json"
@@ -138,6 +140,10 @@ def embedding_module_names(model: Any) -> list[str]:
 def build_peft_model(model: Any, config: TrainConfig, *, total_steps: int, new_tokens: bool) -> Any:
     """Wrap the base model in the configured PEFT method (BitFit: add/unfreeze biases in place)."""
     method = config.method
+    if method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
     if method == "bitfit":
         for p in model.parameters():
             p.requires_grad_(False)
@@ -282,6 +288,23 @@ def load_bitfit(model: nn.Module, adapter_dir: Path) -> None:
             params[name].copy_(tensor.to(params[name].dtype))
     for p in model.parameters():
         p.requires_grad_(False)
+
+
+def save_full_model(
+    model: Any, dest: Path, *, tokenizer_dir: Path, state: dict[str, torch.Tensor] | None = None
+) -> None:
+    """method=full: the whole model as a Hugging Face folder (safetensors, config, tokenizer from tokenizer_dir).
+
+    `state`: the weights gathered from FSDP shards; None reads them from the model.
+    """
+    from transformers import AutoTokenizer
+
+    dest.mkdir(parents=True, exist_ok=True)
+    model.config.use_cache = True  # training switched it off; generation from the saved folder wants it
+    model.save_pretrained(str(dest), safe_serialization=True, state_dict=state)
+    AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True).save_pretrained(str(dest))
+    if (tokenizer_dir / PROMPT_FORMAT_FILE).is_file():
+        shutil.copyfile(tokenizer_dir / PROMPT_FORMAT_FILE, dest / PROMPT_FORMAT_FILE)
 
 
 def is_prompt_learning(method: str) -> bool:

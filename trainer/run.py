@@ -28,6 +28,7 @@ from trainer.contract import (
     EXIT_FAILED,
     EXIT_OK,
     LOSS_CURVE_FILE,
+    MODEL_DIR,
     PROMPT_FORMAT_FILE,
     SAMPLES_FILE,
     SUMMARY_FILE,
@@ -57,6 +58,7 @@ from trainer.methods import (
     load_tokenizer,
     resolve_attn_implementation,
     save_bitfit,
+    save_full_model,
     use_bf16,
 )
 from trainer.reporting import Reporter, plot_loss_curve, write_json_atomic
@@ -383,11 +385,6 @@ class _Run:
 
 
 def _train(config: TrainConfig, reporter: Reporter, on_step: Callable[[int], None] | None) -> TrainSummary:
-    if config.objective != "sft":
-        from trainer.preference import train_preference  # DPO, ORPO, KTO, SimPO: docs/training.md
-
-        summary: TrainSummary = train_preference(config, reporter, on_step)
-        return summary
     run, trainee = _setup(config, reporter)
     if not _run_steps(run, trainee, on_step):
         return _summarise(run, "cancelled")
@@ -711,6 +708,9 @@ def _log(
 
 def _save_adapter(model: Any, config: TrainConfig, out: Path, *, base_path: str, targets: list[str]) -> None:
     adapter_dir = out / ADAPTER_DIR
+    if config.method == "full":
+        save_full_model(model, out / MODEL_DIR, tokenizer_dir=out)
+        return
     if config.method == "bitfit":
         save_bitfit(model, adapter_dir, base_model=base_path, targets=targets)
         return

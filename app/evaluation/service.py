@@ -40,7 +40,7 @@ from app.jobs.models import Job, JobStatus
 from app.projects.service import require_project
 from app.snapshots.service import require_snapshot
 from app.training.models import TrainingRun
-from trainer.contract import ADAPTER_DIR
+from trainer.contract import ADAPTER_DIR, MODEL_DIR
 
 EXPORT_BATCH = 500
 
@@ -80,7 +80,8 @@ def _system_row(
                 f"{where}.training_run_id: training run {run.id} is {state}; only a succeeded run has an adapter",
                 field=f"{where}.training_run_id",
             )
-        if not (Path(run.artifacts_dir) / ADAPTER_DIR).is_dir():
+        trained = Path(run.artifacts_dir)
+        if not ((trained / ADAPTER_DIR).is_dir() or (trained / MODEL_DIR).is_dir()):  # MODEL_DIR: method=full
             raise Invalid(
                 f"{where}.training_run_id: training run {run.id} has no adapter on this server",
                 field=f"{where}.training_run_id",

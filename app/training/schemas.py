@@ -11,7 +11,7 @@ class TrainingRunCreate(BaseModel):
     base_model: str = Field(
         description="A folder under IF_MODELS_DIR (relative), holding a Hugging Face model."
     )
-    method: Literal["lora", "qlora", "dora", "adalora", "ia3", "prefix", "prompt", "bitfit"] = "lora"
+    method: Literal["lora", "qlora", "dora", "adalora", "ia3", "prefix", "prompt", "bitfit", "full"] = "lora"
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="Any TrainConfig field (see docs/training.md), e.g. lr, epochs, r."
     )
