@@ -31,6 +31,7 @@ from app.imports.documents_router import router as documents_router
 from app.imports.router import router as imports_router
 from app.jobs.router import router as jobs_router
 from app.openapi import install as install_openapi
+from app.preferences.router import router as preferences_router
 from app.projects.router import router as projects_router
 from app.records.router import router as records_router
 from app.review.router import router as review_router
@@ -179,6 +180,7 @@ def create_app() -> FastAPI:
         projects_router,
         datasets_router,
         records_router,
+        preferences_router,
         imports_router,
         documents_router,
         jobs_router,

@@ -128,6 +128,30 @@ def original_candidate(*, db: Session, record: Record) -> Candidate | None:
     )
 
 
+def add_person_candidate(
+    *, db: Session, user: User, record: Record, content: str, note: str = ""
+) -> Candidate:
+    """A person's own answer to the record's prompt, as a candidate (source 'person')."""
+    cand = add_candidate(
+        db=db,
+        record=record,
+        content=content,
+        source=CandidateSource.person.value,
+        user_id=user.id,
+        meta={"note": note} if note else {},
+    )
+    assert cand is not None  # no gen_key: always inserted
+    return cand
+
+
+def require_original(*, db: Session, record: Record) -> Candidate:
+    """The record's own answer as a candidate; Invalid when it has none to compare."""
+    cand = original_candidate(db=db, record=record)
+    if cand is None:
+        raise Invalid(f"record {record.id} has no answer of its own to compare", field="record_id")
+    return cand
+
+
 def _check_candidates(db: Session, record: Record, ids: Sequence[int], field: str) -> None:
     if len(set(ids)) != len(ids):
         raise Invalid("a candidate appears twice", field=field)
