@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 from sqlalchemy import bindparam, update
 
-from app.generation.schemas import TeacherChoice
+from app.generation.schemas import BATCH_HELP, BATCH_TITLE, TeacherChoice
 from app.jobs.context import JobCancelled, JobContext
 from app.records.schemas import RecordFilter
 
@@ -49,6 +49,7 @@ class BacktranslateJobParams(TeacherChoice):
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of the instruction.")
     max_tokens: int = Field(256, ge=16, le=4096, description="Longest instruction the teacher may write.")
     batch_size: int = Field(32, ge=1, le=1000, description="Passages in flight together per checkpoint.")
+    batch: bool = Field(False, title=BATCH_TITLE, description=BATCH_HELP)
     skip_done: bool = Field(
         True,
         description=(
@@ -99,8 +100,9 @@ def _backtranslated(ctx: JobContext, passage_ids: list[int]) -> set[int]:
 
 def run_backtranslate_job(ctx: JobContext) -> None:
     from app.errors import Invalid
+    from app.generation.batch_mode import run_pipeline
     from app.generation.cache import CallLog
-    from app.generation.jobs import _language, get_teacher, run_with_gateway, scope_rows, upsert_generated
+    from app.generation.jobs import _language, get_teacher, scope_rows, upsert_generated
     from app.pipeline.backtranslate import SOURCE, BacktranslateItem, BacktranslateResult, run_backtranslate
     from app.pipeline.self_instruct import GenRecord
     from app.records.models import Record
@@ -196,14 +198,23 @@ def run_backtranslate_job(ctx: JobContext) -> None:
         done = counters["kept"] + counters["filtered"]
         ctx.progress(done, len(items), counters=counters, usage=log.flush())
 
-    summary = run_with_gateway(
+    # In batch mode both stages go through the batch API: the instructions in a first batch, the scores of
+    # those that came back usable in a second (and the re-asks of unreadable scores in a third).
+    summary = run_pipeline(
         ctx,
         teacher,
         log,
         p.budget_usd,
-        lambda gateway: run_backtranslate(
-            gateway=gateway, items=items, params=params, emit=emit, should_stop=lambda: ctx.cancelled
+        lambda gateway, real: run_backtranslate(
+            gateway=gateway,
+            items=items,
+            params=params,
+            emit=emit if real else lambda results: None,
+            should_stop=(lambda: ctx.cancelled) if real else (lambda: False),
         ),
+        batch=p.batch,
+        counters=counters,
+        total=len(items),
     )
     ctx.set_result(
         {

@@ -4,8 +4,9 @@ The mechanism is app/pipeline/llm/batch.py; this is the job's side of it: the ba
 job's ``result["batch"]`` (saved before each step that could be lost, so a killed worker neither submits
 twice nor loses a batch), answers go into the job's database cache and ledger, and between polls the job
 gives its worker back (``JobWaiting``: it stays ``running``, and the reaper sends it again when it is time
-to look). Any handler whose calls do not depend on each other, or only in rounds (the judge's re-asks),
-can use :func:`run_in_batches` with the pipeline it runs synchronously.
+to look). Any handler whose calls do not depend on each other, or only in rounds (the judge's re-asks,
+backtranslation's score after its instruction), runs its pipeline through :func:`run_pipeline`, which
+picks this path or the synchronous one by the job's ``batch`` parameter.
 """
 
 from __future__ import annotations
@@ -102,6 +103,32 @@ def run_in_batches(
             return await pipeline(gateway, True)
 
     return run_coroutine(final())
+
+
+def run_pipeline(
+    ctx: JobContext,
+    teacher: TeacherConfig,
+    log: CallLog,
+    budget_usd: float | None,
+    pipeline: Pipeline[T],
+    *,
+    batch: bool,
+    counters: dict[str, Any],
+    total: int,
+) -> T:
+    """Run a job's pipeline synchronously, or in batch mode when ``batch``: the one switch the teacher
+    jobs use. ``pipeline(gateway, real)`` must write nothing when ``real`` is False (the passes that only
+    find the calls still missing); in batch mode the job's progress shows ``counters`` with the batches'
+    summary under ``"batch"`` while it waits (0 of ``total`` done: nothing is written before the end)."""
+    if not batch:
+        from app.generation.jobs import run_with_gateway
+
+        return run_with_gateway(ctx, teacher, log, budget_usd, lambda gateway: pipeline(gateway, True))
+
+    def report(summary: dict[str, Any]) -> None:
+        ctx.progress(0, total, counters={**counters, "batch": summary}, usage=log.flush())
+
+    return run_in_batches(ctx, teacher, log, budget_usd, pipeline, report=report)
 
 
 def _advance(

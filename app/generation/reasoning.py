@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 
 from app.datasets.models import Dataset
 from app.errors import Invalid
+from app.generation.batch_mode import run_pipeline
 from app.generation.cache import CallLog
-from app.generation.jobs import _language, get_teacher, run_with_gateway, scope_rows, upsert_generated
-from app.generation.schemas import EstimateRequest, TeacherChoice
+from app.generation.jobs import _language, get_teacher, scope_rows, upsert_generated
+from app.generation.schemas import BATCH_HELP, BATCH_TITLE, EstimateRequest, TeacherChoice
 from app.jobs.context import JobCancelled, JobContext
 from app.records.models import Record
 from app.records.schemas import RecordFilter
@@ -46,6 +47,7 @@ class ReasoningJobParams(TeacherChoice):
         "output whole, else its last number).",
     )
     max_items: int = Field(100, ge=1, le=1_000_000, description="Solve at most this many records.")
+    batch: bool = Field(False, title=BATCH_TITLE, description=BATCH_HELP)
     batch_size: int = Field(16, ge=1, le=1000, description="Questions solved together (one checkpoint).")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the teacher.")
     max_tokens: int = Field(1024, ge=16, le=32_000, description="Longest solution, in tokens.")
@@ -139,14 +141,21 @@ def run_reasoning_job(ctx: JobContext) -> None:
         done = checked + counters["teacher_error"]
         ctx.progress(done, len(items), counters=counters, usage=log.flush())
 
-    summary = run_with_gateway(
+    summary = run_pipeline(
         ctx,
         teacher,
         log,
         p.budget_usd,
-        lambda gateway: run_reasoning(
-            gateway=gateway, items=items, params=params, emit=emit, should_stop=lambda: ctx.cancelled
+        lambda gateway, real: run_reasoning(
+            gateway=gateway,
+            items=items,
+            params=params,
+            emit=emit if real else lambda results: None,
+            should_stop=(lambda: ctx.cancelled) if real else (lambda: False),
         ),
+        batch=p.batch,
+        counters=counters,
+        total=len(items),
     )
     ctx.set_result(
         {

@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 from app.curation.schemas import OVERRIDE_HELP
 from app.datasets.models import Dataset
 from app.errors import Invalid
+from app.generation.batch_mode import run_pipeline
 from app.generation.cache import CallLog
-from app.generation.jobs import _language, get_teacher, run_with_gateway, scope_rows
-from app.generation.schemas import EstimateRequest, TeacherChoice
+from app.generation.jobs import _language, get_teacher, scope_rows
+from app.generation.schemas import BATCH_HELP, BATCH_TITLE, EstimateRequest, TeacherChoice
 from app.jobs.context import JobCancelled, JobContext
 from app.records.models import Record
 from app.records.schemas import RecordFilter
@@ -53,6 +54,7 @@ class RewriteJobParams(TeacherChoice):
     )
     max_items: int = Field(100, ge=1, le=1_000_000, description="Rewrite at most this many records.")
     override_human: bool = Field(False, description=OVERRIDE_HELP)
+    batch: bool = Field(False, title=BATCH_TITLE, description=BATCH_HELP)
     batch_size: int = Field(16, ge=1, le=1000, description="Records rewritten together (one checkpoint).")
     temperature: float = Field(0.3, ge=0, le=2, description="Sampling temperature of the teacher.")
     max_tokens: int = Field(2048, ge=16, le=32_000, description="Longest rewrite, in tokens.")
@@ -186,14 +188,21 @@ def run_rewrite_job(ctx: JobContext) -> None:
         done = sum(v for k, v in counters.items() if k not in ("human_skipped", "no_answer"))
         ctx.progress(done, total, counters=counters, usage=log.flush())
 
-    summary = run_with_gateway(
+    summary = run_pipeline(
         ctx,
         teacher,
         log,
         p.budget_usd,
-        lambda gateway: run_rewrite(
-            gateway=gateway, items=items, params=params, emit=emit, should_stop=lambda: ctx.cancelled
+        lambda gateway, real: run_rewrite(
+            gateway=gateway,
+            items=items,
+            params=params,
+            emit=emit if real else lambda results: None,
+            should_stop=(lambda: ctx.cancelled) if real else (lambda: False),
         ),
+        batch=p.batch,
+        counters=counters,
+        total=total,
     )
     ctx.set_result(
         {"stop_reason": summary.stop_reason, "message": summary.message, **counters, **log.flush()}

@@ -7,6 +7,14 @@ from pydantic import BaseModel, Field
 from app.curation.schemas import OVERRIDE_HELP
 from app.records.schemas import RecordFilter
 
+# The `batch` parameter of every job that can run in batch mode (its form shows the title as the label).
+BATCH_TITLE = "Use the batch API (about half price, answers within 24 h)"
+BATCH_HELP = (
+    "Through the teacher's Batch API (only teachers with batch: true): typically half the price, answers "
+    "within 24 h; the job waits holding no worker and writes its results when every answer is in "
+    "(docs/generation.md)."
+)
+
 
 class TeacherChoice(BaseModel):
     teacher: str = Field(description="A teacher named in IF_TEACHERS (see GET /api/v1/teachers).")
@@ -58,16 +66,14 @@ class JudgeJobParams(TeacherChoice):
     )
     override_human: bool = Field(False, description=OVERRIDE_HELP)
     max_items: int | None = Field(None, ge=1)
-    batch: bool = Field(
-        False,
-        description="Through the teacher's Batch API: typically half the price, answers within 24 h; the job "
-        "waits holding no worker (docs/generation.md).",
-    )
+    batch: bool = Field(False, title=BATCH_TITLE, description=BATCH_HELP)
 
 
 class EstimateRequest(BaseModel):
     dataset_id: int
-    kind: str = Field(description="self_instruct | evol | judge | backtranslate | rewrite | reasoning")
+    kind: str = Field(
+        description="self_instruct | evol | judge | backtranslate | rewrite | reasoning | respond | rank_candidates"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     sample_prompts: int = Field(3, ge=1, le=10)
 
@@ -79,6 +85,7 @@ class EstimateRead(BaseModel):
     cost_per_call_usd: float
     total_calls: int
     estimated_cost_usd: float
+    batch: bool = Field(False, description="Priced at the teacher's Batch API prices (the job's batch mode).")
 
 
 class TeacherRead(BaseModel):
@@ -89,3 +96,6 @@ class TeacherRead(BaseModel):
     max_concurrency: int
     price_in_per_1k: float
     price_out_per_1k: float
+    batch: bool = Field(False, description="The teacher offers a Batch API: jobs may run in batch mode.")
+    batch_price_in_per_1k: float | None = Field(None, description="Input price through the Batch API.")
+    batch_price_out_per_1k: float | None = Field(None, description="Output price through the Batch API.")

@@ -54,6 +54,9 @@ def list_teachers(*, user: User) -> list[TeacherRead]:
             max_concurrency=t.max_concurrency,
             price_in_per_1k=t.price_in_per_1k,
             price_out_per_1k=t.price_out_per_1k,
+            batch=t.batch,
+            batch_price_in_per_1k=t.batch_prices[0] if t.batch else None,
+            batch_price_out_per_1k=t.batch_prices[1] if t.batch else None,
         )
         for t in teachers().values()
     ]
@@ -152,8 +155,6 @@ def _judge_run(db: Session, dataset: Dataset, request: EstimateRequest) -> DryRu
 
     p = _params(JudgeJobParams, request.params)
     teacher = get_teacher(p)
-    if p.batch:
-        teacher = teacher.at_batch_prices()  # the sample is paid in full; the job at batch prices
     first, n = _in_scope(db, dataset.id, p.scope, p.max_items)
     if not n:
         raise Invalid("no records in the scope to judge", field="params.scope")
@@ -186,9 +187,19 @@ DRY_RUNS: dict[str, Callable[[Session, Dataset, EstimateRequest], DryRun]] = {
     "backtranslate": _backtranslate_run,
     "rewrite": lambda db, dataset, request: _dry_run_of("rewrite", db, dataset, request),
     "reasoning": lambda db, dataset, request: _dry_run_of("reasoning", db, dataset, request),
+    "respond": lambda db, dataset, request: _dry_run_of("respond", db, dataset, request),
+    "rank_candidates": lambda db, dataset, request: _dry_run_of("rank", db, dataset, request),
 }
 # The job kinds POST /generation/estimate prices (their forms show an Estimate button).
 ESTIMATED_KINDS = tuple(DRY_RUNS)
+
+
+def batchable(kind: str) -> bool:
+    """Whether jobs of this kind can run in batch mode (their parameters have ``batch``)."""
+    from app.jobs.registry import KINDS
+
+    spec = KINDS.get(kind)
+    return spec is not None and "batch" in spec.params_cls().model_fields
 
 
 def estimate(*, db: Session, user: User, request: EstimateRequest) -> EstimateRead:
@@ -200,9 +211,13 @@ def estimate(*, db: Session, user: User, request: EstimateRequest) -> EstimateRe
     if plan is None:
         raise Invalid(f"estimates are available for {', '.join(DRY_RUNS)} jobs", field="kind")
     run = plan(db, dataset, request)
+    batch = request.params.get("batch") is True and batchable(request.kind)
+    # A batch-mode job is priced at the teacher's batch prices; the sample calls themselves are synchronous
+    # (answered now, at full price), and the job finds them in the cache.
+    teacher = run.teacher.at_batch_prices() if batch and run.teacher.batch else run.teacher
 
     async def go() -> EstimateRead:
-        async with Gateway(run.teacher, cache=DbResponseCache()) as gateway:
+        async with Gateway(teacher, cache=DbResponseCache()) as gateway:
             est = await estimate_cost(
                 gateway=gateway,
                 prompts=run.prompts,
@@ -211,7 +226,7 @@ def estimate(*, db: Session, user: User, request: EstimateRequest) -> EstimateRe
                 sampling=run.sampling,
                 sample_indices=run.sample_indices,
             )
-        return EstimateRead(**est.__dict__)
+        return EstimateRead(**est.__dict__, batch=teacher is not run.teacher)
 
     try:
         return run_coroutine(go())

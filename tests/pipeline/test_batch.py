@@ -242,3 +242,32 @@ def test_a_visit_reads_each_answer_from_the_jobs_cache_once_however_many_passes(
     first_pass = Counting.gets
     assert collect_missing(teacher, _judge, cache=cache) == {}
     assert first_pass >= len(ITEMS) and Counting.gets == first_pass
+
+
+def test_a_job_over_the_teachers_batch_limit_is_split_into_several_batches_collected_together(fake):
+    # 40 first calls with at most 15 requests a batch: three batches, submitted together; the re-asks of
+    # unreadable scores (fewer than 15) then go in one more.
+    teacher = _teacher(fake).model_copy(update={"batch_max_requests": 15})
+    cache = LedgerCache()
+    results, _ = _drive(teacher, cache, BatchState())
+    assert [(r.key, r.score, r.status) for r in results] == [
+        (r.key, r.score, r.status) for r in _sync_results(fake)
+    ]
+    sizes = [b["request_counts"]["total"] for b in fake.state.batches.values()]
+    assert sizes[:3] == [15, 15, 10] and all(n <= 15 for n in sizes)
+    assert len({c.key for c in cache.calls}) == len(cache.calls)  # nothing paid twice
+
+
+def test_the_size_limit_splits_by_input_file_bytes_too(fake):
+    from app.pipeline.llm.batch import _line
+
+    teacher = _teacher(fake)
+    missing = collect_missing(teacher, _judge, cache=InMemoryCache())
+    line = max(len(_line(k, p).encode()) + 1 for k, p in missing.items())
+    small = teacher.model_copy(update={"batch_max_bytes": 4 * line})
+    runner = BatchRunner(small, job_label="x", cache=InMemoryCache(), save=lambda s: None, state=BatchState())
+    chunks = runner.chunks(missing)
+    runner.close()
+    assert [k for c in chunks for k in c] == list(missing)  # every request once, in order
+    assert all(sum(len(_line(k, p).encode()) + 1 for k, p in c.items()) <= 4 * line for c in chunks)
+    assert len(chunks) >= len(missing) // 4

@@ -268,3 +268,108 @@ def test_the_cost_estimate_of_a_batch_mode_judge_is_at_batch_prices(client, db, 
     assert batch["total_calls"] == sync["total_calls"] == 175
     assert batch["tokens_in_per_call"] == sync["tokens_in_per_call"]  # the same sample, from the cache
     assert batch["estimated_cost_usd"] == pytest.approx(sync["estimated_cost_usd"] / 2)
+
+
+def _until_done(engine: Any, job_id: int, poll_s: float = 0.6) -> list[str | None]:
+    """A job's visits, in process, as the reaper would make them: until it stops asking to wait."""
+    outcomes: list[str | None] = []
+    for _ in range(60):
+        outcomes.append(run_job(job_id))
+        if outcomes[-1] != WAITING:
+            return outcomes
+        waiting = job_row(engine, job_id)
+        assert waiting.status == "running" and waiting.worker is None and "batch" in waiting.counters
+        time.sleep(poll_s)
+    raise AssertionError(f"job {job_id} still waiting after 60 visits")
+
+
+def _teacher_config_rows(engine: Any, dataset_id: int, source: str) -> list[tuple[Any, ...]]:
+    with Session(engine) as db:
+        rows = db.scalars(
+            select(Record).where(Record.dataset_id == dataset_id, Record.source == source).order_by(Record.id)
+        ).all()
+        return [(r.parent_id, r.instruction, r.output, r.status, r.reason, r.judge_score) for r in rows]
+
+
+def test_backtranslation_in_batch_mode_asks_instructions_then_scores_and_keeps_the_synchronous_records(
+    committed_pg, shared_data, fake, tmp_path
+):
+    from tests.service.test_backtranslate_job import answers, passages_dataset
+
+    fake.set_batches(delay_s=0.3)
+    texts = answers(shared_data, 4)
+    sync_ds, curator = passages_dataset(committed_pg, tmp_path, texts)
+    batch_ds, batch_curator = passages_dataset(committed_pg, tmp_path, texts)
+    sync_job = create_job(committed_pg, curator, sync_ds, "backtranslate", {"teacher": "sync"})
+    assert run_job(sync_job) == "succeeded", job_row(committed_pg, sync_job).error
+    batch_job = create_job(
+        committed_pg, batch_curator, batch_ds, "backtranslate", {"teacher": "batch", "batch": True}
+    )
+    outcomes = _until_done(committed_pg, batch_job)
+    job = job_row(committed_pg, batch_job)
+    assert outcomes[-1] == "succeeded", job.error
+    sync_rows = _teacher_config_rows(committed_pg, sync_ds, "backtranslation")
+    batch_rows = _teacher_config_rows(committed_pg, batch_ds, "backtranslation")
+    assert len(batch_rows) == len(sync_rows) == job.result["passages"] > 4
+    # The same instructions, scores and decisions (parents differ: each dataset has its own passages).
+    assert [r[1:] for r in batch_rows] == [r[1:] for r in sync_rows]
+    # Two stages, each its own batch: every score went in after its instruction came back.
+    paid = _paid(committed_pg, batch_job)
+    first_batch = {
+        json.loads(line)["custom_id"]
+        for line in fake.state.files[fake.state.batches["batch_1"]["input_file_id"]].decode().splitlines()
+    }
+    assert {c.purpose for c in paid if c.key in first_batch} == {"backtranslate.instruction.batch"}
+    assert "backtranslate.score.batch" in {c.purpose for c in paid}
+    assert fake.stats()["batches_created"] >= 2
+    assert len({c.key for c in paid}) == len(paid)
+    assert job.cost_usd == pytest.approx(job_row(committed_pg, sync_job).cost_usd / 2, rel=1e-3)
+
+
+def test_rewrite_in_batch_mode_leaves_alone_a_record_a_person_edited_while_the_batch_was_out(
+    committed_pg, shared_data, fake, tmp_path
+):
+    from tests.service.test_rewrite_reasoning_jobs import _alpaca, _dataset, _decide, _records
+
+    fake.set_batches(delay_s=0.5)
+    dataset_id, curator = _dataset(committed_pg, tmp_path, _alpaca(shared_data, 5))
+    job_id = create_job(committed_pg, curator, dataset_id, "rewrite", {"teacher": "batch", "batch": True})
+    assert run_job(job_id) == WAITING  # submitted; nothing is written until every answer is in
+    before = _records(committed_pg, dataset_id)
+    assert all(not (r.meta or {}).get("rewrites") for r in before)
+    edited = before[0]
+    _decide(committed_pg, curator, edited.id, output="A person's own answer.")
+    time.sleep(0.6)
+    assert _until_done(committed_pg, job_id)[-1] == "succeeded", job_row(committed_pg, job_id).error
+    job = job_row(committed_pg, job_id)
+    after = {r.id: r for r in _records(committed_pg, dataset_id)}
+    assert after[edited.id].output == "A person's own answer." and not after[edited.id].meta.get("rewrites")
+    # The person's edit made it theirs: the next visit no longer asks for it (human_skipped), and its
+    # answer, billed by the provider all the same, is in the ledger but written nowhere.
+    assert job.result["human_skipped"] == 1
+    assert job.result["rewritten"] == sum(bool((r.meta or {}).get("rewrites")) for r in after.values()) > 0
+    paid = _paid(committed_pg, job_id)
+    assert sorted(c.purpose for c in paid) == ["rewrite.batch"] * 4 + ["unasked.batch"]
+    assert job.cost_usd == pytest.approx(sum(c.cost_usd for c in paid), abs=1e-6)
+
+
+def test_reasoning_in_batch_mode_gives_the_synchronous_match_rate(committed_pg, shared_data, fake, tmp_path):
+    from tests.service.test_rewrite_reasoning_jobs import _dataset, _gsm8k
+
+    fake.set_batches(delay_s=0.3)
+    rows = _gsm8k(shared_data, 8)
+    sync_ds, curator = _dataset(committed_pg, tmp_path, rows)
+    batch_ds, batch_curator = _dataset(committed_pg, tmp_path, rows)
+    sync_job = create_job(committed_pg, curator, sync_ds, "reasoning", {"teacher": "sync"})
+    assert run_job(sync_job) == "succeeded", job_row(committed_pg, sync_job).error
+    batch_job = create_job(
+        committed_pg, batch_curator, batch_ds, "reasoning", {"teacher": "batch", "batch": True}
+    )
+    assert _until_done(committed_pg, batch_job)[-1] == "succeeded", job_row(committed_pg, batch_job).error
+    sync, batch = job_row(committed_pg, sync_job).result, job_row(committed_pg, batch_job).result
+    for name in ("matched", "mismatched", "unparseable", "match_rate", "items"):
+        assert batch[name] == sync[name], name
+    assert _teacher_config_rows(committed_pg, batch_ds, "reasoning") and [
+        r[1:] for r in _teacher_config_rows(committed_pg, batch_ds, "reasoning")
+    ] == [r[1:] for r in _teacher_config_rows(committed_pg, sync_ds, "reasoning")]
+    assert fake.stats()["batches_created"] == 1

@@ -129,6 +129,9 @@ class Submission:
     status: str = "creating"  # creating | submitted | done
     requests: int = 0
     provider_status: str | None = None
+    # Submissions made together (one group) split one set of requests by the teacher's limits: this is the
+    # index of this one's part, which a restarted worker recomputes to upload the same requests.
+    chunk: int = 0
 
 
 @dataclass
@@ -167,6 +170,11 @@ class BatchState:
     def open(self) -> Submission | None:
         return next((s for s in self.submissions if s.status != "done"), None)
 
+    @property
+    def open_all(self) -> list[Submission]:
+        """The submissions not collected yet: one group, made together."""
+        return [s for s in self.submissions if s.status != "done"]
+
 
 @dataclass(frozen=True)
 class Step:
@@ -196,6 +204,13 @@ def request_body(request: Mapping[str, Any]) -> dict[str, Any]:
 
 def _endpoint(request: Mapping[str, Any]) -> Literal["/v1/chat/completions", "/v1/completions"]:
     return "/v1/chat/completions" if request["api"] == "chat" else "/v1/completions"
+
+
+def _line(key: str, pending: Pending) -> str:
+    """A request as one line of a batch's input file."""
+    body = request_body(pending.request)
+    line = {"custom_id": key, "method": "POST", "url": _endpoint(pending.request), "body": body}
+    return json.dumps(line, ensure_ascii=False)
 
 
 class BatchRunner:
@@ -232,30 +247,71 @@ class BatchRunner:
         self.client.close()
 
     def step(self, missing: Mapping[str, Pending]) -> Step:
-        """One move towards every request of ``missing`` answered (see the module docstring)."""
+        """One move towards every request of ``missing`` answered (see the module docstring).
+
+        What is submitted together may be several batches: the teacher's ``batch_max_requests`` and
+        ``batch_max_bytes`` (OpenAI: 50,000 requests, 200 MB) split it, and the group is collected once
+        every batch of it has ended."""
         failed = {k: self.state.last_error.get(k, "batch failed") for k in missing if self._gave_up(k)}
         todo = self._within_budget({k: p for k, p in missing.items() if k not in failed})
-        open_ = self.state.open
-        if open_ is not None and open_.status == "creating":
-            # Killed while submitting: the batch may exist already; _create looks for it first.
-            self._create(open_, todo or missing)
-            return Step("wait", self.teacher.batch_poll_s, message=f"batch {open_.batch_id} submitted")
-        if open_ is not None:
-            assert open_.batch_id is not None
-            batch = self.client.batches.retrieve(open_.batch_id)
-            open_.provider_status = batch.status
-            if batch.status not in TERMINAL:
+        open_ = self.state.open_all
+        creating = [s for s in open_ if s.status == "creating"]
+        if creating:
+            # Killed while submitting: a batch may exist already; _create looks for it first.
+            chunks = self.chunks(todo or missing)
+            for sub in creating:
+                self._create(sub, chunks[sub.chunk] if sub.chunk < len(chunks) else {})
+            return Step("wait", self.teacher.batch_poll_s, message=self._submitted(open_))
+        if open_:
+            batches = []
+            for sub in open_:
+                assert sub.batch_id is not None
+                batch = self.client.batches.retrieve(sub.batch_id)
+                sub.provider_status = batch.status
+                batches.append(batch)
+            running = [b for b in batches if b.status not in TERMINAL]
+            if running:
                 self.save(self.state)
-                return Step("wait", self.teacher.batch_poll_s, message=f"batch {batch.id} {batch.status}")
-            self._collect(open_, batch, missing)
+                shown = ", ".join(f"{b.id} {b.status}" for b in running)
+                return Step("wait", self.teacher.batch_poll_s, message=f"batch {shown}")
+            self._collect(open_, batches, missing)
             return Step("collect")
         if not todo:
             return Step("final", failed=failed)
-        sub = Submission(label=f"{self.job_label}-s{len(self.state.submissions)}", requests=len(todo))
-        self.state.submissions.append(sub)
-        self.save(self.state)  # the label first: a kill from here on finds its batch by it
-        self._create(sub, todo)
-        return Step("wait", self.teacher.batch_poll_s, message=f"batch {sub.batch_id} submitted")
+        first = len(self.state.submissions)
+        subs = [
+            Submission(label=f"{self.job_label}-s{first + n}", requests=len(chunk), chunk=n)
+            for n, chunk in enumerate(self.chunks(todo))
+        ]
+        self.state.submissions.extend(subs)
+        self.save(self.state)  # the labels first: a kill from here on finds their batches by them
+        for sub, chunk in zip(subs, self.chunks(todo), strict=True):
+            self._create(sub, chunk)
+        return Step("wait", self.teacher.batch_poll_s, message=self._submitted(subs))
+
+    @staticmethod
+    def _submitted(subs: list[Submission]) -> str:
+        return f"batch {', '.join(str(s.batch_id) for s in subs)} submitted"
+
+    def chunks(self, todo: Mapping[str, Pending]) -> list[dict[str, Pending]]:
+        """``todo`` in order, cut into batches of at most ``batch_max_requests`` requests and
+        ``batch_max_bytes`` bytes of input file each (a request alone over the size still goes alone)."""
+        out: list[dict[str, Pending]] = []
+        current: dict[str, Pending] = {}
+        size = 0
+        for key, pending in todo.items():
+            line = len(_line(key, pending).encode("utf-8")) + 1
+            full = (
+                len(current) >= self.teacher.batch_max_requests or size + line > self.teacher.batch_max_bytes
+            )
+            if current and full:
+                out.append(current)
+                current, size = {}, 0
+            current[key] = pending
+            size += line
+        if current:
+            out.append(current)
+        return out
 
     def _gave_up(self, key: str) -> bool:
         return self.state.failures.get(key, 0) >= self.teacher.batch_max_attempts
@@ -286,28 +342,20 @@ class BatchRunner:
         if existing is not None:
             sub.batch_id, sub.file_id = existing.id, existing.input_file_id
         else:
+            if not todo and sub.file_id is None:
+                sub.status = "done"  # nothing is left for it to ask (its part was answered meanwhile)
+                self.save(self.state)
+                return
             if sub.file_id is None:
-                lines = [
-                    json.dumps(
-                        {
-                            "custom_id": key,
-                            "method": "POST",
-                            "url": _endpoint(p.request),
-                            "body": request_body(p.request),
-                        },
-                        ensure_ascii=False,
-                    )
-                    for key, p in todo.items()
-                ]
+                lines = [_line(key, p) for key, p in todo.items()]
                 uploaded = self.client.files.create(
                     file=(f"{sub.label}.jsonl", ("\n".join(lines) + "\n").encode("utf-8")), purpose="batch"
                 )
                 sub.file_id = uploaded.id
                 self.save(self.state)
-            first = next(iter(todo.values()))
             batch = self.client.batches.create(
                 input_file_id=sub.file_id,
-                endpoint=_endpoint(first.request),
+                endpoint=_endpoint({"api": self.teacher.api}),
                 completion_window="24h",
                 metadata={METADATA_LABEL: sub.label},
             )
@@ -321,39 +369,58 @@ class BatchRunner:
                 return batch
         return None
 
-    def _collect(self, sub: Submission, batch: Any, missing: Mapping[str, Pending]) -> None:
-        """Store every answer of a finished batch in the cache and ledger at batch prices; count a
-        failure for each request of ``missing`` it left unanswered (errors, expiry, cancellation)."""
+    def _collect(self, subs: list[Submission], batches: list[Any], missing: Mapping[str, Pending]) -> None:
+        """Store every answer of a finished group of batches in the cache and ledger at batch prices; count
+        a failure for each request of ``missing`` they were asked and left unanswered (errors, expiry,
+        cancellation). A request that was not in them (the budget held it back) counts nothing."""
         answered: set[str] = set()
+        kept_unasked: set[str] = set()
+        asked: set[str] = set()
         errors: dict[str, str] = {}
-        if batch.output_file_id:
-            for line in self._lines(batch.output_file_id):
-                key = str(line.get("custom_id"))
-                response = line.get("response") or {}
-                if key not in missing:
-                    continue  # answered since (a duplicate line, or a request no longer asked)
-                if response.get("status_code") == 200 and isinstance(response.get("body"), dict):
-                    self._keep(key, missing[key], response["body"])
-                    answered.add(key)
-                else:
-                    errors[key] = (
-                        f"batch: HTTP {response.get('status_code')}: {str(response.get('body'))[:200]}"
-                    )
-        if batch.error_file_id:
-            for line in self._lines(batch.error_file_id):
-                response = line.get("response") or {}
-                error = line.get("error") or response.get("body") or {}
-                status = f"HTTP {response['status_code']}: " if response.get("status_code") else ""
-                text = json.dumps(error, ensure_ascii=False)[:300]
-                errors[str(line.get("custom_id"))] = f"batch {batch.id}: {status}{text}"
-        unanswered = [k for k in missing if k not in answered and not self._gave_up(k)]
+        for sub, batch in zip(subs, batches, strict=True):
+            inputs = {str(x.get("custom_id")): x for x in self._lines(sub.file_id)} if sub.file_id else {}
+            in_it = set(inputs)
+            asked |= in_it
+            if batch.output_file_id:
+                for line in self._lines(batch.output_file_id):
+                    key = str(line.get("custom_id"))
+                    response = line.get("response") or {}
+                    ok = response.get("status_code") == 200 and isinstance(response.get("body"), dict)
+                    if key in answered or key in kept_unasked:
+                        continue  # a duplicate line
+                    if key not in missing:
+                        # No longer asked (a person decided the record while the batch was out): the
+                        # provider bills it all the same, so the answer and its cost are kept.
+                        if ok and key in inputs:
+                            body = inputs[key].get("body") or {}
+                            unasked = Pending({**body, "api": self.teacher.api}, "unasked")
+                            self._keep(key, unasked, response["body"])
+                            kept_unasked.add(key)
+                        continue
+                    if ok:
+                        self._keep(key, missing[key], response["body"])
+                        answered.add(key)
+                    else:
+                        body = str(response.get("body"))[:200]
+                        errors[key] = f"batch: HTTP {response.get('status_code')}: {body}"
+            if batch.error_file_id:
+                for line in self._lines(batch.error_file_id):
+                    response = line.get("response") or {}
+                    error = line.get("error") or response.get("body") or {}
+                    status = f"HTTP {response['status_code']}: " if response.get("status_code") else ""
+                    text = json.dumps(error, ensure_ascii=False)[:300]
+                    errors[str(line.get("custom_id"))] = f"batch {batch.id}: {status}{text}"
+            for key in in_it:
+                errors.setdefault(key, f"batch {batch.id} {batch.status} without it")
+        unanswered = [k for k in missing if k in asked and k not in answered and not self._gave_up(k)]
         for key in unanswered:
             self.state.failures[key] = self.state.failures.get(key, 0) + 1
-            self.state.last_error[key] = errors.get(key, f"batch {batch.id} {batch.status} without it")
+            self.state.last_error[key] = errors[key]
         for key in answered:
             self.state.failures.pop(key, None)
             self.state.last_error.pop(key, None)
-        sub.status = "done"
+        for sub in subs:
+            sub.status = "done"
         self.save(self.state)
 
     def _lines(self, file_id: str) -> list[dict[str, Any]]:

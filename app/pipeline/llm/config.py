@@ -73,6 +73,16 @@ class TeacherConfig(BaseModel):
     batch_max_attempts: int = Field(
         3, ge=1, description="Batches one request may go into before it counts as failed (expired, errors)."
     )
+    batch_max_requests: int = Field(
+        50_000,
+        ge=1,
+        description="Most requests in one batch (OpenAI: 50,000); a larger job is split into several.",
+    )
+    batch_max_bytes: int = Field(
+        200_000_000,
+        ge=1_000,
+        description="Largest batch input file in bytes (OpenAI: 200 MB); a larger job is split into several.",
+    )
 
     @property
     def batch_prices(self) -> tuple[float, float]:
