@@ -118,6 +118,10 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
     add_rewrite_reasoning(sub, _common)
 
+    from app.cli.respond import add_respond
+
+    add_respond(sub, _common)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="teacher name from the teachers config")

@@ -115,3 +115,31 @@ async def run_respond(
         should_stop=should_stop,
     )
     return RespondSummary(dict(counts), stop, message)
+
+
+def item_from_row(key: str, row: dict[str, object], sample_index: int = 0) -> RespondItem | None:
+    """A prompt file's row as an item: OpenAI ``messages`` (a final assistant turn is the answer, left
+    out), MT-Bench ``turns`` (the first), or Alpaca ``instruction`` with its ``input`` (and ``system``).
+    None when the row has no prompt."""
+    messages = row.get("messages")
+    turns: list[tuple[str, str]] = []
+    if isinstance(messages, list):
+        turns = [
+            (str(m.get("role", "")), str(m.get("content", "")))
+            for m in messages
+            if isinstance(m, dict) and str(m.get("content", "")).strip()
+        ]
+        if turns and turns[-1][0] == "assistant":
+            turns = turns[:-1]
+    elif isinstance(row.get("turns"), list) and row["turns"]:
+        turns = [("user", str(row["turns"][0]))]  # type: ignore[index]
+    else:
+        instruction = str(row.get("instruction") or "").strip()
+        extra = str(row.get("input") or "").strip()
+        if instruction:
+            system = str(row.get("system") or "").strip()
+            turns = [("system", system)] if system else []
+            turns.append(("user", f"{instruction}\n\n{extra}" if extra else instruction))
+    if not turns or turns[-1][0] != "user" or not turns[-1][1].strip():
+        return None
+    return RespondItem(key=key, messages=tuple(turns), sample_index=sample_index)
