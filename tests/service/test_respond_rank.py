@@ -16,7 +16,7 @@ from app.preferences.models import ASPECTS, Candidate, PreferenceJudgment
 from app.records import service as records
 from app.records.models import Record
 from app.records.schemas import RecordUpdate
-from tests.factories import make_dataset, make_project, make_user, run_job_now
+from tests.factories import make_dataset, make_project, make_records, make_user, run_job_now, token_for
 
 
 def _dataset(engine: Any, tmp_path: Path, rows: list[dict[str, Any]], fmt: str = "alpaca") -> tuple[int, Any]:
@@ -183,3 +183,34 @@ def test_a_persons_pairwise_choice_survives_a_later_judge_job_and_the_judges_ver
         assert len(first_job) == 9 and all(j.superseded_by_id is not None for j in first_job)
         person = db.get(PreferenceJudgment, mine_id)
         assert person is not None and person.superseded_by_id is None
+
+
+def test_estimates_price_every_sample_of_every_sampler_and_every_rating_and_both_orders_of_each_pair(
+    client, db, teacher
+):
+    curator = make_user(db, "curator")
+    dataset = make_dataset(db, make_project(db, (curator, "curator")))
+    rows = make_records(db, dataset, 4)
+    for r in rows[:2]:  # two records with two teacher candidates each; with the original, three each
+        for text in ("One answer.", "Another, longer answer."):
+            prefs.add_candidate(db=db, record=r, content=f"{text} ({r.id})", source="teacher")
+    h = token_for(db, curator)
+    respond = {
+        "dataset_id": dataset.id,
+        "kind": "respond",
+        "params": {"teacher": "fake", "n": 2, "samplers": [{"teacher": "fake", "n": 3}]},
+        "sample_prompts": 2,
+    }
+    est = client.post("/api/v1/generation/estimate", json=respond, headers=h)
+    assert est.status_code == 200, est.text
+    assert est.json()["sampled_calls"] == 2 and est.json()["total_calls"] == 4 * (2 + 3)
+    assert teacher.stats()["completions"] == 2
+
+    rank = {"dataset_id": dataset.id, "kind": "rank_candidates", "params": {"teacher": "fake"}}
+    est = client.post("/api/v1/generation/estimate", json=rank, headers=h)
+    assert est.status_code == 200, est.text
+    assert est.json()["total_calls"] == 2 * (3 + 2 * 3)  # 3 ratings and 3 pairs in both orders per record
+    bad = client.post(
+        "/api/v1/generation/estimate", json={**respond, "params": {"teacher": "fake", "n": 0}}, headers=h
+    )
+    assert bad.status_code == 422 and "params.n" in bad.text
