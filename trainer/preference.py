@@ -21,6 +21,7 @@ ORPO and SimPO need no reference.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -389,7 +390,7 @@ def kto_losses(
 
 
 @dataclass
-class _Data:
+class PreparedPreferences:
     fmt: PromptFormat
     train_pairs: list[PairExample]
     val_pairs: list[PairExample]
@@ -415,7 +416,9 @@ def _split(n: int, config: TrainConfig) -> tuple[list[int], list[int]]:
     return order[n_val:], sorted(order[:n_val])
 
 
-def prepare_preference_data(config: TrainConfig, tokenizer: Any, fmt: PromptFormat | None = None) -> _Data:
+def prepare_preference_data(
+    config: TrainConfig, tokenizer: Any, fmt: PromptFormat | None = None
+) -> PreparedPreferences:
     """Read, split (by pair: both sides of a pair stay on one side of the split) and encode."""
     data = load_preference_data(config.dataset_path)
     dropped = Counter(data.dropped)
@@ -428,7 +431,7 @@ def prepare_preference_data(config: TrainConfig, tokenizer: Any, fmt: PromptForm
         if added:
             add_special_tokens(tokenizer, added)
         fmt = build_format(kind, tokenizer, system_prompt=config.system_prompt, added_tokens=tuple(added))
-    out = _Data(fmt, [], [], [], [], dropped, data.total, added)
+    out = PreparedPreferences(fmt, [], [], [], [], dropped, data.total, added)
 
     if config.objective in PAIRED_OBJECTIVES:
         if data.unpaired:
@@ -596,7 +599,7 @@ def reference_logps(
 
 
 @dataclass
-class _Refs:
+class References:
     chosen: torch.Tensor  # per train pair (or per KTO example)
     rejected: torch.Tensor
     kl: torch.Tensor  # KTO: per example, its KL sequence
@@ -609,25 +612,36 @@ def _empty() -> torch.Tensor:
     return torch.zeros(0)
 
 
-def compute_references(config: TrainConfig, data: _Data, policy: _Policy, pad_id: int) -> _Refs:
+def compute_references(
+    config: TrainConfig,
+    data: PreparedPreferences,
+    model: Any,
+    *,
+    pad_id: int,
+    device: torch.device,
+    context: Callable[[], AbstractContextManager[Any]],
+    amp: Callable[[], AbstractContextManager[Any]] = nullcontext,
+) -> References:
+    """The reference log-probs of every train and val sequence (empty for ORPO and SimPO, which need none);
+    `context` turns the model into the reference (e.g. peft's disable_adapter)."""
     if config.objective not in REFERENCE_OBJECTIVES:
-        return _Refs(_empty(), _empty(), _empty(), _empty(), _empty(), _empty())
+        return References(_empty(), _empty(), _empty(), _empty(), _empty(), _empty())
 
     def run(seqs: list[Encoded]) -> torch.Tensor:
         if not seqs:
             return _empty()
         return reference_logps(
-            policy.model,
+            model,
             seqs,
             batch_size=config.batch_size * 2,
             pad_id=pad_id,
-            device=policy.device,
-            context=lambda: _reference_context(policy),
-            amp=policy.amp,
+            device=device,
+            context=context,
+            amp=amp,
         )
 
     if config.objective == "kto":
-        return _Refs(
+        return References(
             run([e.encoded for e in data.train_kto]),
             _empty(),
             run([e.kl or e.encoded for e in data.train_kto]),
@@ -635,7 +649,7 @@ def compute_references(config: TrainConfig, data: _Data, policy: _Policy, pad_id
             _empty(),
             run([e.kl or e.encoded for e in data.val_kto]),
         )
-    return _Refs(
+    return References(
         run([p.chosen for p in data.train_pairs]),
         run([p.rejected for p in data.train_pairs]),
         _empty(),
@@ -806,8 +820,8 @@ def kto_batch_loss(
 def evaluate_preferences(
     config: TrainConfig,
     model: Any,
-    data: _Data,
-    refs: _Refs,
+    data: PreparedPreferences,
+    refs: References,
     *,
     split: str,
     pad_id: int,
@@ -881,7 +895,15 @@ def train_preference(config: TrainConfig, reporter: Reporter, on_step: Callable[
                 else f"the SFT adapter {config.init_adapter}"
             )
         )
-    refs = compute_references(config, data, policy, pad_id)
+    refs = compute_references(
+        config,
+        data,
+        policy.model,
+        pad_id=pad_id,
+        device=policy.device,
+        context=functools.partial(_reference_context, policy),
+        amp=policy.amp,
+    )
 
     targets = config.target_modules or (
         detect_linear_targets(policy.model) if config.method in LORA_FAMILY else []
@@ -1038,7 +1060,12 @@ def train_preference(config: TrainConfig, reporter: Reporter, on_step: Callable[
 
 
 def _preference_step(
-    config: TrainConfig, policy: _Policy, data: _Data, refs: _Refs, micro: list[MicroBatch], pad_id: int
+    config: TrainConfig,
+    policy: _Policy,
+    data: PreparedPreferences,
+    refs: References,
+    micro: list[MicroBatch],
+    pad_id: int,
 ) -> tuple[StepStats, int]:
     """Forward and backward over one optimizer step's micro-batches; (statistics, real tokens)."""
     groups = [[row[0] for row in mb] for mb in micro]
