@@ -13,6 +13,7 @@ Method = Literal["lora", "qlora", "dora", "adalora", "ia3", "prefix", "prompt", 
 PromptFormatName = Literal["auto", "chat_template", "alpaca", "chatml"]
 Scheduler = Literal["cosine", "linear", "constant"]
 Optimizer = Literal["auto", "adamw", "paged_adamw_32bit", "paged_adamw_8bit"]
+Objective = Literal["sft", "dpo", "orpo", "kto", "simpo"]
 
 PROMPT_LEARNING_METHODS: frozenset[str] = frozenset({"prefix", "prompt"})
 LORA_FAMILY: frozenset[str] = frozenset({"lora", "qlora", "dora", "adalora"})
@@ -60,6 +61,43 @@ class TrainConfig(BaseModel):
     optimizer: Optimizer = Field(
         default="auto",
         description="auto = paged_adamw_32bit for qlora (bitsandbytes, as in the QLoRA paper), adamw otherwise.",
+    )
+
+    # --- objective (trainer/preference.py; docs/training.md "Preference training") -----------------
+    objective: Objective = Field(
+        default="sft",
+        description="sft: supervised next-token loss. dpo, orpo, kto, simpo: preference training on "
+        "prompt/chosen/rejected pairs (kto also reads prompt/completion/label rows). The PEFT method "
+        "stays `method`.",
+    )
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        description="dpo/kto: the KL strength of the implicit reward beta*log(pi/ref). simpo: the reward "
+        "scale (2.0 in the SimPO paper). Unused by orpo (see orpo_lambda).",
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=0.5,
+        description="dpo/simpo: assumed share of flipped preference labels (conservative DPO).",
+    )
+    orpo_lambda: float = Field(
+        default=0.1, gt=0, description="orpo: weight of the odds-ratio term beside the SFT loss."
+    )
+    simpo_gamma: float = Field(default=0.5, ge=0.0, description="simpo: the target reward margin gamma.")
+    kto_desirable_weight: float = Field(
+        default=1.0, gt=0, description="kto: weight of the losses of desirable (label true) completions."
+    )
+    kto_undesirable_weight: float = Field(
+        default=1.0, gt=0, description="kto: weight of the losses of undesirable (label false) completions."
+    )
+    init_adapter: str | None = Field(
+        default=None,
+        description="An adapter folder to start from (an SFT run's adapter/). Preference objectives train a "
+        "copy of it; dpo/kto take the frozen SFT model as their reference (log-probs computed once before "
+        "training). None: a fresh adapter on the base model, whose log-probs with the adapter disabled are "
+        "the reference.",
     )
 
     # --- data and prompt format -------------------------------------------------------------------
@@ -137,6 +175,16 @@ class TrainConfig(BaseModel):
                 raise ValueError("target_modules is for adapters: method=full trains every weight")
         if self.method == "adalora" and self.adalora_target_r >= self.r:
             raise ValueError("adalora_target_r must be below r: AdaLoRA prunes from r down to it")
+        if self.objective != "sft":
+            if self.method not in LORA_FAMILY - {"adalora"} and self.method != "ia3":
+                raise ValueError(
+                    f"objective={self.objective} trains with lora, qlora, dora or ia3 (an adapter that can be "
+                    f"switched off for the reference), not method={self.method}"
+                )
+        elif self.init_adapter is not None:
+            raise ValueError(
+                "init_adapter is only read by preference objectives (dpo, orpo, kto, simpo) so far"
+            )
         return self
 
     def resolved_base_model(self) -> Path | str:

@@ -385,6 +385,11 @@ class _Run:
 
 
 def _train(config: TrainConfig, reporter: Reporter, on_step: Callable[[int], None] | None) -> TrainSummary:
+    if config.objective != "sft":
+        from trainer.preference import train_preference  # DPO, ORPO, KTO, SimPO: docs/training.md
+
+        summary: TrainSummary = train_preference(config, reporter, on_step)
+        return summary
     run, trainee = _setup(config, reporter)
     if not _run_steps(run, trainee, on_step):
         return _summarise(run, "cancelled")
