@@ -124,7 +124,13 @@ def _store(db: Session, record: Record, pref: dict[str, Any], job_id: int | None
             )
         )
     for cand in candidates:
-        aspects = cand.meta.get("aspects")
+        # Judgments hold 1-5 integer ratings (PreferenceJudgment.scores); any other figure stays in the
+        # candidate's meta only.
+        aspects = {
+            k: int(v)
+            for k, v in (cand.meta.get("aspects") or {}).items()
+            if float(v).is_integer() and 1 <= v <= 5
+        }
         if aspects:
             rationales = cand.meta.get("rationales") or {}
             db.add(

@@ -21,6 +21,7 @@ from app.errors import NotFound
 from app.records import service as records
 from app.records.models import Record, RecordAssignment, RecordRevision, ReviewEvent
 from app.records.schemas import RecordFilter
+from app.review.preferences import pairwise_agreement
 from app.review.service import DECISION_ACTIONS, generation_cutoffs, none_label
 
 LENGTH_EDGES = (0, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -280,6 +281,9 @@ class Agreement:
     pairs: list[dict[str, Any]] = field(default_factory=list)
     judge: list[dict[str, Any]] = field(default_factory=list)
     judge_threshold: float = 4.0
+    # On candidate pairs (app.review.preferences.pairwise_agreement): which of two answers is better.
+    preference_pairs: list[dict[str, Any]] = field(default_factory=list)
+    preference_judge: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _votes(db: Session, dataset_id: int) -> dict[int, dict[int, bool]]:
@@ -309,7 +313,8 @@ def _votes(db: Session, dataset_id: int) -> dict[int, dict[int, bool]]:
 
 def agreement(*, db: Session, user: User, dataset_id: int, judge_threshold: float = 4.0) -> Agreement:
     """Pairwise agreement (share and Cohen's kappa) between annotators who decided the same records, and
-    between each annotator and the LLM judge (judge accepts iff its score >= the threshold)."""
+    between each annotator and the LLM judge (judge accepts iff its score >= the threshold); the same on
+    candidate pairs people and the judge compared (`preference_pairs`, `preference_judge`)."""
     require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
     votes = _votes(db, dataset_id)
     by_pair: dict[tuple[int, int], list[tuple[bool, bool]]] = defaultdict(list)
@@ -337,6 +342,7 @@ def agreement(*, db: Session, user: User, dataset_id: int, judge_threshold: floa
     uids = {u for pair in by_pair for u in pair} | set(by_judge)
     names = dict(db.execute(select(User.id, User.username).where(User.id.in_(uids))).tuples().all())
     out = Agreement(judge_threshold=judge_threshold)
+    out.preference_pairs, out.preference_judge = pairwise_agreement(db, dataset_id)
     for (a, b), pairs in sorted(by_pair.items()):
         out.pairs.append(
             {

@@ -52,7 +52,8 @@ def decision(record_id: int, body: DecisionIn, user: CurrentUser, db: SessionDep
 def undo(dataset_id: int, user: CurrentUser, db: SessionDep) -> UndoOut:
     """Undo your last decision in this dataset; call again to go further back."""
     event, record = service.undo_last(db=db, user=user, dataset_id=dataset_id)
-    return UndoOut(undone_action=event.action, item=service.review_items(db=db, rows=[record])[0])
+    item = service.review_items(db=db, rows=[record], viewer=user.id)[0]
+    return UndoOut(undone_action=event.action, item=item)
 
 
 @router.post("/review/records/{record_id}/edit", response_model=EditOut)

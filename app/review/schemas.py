@@ -79,6 +79,26 @@ class Machine(BaseModel):
     )
 
 
+class ReviewCandidate(BaseModel):
+    """One candidate response, numbered as the review page shows it (the number is its key)."""
+
+    id: int
+    number: int = Field(description="1-based position on the page: the key that chooses or ranks it.")
+    content: str
+    source: str = Field(description="teacher | run | person | import | original")
+    model: str | None
+
+
+class ReviewPreference(BaseModel):
+    """The viewer's current judgment of the record's candidates."""
+
+    kind: str = Field(description="pairwise | ranking")
+    choice: str | None = Field(None, description="pairwise: a | b | tie | both_bad")
+    candidate_ids: list[int]
+    ranking: list[list[int]] | None = None
+    summary: str = Field(description="In words, candidates by their number: 'prefers #2 over #1'.")
+
+
 class ReviewItem(BaseModel):
     id: int
     dataset_id: int
@@ -96,6 +116,14 @@ class ReviewItem(BaseModel):
     provenance: Provenance
     machine: Machine
     neighbours: list[Neighbour]
+    candidates: list[ReviewCandidate] = Field(
+        default_factory=list, description="Candidate responses to compare (two side by side, or a ranking)."
+    )
+    my_preference: ReviewPreference | None = Field(None, description="Your current choice or ranking.")
+    preference_advice: list[str] = Field(
+        default_factory=list,
+        description="Machines' and imported datasets' current verdicts on the candidates, in words (advice).",
+    )
 
 
 class QueuePage(BaseModel):

@@ -24,6 +24,7 @@ from app.projects.models import ProjectMember
 from app.records import service as records
 from app.records.models import Record, RecordAssignment, RecordRevision, ReviewEvent
 from app.records.schemas import RecordFilter, RecordUpdate
+from app.review.preferences import judgment_entries, review_preferences
 from app.review.schemas import (
     Advice,
     DecisionIn,
@@ -329,7 +330,9 @@ def reverse_lookup_indexed(db: Session) -> bool:
     return _INDEXED[key]
 
 
-def review_items(*, db: Session, rows: Sequence[Record], assigned: bool = False) -> list[ReviewItem]:
+def review_items(
+    *, db: Session, rows: Sequence[Record], assigned: bool = False, viewer: int | None = None
+) -> list[ReviewItem]:
     """Records with their provenance, curation findings and nearest neighbours, loaded in a few batched
     queries (never one per record). Neighbours come from a bounded set: the nearest one the dedup job
     found, the records that point at this one (when that lookup is indexed), and the parent, each scored
@@ -370,6 +373,7 @@ def review_items(*, db: Session, rows: Sequence[Record], assigned: bool = False)
             if (cutoff := _job_cutoff(kind, params)) is not None:
                 job_cutoffs[job_id] = cutoff
     items = []
+    prefs = review_preferences(db, ids, viewer) if viewer is not None else {}
     for r in rows:
         meta = r.meta or {}
         text = _prompt_text(r)
@@ -441,9 +445,17 @@ def review_items(*, db: Session, rows: Sequence[Record], assigned: bool = False)
                     advice=_advice(meta),
                 ),
                 neighbours=neighbours,
+                **_preference_fields(prefs.get(r.id)),
             )
         )
     return items
+
+
+def _preference_fields(found: Any) -> dict[str, Any]:
+    if found is None:
+        return {}
+    candidates, mine, advice = found
+    return {"candidates": candidates, "my_preference": mine, "preference_advice": advice}
 
 
 def queue(
@@ -452,7 +464,7 @@ def queue(
     """The next records to review, with everything the review page shows beside them."""
     require_dataset(db=db, user=user, dataset_id=dataset_id)
     rows, assigned = queue_records(db=db, user=user, dataset_id=dataset_id, after_id=after_id, limit=limit)
-    return review_items(db=db, rows=rows, assigned=assigned)
+    return review_items(db=db, rows=rows, assigned=assigned, viewer=user.id)
 
 
 def opening_items(
@@ -464,7 +476,7 @@ def opening_items(
     one = records.get_record(db=db, user=user, record_id=record_id)
     if one.dataset_id != dataset_id:
         raise NotFound(f"record {record_id} not found")
-    items = review_items(db=db, rows=[one])
+    items = review_items(db=db, rows=[one], viewer=user.id)
     return items + queue(db=db, user=user, dataset_id=dataset_id, after_id=one.id, limit=limit)
 
 
@@ -908,6 +920,7 @@ def timeline(*, db: Session, user: User, record_id: int) -> list[HistoryEntry]:
     entries = _decision_entries(db, record_id)
     if (bulk := _bulk_entry(db, record, entries)) is not None:
         entries.append(bulk)
+    entries += judgment_entries(db, record_id)
     for at, diff in _revision_diffs(db, revs):
         summary = f"edited {', '.join(diff.changes) or 'nothing'}"
         entries.append(

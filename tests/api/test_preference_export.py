@@ -108,7 +108,7 @@ def test_ultrafeedback_import_keeps_the_models_aspect_ratings_and_the_ranking_by
     assert judgments["ranking"].ranking == [[cands["b-13b"].id], [cands["a-7b"].id]]
     assert judgments["ranking"].judge_model == "gpt-4"
     assert judgments["ranking"].meta["by"] == "model"
-    assert judgments["scores"].scores == {"helpfulness": 1.0}
+    assert judgments["scores"].scores == {"helpfulness": 1}
     assert judgments["scores"].rationale == "helpfulness: 4 is not prime."
 
 

@@ -25,6 +25,7 @@
     totalMore: !!(data.position && data.position.total_more),
     writes: 0, // decisions and edits sent and not yet answered
     modeBeforeHelp: "view",
+    rank: null, // a ranking being typed: { rid, order: [candidate ids, best first] }
   };
   const { h } = IF;
   const $ = (role) => document.querySelector(`[data-role="${role}"]`);
@@ -174,6 +175,116 @@
     S.pos = idx;
     clearBanner();
     render();
+  }
+
+  // ------------------------------------------------------------ candidates: choose two, rank three or more
+
+  // Candidates come numbered in the order the page shows them (shuffled per record by the server): the
+  // number is the key. Two are compared side by side (1 / 2 / = / b); three or more are ranked by pressing
+  // their numbers best first, then Enter (the ones not pressed tie last).
+  const cands = (item) => (item && item.candidates) || [];
+  const hasCands = (item) => cands(item).length >= 2;
+  const isPair = (item) => cands(item).length === 2;
+  const rankTyped = (item) => (S.rank && item && S.rank.rid === item.id ? S.rank.order : null);
+  const numberOf = (item, id) => { const c = cands(item).find((x) => x.id === id); return c ? c.number : "?"; };
+  const CHOICE_TEXT = { a: "prefers #1 over #2", b: "prefers #2 over #1", tie: "#1 and #2 tie", both_bad: "#1 and #2 both bad" };
+  const CHOICE_SAVED = { a: "preferred #1", b: "preferred #2", tie: "tie", both_bad: "both bad" };
+  const rankText = (item, groups) => "ranks " + groups.map((g) => g.map((id) => `#${numberOf(item, id)}`).join(" = ")).join(" > ");
+
+  function choose(choice) {
+    const item = current();
+    const [a, b] = cands(item);
+    clearNotice();
+    enqueue(async () => {
+      await IF.api("POST", `/api/v1/records/${item.id}/judgments/pairwise`, { a_id: a.id, b_id: b.id, choice });
+      item.my_preference = { kind: "pairwise", choice, candidate_ids: [a.id, b.id], ranking: null, summary: CHOICE_TEXT[choice] };
+      if (S.historyFor === item.id) showHistory(item.id);
+      return `${CHOICE_SAVED[choice]} on #${item.id}`;
+    }, item, "choice");
+  }
+
+  function pick(key) {
+    const item = current();
+    const n = Number(key);
+    if (isPair(item)) {
+      if (n === 1 || n === 2) choose(n === 1 ? "a" : "b");
+      return;
+    }
+    const c = cands(item).find((x) => x.number === n);
+    if (!c) return;
+    if (!rankTyped(item)) S.rank = { rid: item.id, order: [] };
+    if (!S.rank.order.includes(c.id)) S.rank.order.push(c.id);
+    render();
+  }
+
+  function takeBack() {
+    const order = rankTyped(current());
+    if (order && order.length) order.pop();
+    render();
+  }
+
+  function saveRanking() {
+    const item = current();
+    const order = (rankTyped(item) || []).slice();
+    if (!order.length) return;
+    const rest = cands(item).filter((c) => !order.includes(c.id)).map((c) => c.id);
+    const ranking = [...order.map((id) => [id]), ...(rest.length ? [rest] : [])];
+    S.rank = null;
+    clearNotice();
+    render();
+    enqueue(async () => {
+      await IF.api("POST", `/api/v1/records/${item.id}/judgments/ranking`, { ranking });
+      item.my_preference = { kind: "ranking", choice: null, candidate_ids: ranking.flat(), ranking, summary: rankText(item, ranking) };
+      if (S.historyFor === item.id) showHistory(item.id);
+      return `ranked #${item.id}`;
+    }, item, "ranking");
+  }
+
+  // What a candidate's badge says: your choice or your ranking (the one being typed first).
+  function badge(item, c) {
+    const order = rankTyped(item);
+    if (order) {
+      const i = order.indexOf(c.id);
+      return i >= 0 ? [`rank ${i + 1}`, "typing"] : ["", ""];
+    }
+    const mine = item.my_preference;
+    if (!mine) return ["", ""];
+    if (mine.kind === "pairwise") {
+      const won = { a: mine.candidate_ids[0], b: mine.candidate_ids[1] }[mine.choice];
+      if (mine.choice === "tie") return ["= tie", "even"];
+      if (mine.choice === "both_bad") return ["✗ both bad", "bad"];
+      return c.id === won ? ["✓ your choice", "chosen"] : ["", ""];
+    }
+    const group = (mine.ranking || []).findIndex((g) => g.includes(c.id));
+    return group >= 0 ? [`rank ${group + 1}`, group === 0 ? "chosen" : ""] : ["", ""];
+  }
+
+  function paintCandidates(box, item) {
+    if (item.system) box.append(field("System", item.system, "system"));
+    if (item.messages && item.messages.length && !item.instruction) {
+      const turns = item.messages.slice();
+      if (turns.length && turns[turns.length - 1].role === "assistant") turns.pop(); // the candidates answer it
+      turns.forEach((m, i) => box.append(field(`Turn ${i + 1} · ${m.role}`, m.content, `turn ${m.role}`)));
+    } else {
+      box.append(field("Instruction", item.instruction, "instruction"));
+      if (item.input) box.append(field("Input", item.input, "input"));
+    }
+    const pair = isPair(item);
+    const list = h("div", { class: `candidates ${pair ? "pair" : "ranked"}`, "data-role": "candidates" });
+    for (const c of cands(item)) {
+      const [text, cls] = badge(item, c);
+      list.append(h("div", { class: `field candidate ${cls}`, "data-candidate": String(c.number) },
+        h("div", { class: "name" }, h("kbd", {}, String(c.number)), ` ${c.source}${c.model ? ` · ${c.model}` : ""} `,
+          text ? h("span", { class: "badge", "data-role": "candidate-badge" }, text) : null),
+        h("div", { class: "text pre" }, c.content)));
+    }
+    box.append(list);
+    const order = rankTyped(item);
+    const hint = pair ? "1 / 2: the better one · =: tie · b: both bad"
+      : order ? `ranking: ${order.map((id) => `#${numberOf(item, id)}`).join(" > ")} … Enter saves (the rest tie last) · Backspace takes back`
+        : "Press the numbers best first, then Enter (the ones not pressed tie last)";
+    box.append(h("p", { class: "muted candidate-hint", "data-role": "candidate-hint" }, hint));
+    if (item.my_preference) box.append(h("p", { class: "my-preference", "data-role": "my-preference" }, `Your judgment: ${item.my_preference.summary}`));
   }
 
   // ------------------------------------------------------------ edit in place
@@ -373,13 +484,17 @@
     if (S.mode !== "edit") {
       const box = $("fields");
       box.replaceChildren();
-      if (item.system) box.append(field("System", item.system, "system"));
-      if (item.messages && item.messages.length && !item.instruction) {
-        item.messages.forEach((m, i) => box.append(field(`Turn ${i + 1} · ${m.role}`, m.content, `turn ${m.role}`)));
+      if (hasCands(item)) {
+        paintCandidates(box, item);
       } else {
-        box.append(field("Instruction", item.instruction, "instruction"));
-        if (item.input) box.append(field("Input", item.input, "input"));
-        box.append(field("Output", item.output, "output"));
+        if (item.system) box.append(field("System", item.system, "system"));
+        if (item.messages && item.messages.length && !item.instruction) {
+          item.messages.forEach((m, i) => box.append(field(`Turn ${i + 1} · ${m.role}`, m.content, `turn ${m.role}`)));
+        } else {
+          box.append(field("Instruction", item.instruction, "instruction"));
+          if (item.input) box.append(field("Input", item.input, "input"));
+          box.append(field("Output", item.output, "output"));
+        }
       }
     }
     const p = item.provenance;
@@ -405,6 +520,7 @@
       ["Classification", m.is_classification === null ? null : m.is_classification ? "yes" : "no"],
       ["Labels", m.labels.join(", ")],
       ["Machine advice", adviceText(m, item.status), "A machine job's verdict on a record a person decided: kept beside the decision, never applied over it."],
+      ["Candidate verdicts", (item.preference_advice || []).join("\n"), "The LLM judge's and imported datasets' current verdicts on the candidates: advice; a person's judgment outranks them."],
     ]);
     const nb = $("neighbours");
     nb.replaceChildren();
@@ -444,7 +560,10 @@
     { keys: ["a"], short: "accept", help: "accept, go to the next record", run: () => decide("accept", {}, true) },
     { keys: ["r"], short: "reject", help: "reject: type a reason (suggestions offered), Enter", run: () => ask("Reason for rejecting:", "", (reason) => decide("reject", { reason: reason || null }, true)) },
     { keys: ["e"], short: "edit", help: "edit in place: instruction, input and output, or every turn", run: startEdit },
-    { keys: ["1", "2", "3", "4", "5"], show: "1–5", short: "rate", help: "rate the record from 1 to 5", run: (key) => decide("rate", { rating: Number(key) }, false) },
+    { keys: ["1", "2", "3", "4", "5"], show: "1–5", short: "rate", help: "rate the record from 1 to 5 (a record without candidates)", when: (it) => !hasCands(it), run: (key) => decide("rate", { rating: Number(key) }, false) },
+    { keys: ["1", "2", "3", "4", "5", "6", "7", "8", "9"], show: "1–9", short: "choose / rank", help: "a record with candidates: 1 or 2 picks the better of two; with three or more, press them best first, then Enter", when: hasCands, run: pick },
+    { keys: ["="], help: "two candidates: equally good (a tie gives no pair)", when: isPair, run: () => choose("tie") },
+    { keys: ["b"], help: "two candidates: both bad (gives no pair)", when: isPair, run: () => choose("both_bad") },
     { keys: ["t"], short: "tag", help: "tags, comma-separated", run: () => ask("Tags, comma-separated:", (current().tags || []).join(", "), (v) => decide("tag", { tags: v.split(",").map((x) => x.trim()).filter(Boolean) }, false)) },
     { keys: ["s"], short: "skip", help: "skip, go to the next record", run: () => decide("skip", {}, true) },
     { keys: ["j"], short: "next", help: "next record (no request)", always: true, run: () => {
@@ -464,6 +583,8 @@
     } },
     { keys: ["?"], short: "help", help: "show or hide this help", always: true, modes: ["view", "help"], run: () => (S.mode === "help" ? closeHelp() : openHelp()) },
     { keys: ["Enter"], help: "confirm the reason, tags or note being typed", modes: ["prompt"], run: () => $("prompt").requestSubmit() },
+    { keys: ["Enter"], help: "save the ranking being typed (candidates not pressed tie last)", when: (it) => !!rankTyped(it), run: saveRanking },
+    { keys: ["Backspace"], help: "take back the last candidate of the ranking being typed", when: (it) => !!rankTyped(it), run: takeBack },
     { keys: ["Ctrl+Enter"], help: "save the edit", modes: ["edit"], run: save },
     { keys: ["Escape"], show: "Esc", help: "close this help, cancel an edit or the reason being typed", modes: ["help", "edit", "prompt"], run: () => {
       if (S.mode === "help") closeHelp();
@@ -471,7 +592,10 @@
       else closePrompt();
     } },
   ];
-  const BY_KEY = new Map(SHORTCUTS.flatMap((sc) => sc.keys.map((k) => [k, sc])));
+  // A key may do different things on different records (1–5 rate, or choose a candidate): the first
+  // shortcut whose modes and `when` fit the current record wins.
+  const BY_KEY = new Map();
+  for (const sc of SHORTCUTS) for (const k of sc.keys) BY_KEY.set(k, [...(BY_KEY.get(k) || []), sc]);
 
   function keyName(ev) {
     if (ev.key === "Enter") return ev.ctrlKey || ev.metaKey ? "Ctrl+Enter" : "Enter";
@@ -496,8 +620,9 @@
 
   document.addEventListener("keydown", (ev) => {
     const key = keyName(ev);
-    const sc = key === null ? undefined : BY_KEY.get(key);
-    if (!sc || !(sc.modes || ["view"]).includes(S.mode)) return;
+    const sc = key === null ? undefined : (BY_KEY.get(key) || []).find((x) =>
+      (x.modes || ["view"]).includes(S.mode) && (!x.when || x.when(current())));
+    if (!sc) return;
     const t = ev.target;
     const typing = t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable);
     if (S.mode === "view" && typing) return;
