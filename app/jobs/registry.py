@@ -211,3 +211,12 @@ register(
         validator="app.generation.jobs.validate_teacher",
     )
 )
+register(
+    JobKind(
+        "respond_local",
+        "gpu",
+        "app.generation.respond_local.RespondLocalJobParams",
+        "app.generation.respond_local.run_respond_local_job",
+        "Candidate responses from trained systems (training runs' adapters, base models) via the evaluation generator.",
+    )
+)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -214,3 +215,33 @@ def test_estimates_price_every_sample_of_every_sampler_and_every_rating_and_both
         "/api/v1/generation/estimate", json={**respond, "params": {"teacher": "fake", "n": 0}}, headers=h
     )
     assert bad.status_code == 422 and "params.n" in bad.text
+
+
+def test_respond_local_answers_prompt_only_records_through_the_evaluation_generator(
+    committed_pg, shared_data, tmp_path, monkeypatch
+):
+    pytest.importorskip("torch")
+    from app.config import get_settings
+    from tests.trainer.conftest import _save_model, _tokenizer
+
+    models = tmp_path / "models"
+    _save_model(models / "tiny-llama", _tokenizer(None))
+    monkeypatch.setattr(get_settings(), "models_dir", models)
+    dataset_id, curator = _dataset(committed_pg, tmp_path, _wild_prompts(shared_data, 3), "mt_bench")
+    params = {"systems": [{"base_model": "tiny-llama", "n": 2, "temperature": 1.0, "max_new_tokens": 8}]}
+
+    job = run_job_now(committed_pg, curator, dataset_id, "respond_local", params)
+
+    cands = _candidates(committed_pg, dataset_id)
+    stored = [c for cs in cands.values() for c in cs]
+    assert job.result["answered"] == len(stored) > 0
+    assert job.result["answered"] + job.result["empty"] + job.result["duplicate"] == 6
+    assert {(c.source, c.model, c.training_run_id, c.job_id) for c in stored} == {
+        ("run", "tiny-llama", None, job.id)
+    }
+    assert {c.params["sample_index"] for c in stored} <= {0, 1} and all(c.params["seed"] == 0 for c in stored)
+    rows = _records(committed_pg, dataset_id)
+    for rid, cs in cands.items():  # every answered prompt-only record got its first answer as output
+        assert (
+            rows[rid].output in {c.content for c in cs} and rows[rid].meta["responses"][0]["job_id"] == job.id
+        )
