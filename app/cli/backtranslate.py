@@ -55,6 +55,9 @@ def add_backtranslate(
         help="keep pairs scoring at least this, 1-5 (default: %(default)s, as Humpback)",
     )
     common(bt)
+    from app.cli.batch import add_batch_option
+
+    add_batch_option(bt)
     bt.set_defaults(func=func)
 
 
@@ -88,6 +91,8 @@ def cmd_backtranslate(args: argparse.Namespace) -> int:
 
     async def body(gateway: Gateway, progress: Progress, writer: _Writer) -> BacktranslateSummary:
         def emit(results: list[BacktranslateResult]) -> None:
+            if writer.discards:
+                return
             out = []
             for r in results:
                 row = {

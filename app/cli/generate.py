@@ -108,6 +108,9 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--rubric", default=None, help="a file with the curator's rubric (default: the built-in 1-5 rubric)"
     )
     _common(jd)
+    from app.cli.batch import add_batch_option
+
+    add_batch_option(jd)
     jd.set_defaults(func=cmd_judge)
 
     from app.cli.backtranslate import add_backtranslate, cmd_backtranslate
@@ -187,6 +190,9 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
 
 
 class _Writer:
+    # True for the passes of --batch that only find the calls still missing: their results count nowhere.
+    discards = False
+
     def __init__(self, kept: str, rejected: str | None) -> None:
         self._kept: TextIO = open(kept, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._rejected: TextIO | None = open(rejected, "w", encoding="utf-8") if rejected else None  # noqa: SIM115
@@ -202,6 +208,27 @@ class _Writer:
         self._kept.close()
         if self._rejected:
             self._rejected.close()
+
+
+class _Discard(_Writer):
+    """A writer that writes nothing: the passes of --batch that only find the calls still missing (a
+    command's `emit` returns at once on it, so its counters count the real pass alone)."""
+
+    discards = True
+
+    def __init__(self) -> None:
+        pass
+
+    def write(self, rows: Iterable[tuple[bool, dict[str, Any]]]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Quiet(Progress):
+    def __init__(self) -> None:
+        super().__init__(label="", unit="", total=None, enabled=False)
 
 
 class _Costs:
@@ -250,6 +277,32 @@ def _run(
     teacher = _teacher(args)
     cache: ResponseCache | None = JsonlFileCache(args.cache) if args.cache else None
     costs = _Costs()
+    make_gateway: Callable[[], Gateway] = lambda: Gateway(  # noqa: E731
+        teacher, cache=cache, on_call=costs, budget_usd=args.budget
+    )
+    batches = None
+    if getattr(args, "batch", False):
+        from app.cli.batch import answer_in_batches
+        from app.pipeline.llm.batch import BatchGateway
+
+        if not teacher.batch:
+            raise SystemExit(f"error: teacher {teacher.name!r} does not offer a batch API (batch: false)")
+        if cache is None:
+            raise SystemExit("error: --batch needs --cache: the batches' answers are kept there")
+        try:
+            failed, batches = answer_in_batches(
+                teacher=teacher,
+                cache=cache,
+                cache_path=args.cache,
+                budget_usd=args.budget,
+                pipeline=lambda gateway: body(gateway, _Quiet(), _Discard()),
+                show=not getattr(args, "no_progress", False),
+            )
+        except KeyboardInterrupt:
+            print("interrupted: run the same command with the same --cache to resume", file=sys.stderr)
+            return 130
+        costs.calls, costs.cost = batches.answered, batches.cost_usd
+        make_gateway = lambda: BatchGateway(teacher, mode="final", failed=failed, cache=cache)  # noqa: E731
     writer = _Writer(args.output, args.rejected)
     progress = Progress(
         label=command.removeprefix("generate "),
@@ -262,7 +315,7 @@ def _run(
     costs.on_change = progress.touch
 
     async def main() -> Any:
-        async with Gateway(teacher, cache=cache, on_call=costs, budget_usd=args.budget) as gateway:
+        async with make_gateway() as gateway:
             return await body(gateway, progress, writer)
 
     try:
@@ -287,6 +340,10 @@ def _run(
         ("output", Path(args.output).absolute()),
     ]
     rows += [("rejected records", Path(args.rejected).absolute())] if args.rejected else []
+    if batches is not None:
+        from app.cli.batch import describe as describe_batches
+
+        rows += [("batch API", describe_batches(batches))]
     data = {
         "command": command,
         **data,
@@ -295,6 +352,7 @@ def _run(
         "cost_usd": round(costs.cost, 6),
         "output": str(Path(args.output).absolute()),
         "rejected_file": str(Path(args.rejected).absolute()) if args.rejected else None,
+        **({"batches": [b.batch_id for b in batches.submissions]} if batches is not None else {}),
     }
     title = f"{command}: {STOP_TEXT.get(stop_reason, stop_reason)}"
     summary(title=title, rows=rows, data=data, as_json=args.json)
@@ -401,6 +459,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     async def body(gateway: Gateway, progress: Progress, writer: _Writer) -> JudgeSummary:
         def emit(results: list[JudgeResult]) -> None:
+            if writer.discards:
+                return
             out = []
             for r in results:
                 row = {

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from app.cli.batch import add_batch_option
 from app.cli.output import Progress, Row, reason_rows
 from app.pipeline.answers import reference_answer
 from app.pipeline.llm import Gateway, Sampling
@@ -60,6 +61,7 @@ def add_rewrite_reasoning(
         "--temperature", type=float, default=0.3, help="sampling temperature (default: %(default)s)"
     )
     common(rw)
+    add_batch_option(rw)
     rw.set_defaults(func=cmd_rewrite)
 
     rs = sub.add_parser(
@@ -81,6 +83,7 @@ def add_rewrite_reasoning(
         "output whole, else its last number) (default: %(default)s)",
     )
     common(rs)
+    add_batch_option(rs)
     rs.set_defaults(func=cmd_reasoning)
 
 
@@ -109,6 +112,8 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
 
     async def body(gateway: Gateway, progress: Progress, writer: _Writer) -> RewriteSummary:
         def emit(results: list[RewriteResult]) -> None:
+            if writer.discards:
+                return
             out = []
             for r in results:
                 row = rows[int(r.key)]
@@ -159,6 +164,8 @@ def cmd_reasoning(args: argparse.Namespace) -> int:
 
     async def body(gateway: Gateway, progress: Progress, writer: _Writer) -> ReasoningSummary:
         def emit(results: list[ReasoningResult]) -> None:
+            if writer.discards:
+                return
             out = []
             for r in results:
                 row = rows[int(r.key)]

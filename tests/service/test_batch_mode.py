@@ -297,7 +297,7 @@ def test_backtranslation_in_batch_mode_asks_instructions_then_scores_and_keeps_t
     from tests.service.test_backtranslate_job import answers, passages_dataset
 
     fake.set_batches(delay_s=0.3)
-    texts = answers(shared_data, 4)
+    texts = answers(shared_data, 2)
     sync_ds, curator = passages_dataset(committed_pg, tmp_path, texts)
     batch_ds, batch_curator = passages_dataset(committed_pg, tmp_path, texts)
     sync_job = create_job(committed_pg, curator, sync_ds, "backtranslate", {"teacher": "sync"})
@@ -310,7 +310,7 @@ def test_backtranslation_in_batch_mode_asks_instructions_then_scores_and_keeps_t
     assert outcomes[-1] == "succeeded", job.error
     sync_rows = _teacher_config_rows(committed_pg, sync_ds, "backtranslation")
     batch_rows = _teacher_config_rows(committed_pg, batch_ds, "backtranslation")
-    assert len(batch_rows) == len(sync_rows) == job.result["passages"] > 4
+    assert len(batch_rows) == len(sync_rows) == job.result["passages"] > 2
     # The same instructions, scores and decisions (parents differ: each dataset has its own passages).
     assert [r[1:] for r in batch_rows] == [r[1:] for r in sync_rows]
     # Two stages, each its own batch: every score went in after its instruction came back.
@@ -373,3 +373,59 @@ def test_reasoning_in_batch_mode_gives_the_synchronous_match_rate(committed_pg, 
         r[1:] for r in _teacher_config_rows(committed_pg, batch_ds, "reasoning")
     ] == [r[1:] for r in _teacher_config_rows(committed_pg, sync_ds, "reasoning")]
     assert fake.stats()["batches_created"] == 1
+
+
+@pytest.mark.slow
+def test_backtranslation_worker_sigkilled_creating_its_score_batch_submits_nothing_twice_and_loses_nothing(
+    committed_pg, shared_data, fake, redis_url, tmp_path
+):
+    from tests.service.test_backtranslate_job import answers, passages_dataset
+
+    # The instructions' batch goes through; the fake then holds its answer to creating the scores' batch
+    # (which exists by then) and the worker is killed before it could save that batch's id.
+    fake.set_batches(delay_s=0.5)
+    dataset_id, curator = passages_dataset(committed_pg, tmp_path, answers(shared_data, 2))
+    job_id = create_job(
+        committed_pg, curator, dataset_id, "backtranslate", {"teacher": "batch", "batch": True}
+    )
+    env = _env(fake, redis_url)
+    _send(redis_url, job_id)
+    first = start_worker(env, tmp_path / "w1.log")
+    try:
+        _until(lambda: fake.stats()["batches_created"] == 1, 60, "the instructions' batch")
+        fake.set_batches(create_hold_s=6)
+        _until(lambda: fake.stats()["batches_created"] == 2, 60, "the scores' batch to be created")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        kill(first)
+    saved = job_row(committed_pg, job_id).result["batch"]["submissions"]
+    assert [s["batch_id"] for s in saved] == ["batch_1", None] and saved[1]["file_id"]
+    fake.set_batches(create_hold_s=0)
+    # Another worker takes the job over once the dead one's lease has lapsed: this process, as the reaper
+    # would send it (a second worker process would prove no more, at the cost of its start).
+    outcomes: list[str | None] = []
+    deadline = time.time() + 90
+    while not outcomes or outcomes[-1] not in ("succeeded", "failed"):
+        assert time.time() < deadline, outcomes
+        outcomes.append(run_job(job_id))
+        time.sleep(0.5)
+    job = job_row(committed_pg, job_id)
+    assert job.status == "succeeded", job.error
+    batches = list(fake.state.batches.values())
+    labels = Counter(b["metadata"]["instructforge_submission"] for b in batches)
+    assert labels[f"if-job{job_id}-s1"] == 1 and max(labels.values()) == 1
+    submitted = Counter(
+        json.loads(line)["custom_id"]
+        for b in batches
+        for line in fake.state.files[b["input_file_id"]].decode().splitlines()
+    )
+    assert max(submitted.values()) == 1, "a request went into two batches"
+    paid = _paid(committed_pg, job_id)
+    assert {c.key for c in paid} == set(submitted)  # every answer kept, once
+    assert {"backtranslate.instruction.batch", "backtranslate.score.batch"} <= {c.purpose for c in paid}
+    with Session(committed_pg) as db:
+        made = db.scalar(
+            select(func.count()).where(Record.dataset_id == dataset_id, Record.source == "backtranslation")
+        )
+    assert made == job.result["passages"] > 2

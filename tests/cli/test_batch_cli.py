@@ -1,0 +1,95 @@
+"""`--batch` on the CLI (issue 21): the calls go through the fake teacher's Batch API with the real openai
+client, the command waits in process printing a line each time it looks, and an interrupted command run
+again with the same --cache resumes its batches instead of submitting them again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.cli import main
+from tests.fake_teacher import FakeTeacher
+
+PRICES = {"price_in_per_1k": 0.001, "price_out_per_1k": 0.002}
+
+
+@pytest.fixture
+def fake() -> Any:
+    with FakeTeacher.start() as t:
+        yield t
+
+
+def _teachers(fake: FakeTeacher) -> str:
+    common = {"base_url": fake.base_url, "max_retries": 2, "backoff_base_s": 0.05, "timeout_s": 30, **PRICES}
+    return json.dumps(
+        [
+            {"name": "sync", "model": "fake-sync", **common},
+            {"name": "batch", "model": "fake-batch", "batch": True, "batch_poll_s": 0.3, **common},
+        ]
+    )
+
+
+def _interrupt_when(predicate: Any) -> threading.Thread:
+    """Ctrl-C to this process once `predicate()` holds, as a person at the terminal would press it."""
+
+    def watch() -> None:
+        deadline = time.time() + 30
+        while time.time() < deadline and not predicate():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_reasoning_with_batch_waits_is_resumed_after_ctrl_c_and_writes_the_synchronous_output(
+    shared_data: Path, fake: FakeTeacher, tmp_path: Path, capsys: Any
+) -> None:
+    rows = json.loads((shared_data / "alpacadatacleaned" / "gsm_8k_train.json").read_text(encoding="utf-8"))
+    src = tmp_path / "gsm.json"
+    src.write_text(json.dumps(rows[:6]), encoding="utf-8")
+    common = ["generate", "reasoning", "--input", str(src), "--teachers-config", _teachers(fake), "--json"]
+    sync_out = tmp_path / "sync.jsonl"
+    assert main([*common, "--teacher", "sync", "-o", str(sync_out), "--no-progress"]) == 0
+    sync = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    fake.set_batches(delay_s=2)  # in progress while the person presses Ctrl-C
+    out, cache = tmp_path / "batch.jsonl", tmp_path / "cache.jsonl"
+    batch_args = [*common, "--teacher", "batch", "-o", str(out), "--cache", str(cache), "--batch"]
+    watcher = _interrupt_when(lambda: fake.stats()["batches_created"] == 1)
+    assert main(batch_args) == 130
+    watcher.join(timeout=5)
+    assert "run the same command with the same --cache to resume" in capsys.readouterr().err
+    saved = json.loads(Path(f"{cache}.batches.json").read_text(encoding="utf-8"))
+    assert [s["batch_id"] for s in saved["state"]["submissions"]] == ["batch_1"]
+
+    assert main(batch_args) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert "batches: 1 submitted, open: batch_1" in captured.err  # the line printed each time it looks
+    assert fake.stats()["batches_created"] == 1  # resumed, not submitted again
+    assert summary["batches"] == ["batch_1"] and summary["calls"] == 6
+    assert summary["counts"] == sync["counts"] and summary["match_rate"] == sync["match_rate"]
+    assert out.read_text(encoding="utf-8") == sync_out.read_text(encoding="utf-8")
+    assert summary["cost_usd"] == pytest.approx(sync["cost_usd"] / 2, rel=1e-3)  # at batch prices
+
+
+def test_batch_is_refused_for_a_teacher_without_a_batch_api_and_without_a_cache(
+    fake: FakeTeacher, tmp_path: Path
+) -> None:
+    src = tmp_path / "rows.json"
+    src.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi."}]), encoding="utf-8")
+    base = ["generate", "judge", "--input", str(src), "--teachers-config", _teachers(fake), "-o"]
+    base += [str(tmp_path / "out.jsonl"), "--batch"]
+    with pytest.raises(SystemExit, match="does not offer a batch API"):
+        main([*base, "--teacher", "sync", "--cache", str(tmp_path / "c.jsonl")])
+    with pytest.raises(SystemExit, match="--batch needs --cache"):
+        main([*base, "--teacher", "batch"])
