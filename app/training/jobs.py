@@ -19,7 +19,8 @@ from sqlalchemy import select
 from app.errors import DomainError, NotFound
 from app.jobs.context import JobCancelled, JobContext, JobPaused
 from app.pipeline import formats
-from app.snapshots.service import iter_contents
+from app.snapshots.models import Snapshot
+from app.snapshots.service import export_records, iter_contents
 from app.training.models import TrainingMetric, TrainingRun
 from app.training.schemas import TrainingJobParams
 from trainer.contract import CANCEL_FILE, EXIT_CANCELLED, EXIT_OK, METRICS_FILE, STATUS_FILE, SUMMARY_FILE
@@ -32,10 +33,18 @@ TRAINER_LOG = "trainer.log"  # the child's stdout and stderr, appended across re
 
 
 def _export(run: TrainingRun, db: Any, path: Path) -> int:
-    records = list(iter_contents(db, run.snapshot_id))
+    """The snapshot as the trainer reads it: its records (SFT), or its preference pairs as the dpo export
+    writes them (prompt/chosen/rejected messages) for dpo, orpo, kto and simpo."""
+    if (run.config or {}).get("objective", "sft") != "sft":
+        snap = db.get(Snapshot, run.snapshot_id)
+        records = export_records(db, snap, "dpo")
+        write = formats.PAIR_EXPORTERS["dpo"][0]
+    else:
+        records = list(iter_contents(db, run.snapshot_id))
+        write = formats.write_openai_jsonl
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as fh:
-        formats.write_openai_jsonl(records, fh)
+        write(records, fh)
     tmp.replace(path)  # a crash never leaves a half-written dataset for a resumed run to read
     return len(records)
 

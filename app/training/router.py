@@ -43,6 +43,7 @@ def create_run(body: TrainingRunCreate, user: CurrentUser, db: SessionDep) -> Tr
         base_model=body.base_model,
         method=body.method,
         hyperparameters=body.hyperparameters,
+        objective=body.objective,
     )
     return _read(run, service.job_of(db=db, run=run))
 

@@ -15,6 +15,12 @@ class TrainingRunCreate(BaseModel):
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="Any TrainConfig field (see docs/training.md), e.g. lr, epochs, r."
     )
+    objective: Literal["sft", "dpo", "orpo", "kto", "simpo"] = Field(
+        "sft",
+        description="sft trains on the snapshot's records; dpo, orpo, kto and simpo on its preference pairs "
+        "(the snapshot's dpo export), refused when it has none. Knobs such as beta go in hyperparameters "
+        "(docs/training.md, Preference training).",
+    )
 
 
 class TrainingJobParams(BaseModel):

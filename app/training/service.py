@@ -20,7 +20,8 @@ from app.errors import Invalid, NotFound, not_found_as, validation_message
 from app.jobs import service as jobs
 from app.jobs.models import Job
 from app.projects.service import require_project
-from app.snapshots.service import require_snapshot
+from app.snapshots.models import Snapshot
+from app.snapshots.service import export_records, require_snapshot
 from app.training import base_models as catalog
 from app.training.models import TrainingMetric, TrainingRun
 from app.training.schemas import MessageRead, SampleRead, SamplesRead
@@ -66,6 +67,19 @@ def resolve_base_model(name: str) -> Path:
     return candidate
 
 
+def require_pairs(*, db: Session, snapshot: Snapshot, objective: str) -> int:
+    """The snapshot's preference pairs (what a preference run trains on) counted; none is a 422 naming
+    snapshot_id, before anything is queued."""
+    try:
+        pairs = export_records(db, snapshot, "dpo")
+    except Invalid as exc:
+        raise Invalid(
+            f"snapshot {snapshot.id} has no preference pairs for objective={objective}: {exc.message}",
+            field="snapshot_id",
+        ) from None
+    return len(pairs)
+
+
 def base_models() -> list[catalog.ModelCheck]:
     """The models under IF_MODELS_DIR, each checked as create_run checks the one it is given."""
     return catalog.list_models(get_settings().models_dir)
@@ -85,12 +99,13 @@ def create_run(
     base_model: str,
     method: str,
     hyperparameters: dict[str, Any],
+    objective: str = "sft",
 ) -> TrainingRun:
     from trainer.config import TrainConfig  # pydantic only: no torch in the web process
 
     snap = require_snapshot(db=db, user=user, snapshot_id=snapshot_id, min_role=Role.curator.value)
     model_path = resolve_base_model(base_model)
-    reserved = sorted(RESERVED & set(hyperparameters))
+    reserved = sorted((RESERVED | {"objective"}) & set(hyperparameters))
     if reserved:
         raise Invalid(f"hyperparameters may not set {', '.join(reserved)}", field="hyperparameters")
     try:
@@ -102,11 +117,14 @@ def create_run(
                 "dataset_path": "<set by the worker>",
                 "output_dir": "<set by the worker>",
                 "method": method,
+                "objective": objective,
                 "allow_hub_download": False,
             }
         )
     except ValidationError as exc:
         raise Invalid(validation_message(exc.errors(), prefix="hyperparameters")) from exc
+    if config.objective != "sft":
+        require_pairs(db=db, snapshot=snap, objective=config.objective)
     from app.datasets.models import Dataset
 
     dataset = db.get(Dataset, snap.dataset_id)
