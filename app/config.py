@@ -79,6 +79,14 @@ class Settings(BaseSettings):
         "https://huggingface.co", description="The Hub to push snapshots to (any Hub-compatible endpoint)."
     )
     worker_concurrency: int = Field(2, description="Processes of the default-queue worker started by `run`.")
+    gpus_per_worker: int | None = Field(
+        None,
+        ge=0,
+        le=1024,
+        description="GPUs a gpu-queue worker gives one training run: a run asking for more is refused at "
+        "creation; a run asking for 2 or more is launched with torchrun (one rank per GPU). Empty: the GPUs "
+        "`nvidia-smi -L` lists (none without it). On a machine without CUDA the ranks run on CPU (gloo).",
+    )
 
     @field_validator("hub_token", mode="before")
     @classmethod
@@ -106,6 +114,29 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def worker_gpus(self) -> int:
+        """The most GPUs one training run may ask for here: the setting, else those nvidia-smi lists."""
+        if self.gpus_per_worker is not None:
+            return self.gpus_per_worker
+        return _detected_gpus()
+
+
+@lru_cache
+def _detected_gpus() -> int:
+    """GPUs `nvidia-smi -L` lists, without importing torch (the web process never does); 0 without it."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return 0
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
 @lru_cache

@@ -17,6 +17,8 @@ Objective = Literal["sft", "dpo", "orpo", "kto", "simpo"]
 
 PROMPT_LEARNING_METHODS: frozenset[str] = frozenset({"prefix", "prompt"})
 LORA_FAMILY: frozenset[str] = frozenset({"lora", "qlora", "dora", "adalora"})
+# what FSDP can shard and save whole: plain weights with adapters beside them (see trainer/distributed.py)
+FSDP_METHODS: frozenset[str] = frozenset({"lora", "dora", "full"})
 
 
 class TrainConfig(BaseModel):
@@ -161,8 +163,40 @@ class TrainConfig(BaseModel):
         "(never into a dequantised 4-bit one). Not possible for prefix/prompt tuning.",
     )
 
+    # --- several GPUs (trainer/distributed.py; docs/training.md "Several GPUs") ---------------------
+    gpus: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="GPUs per node the service launches this run on (torchrun --nproc-per-node). The trainer "
+        "itself takes its world size from the launcher (WORLD_SIZE); one process when not launched.",
+    )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Machines of a multi-node run (torchrun --nnodes). The service launches single-node runs "
+        "only; a multi-node run is exported and started under Slurm or Kubernetes.",
+    )
+    parallelism: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="With several ranks: ddp (every rank holds the whole model) or fsdp (FSDP2 fully_shard: "
+        "weights, gradients and optimizer state sharded over the ranks, for models that do not fit one GPU). "
+        "Ignored by one process. The global batch is batch_size x grad_accum x ranks.",
+    )
+    fsdp_cpu_offload: bool = Field(
+        default=False, description="fsdp: keep the shards in CPU memory between uses (slower, smaller)."
+    )
+
     @model_validator(mode="after")
     def _check_combinations(self) -> TrainConfig:
+        if self.parallelism == "fsdp" and self.method not in FSDP_METHODS:
+            raise ValueError(
+                f"parallelism=fsdp trains {', '.join(sorted(FSDP_METHODS))}, not method={self.method} "
+                "(qlora: FSDP cannot shard bitsandbytes 4-bit weights here; use ddp)"
+            )
+        if self.fsdp_cpu_offload and self.parallelism != "fsdp":
+            raise ValueError("fsdp_cpu_offload needs parallelism=fsdp")
         if self.merge and self.method in PROMPT_LEARNING_METHODS:
             raise ValueError(
                 f"merge is not possible for method={self.method}: virtual tokens have no weights"

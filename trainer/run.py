@@ -18,8 +18,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from trainer import distributed
 from trainer.batching import Batch, MicroBatch, collate, plan_epoch
-from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.checkpoint import latest_checkpoint
 from trainer.config import LORA_FAMILY, TrainConfig
 from trainer.contract import (
     ADAPTER_DIR,
@@ -158,10 +159,14 @@ def prepare_data(config: TrainConfig, tokenizer: Any) -> Prepared:
 
 
 def plan_training(
-    config: TrainConfig, lengths: list[int], *, packing: bool
+    config: TrainConfig, lengths: list[int], *, packing: bool, ranks: int = 1
 ) -> tuple[list[MicroBatch], int, float]:
-    """(micro-batches in order, optimizer steps, steps per epoch); deterministic from the seed for resume."""
+    """(micro-batches in order, optimizer steps, steps per epoch); deterministic from the seed for resume.
+
+    With several ranks a step takes grad_accum micro-batches per rank (trainer/distributed.py shares them).
+    """
     rng = random.Random(config.seed + 1)
+    accum = config.grad_accum * ranks
 
     def epoch_plan() -> list[MicroBatch]:
         return plan_epoch(
@@ -175,14 +180,12 @@ def plan_training(
 
     plan = epoch_plan()
     per_epoch = len(plan)
-    steps_per_epoch = max(per_epoch / config.grad_accum, 1e-9)
-    if config.max_steps > 0:
-        total = config.max_steps
-    else:
-        total = max(1, math.ceil(per_epoch * config.epochs / config.grad_accum))
-    while len(plan) < total * config.grad_accum:
+    steps_per_epoch = max(per_epoch / accum, 1e-9)
+    by_epochs = max(1, math.ceil(per_epoch * config.epochs / accum))
+    total = config.max_steps if config.max_steps > 0 else by_epochs
+    while len(plan) < total * accum:
         plan += epoch_plan()
-    return plan[: total * config.grad_accum], total, steps_per_epoch
+    return plan[: total * accum], total, steps_per_epoch
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,6 +236,8 @@ def evaluate(
 ) -> float | None:
     if not examples:
         return None
+    world = distributed.world()
+    examples = examples if distributed.is_sharded(model) else examples[world.rank :: world.size]
     was_training = model.training
     model.eval()
     full = _needs_full_logits(model)
@@ -246,6 +251,9 @@ def evaluate(
             total += float(token_loss_sum(model, batch.to(device), full_logits=full))
         count += batch.num_targets
     model.train(was_training)
+    if world.enabled and not distributed.is_sharded(model):
+        total, summed = world.sum(total, count)
+        count = int(summed)
     return total / max(count, 1)
 
 
@@ -304,7 +312,8 @@ def main(config: TrainConfig, *, on_step: Callable[[int], None] | None = None) -
     """
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    reporter = Reporter(out)
+    distributed.start()  # one process unless torchrun / accelerate launch started several ranks
+    reporter = distributed.reporter_for(out)  # rank 0 writes status and metrics; the others stay quiet
     reporter.status("running", step=0, max_steps=0)
     try:
         return _train(config, reporter, on_step)
@@ -317,6 +326,8 @@ def main(config: TrainConfig, *, on_step: Callable[[int], None] | None = None) -
             error=traceback.format_exc(),
         )
         raise
+    finally:
+        distributed.stop()
 
 
 def _read_status(reporter: Reporter) -> dict[str, Any]:
@@ -354,6 +365,7 @@ class _Trainee:
     bf16: bool
     attn_implementation: str
     full_logits: bool
+    engine: distributed.Engine  # DDP's wrapper or the FSDP-sharded model; the model itself in one process
 
     def amp(self) -> Any:
         return (
@@ -414,17 +426,27 @@ def _setup(config: TrainConfig, reporter: Reporter) -> tuple[_Run, _Trainee]:
     if packing and is_prompt_learning(config.method):
         packing = False
         notes.append(f"packing disabled: {config.method} tuning prepends virtual tokens to every row")
+    world = distributed.world()
     plan, total, steps_per_epoch = plan_training(
-        config, [len(e.input_ids) for e in prepared.train], packing=packing
+        config, [len(e.input_ids) for e in prepared.train], packing=packing, ranks=world.size
     )
+    if world.enabled:
+        notes.append(distributed.describe(config, world))
     trainee = _build_trainee(config, base_path, tokenizer, prepared, total=total, notes=notes)
     targets = config.target_modules or (
         detect_linear_targets(trainee.model) if config.method in LORA_FAMILY | {"bitfit"} else []
     )
-    _write_resolved_config(
-        config, out, base_path=base_path, packing=packing, trainee=trainee, targets=targets, prepared=prepared
-    )
-    tokenizer.save_pretrained(str(out))
+    if world.is_main:
+        _write_resolved_config(
+            config,
+            out,
+            base_path=base_path,
+            packing=packing,
+            trainee=trainee,
+            targets=targets,
+            prepared=prepared,
+        )
+        tokenizer.save_pretrained(str(out))
 
     loop = _Loop(total)
     resumed_from = _resume(config, reporter, trainee, loop, notes)
@@ -475,7 +497,7 @@ def _build_trainee(
     notes: list[str],
 ) -> _Trainee:
     """The base on its device wrapped in the PEFT method, fp32 trainable weights, optimizer and schedule."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.world().device
     bf16 = use_bf16(config)
     dtype = torch.bfloat16 if bf16 else torch.float32
     attn = resolve_attn_implementation(config.attn_implementation)
@@ -505,6 +527,11 @@ def _build_trainee(
         # master copies of the few trainable weights in fp32; autocast runs the matmuls in bf16
         for p in trainable:
             p.data = p.data.float()
+    engine = distributed.wrap(
+        model, parallelism=config.parallelism, cpu_offload=config.fsdp_cpu_offload, mixed_bf16=bf16
+    )
+    if engine.sharded:
+        trainable = [p for p in model.parameters() if p.requires_grad]  # now this rank's shards
     optimizer = make_optimizer(config, trainable)
     return _Trainee(
         model=model,
@@ -515,6 +542,7 @@ def _build_trainee(
         bf16=bf16,
         attn_implementation=attn,
         full_logits=_needs_full_logits(model),
+        engine=engine,
     )
 
 
@@ -554,8 +582,12 @@ def _resume(
     if ckpt is None:
         reporter.reset_metrics(keep_up_to_step=0)
         return None
-    state = load_checkpoint(
-        ckpt, model=trainee.model, optimizer=trainee.optimizer, scheduler=trainee.scheduler
+    state = distributed.load_checkpoint(
+        ckpt,
+        engine=trainee.engine,
+        model=trainee.model,
+        optimizer=trainee.optimizer,
+        scheduler=trainee.scheduler,
     )
     loop.step = int(state["step"])
     loop.tokens_seen = int(state.get("tokens_seen", 0))
@@ -565,8 +597,9 @@ def _resume(
 
 
 def _save_checkpoint(run: _Run, trainee: _Trainee) -> None:
-    save_checkpoint(
+    distributed.save_checkpoint(
         run.out / CHECKPOINTS_DIR,
+        engine=trainee.engine,
         step=run.loop.step,
         model=trainee.model,
         optimizer=trainee.optimizer,
@@ -579,8 +612,10 @@ def _save_checkpoint(run: _Run, trainee: _Trainee) -> None:
 def _run_steps(run: _Run, trainee: _Trainee, on_step: Callable[[int], None] | None) -> bool:
     """Optimizer steps from the resume point to the last; False when a cancel stopped them (checkpoint saved)."""
     config, loop, reporter = run.config, run.loop, run.reporter
-    for micro in _step_batches(run.plan, config.grad_accum, start_step=loop.step):
-        if reporter.cancel_requested():
+    # a step's global batch: grad_accum micro-batches for each rank (_optimizer_step takes this rank's share)
+    step_size = config.grad_accum * distributed.world().size
+    for micro in _step_batches(run.plan, step_size, start_step=loop.step):
+        if distributed.world().from_main(reporter.cancel_requested()):
             _save_checkpoint(run, trainee)
             reporter.status("cancelled", step=loop.step, max_steps=loop.total)
             return False
@@ -610,24 +645,35 @@ def _run_steps(run: _Run, trainee: _Trainee, on_step: Callable[[int], None] | No
 
 def _optimizer_step(run: _Run, trainee: _Trainee, micro: list[MicroBatch]) -> tuple[float, float]:
     """One optimizer step over its micro-batches, counters advanced; (learning rate it used, gradient norm)."""
-    loop, model = run.loop, trainee.model
+    loop, model, engine = run.loop, trainee.model, trainee.engine
     is_adalora = run.config.method == "adalora"
+    micro = engine.world.share(micro)  # this rank's grad_accum micro-batches of the step's global batch
     batches = [collate(run.prepared.train, mb, pad_id=run.pad_id, packed=run.packing) for mb in micro]
-    n_targets = max(1, sum(b.num_targets for b in batches))
+    local_targets = sum(b.num_targets for b in batches)
+    local_real = sum(b.num_real_tokens for b in batches)
+    global_targets, global_real = engine.world.sum(local_targets, local_real)
+    n_targets = max(1, int(global_targets))
     step_loss = 0.0
     for i, batch in enumerate(batches):
-        with trainee.amp():
-            # dividing by the whole step's target count makes every response token weigh the same,
-            # however the tokens fall across micro-batches
-            loss = (
-                token_loss_sum(model, batch.to(trainee.device), full_logits=trainee.full_logits) / n_targets
-            )
-            step_loss += float(loss.detach())
-            if is_adalora and i == 0:
-                reg = adalora_orth_reg(model)
-                if reg is not None:
-                    loss = loss + reg
-        loss.backward()  # type: ignore[no-untyped-call]
+        # DDP: the gradient all-reduce waits for the step's last micro-batch
+        with engine.accumulate(last=i == len(batches) - 1):
+            with trainee.amp():
+                # dividing by the whole step's target count (all ranks) makes every response token weigh the
+                # same, however the tokens fall across micro-batches and ranks
+                loss = (
+                    token_loss_sum(
+                        engine.train_model, batch.to(trainee.device), full_logits=trainee.full_logits
+                    )
+                    / n_targets
+                )
+                step_loss += float(loss.detach())
+                loss = loss * engine.loss_scale()  # the ranks' gradients are averaged: make it their sum
+                if is_adalora and i == 0:
+                    reg = adalora_orth_reg(model)
+                    if reg is not None:
+                        loss = loss + reg
+            loss.backward()  # type: ignore[no-untyped-call]
+    (step_loss,) = engine.world.sum(step_loss)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(trainee.trainable, run.config.max_grad_norm))
     lr = float(trainee.scheduler.get_last_lr()[0])
     trainee.optimizer.step()
@@ -637,7 +683,7 @@ def _optimizer_step(run: _Run, trainee: _Trainee, micro: list[MicroBatch]) -> tu
     trainee.optimizer.zero_grad(set_to_none=True)
 
     loop.step += 1
-    real = sum(b.num_real_tokens for b in batches)
+    real = int(global_real)
     loop.tokens_seen += real
     loop.window_tokens += real
     loop.window_loss += step_loss * n_targets
@@ -647,23 +693,41 @@ def _optimizer_step(run: _Run, trainee: _Trainee, micro: list[MicroBatch]) -> tu
 
 
 def _write_artifacts(run: _Run, trainee: _Trainee) -> None:
-    """Adapter, held-out samples and the loss curve of a run that reached its last step."""
-    _save_adapter(trainee.model, run.config, run.out, base_path=str(run.base_path), targets=run.targets)
-    _write_samples(
-        trainee.model,
-        run.tokenizer,
-        run.prepared.fmt,
-        run.prepared.val_conversations,
-        run.config,
-        run.out,
-        run.summary.notes,
-        step=run.loop.step,
-    )
-    plot_loss_curve(run.reporter.read_metrics(), run.out / LOSS_CURVE_FILE)
+    """Adapter, held-out samples and the loss curve of a run that reached its last step (rank 0 writes)."""
+    engine = trainee.engine
+    main_rank = engine.world.is_main
+    if engine.sharded:
+        # every rank takes part in gathering the shards and in each generation forward; rank 0 writes
+        state = distributed.full_state(trainee.model, trainable_only=True)  # full fine-tuning: every weight
+        if main_rank:
+            _save_adapter(
+                trainee.model,
+                run.config,
+                run.out,
+                base_path=str(run.base_path),
+                targets=run.targets,
+                state=state,
+            )
+    elif main_rank:
+        _save_adapter(trainee.model, run.config, run.out, base_path=str(run.base_path), targets=run.targets)
+    if main_rank or engine.sharded:
+        _write_samples(
+            trainee.model,
+            run.tokenizer,
+            run.prepared.fmt,
+            run.prepared.val_conversations,
+            run.config,
+            run.out if main_rank else None,
+            run.summary.notes,
+            step=run.loop.step,
+        )
+    if main_rank:
+        plot_loss_curve(run.reporter.read_metrics(), run.out / LOSS_CURVE_FILE)
+    engine.world.barrier()  # no rank reports success before the artifacts are on disk
 
 
 def _succeed(run: _Run) -> TrainSummary:
-    if run.config.merge:
+    if run.config.merge and distributed.world().is_main:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -680,7 +744,8 @@ def _summarise(run: _Run, state: str) -> TrainSummary:
     summary.train_loss = loop.last_loss
     summary.eval_loss = loop.last_eval
     summary.seconds = round(time.perf_counter() - run.started, 3)
-    write_json_atomic(run.out / SUMMARY_FILE, summary.to_dict())
+    if distributed.world().is_main:
+        write_json_atomic(run.out / SUMMARY_FILE, summary.to_dict())
     return summary
 
 
@@ -711,13 +776,25 @@ def _log(
     loop.window_start = now
 
 
-def _save_adapter(model: Any, config: TrainConfig, out: Path, *, base_path: str, targets: list[str]) -> None:
+def _save_adapter(
+    model: Any,
+    config: TrainConfig,
+    out: Path,
+    *,
+    base_path: str,
+    targets: list[str],
+    state: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """`state`: the whole weights gathered from FSDP shards (trainer/distributed.py), else read from the model."""
     adapter_dir = out / ADAPTER_DIR
     if config.method == "full":
-        save_full_model(model, out / MODEL_DIR, tokenizer_dir=out)
+        save_full_model(model, out / MODEL_DIR, tokenizer_dir=out, state=state)
         return
     if config.method == "bitfit":
         save_bitfit(model, adapter_dir, base_model=base_path, targets=targets)
+        return
+    if state is not None:
+        model.save_pretrained(str(adapter_dir), safe_serialization=True, state_dict=state)
         return
     model.save_pretrained(str(adapter_dir), safe_serialization=True)
 
@@ -728,19 +805,21 @@ def _write_samples(
     fmt: PromptFormat,
     conversations: list[list[Message]],
     config: TrainConfig,
-    out: Path,
+    out: Path | None,
     notes: list[str],
     *,
     step: int,
 ) -> None:
-    """One line per held-out prompt: the step the weights are from, prompt, reference and generation."""
-    path = out / SAMPLES_FILE
-    if config.sample_prompts == 0:
-        path.write_text("", encoding="utf-8")
-        return
-    if not conversations:
-        notes.append("no held-out samples to generate from (val_fraction=0 or too little data)")
-        path.write_text("", encoding="utf-8")
+    """One line per held-out prompt: the step the weights are from, prompt, reference and generation.
+
+    out=None: generate without writing (an FSDP rank other than 0 joins each forward's all-gather).
+    """
+    path = out / SAMPLES_FILE if out is not None else None
+    if config.sample_prompts == 0 or not conversations:
+        if not conversations and config.sample_prompts:
+            notes.append("no held-out samples to generate from (val_fraction=0 or too little data)")
+        if path is not None:
+            path.write_text("", encoding="utf-8")
         return
     prompts: list[list[Message]] = []
     references: list[str] = []
@@ -749,6 +828,8 @@ def _write_samples(
         prompts.append(conv[:last])
         references.append(conv[last]["content"])
     outputs = generate(model, tokenizer, fmt, prompts, max_new_tokens=config.sample_max_new_tokens)
+    if path is None:
+        return
     with path.open("w", encoding="utf-8") as fh:
         for prompt, ref, gen in zip(prompts, references, outputs, strict=True):
             line = {"step": step, "prompt": prompt, "reference": ref, "generation": gen}

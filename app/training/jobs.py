@@ -91,6 +91,28 @@ def _status(out: Path) -> dict[str, Any]:
         return {}
 
 
+def trainer_command(config_path: Path, *, gpus: int) -> list[str]:
+    """One process for one GPU; torchrun with one rank per GPU otherwise (the same trainer, trainer/distributed.py).
+
+    `--standalone` gives the ranks a private rendezvous on this machine, so two runs never meet.
+    """
+    if gpus <= 1:
+        return [sys.executable, "-m", "trainer", str(config_path)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"]
+    return [*launcher, "-m", "trainer", str(config_path)]
+
+
+def _gpus_of(config: dict[str, Any]) -> int:
+    """The GPUs a stored run asks for, checked again here: the worker's setting may differ from the web's."""
+    from app.config import get_settings
+
+    gpus = int(config.get("gpus") or 1)
+    capacity = get_settings().worker_gpus
+    if gpus > 1 and gpus > capacity:
+        raise DomainError(f"the run asks for {gpus} GPUs, this worker has {capacity} (IF_GPUS_PER_WORKER)")
+    return gpus
+
+
 def run_training_job(ctx: JobContext) -> None:
     """Train, then tell the ablations waiting on this run how it ended (app/evaluation/ablations.py)."""
     run_id = TrainingJobParams.model_validate(ctx.params).run_id
@@ -141,13 +163,14 @@ def _train(ctx: JobContext) -> None:
         config = dict(run.config)
         run_id = run.id
     config.update(dataset_path=str(data_path), output_dir=str(out), resume=True)
+    gpus = _gpus_of(config)
     config_path = out / "job_config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     (out / CANCEL_FILE).unlink(missing_ok=True)
     log = (out / TRAINER_LOG).open("ab")
     # Its own process group: a cancel or a crash of the trainer frees the GPU with it.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer", str(config_path)],
+        trainer_command(config_path, gpus=gpus),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -182,7 +205,8 @@ def _train(ctx: JobContext) -> None:
         summary_file = out / SUMMARY_FILE
         if summary_file.is_file():
             run.summary = json.loads(summary_file.read_text())
-    if proc.returncode == EXIT_CANCELLED or cancel_sent_at is not None:
+    # torchrun exits 1 whenever a rank did not exit 0: the state rank 0 wrote says a cancel from a failure
+    if proc.returncode == EXIT_CANCELLED or cancel_sent_at is not None or status.get("state") == "cancelled":
         raise JobCancelled()
     if proc.returncode != EXIT_OK:
         tail = (out / TRAINER_LOG).read_text(errors="replace")[-2000:]

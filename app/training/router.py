@@ -44,6 +44,8 @@ def create_run(body: TrainingRunCreate, user: CurrentUser, db: SessionDep) -> Tr
         method=body.method,
         hyperparameters=body.hyperparameters,
         objective=body.objective,
+        gpus=body.gpus,
+        nodes=body.nodes,
     )
     return _read(run, service.job_of(db=db, run=run))
 

@@ -21,6 +21,19 @@ class TrainingRunCreate(BaseModel):
         "(the snapshot's dpo export), refused when it has none. Knobs such as beta go in hyperparameters "
         "(docs/training.md, Preference training).",
     )
+    gpus: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="GPUs for the run, on one gpu worker (torchrun, one rank per GPU); at most IF_GPUS_PER_WORKER.",
+    )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Machines: the service launches single-node runs; multi-node runs are started under "
+        "Slurm or Kubernetes from the exported config and data (docs/training.md).",
+    )
 
 
 class TrainingJobParams(BaseModel):

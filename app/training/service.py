@@ -46,7 +46,16 @@ MEMBER_ARTIFACTS = frozenset({SUMMARY_FILE, METRICS_FILE, LOSS_CURVE_FILE, PROMP
 MAX_SAMPLES = 500
 
 # Fields the service decides; a caller's hyperparameters cannot point the trainer elsewhere.
-RESERVED = {"base_model", "models_dir", "dataset_path", "output_dir", "method", "allow_hub_download"}
+RESERVED = {
+    "base_model",
+    "models_dir",
+    "dataset_path",
+    "output_dir",
+    "method",
+    "allow_hub_download",
+    "gpus",  # the request's own fields, checked against the workers' GPUs
+    "nodes",
+}
 
 
 def resolve_base_model(name: str) -> Path:
@@ -65,6 +74,21 @@ def resolve_base_model(name: str) -> Path:
     if not check.ok:
         raise Invalid(f"base_model {name!r} is refused: {check.reason}", field="base_model")
     return candidate
+
+
+def check_gpus(*, gpus: int, nodes: int) -> None:
+    """A run must fit one gpu worker: more GPUs than IF_GPUS_PER_WORKER, or several nodes, is refused here."""
+    if nodes > 1:
+        raise Invalid(
+            "nodes: the service launches single-node runs; start a multi-node run under Slurm or Kubernetes "
+            "from its exported config and data (docs/training.md, Several machines)",
+            field="nodes",
+        )
+    capacity = get_settings().worker_gpus
+    if gpus > 1 and gpus > capacity:
+        raise Invalid(
+            f"gpus: {gpus} asked for, but a gpu worker here has {capacity} (IF_GPUS_PER_WORKER)", field="gpus"
+        )
 
 
 def require_pairs(*, db: Session, snapshot: Snapshot, objective: str) -> int:
@@ -100,10 +124,13 @@ def create_run(
     method: str,
     hyperparameters: dict[str, Any],
     objective: str = "sft",
+    gpus: int = 1,
+    nodes: int = 1,
 ) -> TrainingRun:
     from trainer.config import TrainConfig  # pydantic only: no torch in the web process
 
     snap = require_snapshot(db=db, user=user, snapshot_id=snapshot_id, min_role=Role.curator.value)
+    check_gpus(gpus=gpus, nodes=nodes)
     model_path = resolve_base_model(base_model)
     reserved = sorted((RESERVED | {"objective"}) & set(hyperparameters))
     if reserved:
@@ -119,6 +146,8 @@ def create_run(
                 "method": method,
                 "objective": objective,
                 "allow_hub_download": False,
+                "gpus": gpus,
+                "nodes": nodes,
             }
         )
     except ValidationError as exc:
