@@ -231,6 +231,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from app.db import session_scope
     from app.errors import DomainError
     from app.imports.service import parse_file, write_records
+    from app.pipeline.formats.preference import PREFERENCE_FORMATS
+    from app.preferences import imports as preference_imports
 
     path = Path(args.file)
     bad: list[dict[str, Any]] = []
@@ -249,16 +251,21 @@ def cmd_import(args: argparse.Namespace) -> int:
                 progress.close()
                 print(f"error: dataset {args.dataset} not found", file=sys.stderr)
                 return 2
+            key_prefix = f"imp:cli{uuid.uuid4().hex[:10]}"
             write_records(
                 sessions=[db],
                 dataset_id=args.dataset,
                 records=records,
                 fmt=fmt,
-                key_prefix=f"imp:cli{uuid.uuid4().hex[:10]}",
+                key_prefix=key_prefix,
                 job_id=None,
                 batch_size=_settings().import_batch_size,
                 on_batch=lambda _db, rows: progress.advance(rows),
             )
+            if fmt in PREFERENCE_FORMATS:  # candidates and verdicts, in the same transaction
+                preference_imports.materialize(
+                    db, dataset_id=args.dataset, key_prefix=key_prefix, job_id=None
+                )
     except DomainError as exc:
         progress.close()
         print(f"error: {exc.message}", file=sys.stderr)

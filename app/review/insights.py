@@ -1,5 +1,5 @@
 """What curators look at: dataset stats, annotator progress and speed, agreement, near-duplicate groups,
-and the preference pairs that human edits yield."""
+and the preference pairs that human edits and candidate rankings yield."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from app.auth.models import Role, User
 from app.datasets import service as datasets
 from app.datasets.service import require_dataset
 from app.errors import NotFound
+from app.preferences.models import PreferenceJudgment
+from app.preferences.pairs import preferred_pairs
+from app.preferences.service import final_prompt_and_answer
 from app.records import service as records
 from app.records.models import Record, RecordAssignment, RecordRevision, ReviewEvent
 from app.records.schemas import RecordFilter
@@ -549,6 +552,54 @@ def preference_pairs(*, db: Session, user: User, dataset_id: int) -> Iterator[di
         last = spans[-1][0]
 
 
+def ranked_pairs(db: Session, dataset_id: int) -> Iterator[dict[str, Any]]:
+    """DPO pairs from the candidates people, judges or an imported dataset ranked (app.preferences.pairs),
+    as they stand now, in the rows' shape of `_pair`: plain text for one exchange, messages for a
+    conversation. Records a person rejected or curation filtered are left out, as for edits."""
+    last = 0
+    while True:
+        ids = list(
+            db.scalars(
+                select(PreferenceJudgment.record_id)
+                .join(Record, Record.id == PreferenceJudgment.record_id)
+                .where(
+                    PreferenceJudgment.dataset_id == dataset_id,
+                    PreferenceJudgment.superseded_by_id.is_(None),
+                    PreferenceJudgment.record_id > last,
+                    Record.status.in_(("pending", "accepted")),
+                )
+                .group_by(PreferenceJudgment.record_id)
+                .order_by(PreferenceJudgment.record_id)
+                .limit(500)
+            )
+        )
+        if not ids:
+            return
+        found = preferred_pairs(db, ids)
+        rows = {r.id: r for r in db.scalars(select(Record).where(Record.id.in_(list(found))))}
+        for rid in ids:
+            record = rows.get(rid)
+            if record is None:
+                continue
+            turns, _ = final_prompt_and_answer(record)
+            for p in found[rid]:
+                source = {"record_id": rid, "by": p["by"], "candidates": [p["chosen_id"], p["rejected_id"]]}
+                if record.messages:
+                    yield {
+                        "prompt": turns,
+                        "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                        "rejected": [{"role": "assistant", "content": p["rejected"]}],
+                        **source,
+                    }
+                    continue
+                prompt = f"{record.instruction}\n\n{record.input}" if record.input else record.instruction
+                system = {"system": record.system} if record.system else {}
+                yield {**system, "prompt": prompt, "chosen": p["chosen"], "rejected": p["rejected"], **source}
+        last = ids[-1]
+
+
 def preference_jsonl(*, db: Session, user: User, dataset_id: int) -> Iterator[str]:
     for pair in preference_pairs(db=db, user=user, dataset_id=dataset_id):
+        yield json.dumps(pair, ensure_ascii=False) + "\n"
+    for pair in ranked_pairs(db, dataset_id):
         yield json.dumps(pair, ensure_ascii=False) + "\n"

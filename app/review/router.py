@@ -152,7 +152,9 @@ def decide_group(
 
 @router.get("/review/datasets/{dataset_id}/preference-pairs.jsonl", response_class=StreamingResponse)
 def preference_pairs(dataset_id: int, user: CurrentUser, db: SessionDep) -> StreamingResponse:
-    """DPO-ready JSONL: one {prompt, chosen, rejected} per human-edited record."""
+    """DPO-ready JSONL, live (a snapshot's `dpo` export is the frozen one): one {prompt, chosen, rejected}
+    per human-edited record, then the pairs of ranked candidates (people first, judges where no person
+    decided), each with its `record_id` and, for rankings, `by` and the candidate ids."""
     # Materialise before streaming: the request's session closes when the handler returns.
     lines = list(insights.preference_jsonl(db=db, user=user, dataset_id=dataset_id))
     return StreamingResponse(

@@ -85,6 +85,14 @@ def test_hh_import_stores_both_answers_as_candidates_and_the_human_verdict_with_
     assert (verdict.kind, verdict.source, verdict.choice) == ("pairwise", "import", "a")
     assert verdict.candidate_ids == [cands[0].id, cands[1].id]
     assert verdict.meta == {"format": "import:hh_rlhf", "by": "human"}
+    # The live download (before any snapshot) has the imported pairs too.
+    live = client.get(f"/api/v1/review/datasets/{dataset.id}/preference-pairs.jsonl", headers=h)
+    assert live.status_code == 200, live.text
+    rows = [json.loads(line) for line in live.text.splitlines()]
+    assert [(r["prompt"], r["chosen"], r["rejected"], r["by"]) for r in rows] == [
+        ("Is the sky blue?", "Yes, on a clear day.", "No.", "imported_people"),
+        ("Say hi.", "Hi!", "Go away.", "imported_people"),
+    ]
 
 
 def test_ultrafeedback_import_keeps_the_models_aspect_ratings_and_the_ranking_by_gpt4(client, db, ds):
