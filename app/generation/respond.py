@@ -31,7 +31,7 @@ from app.datasets.models import Dataset
 from app.errors import Invalid
 from app.generation.cache import CallLog
 from app.generation.jobs import get_teacher, run_with_gateway, scope_rows
-from app.generation.schemas import EstimateRequest, TeacherChoice
+from app.generation.schemas import BATCH_HELP, BATCH_TITLE, EstimateRequest, TeacherChoice
 from app.jobs.context import JobCancelled, JobContext
 from app.pipeline.llm import TeacherConfig
 from app.records.models import Record
@@ -78,6 +78,7 @@ class RespondJobParams(TeacherChoice):
         description="A record with an empty output that no person decided gets the first candidate as output.",
     )
     batch_size: int = Field(16, ge=1, le=1000, description="Calls in flight together (one checkpoint).")
+    batch: bool = Field(False, title=BATCH_TITLE, description=BATCH_HELP)
 
     def all_samplers(self) -> list[Sampler]:
         own = Sampler(
@@ -94,12 +95,18 @@ class RespondJobParams(TeacherChoice):
 def validate_respond(params: dict[str, Any]) -> None:
     """Job-creation hook: every sampler's teacher must be known before anything is queued."""
     p = RespondJobParams.model_validate(params)
-    get_teacher(p)
+    teachers = [get_teacher(p)]
     for i, s in enumerate(p.samplers):
         try:
-            get_teacher(TeacherChoice(teacher=s.teacher))
+            teachers.append(get_teacher(TeacherChoice(teacher=s.teacher)))
         except Invalid as exc:
             raise Invalid(exc.message, field=f"params.samplers.{i}.teacher") from exc
+    for t in teachers if p.batch else []:
+        if not t.batch:
+            raise Invalid(
+                f"teacher {t.name!r} does not offer a batch API (batch: false in IF_TEACHERS)",
+                field="params.batch",
+            )
 
 
 def sampler_teacher(p: RespondJobParams, s: Sampler, sample: int) -> TeacherConfig:
@@ -177,6 +184,10 @@ def _fill_output(db: Session, record: Record, text: str, provenance: dict[str, A
         meta_key="responses",
     )
     return True
+
+
+def _ignore(results: list[Any]) -> None:
+    """The emit of batch mode's passes that only find the calls still missing: they write nothing."""
 
 
 def run_respond_job(ctx: JobContext) -> None:
@@ -305,7 +316,26 @@ def run_respond_job(ctx: JobContext) -> None:
             finally:
                 spent += gateway.spent_usd
 
-        summary = run_with_gateway(ctx, teacher, log, budget, go)
+        if p.batch:
+            # Batch mode (app/generation/batch_mode.py): one sample of one sampler at a time, each its
+            # batch (or batches); the job's own ledger counts the budget there.
+            from app.generation.batch_mode import run_pipeline
+
+            def in_batches(gateway: Any, real: bool, go: Any = go, emit: Any = emit) -> Any:
+                return go(gateway, emit=emit if real else _ignore)
+
+            summary = run_pipeline(
+                ctx,
+                teacher,
+                log,
+                p.budget_usd,
+                in_batches,
+                batch=True,
+                counters=counters,
+                total=total,
+            )
+        else:
+            summary = run_with_gateway(ctx, teacher, log, budget, go)
         if summary.stop_reason != "done":
             stop_reason, message = summary.stop_reason, summary.message
             break

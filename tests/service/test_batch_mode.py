@@ -429,3 +429,41 @@ def test_backtranslation_worker_sigkilled_creating_its_score_batch_submits_nothi
             select(func.count()).where(Record.dataset_id == dataset_id, Record.source == "backtranslation")
         )
     assert made == job.result["passages"] > 2
+
+
+def test_respond_in_batch_mode_stores_the_synchronous_candidates_one_sample_batch_after_another(
+    committed_pg, shared_data, fake, tmp_path
+):
+    from tests.service.test_respond_rank import _candidates, _dataset, _wild_prompts
+
+    fake.set_batches(delay_s=0.3)
+    rows = _wild_prompts(shared_data, 2)
+    sync_ds, curator = _dataset(committed_pg, tmp_path, rows, fmt="mt_bench")
+    batch_ds, batch_curator = _dataset(committed_pg, tmp_path, rows, fmt="mt_bench")
+    params = {"n": 2, "temperature": 0.8}
+    sync_job = create_job(committed_pg, curator, sync_ds, "respond", {"teacher": "sync", **params})
+    assert run_job(sync_job) == "succeeded", job_row(committed_pg, sync_job).error
+    batch_job = create_job(
+        committed_pg, batch_curator, batch_ds, "respond", {"teacher": "batch", "batch": True, **params}
+    )
+    assert _until_done(committed_pg, batch_job)[-1] == "succeeded", job_row(committed_pg, batch_job).error
+
+    def contents(dataset_id: int) -> list[list[str]]:
+        return [
+            sorted(c.content for c in cands)
+            for _, cands in sorted(_candidates(committed_pg, dataset_id).items())
+        ]
+
+    assert contents(batch_ds) == contents(sync_ds) and sum(map(len, contents(batch_ds))) == 4
+    assert fake.stats()["batches_created"] == 2  # one per sample (the seeds differ)
+    assert job_row(committed_pg, batch_job).cost_usd == pytest.approx(
+        job_row(committed_pg, sync_job).cost_usd / 2, rel=1e-3
+    )
+    with pytest.raises(Invalid, match="does not offer a batch API"):
+        create_job(
+            committed_pg,
+            curator,
+            sync_ds,
+            "respond",
+            {"teacher": "batch", "batch": True, "samplers": [{"teacher": "sync"}]},
+        )
