@@ -150,8 +150,16 @@ class TrainConfig(BaseModel):
     sample_max_new_tokens: int = Field(default=128, ge=1, description="Generation length for samples.")
 
     # --- hardware ---------------------------------------------------------------------------------
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto",
+        description="Compute precision. auto: bf16 on GPUs that support it, fp16 with loss scaling "
+        "(torch.amp.GradScaler) on other CUDA GPUs (V100, T4), fp32 on CPU. bf16/fp16: the frozen base in "
+        "that dtype, trainable weights kept in fp32, autocast for the matmuls.",
+    )
     bf16: bool | Literal["auto"] = Field(
-        default="auto", description="bf16 weights and autocast; auto = on when CUDA supports it."
+        default="auto",
+        description="The older spelling, still read: true = precision bf16, false = fp32, auto = decided "
+        "by precision. Refused when it contradicts precision.",
     )
     gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward.")
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
@@ -207,6 +215,10 @@ class TrainConfig(BaseModel):
                 raise ValueError("merge is not possible for method=full: model/ already is the whole model")
             if self.target_modules is not None:
                 raise ValueError("target_modules is for adapters: method=full trains every weight")
+        if (self.bf16 is True and self.precision not in ("auto", "bf16")) or (
+            self.bf16 is False and self.precision == "bf16"
+        ):
+            raise ValueError(f"bf16={self.bf16} contradicts precision={self.precision}: set precision only")
         if self.method == "adalora" and self.adalora_target_r >= self.r:
             raise ValueError("adalora_target_r must be below r: AdaLoRA prunes from r down to it")
         if self.objective != "sft":

@@ -6,7 +6,7 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -23,10 +23,40 @@ def cuda_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+Precision = Literal["bf16", "fp16", "fp32"]
+PRECISION_DTYPES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+}
+
+
+def choose_precision(requested: str, legacy_bf16: bool | str, *, cuda: bool, bf16_ok: bool) -> Precision:
+    """What a run computes in: `precision` when set, else the older `bf16` field when set, else the device's.
+
+    auto: bf16 where CUDA supports it (Ampere and later), fp16 with loss scaling on other CUDA GPUs (V100,
+    T4: bf16 there is emulated and slow), fp32 on CPU (autocast to 16 bits gains nothing there).
+    """
+    explicit: dict[str, Precision] = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
+    if requested in explicit:
+        return explicit[requested]
+    if legacy_bf16 is True:
+        return "bf16"
+    if legacy_bf16 is False:
+        return "fp32"
+    if bf16_ok:
+        return "bf16"
+    return "fp16" if cuda else "fp32"
+
+
+def resolve_precision(config: TrainConfig) -> Precision:
+    return choose_precision(
+        config.precision, config.bf16, cuda=torch.cuda.is_available(), bf16_ok=cuda_bf16()
+    )
+
+
 def use_bf16(config: TrainConfig) -> bool:
-    if config.bf16 == "auto":
-        return cuda_bf16()
-    return bool(config.bf16)
+    return resolve_precision(config) == "bf16"
 
 
 def resolve_attn_implementation(requested: str) -> str:

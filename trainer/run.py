@@ -51,6 +51,7 @@ from trainer.formats import (
 )
 from trainer.infer import export_merged, generate
 from trainer.methods import (
+    PRECISION_DTYPES,
     bitsandbytes_available,
     build_peft_model,
     detect_linear_targets,
@@ -58,9 +59,9 @@ from trainer.methods import (
     load_base_model,
     load_tokenizer,
     resolve_attn_implementation,
+    resolve_precision,
     save_bitfit,
     save_full_model,
-    use_bf16,
 )
 from trainer.reporting import Reporter, plot_loss_curve, write_json_atomic
 
@@ -351,6 +352,7 @@ class _Loop:
         self.window_start = time.perf_counter()
         self.last_loss: float | None = None
         self.last_eval: float | None = None
+        self.loss_scale: float | None = None  # fp16: the GradScaler's scale after the last step
 
 
 @dataclass
@@ -367,9 +369,13 @@ class _Trainee:
     full_logits: bool
     engine: distributed.Engine  # DDP's wrapper or the FSDP-sharded model; the model itself in one process
 
+    precision: str = "fp32"  # bf16 | fp16 | fp32, from trainer.methods.resolve_precision
+    scaler: Any = None  # fp16: a torch.amp.GradScaler, so that small gradients do not underflow to zero
+
     def amp(self) -> Any:
+        dtype = torch.bfloat16 if self.bf16 else (torch.float16 if self.precision == "fp16" else None)
         return (
-            torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+            torch.autocast(device_type=self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         )
 
 
@@ -498,8 +504,11 @@ def _build_trainee(
 ) -> _Trainee:
     """The base on its device wrapped in the PEFT method, fp32 trainable weights, optimizer and schedule."""
     device = distributed.world().device
-    bf16 = use_bf16(config)
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    precision = resolve_precision(config)
+    bf16 = precision == "bf16"
+    dtype = PRECISION_DTYPES[precision]
+    if precision == "fp16":
+        notes.append("fp16 mixed precision with dynamic loss scaling (no bf16 on this device)")
     attn = resolve_attn_implementation(config.attn_implementation)
     if config.method == "qlora" and not bitsandbytes_available():
         raise RuntimeError("method=qlora needs a CUDA GPU and the bitsandbytes package (4-bit NF4 weights)")
@@ -523,8 +532,8 @@ def _build_trainee(
     if config.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if bf16:
-        # master copies of the few trainable weights in fp32; autocast runs the matmuls in bf16
+    if precision != "fp32":
+        # master copies of the trainable weights in fp32; autocast runs the matmuls in 16 bits
         for p in trainable:
             p.data = p.data.float()
     engine = distributed.wrap(
@@ -542,6 +551,8 @@ def _build_trainee(
         bf16=bf16,
         attn_implementation=attn,
         full_logits=_needs_full_logits(model),
+        precision=precision,
+        scaler=torch.amp.GradScaler(device.type) if precision == "fp16" else None,
         engine=engine,
     )
 
@@ -563,6 +574,7 @@ def _write_resolved_config(
             "prompt_format": prepared.fmt.kind,
             "packing": packing,
             "bf16": trainee.bf16,
+            "precision": trainee.precision,
             "attn_implementation": trainee.attn_implementation,
             "target_modules": targets or None,
             "optimizer": config.optimizer
@@ -672,11 +684,19 @@ def _optimizer_step(run: _Run, trainee: _Trainee, micro: list[MicroBatch]) -> tu
                     reg = adalora_orth_reg(model)
                     if reg is not None:
                         loss = loss + reg
-            loss.backward()  # type: ignore[no-untyped-call]
+            (loss if trainee.scaler is None else trainee.scaler.scale(loss)).backward()
     (step_loss,) = engine.world.sum(step_loss)
+    if trainee.scaler is not None:
+        trainee.scaler.unscale_(trainee.optimizer)  # clip the true gradients, not the scaled ones
     grad_norm = float(torch.nn.utils.clip_grad_norm_(trainee.trainable, run.config.max_grad_norm))
     lr = float(trainee.scheduler.get_last_lr()[0])
-    trainee.optimizer.step()
+    if trainee.scaler is not None:
+        # a step whose gradients overflowed (inf/nan) is skipped and the scale halved
+        trainee.scaler.step(trainee.optimizer)
+        trainee.scaler.update()
+        loop.loss_scale = float(trainee.scaler.get_scale())
+    else:
+        trainee.optimizer.step()
     trainee.scheduler.step()
     if is_adalora:
         model.base_model.update_and_allocate(loop.step)
@@ -764,11 +784,13 @@ def _log(
         "epoch": round(loop.step / steps_per_epoch, 4),
         "loss": loop.window_loss / max(loop.window_targets, 1),
         "learning_rate": lr,
-        "grad_norm": grad_norm,
+        "grad_norm": grad_norm if math.isfinite(grad_norm) else None,  # an fp16 step that overflowed
         "tokens_per_s": loop.window_tokens / elapsed,
         "tokens": loop.window_tokens,  # real (non-padding) tokens since the previous line
         "timestamp": time.time(),
     }
+    if loop.loss_scale is not None:
+        row["loss_scale"] = loop.loss_scale
     if eval_loss:
         row["eval_loss"] = loop.last_eval
     reporter.metrics(row)
