@@ -96,7 +96,9 @@ class TrainConfig(BaseModel):
     )
     init_adapter: str | None = Field(
         default=None,
-        description="An adapter folder to start from (an SFT run's adapter/). Preference objectives train a "
+        description="An adapter folder to start from (an earlier run's adapter/): two-stage training. SFT "
+        "trains it further (its own r, alpha and targets; the earlier run's tokenizer and prompt format when "
+        "the folder sits in a run's output_dir). Preference objectives train a "
         "copy of it; dpo/kto take the frozen SFT model as their reference (log-probs computed once before "
         "training). None: a fresh adapter on the base model, whose log-probs with the adapter disabled are "
         "the reference.",
@@ -221,15 +223,18 @@ class TrainConfig(BaseModel):
             raise ValueError(f"bf16={self.bf16} contradicts precision={self.precision}: set precision only")
         if self.method == "adalora" and self.adalora_target_r >= self.r:
             raise ValueError("adalora_target_r must be below r: AdaLoRA prunes from r down to it")
-        if self.objective != "sft":
-            if self.method not in LORA_FAMILY - {"adalora"} and self.method != "ia3":
-                raise ValueError(
-                    f"objective={self.objective} trains with lora, qlora, dora or ia3 (an adapter that can be "
-                    f"switched off for the reference), not method={self.method}"
-                )
-        elif self.init_adapter is not None:
+        if self.objective != "sft" and self.method not in LORA_FAMILY - {"adalora"} and self.method != "ia3":
             raise ValueError(
-                "init_adapter is only read by preference objectives (dpo, orpo, kto, simpo) so far"
+                f"objective={self.objective} trains with lora, qlora, dora or ia3 (an adapter that can be "
+                f"switched off for the reference), not method={self.method}"
+            )
+        if self.init_adapter is not None and self.method == "full":
+            raise ValueError(
+                "init_adapter is an adapter: method=full continues from an earlier run's model/ as base_model"
+            )
+        if self.init_adapter is not None and self.method == "adalora":
+            raise ValueError(
+                "init_adapter cannot continue method=adalora: its rank budget schedule cannot restart"
             )
         return self
 

@@ -256,6 +256,70 @@ def build_peft_model(model: Any, config: TrainConfig, *, total_steps: int, new_t
 
 
 # --------------------------------------------------------------------------------------------------
+# continuing from an earlier run's adapter (init_adapter)
+
+# the peft type an adapter of each method saves (adapter_config.json "peft_type")
+ADAPTER_PEFT_TYPES = {
+    "lora": "LORA",
+    "qlora": "LORA",
+    "dora": "LORA",
+    "ia3": "IA3",
+    "prefix": "PREFIX_TUNING",
+    "prompt": "PROMPT_TUNING",
+}
+
+
+def init_adapter_run_dir(init_adapter: str) -> Path | None:
+    """The earlier run's output_dir when init_adapter is its adapter/ (its tokenizer and prompt format)."""
+    parent = Path(init_adapter).expanduser().resolve().parent
+    if (parent / PROMPT_FORMAT_FILE).is_file() and (parent / "tokenizer_config.json").is_file():
+        return parent
+    return None
+
+
+def check_init_adapter(init_adapter: str, method: str) -> Path:
+    """The adapter folder, refused (ValueError naming init_adapter) when it is none or of another method."""
+    path = Path(init_adapter).expanduser().resolve()
+    if (path / BITFIT_CONFIG).is_file():
+        found = "bitfit"
+    elif (path / "adapter_config.json").is_file():
+        saved = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+        found = str(saved.get("peft_type", "?"))
+        if found == "LORA" and saved.get("use_dora"):
+            found = "LORA (DoRA)"
+    else:
+        raise ValueError(
+            f"init_adapter {init_adapter!r} holds no adapter (adapter_config.json or {BITFIT_CONFIG})"
+        )
+    wanted = "bitfit" if method == "bitfit" else ADAPTER_PEFT_TYPES.get(method, method)
+    if method == "dora":
+        wanted = "LORA (DoRA)"
+    if found != wanted:
+        raise ValueError(
+            f"init_adapter {init_adapter!r} is a {found} adapter; method={method} trains {wanted}"
+        )
+    return path
+
+
+def attach_init_adapter(model: Any, config: TrainConfig) -> Any:
+    """The earlier adapter on the base, trainable: training continues from its weights (its own r, alpha)."""
+    assert config.init_adapter is not None
+    path = check_init_adapter(config.init_adapter, config.method)
+    if config.method == "bitfit":
+        load_bitfit(model, path)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        names = set(json.loads((path / BITFIT_CONFIG).read_text(encoding="utf-8"))["tensors"])
+        for name, p in model.named_parameters():
+            if name in names:
+                p.requires_grad_(True)
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+
+
+# --------------------------------------------------------------------------------------------------
 # BitFit
 
 

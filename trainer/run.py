@@ -52,9 +52,11 @@ from trainer.formats import (
 from trainer.infer import export_merged, generate
 from trainer.methods import (
     PRECISION_DTYPES,
+    attach_init_adapter,
     bitsandbytes_available,
     build_peft_model,
     detect_linear_targets,
+    init_adapter_run_dir,
     is_prompt_learning,
     load_base_model,
     load_tokenizer,
@@ -425,7 +427,17 @@ def _setup(config: TrainConfig, reporter: Reporter) -> tuple[_Run, _Trainee]:
     notes: list[str] = []
 
     base_path = config.resolved_base_model()
-    tokenizer = load_tokenizer(base_path, local_only=not config.allow_hub_download)
+    earlier = init_adapter_run_dir(config.init_adapter) if config.init_adapter else None
+    if earlier is not None:
+        # continuing an earlier run: its tokenizer (tokens it added) and, unless set, its prompt format
+        tokenizer = load_tokenizer(earlier, local_only=True)
+        if config.prompt_format == "auto":
+            config = config.model_copy(
+                update={"prompt_format": PromptFormat.load(earlier / PROMPT_FORMAT_FILE).kind}
+            )
+        notes.append(f"continued from the adapter of {earlier} ({config.prompt_format} prompt format)")
+    else:
+        tokenizer = load_tokenizer(base_path, local_only=not config.allow_hub_download)
     prepared = prepare_data(config, tokenizer)
 
     packing = config.packing
@@ -521,14 +533,19 @@ def _build_trainee(
     )
     if config.method != "qlora":
         model.to(device)
-    if prepared.added_tokens:
+    if prepared.added_tokens or model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        # the second case: an earlier run's tokenizer with the tokens it added (init_adapter)
         model.resize_token_embeddings(len(tokenizer))
-        notes.append(f"added special tokens {prepared.added_tokens}; embeddings resized and saved")
+        if prepared.added_tokens:
+            notes.append(f"added special tokens {prepared.added_tokens}; embeddings resized and saved")
     model.config.use_cache = False
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(config.seed)
-    model = build_peft_model(model, config, total_steps=total, new_tokens=bool(prepared.added_tokens))
+    if config.init_adapter:
+        model = attach_init_adapter(model, config)
+    else:
+        model = build_peft_model(model, config, total_steps=total, new_tokens=bool(prepared.added_tokens))
     if config.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     trainable = [p for p in model.parameters() if p.requires_grad]
