@@ -48,11 +48,18 @@ def materialize_batch(
     rows = _pending(db, dataset_id=dataset_id, key_prefix=key_prefix, after=after)
     if not rows:
         return None
+    # Two flushes per batch, not two per record: all candidates (their ids come back in one round trip),
+    # then all judgments.
+    todo = []
     for record in rows:
         pref = (record.meta or {}).get("import_preference")
         if isinstance(pref, dict):
-            _store(db, record, pref, job_id)
+            todo.append((record, pref, _candidates(record, pref, job_id)))
             record.meta = {k: v for k, v in record.meta.items() if k != "import_preference"}
+    db.add_all([c for _, _, cands in todo for c in cands])
+    db.flush()
+    for record, pref, cands in todo:
+        db.add_all(_judgments(record, pref, cands, job_id))
     db.flush()
     return rows[-1].id
 
@@ -66,10 +73,8 @@ def materialize(db: Session, *, dataset_id: int, key_prefix: str, job_id: int | 
         )
 
 
-def _store(db: Session, record: Record, pref: dict[str, Any], job_id: int | None) -> None:
+def _candidates(record: Record, pref: dict[str, Any], job_id: int | None) -> list[Candidate]:
     fmt = str(pref.get("format", "preference"))
-    by = str(pref.get("by", "unknown"))
-    judge_model = pref.get("judge_model")
     candidates = []
     for i, cand in enumerate(pref.get("candidates") or []):
         detail = {k: v for k, v in cand.items() if k not in ("content", "model")}
@@ -86,8 +91,16 @@ def _store(db: Session, record: Record, pref: dict[str, Any], job_id: int | None
                 meta={"format": fmt, "position": i, **detail},
             )
         )
-    db.add_all(candidates)
-    db.flush()
+    return candidates
+
+
+def _judgments(
+    record: Record, pref: dict[str, Any], candidates: list[Candidate], job_id: int | None
+) -> list[PreferenceJudgment]:
+    fmt = str(pref.get("format", "preference"))
+    by = str(pref.get("by", "unknown"))
+    judge_model = pref.get("judge_model")
+    out: list[PreferenceJudgment] = []
     ids = [c.id for c in candidates]
     common: dict[str, Any] = {
         "record_id": record.id,
@@ -100,7 +113,7 @@ def _store(db: Session, record: Record, pref: dict[str, Any], job_id: int | None
     verdict = pref.get("verdict") or {}
     if verdict.get("kind") == "pairwise" and len(ids) == 2:
         scores = {str(c.id): c.meta["score"] for c in candidates if "score" in c.meta}
-        db.add(
+        out.append(
             PreferenceJudgment(
                 **common,
                 kind=JudgmentKind.pairwise.value,
@@ -113,7 +126,7 @@ def _store(db: Session, record: Record, pref: dict[str, Any], job_id: int | None
     elif verdict.get("kind") == "ranking":
         ranking = [[ids[i] for i in group] for group in verdict.get("ranking") or []]
         ranked = [cid for group in ranking for cid in group]
-        db.add(
+        out.append(
             PreferenceJudgment(
                 **common,
                 kind=JudgmentKind.ranking.value,
@@ -133,7 +146,7 @@ def _store(db: Session, record: Record, pref: dict[str, Any], job_id: int | None
         }
         if aspects:
             rationales = cand.meta.get("rationales") or {}
-            db.add(
+            out.append(
                 PreferenceJudgment(
                     **common,
                     kind=JudgmentKind.scores.value,
@@ -144,3 +157,4 @@ def _store(db: Session, record: Record, pref: dict[str, Any], job_id: int | None
                     meta=provenance,
                 )
             )
+    return out

@@ -195,3 +195,47 @@ def test_plain_dpo_refuses_a_conversation_by_record_and_the_messages_form_carrie
         "chosen": [{"role": "assistant", "content": "4"}],
         "rejected": [{"role": "assistant", "content": "5"}],
     }
+
+
+def test_an_import_job_stores_candidates_and_verdicts_once_even_when_run_again(committed_pg):
+    from sqlalchemy.orm import Session
+
+    from app.imports import service as imports
+    from app.jobs import service as jobs
+    from app.preferences import imports as preference_imports
+    from workers.runner import run_job
+
+    with Session(committed_pg) as db:
+        curator = make_user(db, "curator")
+        dataset = make_dataset(db, make_project(db, (curator, "curator")))
+        upload = imports.new_upload_path(".jsonl")
+        upload.write_bytes(jsonl(*(hh(f"Question {i}?", f"good {i}", f"bad {i}") for i in range(3))))
+        job = jobs.create_job(
+            db=db,
+            user=curator,
+            kind="import",
+            project_id=None,
+            dataset_id=dataset.id,
+            params={"upload": upload.name, "format": "auto"},
+            enqueue=False,
+        )
+        db.commit()
+        job_id, dataset_id = job.id, dataset.id
+    assert run_job(job_id) == "succeeded"
+    with Session(committed_pg) as db:
+        # A redelivered job's second pass finds nothing left to do: no candidate or verdict twice.
+        key = f"imp:j{job_id}"
+        assert (
+            preference_imports.materialize_batch(db, dataset_id=dataset_id, key_prefix=key, job_id=job_id)
+            is not None
+        )
+        db.commit()
+        cands = db.scalars(select(Candidate).where(Candidate.dataset_id == dataset_id)).all()
+        verdicts = db.scalars(
+            select(PreferenceJudgment).where(PreferenceJudgment.dataset_id == dataset_id)
+        ).all()
+        assert len(cands) == 6 and len(verdicts) == 3
+        assert {c.job_id for c in cands} == {job_id} and {v.job_id for v in verdicts} == {job_id}
+        assert sorted(c.content for c in cands) == sorted(
+            [f"good {i}" for i in range(3)] + [f"bad {i}" for i in range(3)]
+        )
