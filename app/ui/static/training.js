@@ -24,11 +24,28 @@
   }
 
   function drawLoss(el, metrics) {
+    drawLines(el, metrics, [["loss", "train"], ["eval_loss", "eval"]], "no loss reported yet");
+  }
+
+  // Preference runs (dpo, orpo, kto, simpo) log rewards/* per step; SFT runs do not, and the charts stay hidden.
+  const REWARDS = [["rewards/chosen", "chosen"], ["rewards/rejected", "rejected"], ["rewards/margins", "margin"], ["eval_rewards/margins", "eval margin"]];
+  const ACCURACY = [["rewards/accuracies", "accuracy"], ["eval_rewards/accuracies", "eval accuracy"]];
+
+  function drawPreference(box, metrics) {
+    const has = REWARDS.some(([k]) => series(metrics, k).length);
+    box.hidden = !has;
+    if (!has) return;
+    drawLines(box.querySelector('[data-role="rewards-chart"]'), metrics, REWARDS, "no rewards reported yet");
+    drawLines(box.querySelector('[data-role="accuracy-chart"]'), metrics, ACCURACY, "no accuracy (kto logs none: its examples are unpaired)");
+  }
+
+  // One line per [metric key, legend] that has points, on shared axes.
+  function drawLines(el, metrics, keys, empty) {
     el.replaceChildren();
-    const W = 640, H = 240, L = 50, R = 110, T = 10, B = 30;
-    const lines = [["loss", "train"], ["eval_loss", "eval"]].map(([k, name]) => [name, series(metrics, k)]).filter(([, p]) => p.length);
+    const W = 640, H = 240, L = 50, R = 130, T = 10, B = 30;
+    const lines = keys.map(([k, name]) => [name, series(metrics, k)]).filter(([, p]) => p.length);
     if (!lines.length) {
-      el.append(svg("text", { x: 20, y: 30, class: "lbl" }, "no loss reported yet"));
+      el.append(svg("text", { x: 20, y: 30, class: "lbl" }, empty));
       return;
     }
     const all = lines.flatMap(([, p]) => p);
@@ -45,7 +62,7 @@
       const d = pts.map(([x, y], j) => `${j ? "L" : "M"}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ");
       el.append(svg("path", { d, class: `curve c${i}` }));
       const last = pts[pts.length - 1];
-      el.append(svg("text", { x: W - R + 6, y: T + 14 + 16 * i, class: `lbl c${i}` }, `${name} ${last[1].toFixed(4)}`));
+      el.append(svg("text", { x: W - R + 6, y: T + 14 + 16 * i, class: `lbl c${i}`, "data-key": name }, `${name} ${last[1].toFixed(4)}`));
     });
   }
 
@@ -117,6 +134,7 @@
     kv(q("info"), { snapshot: `#${run.snapshot_id}`, "base model": run.base_model, method: run.method, job: `#${run.job_id}`, config: run.config });
     kv(q("summary"), run.summary);
     drawLoss(q("chart"), run.metrics || []);
+    drawPreference(q("preference"), run.metrics || []);
     const cancel = q("cancel");
     cancel.hidden = FINAL.has(run.status);
     try {
@@ -151,7 +169,7 @@
         try { hyper = JSON.parse(fd.get("hyperparameters") || "{}"); } catch (err) { out.textContent = `Hyperparameters: ${err.message}`; return; }
         try {
           const run = await IF.api("POST", "/api/v1/training-runs", {
-            snapshot_id: Number(fd.get("snapshot_id")), base_model: fd.get("base_model"), method: fd.get("method"), hyperparameters: hyper,
+            snapshot_id: Number(fd.get("snapshot_id")), base_model: fd.get("base_model"), method: fd.get("method"), objective: fd.get("objective") || "sft", hyperparameters: hyper,
           });
           window.location.href = `/ui/training/${run.id}`;
         } catch (err) {
