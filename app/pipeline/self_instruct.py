@@ -15,7 +15,7 @@ import json
 import math
 import random
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +48,9 @@ Language = Literal["en", "zh"]
 _T = TypeVar("_T")
 # Room for this many prompts per round in a sample index: index = round * ROUND_STRIDE + prompt.
 ROUND_STRIDE = 100_000
+# Before a round is screened, each instruction prompt is assumed to give this many candidates (only used to
+# decide whether to ask the next round's prompts ahead; measured: ~4-5 with the fake teacher).
+_PRIOR_CANDIDATES_PER_PROMPT = 3
 
 
 @dataclass(frozen=True)
@@ -116,8 +119,9 @@ class SelfInstructResult:
     stop_reason: StopReason
     message: str = ""
     surplus_tasks: int = 0
-    """Candidates screened (and their calls paid and cached) past the exact target: not emitted. A later
-    run with the same seed and a higher target finds their answers in the cache."""
+    """Candidates screened past the exact target: not emitted. Their calls were made (paid and cached) only
+    if a task before them got no instance; a later run with the same seed and a higher target finds those
+    answers in the cache."""
 
 
 class SelfInstructParams(BaseModel):
@@ -226,6 +230,16 @@ class _Tally:
 
 
 @dataclass
+class _Asked:
+    """A round's instruction prompts, sent: the pool they were built from and their answers."""
+
+    number: int
+    pool: list[str]
+    prompts: list[tuple[str, int]]
+    answers: list[asyncio.Task[Completion | None]]
+
+
+@dataclass
 class _Round:
     """One round in flight: its prompts, their answers, and the screening that starts its tasks' calls."""
 
@@ -235,14 +249,52 @@ class _Round:
     screening: asyncio.Task[tuple[dict[Position, GenRecord], list[tuple[Position, _Candidate]]]]
 
 
+class _Slots:
+    """A counting semaphore with two queues: a free slot goes to the longest-waiting call of the first
+    queue, and to the second's only when nobody waits in the first."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self.queues: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (deque(), deque())
+
+    async def acquire(self, *, first: bool) -> None:
+        if self.free > 0 and not self.queues[0] and not self.queues[1]:
+            self.free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self.queues[0 if first else 1]
+        queue.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed the slot just as it was cancelled: pass it on
+            elif waiter in queue:
+                queue.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        for queue in self.queues:
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # the slot passes straight to it
+                    return
+        self.free += 1
+
+
 class _Calls:
     """The pipeline's teacher calls: at most the gateway's concurrency admitted at once, and none after
     :meth:`close`. A call still waiting for admission when the run ends is never sent; one admitted
-    (in flight at the gateway) is let finish, so its answer reaches the cache and the costs."""
+    (in flight at the gateway) is let finish, so its answer reaches the cache and the costs.
+
+    Instruction prompts go ahead of tasks' calls waiting for a slot: each one's answer starts several
+    tasks, and the next round's prompts would otherwise queue behind this round's tasks and leave the
+    slots idle while their answers come back."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.slots = asyncio.Semaphore(gateway.concurrency_limit)
+        self.slots = _Slots(gateway.concurrency_limit)
         self.closed = False
         self.tasks: list[asyncio.Task[Any]] = []
 
@@ -252,16 +304,19 @@ class _Calls:
         return task
 
     async def complete(
-        self, prompt: str, *, purpose: str, sampling: Sampling, sample_index: int = 0
+        self, prompt: str, *, purpose: str, sampling: Sampling, sample_index: int = 0, first: bool = False
     ) -> Completion | None:
         if self.closed:
             return None
-        async with self.slots:
+        await self.slots.acquire(first=first)
+        try:
             if self.closed:
                 return None
             return await _complete_or_none(
                 self.gateway, prompt, purpose=purpose, sampling=sampling, sample_index=sample_index
             )
+        finally:
+            self.slots.release()
 
     def close(self) -> None:
         self.closed = True
@@ -327,13 +382,59 @@ async def run_self_instruct(
     message = ""
     calls = _Calls(gateway)
 
-    def start(number: int, pool: list[str], needed: int) -> _Round:
+    asked_ahead: _Asked | None = None  # the next round's prompts, asked ahead (see below)
+    last_started = -1
+
+    def ask(number: int, pool: list[str]) -> _Asked:
         prompts = _round_prompts(number, human=human, machine=pool, params=params)
-        answers = _ask_instructions(gateway, number, prompts, params, calls=calls)
+        return _Asked(number, pool, prompts, _ask_instructions(gateway, number, prompts, params, calls=calls))
+
+    def start(number: int, pool: list[str], needed: int) -> _Round:
+        nonlocal asked_ahead, last_started
+        last_started = number
+        ahead, asked_ahead = asked_ahead, None
+        # Asked ahead, the prompts are the same (same round, same pool): their answers are used as they are.
+        if ahead is None or (ahead.number, ahead.pool) != (number, pool):
+            ahead = ask(number, pool)
+        prompts, answers = ahead.prompts, ahead.answers
         screening = calls.spawn(
             _screen(number, prompts, answers, gateway, index, params, needed, calls=calls)
         )
         return _Round(number, needed, screening)
+
+    async def watch(
+        number: int, candidates: list[tuple[Position, _Candidate]], needed: int, pool: list[str]
+    ) -> None:
+        """While a round that can reach the target finishes: each task that gets no instance starts the
+        next spare task's calls (spares cost nothing unless a task fails), and once too many failed for
+        the round to reach the target, the next round's prompts go out at once."""
+        nonlocal asked_ahead
+        tasks = {cand.synthesis: cand for _, cand in candidates if cand.synthesis is not None}
+        spares = [cand for _, cand in candidates if cand.synthesis is None]
+        pending: set[asyncio.Task[_Synthesis]] = set(tasks)
+        failed = 0
+        while pending and not calls.closed:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.cancelled() or task.exception() is not None:
+                    return  # the round fails as a whole; its own await reports why
+                records = _task_records(tasks[task], task.result(), params=params, model="", round_no=number)
+                if any(r.status == "kept" for r in records):
+                    continue
+                failed += 1
+                if spares:
+                    spare = spares.pop(0)
+                    if spare.synthesis is None:  # not started by the round's own wait meanwhile
+                        spare.synthesis = calls.spawn(_synthesize(calls, spare, params))
+                    tasks[spare.synthesis] = spare
+                    pending.add(spare.synthesis)
+            if len(tasks) + len(spares) - failed < needed:
+                if asked_ahead is None and last_started <= number and not calls.closed:
+                    asked_ahead = ask(number + 1, pool)
+                return
+
+    # Candidates per screened prompt so far (a prior before the first round is screened).
+    screened_prompts, screened_candidates = 1, _PRIOR_CANDIDATES_PER_PROMPT
 
     # Round r's prompts are built from the machine pool as it stood before round r-1's tasks were added.
     # The one-round lag lets round r's instruction calls run during round r-1's instance calls, and it is
@@ -352,15 +453,31 @@ async def run_self_instruct(
             try:
                 if current is None:
                     current = start(round_no, lagged_machine, needed)
+                if (
+                    asked_ahead is None
+                    and needed > params.batch_size * screened_candidates / screened_prompts
+                    and not should_stop()
+                ):
+                    # At the yield so far this round will not reach the target: the next one's prompts
+                    # (built from the same pool whenever it starts) go out now, behind this round's, so the
+                    # slots that this round's last answers and tasks leave idle are not wasted.
+                    asked_ahead = ask(round_no + 1, list(machine))
                 rejected_at, candidates = await current.screening
+                positions = [i for i, _ in rejected_at] + [i for (i, _), _ in candidates]
+                screened_prompts += max(positions, default=-1) + 1
+                screened_candidates += len(candidates)
                 lagged_machine = list(machine)
                 nxt: _Round | None = None
                 left = needed - len(candidates)
                 if left > 0 and not should_stop():
                     # This round cannot reach the target: screen the next one while its tasks finish.
                     nxt = start(round_no + 1, lagged_machine, left)
+                else:
+                    # It can if enough of its tasks get an instance: start a spare task for each one
+                    # that fails, and ask the next round's prompts the moment too many have failed.
+                    calls.spawn(watch(round_no, candidates, needed, lagged_machine))
                 records, kept, spare = await _finish_round(
-                    round_no, gateway, rejected_at, candidates, params=params, needed=needed
+                    round_no, gateway, rejected_at, candidates, params=params, needed=needed, calls=calls
                 )
             except BudgetExceeded as exc:
                 stop_reason, message = "budget", str(exc)
@@ -434,10 +551,21 @@ def _ask_instructions(
                 purpose="self_instruct.instructions",
                 sampling=params.sampling,
                 sample_index=round_no * ROUND_STRIDE + i,
+                first=True,
             )
         )
         for i, (prompt, _) in enumerate(prompts)
     ]
+
+
+def _items(answer: Completion, next_number: int, api: str) -> list[str]:
+    """The new instructions of one instruction prompt's answer, in list order."""
+    text = answer.text
+    if api == "completions":
+        # A completion model continues right after the prompt's "9.", so its first item has no number.
+        text = f"{next_number}. {text}"
+    items = parse_numbered_list(text, truncated=answer.finish_reason == "length")
+    return [_one_line(item) if "\n" not in item.strip() else item.strip() for item in items]
 
 
 async def _screen(
@@ -456,9 +584,10 @@ async def _screen(
     Answers are screened in prompt order as they arrive, and each surviving candidate's classification and
     instance calls start at once (phase 2 overlaps phase 1). Candidates beyond what the target still needs
     (plus slack for tasks whose instances all fail) are neither checked nor emitted: they would only be paid
-    for and thrown away.
+    for and thrown away. The slack's own calls wait until a task fails.
     """
     model = gateway.model
+    api = gateway.teacher.api
     cap = needed + max(2, math.ceil(needed * 0.25))
     rejected_at: dict[Position, GenRecord] = {}
     candidates: list[tuple[Position, _Candidate]] = []
@@ -470,15 +599,9 @@ async def _screen(
             break  # the run is over: what is screened now is never used
         if answer is None:
             continue
-        text = answer.text
-        if gateway.teacher.api == "completions":
-            # A completion model continues right after the prompt's "9.", so its first item has no number.
-            text = f"{prompts[i][1]}. {text}"
-        items = parse_numbered_list(text, truncated=answer.finish_reason == "length")
-        for j, item in enumerate(items):
+        for j, instruction in enumerate(_items(answer, prompts[i][1], api)):
             if len(candidates) >= cap:
                 break
-            instruction = _one_line(item) if "\n" not in item.strip() else item.strip()
             key = f"si:{round_no}:{i}:{j}"
             base = dict(
                 key=key,
@@ -515,9 +638,14 @@ async def _screen(
                 prompt_hash=answer.key,
                 metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
             )
-            cand.synthesis = calls.spawn(_synthesize(calls, cand, params))
+            if len(candidates) < needed:
+                # Spares (the slack past what the target needs) start only when a task before them
+                # fails: see run_self_instruct's watch.
+                cand.synthesis = calls.spawn(_synthesize(calls, cand, params))
             candidates.append(((i, j), cand))
-
+        # Screening a round's answers is CPU work that never waits when they are all in: let the calls
+        # just started go out before the next answer is screened, not after the whole round.
+        await asyncio.sleep(0)
     return rejected_at, candidates
 
 
@@ -529,6 +657,7 @@ async def _finish_round(
     *,
     params: SelfInstructParams,
     needed: int,
+    calls: _Calls,
 ) -> tuple[list[GenRecord], list[str], int]:
     """Phase 3: records in prompt order, each task's as soon as its calls are done (phase 2, started during
     phase 1); stop exactly at the target. Returns the records, the kept instructions and how many
@@ -545,7 +674,8 @@ async def _finish_round(
             records.append(rejected_at[pos])
             continue
         cand = by_position[pos]
-        assert cand.synthesis is not None
+        if cand.synthesis is None:  # a spare task whose turn came before its start
+            cand.synthesis = calls.spawn(_synthesize(calls, cand, params))
         syn = await cand.synthesis
         task_records = _task_records(cand, syn, params=params, model=model, round_no=round_no)
         records.extend(task_records)
