@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.audit import service as audit
 from app.auth.models import User
 from app.db import insert_ignoring
 from app.errors import Invalid
@@ -141,6 +142,15 @@ def add_person_candidate(
         meta={"note": note} if note else {},
     )
     assert cand is not None  # no gen_key: always inserted
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action="candidate.add",
+        entity_type="candidate",
+        entity_id=cand.id,
+        dataset_id=record.dataset_id,
+        detail={"record_id": record.id, "chars": len(content)},  # the text itself is the candidate's
+    )
     return cand
 
 
@@ -210,11 +220,33 @@ def record_pairwise(
             PreferenceJudgment.id != judgment.id,
         )
     ).all()
+    replaced = None
     for old in earlier:
         if _pair_key(old.candidate_ids) == _pair_key([a_id, b_id]):
-            old.superseded_by_id = judgment.id
+            old.superseded_by_id, replaced = judgment.id, old.id
     db.flush()
+    _audit(db, user, record, judgment, replaced=replaced)
     return judgment
+
+
+def _audit(
+    db: Session, user: User, record: Record, judgment: PreferenceJudgment, *, replaced: int | None = None
+) -> None:
+    audit.record(
+        db=db,
+        user_id=user.id,
+        action=f"judgment.{judgment.kind}",
+        entity_type="record",
+        entity_id=record.id,
+        dataset_id=record.dataset_id,
+        detail={
+            "judgment_id": judgment.id,
+            "candidate_ids": judgment.candidate_ids,
+            "choice": judgment.choice,
+            "ranking": judgment.ranking,
+            "supersedes": replaced,
+        },
+    )
 
 
 def normalize_ranking(ranking: Sequence[Any], field: str = "ranking") -> list[list[int]]:
@@ -262,6 +294,7 @@ def record_ranking(
             PreferenceJudgment.user_id == user.id,
         ],
     )
+    _audit(db, user, record, judgment)
     return judgment
 
 

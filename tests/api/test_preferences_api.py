@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
+from app.audit.models import AuditLog
 from tests.factories import make_dataset, make_project, make_records, make_user, token_for
 
 
@@ -16,7 +18,7 @@ def setup(db, backend):
 
 
 def test_a_person_adds_candidates_chooses_between_two_and_a_new_choice_supersedes_the_old_with_history(
-    client, setup
+    client, db, setup
 ):
     record, _, h = setup
     url = f"/api/v1/records/{record.id}"
@@ -48,6 +50,15 @@ def test_a_person_adds_candidates_chooses_between_two_and_a_new_choice_supersede
     history = client.get(f"{url}/candidates", params={"history": "true"}, headers=h).json()["judgments"]
     old = next(j for j in history if j["id"] == first.json()["id"])
     assert old["superseded_by_id"] == second.json()["id"] and old["choice"] == "a"
+    # Every decision is in the audit log with who made it and what it replaced.
+    logged = db.scalars(
+        select(AuditLog)
+        .where(AuditLog.entity_type == "record", AuditLog.entity_id == str(record.id))
+        .order_by(AuditLog.id)
+    ).all()
+    assert [e.action for e in logged] == ["judgment.pairwise", "judgment.pairwise", "judgment.ranking"]
+    assert logged[1].detail["supersedes"] == first.json()["id"] and logged[1].detail["choice"] == "tie"
+    assert db.scalar(select(AuditLog).where(AuditLog.action == "candidate.add")).entity_id == str(a)
 
 
 def test_malformed_judgments_are_refused_naming_the_field_and_store_nothing(client, setup):
