@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -15,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from tests.trainer.conftest import identity_conversations, seed_task_records
 from trainer.batching import collate
 from trainer.config import TrainConfig
-from trainer.formats import IGNORE_INDEX, build_format, encode_prompt
+from trainer.formats import IGNORE_INDEX, PromptFormat, build_format, encode_prompt
 from trainer.infer import load_for_inference
 from trainer.methods import build_peft_model, load_tokenizer
 from trainer.preference import (
@@ -449,3 +450,34 @@ def test_orpo_and_simpo_losses_equal_trls_on_the_same_logits(pref_config, base_m
         losses, *_ = CPOTrainer.cpo_loss(ns, avg[:k], avg[k:])
         theirs = losses.mean()
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_from_an_sft_adapter_takes_that_sft_model_as_its_reference_and_keeps_its_prompt_format(
+    pref_config, make_config, tmp_path
+):
+    from trainer.preference import _build_policy, _reference_context
+
+    sft = make_config(output_dir=str(tmp_path / "sft"), max_steps=2, lr=2e-2, val_fraction=0.0)
+    assert main(sft).state == "succeeded"
+    sft_model, tokenizer, fmt = load_for_inference(Path(sft.output_dir))
+
+    config = pref_config(init_adapter=str(Path(sft.output_dir) / "adapter"), max_steps=1)
+    data = prepare_preference_data(config, tokenizer, fmt)
+    data.train_pairs = data.train_pairs[:6]
+    policy = _build_policy(config, config.base_model, tokenizer, [], total=2)
+    cpu, pad = torch.device("cpu"), tokenizer.pad_token_id
+    refs = compute_references(
+        config, data, policy.model, pad_id=pad, device=cpu, context=lambda: _reference_context(policy)
+    )
+    want = compute_references(config, data, sft_model, pad_id=pad, device=cpu, context=contextlib.nullcontext)
+    torch.testing.assert_close(refs.chosen, want.chosen, rtol=1e-5, atol=1e-4)
+    base = compute_references(
+        config, data, sft_model, pad_id=pad, device=cpu, context=sft_model.disable_adapter
+    )
+    assert not torch.allclose(refs.chosen, base.chosen, atol=1e-2), "the SFT adapter changed nothing"
+
+    summary = main(config)
+    assert summary.state == "succeeded"
+    assert any("the SFT adapter" in note for note in summary.notes)
+    out = Path(config.output_dir)
+    assert PromptFormat.load(out / "prompt_format.json") == fmt
