@@ -1,4 +1,6 @@
-"""LoRA training throughput: our trainer (packing, response-only logits) vs HF Trainer + peft (pad to longest).
+"""LoRA training throughput: our trainer (packing, response-only logits) vs HF Trainer + peft (pad to longest)
+and TRL's SFTTrainer (packing, padding-free); and our trainer on 2 DDP ranks under torchrun (scaling
+efficiency = tokens/s of 2 ranks / (2 x tokens/s of 1 rank); on CPU with gloo, skipped on a single GPU).
 
 Models are random-weight Llama-3-8B- and Llama-3.2-1B-shaped; the data are real instruction records from
 ../shared/data, so sample lengths follow a real distribution. Only real (non-padding) tokens are counted.
@@ -281,6 +283,139 @@ def run_baseline(
     return rate, peak
 
 
+def run_trl(
+    model_dir: Path,
+    data_path: Path,
+    out: Path,
+    *,
+    rows: int,
+    steps: int,
+    warmup: int,
+    max_len: int,
+    bf16: bool,
+) -> tuple[float, float | None]:
+    """TRL's SFTTrainer + peft LoRA, the baseline users compare with: packed (best-fit decreasing) and
+    padding-free (one row of concatenated samples, position ids restarting), loss on the completions only."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
+
+    reset_peak()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    fmt = build_format("alpaca", tokenizer)
+    pairs = []
+    for conv in load_dataset(data_path).conversations:
+        enc = encode_conversation(fmt, tokenizer, conv)
+        cut = next(i for i, label in enumerate(enc.labels) if label != -100)
+        pairs.append(
+            {
+                "prompt": tokenizer.decode(enc.input_ids[:cut], skip_special_tokens=True),
+                "completion": tokenizer.decode(enc.input_ids[cut:], skip_special_tokens=True),
+            }
+        )
+    marks: dict[int, float] = {}
+    real: list[int] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            marks[state.global_step] = time.perf_counter()
+
+    class Counting(SFTTrainer):
+        def compute_loss(self, model: Any, inputs: dict[str, Any], *a: Any, **k: Any) -> Any:
+            mask = inputs.get("attention_mask")
+            real.append(int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel()))
+            return super().compute_loss(model, inputs, *a, **k)  # type: ignore[no-untyped-call]
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
+    if torch.cuda.is_available():
+        model.to("cuda")
+    config = SFTConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=rows,
+        gradient_accumulation_steps=1,
+        max_steps=steps,
+        learning_rate=2e-4,
+        bf16=bf16,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        max_length=max_len,
+        packing=True,
+        packing_strategy="bfd",
+        padding_free=True,
+        completion_only_loss=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Counting(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            task_type="CAUSAL_LM", r=16, lora_alpha=32, target_modules=detect_linear_targets(model)
+        ),
+        callbacks=[Clock()],
+    )
+    trainer.train()
+    peak = peak_gib()
+    rate = sum(real[warmup:steps]) / (marks[steps] - marks[warmup])
+    del trainer, model
+    reset_peak()
+    return rate, peak
+
+
+def run_ranks(config: TrainConfig, ranks: int, warmup: int, work: Path) -> float:
+    """Real tokens/s of our trainer under torchrun with `ranks` ranks (one per GPU; on CPU, gloo and one
+    thread per rank so that 1 and N ranks get the same compute per rank)."""
+    import os
+    import subprocess
+
+    out = work / f"ranks-{ranks}"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = config.model_copy(update={"output_dir": str(out), "gpus": ranks})
+    path = work / f"ranks-{ranks}.yaml"
+    cfg.to_yaml(path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
+    proc = subprocess.run(
+        [*cmd, "-m", "trainer", str(path)], env=env, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{ranks} ranks failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in rows if r["step"] > warmup]
+    start = next(r["timestamp"] for r in rows if r["step"] == warmup)
+    return float(sum(r["tokens"] for r in timed) / (timed[-1]["timestamp"] - start))
+
+
+def bench_ddp(config: TrainConfig, warmup: int, work: Path, shape: str) -> dict[str, Any]:
+    """Scaling efficiency of 2 DDP ranks: tokens/s of 2 ranks / (2 x tokens/s of 1 rank), same per-rank batch."""
+    gpus = torch.cuda.device_count()
+    if torch.cuda.is_available() and gpus < 2:
+        log(f"[{shape}] DDP row skipped: needs 2 GPUs, this machine has {gpus}")
+        return {"ddp_ranks": 2, "ddp_tokens_per_s": None, "ddp_scaling_efficiency": None}
+    one = run_ranks(config, 1, warmup, work)
+    two = run_ranks(config, 2, warmup, work)
+    efficiency = two / (2 * one)
+    backend = "nccl" if torch.cuda.is_available() else "gloo, CPU, 1 thread per rank"
+    log(
+        f"[{shape}] DDP ({backend}): 1 rank {one:,.0f}, 2 ranks {two:,.0f} tokens/s, efficiency {efficiency:.2f}"
+    )
+    return {
+        "ddp_ranks": 2,
+        "ddp_backend": backend,
+        "one_rank_tokens_per_s": round(one, 1),
+        "ddp_tokens_per_s": round(two, 1),
+        "ddp_scaling_efficiency": round(efficiency, 3),
+    }
+
+
 def gpu_peak_tflops(override: float | None) -> float | None:
     if override:
         return override
@@ -317,6 +452,19 @@ def bench_model(
 
     # about as many real tokens per step as the baseline's batch
     rows = max(1, round(args.batch * min(mean_len, args.max_len) / args.max_len))
+    trl_rate, trl_peak = run_trl(
+        model_dir,
+        data_path,
+        work / "trl",
+        rows=rows,
+        steps=args.steps,
+        warmup=args.warmup,
+        max_len=args.max_len,
+        bf16=bf16,
+    )
+    log(
+        f"[{shape}] baseline TRL SFTTrainer (packing, padding-free): {trl_rate:,.0f} real tokens/s, peak {trl_peak} GiB"
+    )
     config = TrainConfig(
         base_model=str(model_dir),
         dataset_path=str(data_path),
@@ -344,7 +492,10 @@ def bench_model(
     log(
         f"[{shape}] ours: {ours:,.0f} real tokens/s ({rows} packed rows of {args.max_len}), peak {ours_peak} GiB"
     )
-    log(f"[{shape}] speedup {ours / baseline:.2f}x, MFU {mfu}")
+    log(
+        f"[{shape}] speedup {ours / baseline:.2f}x over HF Trainer, {ours / trl_rate:.2f}x over TRL, MFU {mfu}"
+    )
+    ddp = bench_ddp(config, args.warmup, work, shape)
 
     qlora_peak = None
     if shape == "llama-3-8b" and bitsandbytes_available():
@@ -365,7 +516,11 @@ def bench_model(
         "mfu": mfu,
         "peak_mem_gb": ours_peak,
         "baseline_peak_mem_gb": baseline_peak,
+        "trl_tokens_per_s": round(trl_rate, 1),
+        "speedup_vs_trl": round(ours / trl_rate, 3),
+        "trl_peak_mem_gb": trl_peak,
         "qlora_peak_mem_gb": qlora_peak,
+        **ddp,
     }
 
 
