@@ -187,3 +187,35 @@ def test_calls_in_flight_stay_near_the_concurrency_across_round_boundaries(
     body = seen[2 * concurrency : len(seen) - 2 * concurrency]
     low = [(i, n) for i, n in enumerate(seen) if n < concurrency // 2]
     assert min(body) >= concurrency // 2, (low, len(seen))
+
+
+def test_spare_tasks_cost_calls_only_when_a_task_before_them_fails(
+    fake: FakeTeacher, seeds: list[SeedTask]
+) -> None:
+    """The last round screens slack past the target for tasks whose instances all fail; those spare tasks'
+    classification and instance calls are made only for such failures (a 400-task job made 38 calls for
+    19 spares it never used)."""
+    purposes: list[str] = []
+    events: list[GenEvent] = []
+    params = SelfInstructParams(target=40, batch_size=6, seed=5)
+
+    async def main() -> SelfInstructResult:
+        teacher = teacher_for(fake, max_concurrency=32)
+        async with Gateway(teacher, on_call=lambda call: purposes.append(call.purpose)) as gateway:
+            return await run_self_instruct(gateway=gateway, seeds=seeds, params=params, emit=events.append)
+
+    result = asyncio.run(main())
+    records = [r for e in events for r in e.records]
+
+    # A task's records: its instances (si:round:prompt:item:n), or one record when it got none.
+    def task(key: str) -> str:
+        return ":".join(key.split(":")[:4])
+
+    task_keys = {
+        task(r.key) for r in records if r.key.count(":") == 4 or r.reason in ("no_instances", "teacher_error")
+    }
+    failed = task_keys - {task(r.key) for r in records if r.status == "kept"}
+    classified = purposes.count("self_instruct.classify")
+    assert result.stop_reason == "target" and result.surplus_tasks > 0, "the last round had spare tasks"
+    assert len(task_keys) <= classified <= len(task_keys) + len(failed), (classified, len(task_keys), failed)
+    assert purposes.count("self_instruct.instances") == classified
