@@ -145,6 +145,11 @@ def test_a_snapshot_keeps_its_pairs_when_a_person_judges_later_and_exports_them_
     a, b = preferences.list_candidates(db=db, record_id=first.id)
     # A person here prefers the imported "rejected" answer: it outranks the import from now on.
     preferences.record_pairwise(db=db, user=curator, record=first, a_id=a.id, b_id=b.id, choice="b")
+    # A judge that disagrees later is stored beside, and changes no pair.
+    preferences.record_machine_judgment(
+        db=db, record=first, kind="pairwise", candidate_ids=[a.id, b.id], job_id=None,
+        judge_model="judge-llm", gen_key="rank:1:pair", choice="a",
+    )  # fmt: skip
     db.flush()
 
     plain = _rows(client, v1, h, format="dpo_plain")
