@@ -17,6 +17,17 @@ Objective = Literal["sft", "dpo", "orpo", "kto", "simpo"]
 
 PROMPT_LEARNING_METHODS: frozenset[str] = frozenset({"prefix", "prompt"})
 LORA_FAMILY: frozenset[str] = frozenset({"lora", "qlora", "dora", "adalora"})
+# the adapter each method saves (adapter_config.json's peft_type; bitfit its own): an init_adapter must be the
+# kind the run's method trains. adalora (a budget schedule that cannot restart) and full (no adapter) have none.
+ADAPTER_KINDS: dict[str, str] = {
+    "lora": "LORA",
+    "qlora": "LORA",
+    "dora": "LORA (DoRA)",
+    "ia3": "IA3",
+    "prefix": "PREFIX_TUNING",
+    "prompt": "PROMPT_TUNING",
+    "bitfit": "bitfit",
+}
 # what FSDP can shard and save whole: plain weights with adapters beside them (see trainer/distributed.py)
 FSDP_METHODS: frozenset[str] = frozenset({"lora", "dora", "full"})
 

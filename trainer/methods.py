@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from trainer.config import PROMPT_LEARNING_METHODS, TrainConfig
+from trainer.config import ADAPTER_KINDS, PROMPT_LEARNING_METHODS, TrainConfig
 from trainer.contract import PROMPT_FORMAT_FILE
 
 BITFIT_WEIGHTS = "bitfit.safetensors"
@@ -258,16 +258,6 @@ def build_peft_model(model: Any, config: TrainConfig, *, total_steps: int, new_t
 # --------------------------------------------------------------------------------------------------
 # continuing from an earlier run's adapter (init_adapter)
 
-# the peft type an adapter of each method saves (adapter_config.json "peft_type")
-ADAPTER_PEFT_TYPES = {
-    "lora": "LORA",
-    "qlora": "LORA",
-    "dora": "LORA",
-    "ia3": "IA3",
-    "prefix": "PREFIX_TUNING",
-    "prompt": "PROMPT_TUNING",
-}
-
 
 def init_adapter_run_dir(init_adapter: str) -> Path | None:
     """The earlier run's output_dir when init_adapter is its adapter/ (its tokenizer and prompt format)."""
@@ -291,9 +281,7 @@ def check_init_adapter(init_adapter: str, method: str) -> Path:
         raise ValueError(
             f"init_adapter {init_adapter!r} holds no adapter (adapter_config.json or {BITFIT_CONFIG})"
         )
-    wanted = "bitfit" if method == "bitfit" else ADAPTER_PEFT_TYPES.get(method, method)
-    if method == "dora":
-        wanted = "LORA (DoRA)"
+    wanted = ADAPTER_KINDS.get(method, method)
     if found != wanted:
         raise ValueError(
             f"init_adapter {init_adapter!r} is a {found} adapter; method={method} trains {wanted}"

@@ -27,6 +27,7 @@ router = APIRouter(tags=["training"])
 
 def _read(run: TrainingRun, job: Job | None, cls: type[TrainingRunRead] = TrainingRunRead) -> TrainingRunRead:
     out = cls.model_validate(run)
+    out.continued_from = service.continued_from(run)
     if job is not None:
         out.status, out.error = job.status, job.error
         out.progress_done, out.progress_total = job.progress_done, job.progress_total
@@ -46,6 +47,7 @@ def create_run(body: TrainingRunCreate, user: CurrentUser, db: SessionDep) -> Tr
         objective=body.objective,
         gpus=body.gpus,
         nodes=body.nodes,
+        continue_from=body.continue_from,
     )
     return _read(run, service.job_of(db=db, run=run))
 

@@ -21,6 +21,13 @@ class TrainingRunCreate(BaseModel):
         "(the snapshot's dpo export), refused when it has none. Knobs such as beta go in hyperparameters "
         "(docs/training.md, Preference training).",
     )
+    continue_from: int | None = Field(
+        None,
+        ge=1,
+        description="An earlier succeeded run of this project on the same base model whose adapter this run "
+        "trains further (two-stage training: a broad set, then a domain set); the method must train the same "
+        "kind of adapter. Shown as the run's continued_from.",
+    )
     gpus: int = Field(
         1,
         ge=1,
@@ -60,6 +67,9 @@ class TrainingRunRead(BaseModel):
     code_version: str
     summary: dict[str, Any]
     created_at: datetime
+    continued_from: int | None = Field(
+        None, description="The run whose adapter this one continued (continue_from), in its lineage."
+    )
     status: str = ""
     error: str | None = None
     progress_done: int = 0

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from app.audit import service as audit
 from app.auth.models import Role, User
@@ -18,7 +18,7 @@ from app.config import get_settings
 from app.db import get_or_404
 from app.errors import Invalid, NotFound, not_found_as, validation_message
 from app.jobs import service as jobs
-from app.jobs.models import Job
+from app.jobs.models import Job, JobStatus
 from app.projects.service import require_project
 from app.snapshots.models import Snapshot
 from app.snapshots.service import export_records, require_snapshot
@@ -26,6 +26,7 @@ from app.training import base_models as catalog
 from app.training.models import TrainingMetric, TrainingRun
 from app.training.schemas import MessageRead, SampleRead, SamplesRead
 from trainer.contract import (
+    ADAPTER_DIR,
     CHECKPOINTS_DIR,
     LOSS_CURVE_FILE,
     METRICS_FILE,
@@ -55,6 +56,7 @@ RESERVED = {
     "allow_hub_download",
     "gpus",  # the request's own fields, checked against the workers' GPUs
     "nodes",
+    "init_adapter",  # a server path: set from continue_from, an earlier run of the project, never by a caller
 }
 
 
@@ -104,6 +106,60 @@ def require_pairs(*, db: Session, snapshot: Snapshot, objective: str) -> int:
     return len(pairs)
 
 
+def continued_adapter(
+    *, db: Session, run_id: int, project_id: int, base_model: str, method: str
+) -> tuple[TrainingRun, Path]:
+    """The adapter folder of the earlier run a new run continues (continue_from), or a 422 naming continue_from:
+    another project's or a missing run, one that has not succeeded, has no adapter here, or was trained on
+    another base model or with a method whose adapter the new method cannot train."""
+    from trainer.config import ADAPTER_KINDS  # pydantic only: no torch in the web process
+
+    def refuse(why: str) -> Invalid:
+        return Invalid(f"continue_from: {why}", field="continue_from")
+
+    earlier = db.get(TrainingRun, run_id)
+    if earlier is None or earlier.project_id != project_id:
+        raise refuse(f"no training run {run_id} in this project")
+    job = db.get(Job, earlier.job_id)
+    if job is None or job.status != JobStatus.succeeded.value:
+        raise refuse(
+            f"training run {run_id} is {job.status if job else 'gone'}; only a succeeded run has an adapter"
+        )
+    if earlier.base_model != base_model:
+        raise refuse(
+            f"training run {run_id} was trained on base_model {earlier.base_model!r}, not {base_model!r}: "
+            "an adapter only fits the model it was trained on"
+        )
+    wanted, found = ADAPTER_KINDS.get(method), ADAPTER_KINDS.get(earlier.method)
+    if found is None:
+        raise refuse(
+            f"training run {run_id} used method={earlier.method}, which leaves no adapter to continue"
+        )
+    if wanted != found:
+        raise refuse(
+            f"training run {run_id} trained a {earlier.method} adapter; method={method} cannot continue it"
+            + (" (adalora's rank budget cannot restart)" if method == "adalora" else "")
+        )
+    adapter = Path(earlier.artifacts_dir) / ADAPTER_DIR
+    if not adapter.is_dir():
+        raise refuse(f"training run {run_id} has no adapter on this server")
+    return earlier, adapter
+
+
+def continued_from(run: TrainingRun) -> int | None:
+    """The run whose adapter `run` continued: the run whose folder holds its init_adapter (its lineage)."""
+    init = (run.config or {}).get("init_adapter")
+    db = object_session(run)
+    if not init or db is None:
+        return None
+    folder = str(Path(init).parent)
+    return db.scalar(
+        select(TrainingRun.id).where(
+            TrainingRun.project_id == run.project_id, TrainingRun.artifacts_dir == folder
+        )
+    )
+
+
 def base_models() -> list[catalog.ModelCheck]:
     """The models under IF_MODELS_DIR, each checked as create_run checks the one it is given."""
     return catalog.list_models(get_settings().models_dir)
@@ -126,6 +182,7 @@ def create_run(
     objective: str = "sft",
     gpus: int = 1,
     nodes: int = 1,
+    continue_from: int | None = None,
 ) -> TrainingRun:
     from trainer.config import TrainConfig  # pydantic only: no torch in the web process
 
@@ -135,10 +192,21 @@ def create_run(
     reserved = sorted((RESERVED | {"objective"}) & set(hyperparameters))
     if reserved:
         raise Invalid(f"hyperparameters may not set {', '.join(reserved)}", field="hyperparameters")
+    from app.datasets.models import Dataset
+
+    dataset = db.get(Dataset, snap.dataset_id)
+    assert dataset is not None
+    lineage: dict[str, Any] = {}
+    if continue_from is not None:
+        _earlier, adapter = continued_adapter(
+            db=db, run_id=continue_from, project_id=dataset.project_id, base_model=base_model, method=method
+        )
+        lineage["init_adapter"] = str(adapter)
     try:
         config = TrainConfig.model_validate(
             {
                 **hyperparameters,
+                **lineage,
                 "base_model": str(model_path),
                 "models_dir": str(get_settings().models_dir.resolve()),
                 "dataset_path": "<set by the worker>",
@@ -154,10 +222,6 @@ def create_run(
         raise Invalid(validation_message(exc.errors(), prefix="hyperparameters")) from exc
     if config.objective != "sft":
         require_pairs(db=db, snapshot=snap, objective=config.objective)
-    from app.datasets.models import Dataset
-
-    dataset = db.get(Dataset, snap.dataset_id)
-    assert dataset is not None
     job = jobs.create_job(
         db=db,
         user=user,
@@ -190,7 +254,7 @@ def create_run(
         entity_type="training_run",
         entity_id=run.id,
         project_id=dataset.project_id,
-        detail={"snapshot": snap.id, "method": method},
+        detail={"snapshot": snap.id, "method": method, "continue_from": continue_from},
     )
     db.commit()
     jobs.send(db=db, job=job)

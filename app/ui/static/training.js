@@ -131,7 +131,8 @@
     q("bar").max = run.progress_total || 1;
     q("bar").value = run.progress_total ? run.progress_done : 0;
     q("count").textContent = run.progress_total ? `${run.progress_done}/${run.progress_total} steps` : "";
-    kv(q("info"), { snapshot: `#${run.snapshot_id}`, "base model": run.base_model, method: run.method, job: `#${run.job_id}`, config: run.config });
+    const lineage = run.continued_from ? { "continued from": `run #${run.continued_from}` } : {};
+    kv(q("info"), { snapshot: `#${run.snapshot_id}`, "base model": run.base_model, method: run.method, ...lineage, job: `#${run.job_id}`, config: run.config });
     kv(q("summary"), run.summary);
     drawLoss(q("chart"), run.metrics || []);
     drawPreference(q("preference"), run.metrics || []);
@@ -170,6 +171,7 @@
         try {
           const run = await IF.api("POST", "/api/v1/training-runs", {
             snapshot_id: Number(fd.get("snapshot_id")), base_model: fd.get("base_model"), method: fd.get("method"), objective: fd.get("objective") || "sft", hyperparameters: hyper,
+            continue_from: fd.get("continue_from") ? Number(fd.get("continue_from")) : null,
           });
           window.location.href = `/ui/training/${run.id}`;
         } catch (err) {
