@@ -76,7 +76,14 @@ def _teacher_choices(user: User) -> tuple[list[Choice], str]:
     return [
         Choice(
             t.name,
-            f"{t.name} — {t.model} · {_price(t.price_in_per_1k)} in / {_price(t.price_out_per_1k)} out per 1k tokens",
+            f"{t.name} — {t.model} · {_price(t.price_in_per_1k)} in / {_price(t.price_out_per_1k)} out per 1k tokens"
+            + (
+                f" · batch API {_price(t.batch_price_in_per_1k or 0)} in / "
+                f"{_price(t.batch_price_out_per_1k or 0)} out"
+                if t.batch
+                else ""
+            ),
+            "batch" if t.batch else "",
         )
         for t in known
     ], ""
@@ -92,6 +99,12 @@ def _offer_choices(fields: list[FormField], user: User, dataset: Dataset) -> Non
                 f.as_select(choices)
             else:
                 f.help = why
+            for b in [x for x in fields if x.name == "batch"]:
+                # Offered with the teachers that have a batch API; the page shows it only while one of them
+                # is chosen (batch.js), and job creation refuses it with any other.
+                b.options = [c for c in choices if c.help == "batch"]
+                names = ", ".join(c.value for c in b.options) or "none of the configured teachers"
+                b.help = f"{b.help} Teachers with a batch API: {names}."
         elif f.name == "rules" and f.kind == "json":
             saved = ((dataset.settings or {}).get("rules") or {}).get("enabled") or list(RULES)
             f.as_multi([Choice(code, code, rule.description) for code, rule in RULES.items()], list(saved))
@@ -119,6 +132,8 @@ def _job_form(db: Session, user: User, dataset_id: int, kind: str) -> JobForm:
     dataset = datasets.require_dataset(db=db, user=user, dataset_id=dataset_id, min_role=Role.curator.value)
     spec, fields = _kind_form(kind)
     _offer_choices(fields, user, dataset)
+    # No configured teacher has a batch API: the form does not offer batch mode at all.
+    fields = [f for f in fields if not (f.name == "batch" and f.kind == "checkbox" and not f.options)]
     return JobForm(dataset=dataset, spec=spec, fields=fields, estimable=kind in generation.ESTIMATED_KINDS)
 
 

@@ -13,7 +13,7 @@
     const tin = est.tokens_in_per_call * calls;
     const tout = est.tokens_out_per_call * calls;
     return h("dl", { class: "kv", "data-role": "estimate-result" },
-      h("dt", {}, "Cost"), h("dd", { "data-role": "estimate-cost" }, `≈ ${money(est.estimated_cost_usd)} (${money(est.cost_per_call_usd, 6)} a call)`),
+      h("dt", {}, "Cost"), h("dd", { "data-role": "estimate-cost" }, `≈ ${money(est.estimated_cost_usd)} (${money(est.cost_per_call_usd, 6)} a call)${est.batch ? " at batch API prices" : ""}`),
       h("dt", {}, "Calls"), h("dd", { "data-role": "estimate-calls" }, `≈ ${count(calls)} (from ${est.sampled_calls} sampled)`),
       h("dt", {}, "Tokens"), h("dd", { "data-role": "estimate-tokens" }, `≈ ${count(tin)} in + ${count(tout)} out (${count(est.tokens_in_per_call)} + ${count(est.tokens_out_per_call)} a call)`));
   }
