@@ -286,3 +286,19 @@ def test_a_persons_later_verdict_on_a_pair_replaces_their_earlier_one() -> None:
         (2, 1, "person"),
         (2, 3, "person"),
     ]
+
+
+def test_hh_rlhf_row_whose_chosen_goes_on_after_the_parting_turn_keeps_the_rest_as_its_answer() -> None:
+    # The shape of harmless-base/test.jsonl line 1255: chosen continues with a further exchange.
+    head = "\n\nHuman: Are drag queens men?\n\nAssistant: No."
+    row = {
+        "chosen": f"{head}\n\nHuman: Isn't that drag kings?\n\nAssistant: Yes.\n\nHuman: Why?\n\nAssistant: Custom.",
+        "rejected": f"{head}\n\nHuman: Isn't that drag kings?\n\nAssistant: A drag king is the opposite.",
+    }
+    (rec,), _ = parse_all(jsonl(row))
+    assert rec.messages is not None and rec.messages[-2]["content"] == "Isn't that drag kings?"
+    assert rec.preference is not None
+    assert [c["content"] for c in rec.preference["candidates"]] == [
+        "Yes.\n\nHuman: Why?\n\nAssistant: Custom.",
+        "A drag king is the opposite.",
+    ]

@@ -177,33 +177,44 @@ _HH_ROLE = {"Human": "user", "Assistant": "assistant"}
 _HH_USED = frozenset({"chosen", "rejected"})
 
 
-def _transcript(text: str, field: str) -> list[dict[str, str]]:
+def _transcript(text: str, field: str) -> list[tuple[str, str, int]]:
+    """(role, content, where the content starts in `text`) per turn."""
     marks = list(_HH_TURN.finditer(text))
     if not marks or marks[0].start() != 0:
         raise Invalid(field, 'expected a transcript of "\\n\\nHuman: ..." and "\\n\\nAssistant: ..." turns')
     turns = []
     for mark, nxt in zip(marks, [*marks[1:], None], strict=True):
         end = nxt.start() if nxt is not None else len(text)
-        turns.append({"role": _HH_ROLE[mark.group(1)], "content": text[mark.end() : end].strip()})
-    if turns[-1]["role"] != "assistant":
+        turns.append((_HH_ROLE[mark.group(1)], text[mark.end() : end].strip(), mark.end()))
+    if turns[-1][0] != "assistant":
         raise Invalid(field, 'expected the transcript to end with an "Assistant:" turn')
     return turns
 
 
 def _hh_rlhf(obj: dict[str, Any], line: int, limits: Limits) -> ParsedRecord:
+    """The prompt is what both transcripts share up to the first Assistant turn where they part; each answer
+    is the rest of its transcript. Usually that is the final turn; in a few real rows (5 of the 2,312 of
+    harmless-base/test) one transcript goes on after it ("... drag kings.\n\nHuman: ...\n\nAssistant: ..."),
+    and that rest is the answer as the dataset has it. Transcripts that part in a Human turn are different
+    conversations: refused."""
     chosen, rejected = obj.get("chosen"), obj.get("rejected")
     if type(chosen) is list or type(rejected) is list:
         return _preference(obj, line, limits, "hh_rlhf")  # conversational rows without a prompt key
-    c_turns = _transcript(_str(obj, "chosen"), "chosen")
-    r_turns = _transcript(_str(obj, "rejected"), "rejected")
-    if len(c_turns) > limits.max_turns:
-        raise Invalid("chosen", f"{len(c_turns):,} turns exceeds the limit of {limits.max_turns:,}")
-    if c_turns[:-1] != r_turns[:-1]:
+    c_text, r_text = _str(obj, "chosen"), _str(obj, "rejected")
+    c_turns, r_turns = _transcript(c_text, "chosen"), _transcript(r_text, "rejected")
+    if len(c_turns) > limits.max_turns or len(r_turns) > limits.max_turns:
+        raise Invalid("chosen", f"more turns than the limit of {limits.max_turns:,}")
+    shared = 0
+    last = min(len(c_turns), len(r_turns)) - 1
+    while shared < last and c_turns[shared][:2] == r_turns[shared][:2]:
+        shared += 1
+    if c_turns[shared][0] != "assistant" or r_turns[shared][0] != "assistant":
         raise Invalid("rejected", "the conversation before the final Assistant turn differs from chosen's")
     extra = {} if obj.keys() <= _HH_USED else {k: v for k, v in obj.items() if k not in _HH_USED}
-    answers = c_turns[-1]["content"], r_turns[-1]["content"]
+    answers = c_text[c_turns[shared][2] :].strip(), r_text[r_turns[shared][2] :].strip()
+    prompt = [{"role": role, "content": content} for role, content, _ in c_turns[:shared]]
     preference = _pairwise("hh_rlhf", HUMAN, answers[0], answers[1], (None, None))
-    return _record(c_turns[:-1], answers[0], extra, line, preference)
+    return _record(prompt, answers[0], extra, line, preference)
 
 
 # --------------------------------------------------------------------------------------- UltraFeedback
