@@ -32,6 +32,21 @@ ADAPTER_KINDS: dict[str, str] = {
 FSDP_METHODS: frozenset[str] = frozenset({"lora", "dora", "full"})
 
 
+class RopeScaling(BaseModel):
+    """Longer context for models with rotary position embeddings (RoPE): transformers' rope_parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["linear", "dynamic", "yarn"] = Field(
+        description="linear: positions divided by factor (position interpolation); dynamic: NTK-aware scaling "
+        "that only starts past the original context; yarn: YaRN (interpolation by frequency band)."
+    )
+    factor: float = Field(gt=1.0, description="Context multiplier, e.g. 2.0 for a 4k model trained at 8k.")
+    original_max_position_embeddings: int | None = Field(
+        default=None, ge=1, description="yarn: the context the model was pre-trained with (default: its own)."
+    )
+
+
 class TrainConfig(BaseModel):
     """A fully described SFT run; `train_config.yaml` in the artifacts is this model, resolved."""
 
@@ -175,6 +190,11 @@ class TrainConfig(BaseModel):
         "by precision. Refused when it contradicts precision.",
     )
     gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward.")
+    rope_scaling: RopeScaling | None = Field(
+        default=None,
+        description="RoPE scaling for a longer context, e.g. {type: linear, factor: 2.0}; set on the model's "
+        "config at load (training, inference, merge). Refused for models without rotary embeddings.",
+    )
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
         default="auto", description="auto: flash_attention_2 when installed on CUDA, else sdpa."
     )

@@ -49,6 +49,7 @@ def _load_base(output_dir: Path, base_model: str | None, *, dtype: torch.dtype |
         dtype=dtype,  # type: ignore[arg-type]
         attn_implementation=resolve_attn_implementation("auto"),
         local_only=local_only,
+        rope_scaling=cfg.rope_scaling.model_dump() if cfg.rope_scaling else None,
     )
     if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
         # the trained rows come from the adapter (modules_to_save); no point initialising them here

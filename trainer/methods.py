@@ -89,15 +89,23 @@ def load_base_model(
     attn_implementation: str,
     quantize_4bit: bool = False,
     local_only: bool = True,
+    rope_scaling: dict[str, Any] | None = None,
 ) -> Any:
-    """The base model in `dtype`; with quantize_4bit, NF4 + double quantisation (QLoRA) on CUDA."""
-    from transformers import AutoModelForCausalLM
+    """The base model in `dtype`; with quantize_4bit, NF4 + double quantisation (QLoRA) on CUDA.
+
+    rope_scaling (RopeScaling.model_dump()) is set on the model's config before the weights load.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "attn_implementation": attn_implementation,
         "local_files_only": local_only,
     }
+    if rope_scaling is not None:
+        model_config = AutoConfig.from_pretrained(str(path), local_files_only=local_only)
+        apply_rope_scaling(model_config, rope_scaling)
+        kwargs["config"] = model_config
     if quantize_4bit:
         if not bitsandbytes_available():
             raise RuntimeError("QLoRA needs CUDA and the bitsandbytes package")
@@ -111,6 +119,23 @@ def load_base_model(
         )
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+
+
+def apply_rope_scaling(model_config: Any, rope: dict[str, Any]) -> None:
+    """Set RoPE scaling on a transformers config; ValueError when the model has no (single) rotary embedding."""
+    current = getattr(model_config, "rope_parameters", None)
+    model_type = getattr(model_config, "model_type", "?")
+    if not isinstance(current, dict) or "rope_type" not in current:
+        how = "per-layer-type RoPE settings" if isinstance(current, dict) else "no rotary position embeddings"
+        raise ValueError(f"rope_scaling: model_type {model_type!r} has {how}; RoPE scaling cannot be set")
+    scaled = {k: v for k, v in current.items() if k == "rope_theta"}
+    scaled.update(rope_type=rope["type"], factor=float(rope["factor"]))
+    if rope["type"] == "yarn":
+        scaled["original_max_position_embeddings"] = rope.get("original_max_position_embeddings") or getattr(
+            model_config, "max_position_embeddings", None
+        )
+    model_config.rope_parameters = scaled
+    model_config.validate_rope()
 
 
 def _is_linear(module: nn.Module) -> bool:

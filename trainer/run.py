@@ -530,6 +530,7 @@ def _build_trainee(
         attn_implementation=attn,
         quantize_4bit=config.method == "qlora",
         local_only=not config.allow_hub_download,
+        rope_scaling=config.rope_scaling.model_dump() if config.rope_scaling else None,
     )
     if config.method != "qlora":
         model.to(device)
