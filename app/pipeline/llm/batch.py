@@ -1,6 +1,7 @@
 """Batch mode: a job's independent teacher calls answered through OpenAI's Batch API, at batch prices.
 
-How a job uses it (the judge handler, app/generation/jobs.py, is the first): on every visit it
+How a job uses it (app/generation/batch_mode.py for the service's jobs, app/cli/batch.py for the CLI): on
+every visit it
 
 1. runs its pipeline once against the cache through a :class:`BatchGateway` in ``collect`` mode: a call
    the cache answers is answered; any other is *deferred* (kept in :attr:`BatchGateway.missing` and
@@ -8,7 +9,10 @@ How a job uses it (the judge handler, app/generation/jobs.py, is the first): on 
    the run still shows its calls). Nothing is paid and the pipeline's output is thrown away;
 2. hands those requests to :meth:`BatchRunner.step`, which polls the open batch, if any, and stores its
    answers in the job's cache and ledger at batch prices; with nothing open, it submits what is still
-   missing in a new batch. It says whether to wait (the job then gives its worker back, see
+   missing in a new batch, or several when the teacher's ``batch_max_requests`` / ``batch_max_bytes``
+   (OpenAI: 50,000 requests, 200 MB) split it: a group, submitted together and collected once all of it
+   has ended. An answer to a request no pass asks for any more (a person decided the record meanwhile) is
+   kept in the cache and ledger all the same: the provider bills it. It says whether to wait (the job then gives its worker back, see
    app.jobs.context.JobWaiting) or go on; after new answers it asks for step 1 again, since a call that
    depends on an answer (the judge's re-ask of an unreadable score) only shows up once that answer is in;
 3. when nothing is missing, runs the pipeline for real through a :class:`BatchGateway` in ``final``
@@ -279,13 +283,14 @@ class BatchRunner:
         if not todo:
             return Step("final", failed=failed)
         first = len(self.state.submissions)
+        chunks = self.chunks(todo)
         subs = [
             Submission(label=f"{self.job_label}-s{first + n}", requests=len(chunk), chunk=n)
-            for n, chunk in enumerate(self.chunks(todo))
+            for n, chunk in enumerate(chunks)
         ]
         self.state.submissions.extend(subs)
         self.save(self.state)  # the labels first: a kill from here on finds their batches by them
-        for sub, chunk in zip(subs, self.chunks(todo), strict=True):
+        for sub, chunk in zip(subs, chunks, strict=True):
             self._create(sub, chunk)
         return Step("wait", self.teacher.batch_poll_s, message=self._submitted(subs))
 
