@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -61,6 +61,12 @@ class RankJobParams(TeacherChoice):
     )
     batch_size: int = Field(16, ge=1, le=1000, description="Calls in flight together (one checkpoint).")
     max_tokens: int = Field(512, ge=16, le=32_000, description="Longest verdict, in tokens.")
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> RankJobParams:
+        if not (self.aspects or self.pairwise):
+            raise ValueError("nothing to do: turn on aspects, pairwise or both")
+        return self
 
 
 def gen_key_scores(job_id: int, candidate_id: int) -> str:
@@ -174,8 +180,6 @@ def run_rank_job(ctx: JobContext) -> None:
     from app.preferences.service import record_machine_judgment
 
     p = RankJobParams.model_validate(ctx.params)
-    if not (p.aspects or p.pairwise):
-        raise Invalid("nothing to do: turn on aspects, pairwise or both", field="params.aspects")
     teacher = get_teacher(p)
     params = pipeline_params(p, language=_language(ctx))
     rows = scope_rows(ctx, ctx.dataset, p.scope, p.max_items)

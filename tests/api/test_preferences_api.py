@@ -6,6 +6,9 @@ import pytest
 from sqlalchemy import select
 
 from app.audit.models import AuditLog
+from app.datasets.models import Dataset
+from app.jobs.models import Job
+from app.projects.models import ProjectMember
 from tests.factories import make_dataset, make_project, make_records, make_user, token_for
 
 
@@ -85,3 +88,31 @@ def test_malformed_judgments_are_refused_naming_the_field_and_store_nothing(clie
     assert client.post(f"{url}/candidates", json={"content": ""}, headers=h).status_code == 422
     assert client.get(f"{url}/candidates", headers=h).json()["judgments"] == []
     assert client.get("/api/v1/records/999999999/candidates", headers=h).status_code == 404
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # validation only: one database is enough
+def test_respond_and_rank_jobs_with_bad_params_are_refused_naming_the_field_and_queue_nothing(
+    client, db, teacher, setup
+):
+    record, _, _ = setup
+    curator = make_user(db, "curator")
+    dataset_id = record.dataset_id
+    project_id = db.get(Dataset, dataset_id).project_id
+    db.add(ProjectMember(project_id=project_id, user_id=curator.id, role="curator"))
+    db.flush()
+    h = token_for(db, curator)
+    cases = [
+        ("respond", {"teacher": "fake", "samplers": [{"teacher": "nobody"}]}, "params.samplers.0.teacher"),
+        ("respond", {"teacher": "fake", "n": 17}, "n"),
+        ("respond", {"teacher": "fake", "samplers": [{"teacher": "fake", "seed": -1}]}, "seed"),
+        ("rank_candidates", {"teacher": "fake", "aspects": False, "pairwise": False}, "nothing to do"),
+        ("rank_candidates", {"teacher": "fake", "max_pairs_per_record": 0}, "max_pairs_per_record"),
+        ("respond_local", {"systems": [{"run_id": 1, "base_model": "tiny-llama"}]}, "exactly one of run_id"),
+        ("respond_local", {"systems": []}, "systems"),
+    ]
+    for kind, params, field in cases:
+        r = client.post(
+            "/api/v1/jobs", json={"kind": kind, "dataset_id": dataset_id, "params": params}, headers=h
+        )
+        assert r.status_code == 422 and field in r.text, (kind, params, r.status_code, r.text)
+    assert db.query(Job).filter(Job.dataset_id == dataset_id).count() == 0
