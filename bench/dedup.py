@@ -17,9 +17,11 @@ before it is <= 0.7):
    distinct sentence of the datasets' inputs and answers, en + zh; two-sentence prompts; injected
    near-duplicates: word substitutions, deletions, insertions, swaps, politeness openers, case and
    punctuation changes) go through brute force and ours at each of ``--sizes``: ``ours_vs_brute``.
+   Sizes above ``--brute-max`` go through ours only, brute force's time extrapolated as in step 3
+   (``brute_extrapolated`` in their row).
 3. The whole stream (``--n-large``) goes through ours; brute force's time for the same work is its
-   pairs/s, measured at the largest size of step 2, times the pairs it would score (known exactly from
-   the decisions, which are identical): ``ours_vs_brute_large``.
+   pairs/s, measured at the largest size of step 2 it ran, times the pairs it would score (known exactly
+   from the decisions, which are identical): ``ours_vs_brute_large``.
 
 Every comparison checks that the decisions are identical. Absolute times swing with the machine and its
 load (``loadavg``, taken before and after); ratios measured in the same run do not, much.
@@ -284,6 +286,27 @@ def same_decisions(ours: list[DedupDecision], brute: list[tuple[bool, float, int
     return True
 
 
+def repeats(n: int) -> int:
+    """Timed runs per side: small runs take milliseconds, so one scheduling hiccup on a loaded machine
+    would otherwise decide the ratio."""
+    return 10 if n <= 2_000 else 3 if n <= 10_000 else 1
+
+
+def timed_pair(
+    a: Callable[[], Any], b: Callable[[], Any], repeat: int
+) -> tuple[tuple[float, Any], tuple[float, Any]]:
+    """Best of ``repeat`` runs of each, alternating a and b so that load drift hits both alike."""
+    best_a, best_b, result_a, result_b = float("inf"), float("inf"), None, None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result_a = a()
+        best_a = min(best_a, time.perf_counter() - start)
+        start = time.perf_counter()
+        result_b = b()
+        best_b = min(best_b, time.perf_counter() - start)
+    return (best_a, result_a), (best_b, result_b)
+
+
 def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     """Best of ``repeat`` runs (the machine is shared: the minimum is the least disturbed one)."""
     best, result = float("inf"), None
@@ -311,6 +334,13 @@ def main() -> None:
         help="stream prefixes timed with brute force and ours (comma-separated)",
     )
     parser.add_argument("--n-large", type=int, default=1_000_000, help="records for the large run (0: none)")
+    parser.add_argument(
+        "--brute-max",
+        type=int,
+        default=30_000,
+        help="sizes above this are not run through brute force: its time is extrapolated from its pairs/s "
+        "at the largest size that was (brute force at 100,000 scores ~7G pairs: ~20 min on 2 loaded cores)",
+    )
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--skip-reference", action="store_true", help="no Alpaca loop (it takes minutes)")
     parser.add_argument(
@@ -328,8 +358,9 @@ def main() -> None:
 
     # 1. Real instructions: reference, brute force, ours. Latin text, where both tokenizers agree.
     texts = [x for x in real_instructions() if x.isascii()][: args.n]
-    ours_s, decisions = timed(lambda: ours_on(texts), 3)
-    brute_s, (brute, _) = timed(lambda: brute_force(texts, t), 3)
+    (ours_s, decisions), (brute_s, (brute, _)) = timed_pair(
+        lambda: ours_on(texts), lambda: brute_force(texts, t), repeats(len(texts))
+    )
     ours = [i for i, d in enumerate(decisions) if d.kept]
     identical = same_decisions(decisions, brute, t)
     reference_s = float("nan")
@@ -353,26 +384,39 @@ def main() -> None:
     pairs_per_s = float("nan")
     for size in sizes:
         prefix = stream[:size]
-        repeat = 3 if size <= 10_000 else 1
-        ours_n_s, ours_n = timed(lambda: ours_on(prefix), repeat)  # noqa: B023
-        brute_n_s, (brute_n, pairs) = timed(lambda: brute_force(prefix, t), repeat)  # noqa: B023
-        same = same_decisions(ours_n, brute_n, t)
-        identical = identical and same
-        pairs_per_s = pairs / brute_n_s
+        repeat = repeats(size)
+        if size > args.brute_max and pairs_per_s == pairs_per_s:
+            ours_n_s, ours_n = timed(lambda: ours_on(prefix), repeat)  # noqa: B023
+            # Too long to run here: brute force's measured rate times the pairs it would score (known
+            # exactly from the decisions, which are the same at every size it did run).
+            pairs = brute_force_pairs([d.kept for d in ours_n])
+            brute_n_s, same, extrapolated = pairs / pairs_per_s, None, True
+        else:
+            (ours_n_s, ours_n), (brute_n_s, (brute_n, pairs)) = timed_pair(
+                lambda: ours_on(prefix),  # noqa: B023
+                lambda: brute_force(prefix, t),  # noqa: B023
+                repeat,
+            )
+            same = same_decisions(ours_n, brute_n, t)
+            identical = identical and same
+            pairs_per_s, extrapolated = pairs / brute_n_s, False
         rows.append(
             {
                 "n": size,
                 "ours_s": round(ours_n_s, 4),
                 "brute_s": round(brute_n_s, 4),
+                "brute_extrapolated": extrapolated,
                 "ours_vs_brute": round(brute_n_s / ours_n_s, 2),
                 "kept": sum(d.kept for d in ours_n),
                 "brute_pairs": pairs,
                 "identical": same,
+                "loadavg": loadavg(),
             }
         )
+        how = "extrapolated" if extrapolated else f"{pairs / brute_n_s / 1e6:.1f}M pairs/s"
         print(
-            f"  n={size}: brute force {brute_n_s:.3f} s ({pairs / brute_n_s / 1e6:.1f}M pairs/s), "
-            f"ours {ours_n_s:.3f} s: {brute_n_s / ours_n_s:.2f}x; identical={same}"
+            f"  n={size}: brute force {brute_n_s:.3f} s ({how}), "
+            f"ours {ours_n_s:.3f} s: {brute_n_s / ours_n_s:.2f}x; identical={same}; load {loadavg()}"
         )
 
     # 3. The whole stream: ours measured, brute force extrapolated from its measured pairs/s.
@@ -386,6 +430,7 @@ def main() -> None:
         work = brute_force_pairs(kept_flags)
         brute_large_s = work / pairs_per_s
         large = {
+            "loadavg_large": loadavg(),
             "n_large": len(items),
             "n_1m_s": round(large_s, 1),
             "kept_1m": sum(kept_flags),

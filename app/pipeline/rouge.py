@@ -515,7 +515,11 @@ def _frequency_encoded(token_lists: list[list[str]]) -> list[_Encoded]:
     256 up in a plain array and others in a hash map, so common words get the cheap path."""
     counts = Counter(chain.from_iterable(token_lists))
     ids = {token: i for i, (token, _) in enumerate(counts.most_common())}
-    return [_encode([ids[t] for t in tokens]) for tokens in token_lists]
+    if len(ids) + _SURROGATE_SPAN > _MAX_CODE_POINT:
+        return [_encode([ids[t] for t in tokens]) for tokens in token_lists]
+    # Every id has a code point: each token's character once, then each record is one join.
+    char = {token: chr(i if i < _SURROGATE_START else i + _SURROGATE_SPAN) for token, i in ids.items()}
+    return ["".join([char[t] for t in tokens]) for tokens in token_lists]
 
 
 def _exact_scores(norm_sim: Floats, m: Floats, n: Floats) -> Floats:
