@@ -8,16 +8,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.imports.service import parse_file, write_records
+from app.jobs.models import Job
 from app.preferences import service as prefs
 from app.preferences.models import ASPECTS, Candidate, PreferenceJudgment
 from app.records import service as records
 from app.records.models import Record
 from app.records.schemas import RecordUpdate
-from tests.factories import make_dataset, make_project, make_records, make_user, run_job_now, token_for
+from tests.factories import (
+    job_row,
+    make_dataset,
+    make_project,
+    make_records,
+    make_user,
+    run_job_now,
+    token_for,
+)
+from workers.runner import run_job
 
 
 def _dataset(engine: Any, tmp_path: Path, rows: list[dict[str, Any]], fmt: str = "alpaca") -> tuple[int, Any]:
@@ -110,8 +120,15 @@ def test_respond_answers_prompt_only_records_with_n_candidates_each_and_fills_on
     assert job.result["answered"] + job.result["truncated"] == 12 and job.result["outputs_filled"] == 3
     assert job.result["cost_usd"] > 0
 
-    # The same job again pays for nothing (every request is cached) and stores no copy of an answer.
+    # The job redelivered after a worker died having stored everything: it skips every key it wrote.
     completions = teacher.stats()["completions"]
+    with Session(committed_pg) as db:
+        db.execute(update(Job).where(Job.id == job.id).values(status="queued", lease_until=None))
+        db.commit()
+    assert run_job(job.id) == "succeeded"
+    assert job_row(committed_pg, job.id).result["already_answered"] == 12
+    assert teacher.stats()["completions"] == completions
+    # Another job with the same samplers pays for nothing (every request is cached) and stores no copy.
     again = run_job_now(committed_pg, curator, dataset_id, "respond", params)
     assert teacher.stats()["completions"] == completions
     assert again.result["duplicate"] == 12 and again.result["answered"] == 0
