@@ -62,9 +62,11 @@ from trainer.formats import (
     truncate,
 )
 from trainer.methods import (
+    attach_init_adapter,
     bitsandbytes_available,
     build_peft_model,
     detect_linear_targets,
+    init_adapter_run_dir,
     load_base_model,
     load_tokenizer,
     resolve_attn_implementation,
@@ -498,14 +500,6 @@ class _Policy:
         return nullcontext()
 
 
-def _adapter_run_dir(config: TrainConfig) -> Path | None:
-    """The SFT run folder that holds init_adapter (its tokenizer and prompt format), when it is one."""
-    if config.init_adapter is None:
-        return None
-    parent = Path(config.init_adapter).expanduser().resolve().parent
-    return parent if (parent / PROMPT_FORMAT_FILE).is_file() else None
-
-
 def _build_policy(
     config: TrainConfig, base_path: Path | str, tokenizer: Any, added_tokens: list[str], *, total: int
 ) -> _Policy:
@@ -532,11 +526,7 @@ def _build_policy(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(config.seed)
     if config.init_adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(
-            model, str(Path(config.init_adapter).expanduser()), is_trainable=True
-        )
+        model = attach_init_adapter(model, config)  # refused when it is not the kind `method` trains
     else:
         model = build_peft_model(model, config, total_steps=total, new_tokens=bool(added_tokens))
     if config.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
@@ -875,7 +865,7 @@ def train_preference(config: TrainConfig, reporter: Reporter, on_step: Callable[
     notes: list[str] = [f"objective {config.objective}"]
 
     base_path = config.resolved_base_model()
-    sft_dir = _adapter_run_dir(config)
+    sft_dir = init_adapter_run_dir(config.init_adapter) if config.init_adapter else None
     tokenizer = load_tokenizer(sft_dir or base_path, local_only=not config.allow_hub_download)
     fmt = PromptFormat.load(sft_dir / PROMPT_FORMAT_FILE) if sft_dir is not None else None
     if sft_dir is not None:

@@ -107,13 +107,13 @@ def _lora_policy(base_model: Path, config: TrainConfig) -> Any:
 
 
 def test_dpo_raises_preference_accuracy_on_its_pairs_to_90_percent_with_a_positive_margin(pref_config):
-    config = pref_config(max_steps=20, logging_steps=5)
+    config = pref_config(max_steps=15, logging_steps=5)
     summary = main(config)
     out = Path(config.output_dir)
     assert summary.state == "succeeded", summary
     assert summary.samples_train == 28
     rows = _metrics(out)
-    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    assert [r["step"] for r in rows] == [5, 10, 15]
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
         assert all(key in r for r in rows), key
 
@@ -258,8 +258,6 @@ def test_config_refuses_preference_objectives_without_a_switchable_adapter():
     for method in ("prefix", "prompt", "bitfit", "adalora"):
         with pytest.raises(ValueError, match=f"objective=dpo trains with .* not method={method}"):
             TrainConfig(**common, objective="dpo", method=method)
-    with pytest.raises(ValueError, match="init_adapter is only read by preference objectives"):
-        TrainConfig(**common, init_adapter="runs/sft/adapter")
     assert TrainConfig(**common, objective="kto", method="dora").objective == "kto"
 
 
