@@ -291,41 +291,6 @@ def _teacher_config_rows(engine: Any, dataset_id: int, source: str) -> list[tupl
         return [(r.parent_id, r.instruction, r.output, r.status, r.reason, r.judge_score) for r in rows]
 
 
-def test_backtranslation_in_batch_mode_asks_instructions_then_scores_and_keeps_the_synchronous_records(
-    committed_pg, shared_data, fake, tmp_path
-):
-    from tests.service.test_backtranslate_job import answers, passages_dataset
-
-    fake.set_batches(delay_s=0.3)
-    texts = answers(shared_data, 2)
-    sync_ds, curator = passages_dataset(committed_pg, tmp_path, texts)
-    batch_ds, batch_curator = passages_dataset(committed_pg, tmp_path, texts)
-    sync_job = create_job(committed_pg, curator, sync_ds, "backtranslate", {"teacher": "sync"})
-    assert run_job(sync_job) == "succeeded", job_row(committed_pg, sync_job).error
-    batch_job = create_job(
-        committed_pg, batch_curator, batch_ds, "backtranslate", {"teacher": "batch", "batch": True}
-    )
-    outcomes = _until_done(committed_pg, batch_job)
-    job = job_row(committed_pg, batch_job)
-    assert outcomes[-1] == "succeeded", job.error
-    sync_rows = _teacher_config_rows(committed_pg, sync_ds, "backtranslation")
-    batch_rows = _teacher_config_rows(committed_pg, batch_ds, "backtranslation")
-    assert len(batch_rows) == len(sync_rows) == job.result["passages"] > 2
-    # The same instructions, scores and decisions (parents differ: each dataset has its own passages).
-    assert [r[1:] for r in batch_rows] == [r[1:] for r in sync_rows]
-    # Two stages, each its own batch: every score went in after its instruction came back.
-    paid = _paid(committed_pg, batch_job)
-    first_batch = {
-        json.loads(line)["custom_id"]
-        for line in fake.state.files[fake.state.batches["batch_1"]["input_file_id"]].decode().splitlines()
-    }
-    assert {c.purpose for c in paid if c.key in first_batch} == {"backtranslate.instruction.batch"}
-    assert "backtranslate.score.batch" in {c.purpose for c in paid}
-    assert fake.stats()["batches_created"] >= 2
-    assert len({c.key for c in paid}) == len(paid)
-    assert job.cost_usd == pytest.approx(job_row(committed_pg, sync_job).cost_usd / 2, rel=1e-3)
-
-
 def test_rewrite_in_batch_mode_leaves_alone_a_record_a_person_edited_while_the_batch_was_out(
     committed_pg, shared_data, fake, tmp_path
 ):
@@ -353,26 +318,21 @@ def test_rewrite_in_batch_mode_leaves_alone_a_record_a_person_edited_while_the_b
     assert job.cost_usd == pytest.approx(sum(c.cost_usd for c in paid), abs=1e-6)
 
 
-def test_reasoning_in_batch_mode_gives_the_synchronous_match_rate(committed_pg, shared_data, fake, tmp_path):
+def test_reasoning_in_batch_mode_checks_every_solution_answered_by_one_batch(
+    committed_pg, shared_data, fake, tmp_path
+):
     from tests.service.test_rewrite_reasoning_jobs import _dataset, _gsm8k
 
     fake.set_batches(delay_s=0.3)
-    rows = _gsm8k(shared_data, 8)
-    sync_ds, curator = _dataset(committed_pg, tmp_path, rows)
-    batch_ds, batch_curator = _dataset(committed_pg, tmp_path, rows)
-    sync_job = create_job(committed_pg, curator, sync_ds, "reasoning", {"teacher": "sync"})
-    assert run_job(sync_job) == "succeeded", job_row(committed_pg, sync_job).error
-    batch_job = create_job(
-        committed_pg, batch_curator, batch_ds, "reasoning", {"teacher": "batch", "batch": True}
-    )
-    assert _until_done(committed_pg, batch_job)[-1] == "succeeded", job_row(committed_pg, batch_job).error
-    sync, batch = job_row(committed_pg, sync_job).result, job_row(committed_pg, batch_job).result
-    for name in ("matched", "mismatched", "unparseable", "match_rate", "items"):
-        assert batch[name] == sync[name], name
-    assert _teacher_config_rows(committed_pg, batch_ds, "reasoning") and [
-        r[1:] for r in _teacher_config_rows(committed_pg, batch_ds, "reasoning")
-    ] == [r[1:] for r in _teacher_config_rows(committed_pg, sync_ds, "reasoning")]
-    assert fake.stats()["batches_created"] == 1
+    dataset_id, curator = _dataset(committed_pg, tmp_path, _gsm8k(shared_data, 4))
+    job_id = create_job(committed_pg, curator, dataset_id, "reasoning", {"teacher": "batch", "batch": True})
+    assert _until_done(committed_pg, job_id)[-1] == "succeeded", job_row(committed_pg, job_id).error
+    result = job_row(committed_pg, job_id).result
+    checked = result["matched"] + result["mismatched"] + result["unparseable"]
+    assert checked == result["items"] == 4 and result["match_rate"] == round(result["matched"] / 4, 4)
+    assert len(_teacher_config_rows(committed_pg, dataset_id, "reasoning")) == 4
+    paid = _paid(committed_pg, job_id)
+    assert [c.purpose for c in paid] == ["reasoning.batch"] * 4 and fake.stats()["batches_created"] == 1
 
 
 @pytest.mark.slow
@@ -384,7 +344,11 @@ def test_backtranslation_worker_sigkilled_creating_its_score_batch_submits_nothi
     # The instructions' batch goes through; the fake then holds its answer to creating the scores' batch
     # (which exists by then) and the worker is killed before it could save that batch's id.
     fake.set_batches(delay_s=0.5)
-    dataset_id, curator = passages_dataset(committed_pg, tmp_path, answers(shared_data, 2))
+    texts = answers(shared_data, 2)
+    sync_ds, sync_curator = passages_dataset(committed_pg, tmp_path, texts)
+    sync_job = create_job(committed_pg, sync_curator, sync_ds, "backtranslate", {"teacher": "sync"})
+    assert run_job(sync_job) == "succeeded", job_row(committed_pg, sync_job).error
+    dataset_id, curator = passages_dataset(committed_pg, tmp_path, texts)
     job_id = create_job(
         committed_pg, curator, dataset_id, "backtranslate", {"teacher": "batch", "batch": True}
     )
@@ -423,12 +387,21 @@ def test_backtranslation_worker_sigkilled_creating_its_score_batch_submits_nothi
     assert max(submitted.values()) == 1, "a request went into two batches"
     paid = _paid(committed_pg, job_id)
     assert {c.key for c in paid} == set(submitted)  # every answer kept, once
-    assert {"backtranslate.instruction.batch", "backtranslate.score.batch"} <= {c.purpose for c in paid}
-    with Session(committed_pg) as db:
-        made = db.scalar(
-            select(func.count()).where(Record.dataset_id == dataset_id, Record.source == "backtranslation")
-        )
-    assert made == job.result["passages"] > 2
+    # Two stages, each its own batch: the first held instructions only; every score went in after its
+    # instruction came back.
+    first_batch = {
+        json.loads(line)["custom_id"]
+        for line in fake.state.files[fake.state.batches["batch_1"]["input_file_id"]].decode().splitlines()
+    }
+    assert {c.purpose for c in paid if c.key in first_batch} == {"backtranslate.instruction.batch"}
+    assert "backtranslate.score.batch" in {c.purpose for c in paid}
+    # The synchronous job's instructions, scores and decisions (parents differ: each dataset has its own
+    # passages), at half the cost.
+    sync_rows = _teacher_config_rows(committed_pg, sync_ds, "backtranslation")
+    batch_rows = _teacher_config_rows(committed_pg, dataset_id, "backtranslation")
+    assert len(batch_rows) == len(sync_rows) == job.result["passages"] > 2
+    assert [r[1:] for r in batch_rows] == [r[1:] for r in sync_rows]
+    assert job.cost_usd == pytest.approx(job_row(committed_pg, sync_job).cost_usd / 2, rel=1e-3)
 
 
 def test_respond_in_batch_mode_stores_the_synchronous_candidates_one_sample_batch_after_another(
@@ -437,7 +410,7 @@ def test_respond_in_batch_mode_stores_the_synchronous_candidates_one_sample_batc
     from tests.service.test_respond_rank import _candidates, _dataset, _wild_prompts
 
     fake.set_batches(delay_s=0.3)
-    rows = _wild_prompts(shared_data, 2)
+    rows = _wild_prompts(shared_data, 1)
     sync_ds, curator = _dataset(committed_pg, tmp_path, rows, fmt="mt_bench")
     batch_ds, batch_curator = _dataset(committed_pg, tmp_path, rows, fmt="mt_bench")
     params = {"n": 2, "temperature": 0.8}
@@ -454,7 +427,7 @@ def test_respond_in_batch_mode_stores_the_synchronous_candidates_one_sample_batc
             for _, cands in sorted(_candidates(committed_pg, dataset_id).items())
         ]
 
-    assert contents(batch_ds) == contents(sync_ds) and sum(map(len, contents(batch_ds))) == 4
+    assert contents(batch_ds) == contents(sync_ds) and sum(map(len, contents(batch_ds))) == 2
     assert fake.stats()["batches_created"] == 2  # one per sample (the seeds differ)
     assert job_row(committed_pg, batch_job).cost_usd == pytest.approx(
         job_row(committed_pg, sync_job).cost_usd / 2, rel=1e-3
