@@ -259,6 +259,11 @@ class TrainConfig(BaseModel):
                 f"objective={self.objective} trains with lora, qlora, dora or ia3 (an adapter that can be "
                 f"switched off for the reference), not method={self.method}"
             )
+        if self.objective != "sft" and (self.gpus > 1 or self.nodes > 1):
+            raise ValueError(
+                f"objective={self.objective} runs on one GPU for now (gpus=1, nodes=1): trainer/preference.py "
+                "has no distributed loop yet"
+            )
         if self.init_adapter is not None and self.method == "full":
             raise ValueError(
                 "init_adapter is an adapter: method=full continues from an earlier run's model/ as base_model"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import random
 import time
 from collections import Counter
@@ -859,6 +860,8 @@ def train_preference(config: TrainConfig, reporter: Reporter, on_step: Callable[
         plan_training,
     )
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RuntimeError(f"objective={config.objective} runs in one process: launch it without torchrun")
     started = time.perf_counter()
     out = reporter.output_dir
     _seed_everything(config.seed)

@@ -258,6 +258,8 @@ def test_config_refuses_preference_objectives_without_a_switchable_adapter():
     for method in ("prefix", "prompt", "bitfit", "adalora"):
         with pytest.raises(ValueError, match=f"objective=dpo trains with .* not method={method}"):
             TrainConfig(**common, objective="dpo", method=method)
+    with pytest.raises(ValueError, match="objective=kto runs on one GPU for now"):
+        TrainConfig(**common, objective="kto", gpus=2)
     assert TrainConfig(**common, objective="kto", method="dora").objective == "kto"
 
 
