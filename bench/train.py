@@ -9,6 +9,7 @@ base; gradient-checkpointing recomputation is not counted as useful work).
 
     python bench/train.py            # GPU: 8B and 1B LoRA, plus 8B QLoRA peak memory
     python bench/train.py --tiny     # CPU smoke run on a tiny model (figures mean nothing)
+                                     # (each model also gets a DPO row: ours vs TRL's DPOTrainer; --no-dpo)
     python bench/train.py --cpu      # a laptop's first run: SmolLM2-135M- and Qwen2.5-0.5B-shaped models on
                                      # this CPU: seconds per step, tokens/s, time for one epoch of 200 records
 
@@ -506,8 +507,10 @@ def bench_model(
         log(f"[{shape}] QLoRA peak {qlora_peak} GiB")
     elif shape == "llama-3-8b":
         log(f"[{shape}] QLoRA skipped: needs CUDA and bitsandbytes")
+    dpo = bench_dpo(shape, model_dir, records, args, work) if not args.no_dpo else {}
     shutil.rmtree(model_dir, ignore_errors=True)
     return {
+        **dpo,
         "model": shape,
         "params": n_params,
         "tokens_per_s": round(ours, 1),
@@ -611,11 +614,164 @@ def bench_cpu(
     return result
 
 
+def dpo_pairs(records: list[dict[str, str]], seed: int) -> list[dict[str, str]]:
+    """Real prompts and answers as preference pairs: chosen is the record's answer, rejected another's."""
+    rng = random.Random(seed)
+    others = list(range(len(records)))
+    rng.shuffle(others)
+    pairs = []
+    for i, r in enumerate(records):
+        j = others[i] if others[i] != i else (i + 1) % len(records)
+        prompt = r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")
+        pairs.append({"prompt": prompt, "chosen": r["output"], "rejected": records[j]["output"]})
+    return pairs
+
+
+def run_trl_dpo(
+    model_dir: Path,
+    config: TrainConfig,
+    out: Path,
+    *,
+    steps: int,
+    warmup: int,
+    bf16: bool,
+) -> tuple[float, float | None]:
+    """TRL's DPOTrainer + peft LoRA on the same pairs, as our encoder renders them (alpaca prompt, same
+    tokens), the same pairs per step and max length; reference log-probs precomputed before training, as ours."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer  # type: ignore[attr-defined]
+
+    from trainer.preference import prepare_preference_data
+
+    reset_peak()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    data = prepare_preference_data(config, tokenizer)
+    rows = []
+    for pair in data.train_pairs:
+        n = next(i for i, label in enumerate(pair.chosen.labels) if label != -100)
+        m = next(i for i, label in enumerate(pair.rejected.labels) if label != -100)
+        rows.append(
+            {
+                "prompt": tokenizer.decode(pair.chosen.input_ids[:n], skip_special_tokens=True),
+                "chosen": tokenizer.decode(pair.chosen.input_ids[n:], skip_special_tokens=True),
+                "rejected": tokenizer.decode(pair.rejected.input_ids[m:], skip_special_tokens=True),
+            }
+        )
+    marks: dict[int, float] = {}
+    real: list[int] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            marks[state.global_step] = time.perf_counter()
+
+    class Counting(DPOTrainer):
+        def compute_loss(self, model: Any, inputs: dict[str, Any], *a: Any, **k: Any) -> Any:
+            real.append(int(inputs["attention_mask"].sum()))
+            return super().compute_loss(model, inputs, *a, **k)  # type: ignore[no-untyped-call]
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
+    if torch.cuda.is_available():
+        model.to("cuda")
+    args = DPOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=1,
+        max_steps=steps,
+        learning_rate=config.lr,
+        beta=config.beta,
+        bf16=bf16,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        max_length=config.max_seq_len,
+        precompute_ref_log_probs=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Counting(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            task_type="CAUSAL_LM",
+            r=config.r,
+            lora_alpha=config.alpha,
+            target_modules=detect_linear_targets(model),
+        ),
+        callbacks=[Clock()],
+    )
+    trainer.train()
+    peak = peak_gib()
+    rate = sum(real[warmup:steps]) / (marks[steps] - marks[warmup])
+    del trainer, model
+    reset_peak()
+    return rate, peak
+
+
+def bench_dpo(
+    shape: str, model_dir: Path, records: list[dict[str, str]], args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    """The DPO row: real tokens/s (chosen and rejected rows, no padding) of ours and of TRL's DPOTrainer with
+    the same model, pairs, LoRA and pairs per step, plus peak memory. Reference log-probs are computed once
+    before the first step by both and are not in the timed steps."""
+    bf16 = torch.cuda.is_available()
+    pairs_path = work / "pairs.jsonl"
+    n_pairs = max(args.dpo_pairs_per_step * (args.steps + 1), 32)
+    pairs = dpo_pairs(records[:n_pairs], seed=1)
+    pairs_path.write_text("".join(json.dumps(r) + "\n" for r in pairs), encoding="utf-8")
+    config = TrainConfig(
+        base_model=str(model_dir),
+        dataset_path=str(pairs_path),
+        output_dir=str(work / f"dpo-{shape}"),
+        objective="dpo",
+        method="lora",
+        r=16,
+        alpha=32,
+        lr=5e-6,
+        max_seq_len=args.max_len,
+        batch_size=args.dpo_pairs_per_step,
+        grad_accum=1,
+        max_steps=args.steps,
+        val_fraction=0.0,
+        logging_steps=1,
+        eval_steps=0,
+        save_steps=0,
+        sample_prompts=0,
+        gradient_checkpointing=True,
+        prompt_format="alpaca",
+        resume=False,
+    )
+    trl_rate, trl_peak = run_trl_dpo(
+        model_dir, config, work / "trl-dpo", steps=args.steps, warmup=args.warmup, bf16=bf16
+    )
+    ours, ours_peak = run_ours(config, args.warmup)
+    log(
+        f"[{shape}] DPO ({args.dpo_pairs_per_step} pairs/step): ours {ours:,.0f} real tokens/s, peak {ours_peak} GiB; "
+        f"TRL DPOTrainer {trl_rate:,.0f} real tokens/s, peak {trl_peak} GiB; {ours / trl_rate:.2f}x"
+    )
+    return {
+        "dpo_tokens_per_s": round(ours, 1),
+        "dpo_peak_mem_gb": ours_peak,
+        "dpo_trl_tokens_per_s": round(trl_rate, 1),
+        "dpo_trl_peak_mem_gb": trl_peak,
+        "dpo_speedup_vs_trl": round(ours / trl_rate, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run on a tiny model")
+    parser.add_argument("--no-dpo", action="store_true", help="skip the DPO row (ours vs TRL DPOTrainer)")
+    parser.add_argument("--dpo-pairs-per-step", type=int, default=4, help="DPO row: pairs per optimizer step")
     parser.add_argument(
         "--cpu", action="store_true", help="laptop timings on this CPU (SmolLM2-135M, Qwen2.5-0.5B shapes)"
     )
