@@ -13,12 +13,13 @@ from datetime import datetime
 from itertools import combinations
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.preferences.models import Candidate, JudgmentKind, JudgmentSource, PreferenceJudgment
 from app.preferences.service import candidates_of, judgments_of
+from app.records.models import Record
 from app.review.schemas import HistoryEntry, ReviewCandidate, ReviewPreference
 
 CHOICE_WORDS = {
@@ -63,6 +64,22 @@ def _names(db: Session, ids: Iterable[int | None]) -> dict[int, str]:
     if not wanted:
         return {}
     return dict(db.execute(select(User.id, User.username).where(User.id.in_(wanted))).tuples().all())
+
+
+def compare_clauses(*, user_id: int, dataset_id: int) -> list[ColumnElement[bool]]:
+    """The compare queue: the dataset's pending or accepted records with two or more candidates on which
+    this user has no current judgment (whatever others judged)."""
+    return [
+        Record.dataset_id == dataset_id,
+        Record.status.in_(("pending", "accepted")),
+        select(func.count(Candidate.id)).where(Candidate.record_id == Record.id).scalar_subquery() >= 2,
+        ~exists().where(
+            PreferenceJudgment.record_id == Record.id,
+            PreferenceJudgment.source == JudgmentSource.person.value,
+            PreferenceJudgment.user_id == user_id,
+            PreferenceJudgment.superseded_by_id.is_(None),
+        ),
+    ]
 
 
 def display_order(record_id: int, candidates: Sequence[Candidate]) -> list[Candidate]:

@@ -32,10 +32,15 @@ def review_queue(
     db: SessionDep,
     after_id: int | None = None,
     limit: Annotated[int, Query(ge=1, le=50)] = 5,
+    compare: Annotated[
+        bool, Query(description="The records with candidates you have not judged yet, instead.")
+    ] = False,
 ) -> QueuePage:
     """Your next records (your assignments, else the open pending queue), with provenance, curation
     findings and nearest neighbours. Records handed out are held for you for 15 minutes."""
-    items = service.queue(db=db, user=user, dataset_id=dataset_id, after_id=after_id, limit=limit)
+    items = service.queue(
+        db=db, user=user, dataset_id=dataset_id, after_id=after_id, limit=limit, compare=compare
+    )
     return QueuePage(
         items=items, remaining_hint=service.open_assignments(db=db, user=user, dataset_id=dataset_id)
     )

@@ -144,6 +144,7 @@ class DecisionIn(BaseModel):
     note: str = Field("", max_length=2000)
     prefetch_after: int | None = Field(None, description="Highest record id the client already holds.")
     prefetch: int = Field(0, ge=0, le=20, description="How many further queue records to return.")
+    compare: bool = Field(False, description="Prefetch from the compare queue (records with candidates).")
 
 
 class RecordState(BaseModel):

@@ -24,7 +24,7 @@ from app.projects.models import ProjectMember
 from app.records import service as records
 from app.records.models import Record, RecordAssignment, RecordRevision, ReviewEvent
 from app.records.schemas import RecordFilter, RecordUpdate
-from app.review.preferences import judgment_entries, review_preferences
+from app.review.preferences import compare_clauses, judgment_entries, review_preferences
 from app.review.schemas import (
     Advice,
     DecisionIn,
@@ -93,8 +93,12 @@ def _has_assignments(db: Session, user_id: int, dataset_id: int) -> bool:
 Q = TypeVar("Q", bound="Select[*tuple[Any, ...]]")  # any select over records
 
 
-def _in_queue(query: Q, *, user: User, dataset_id: int, assigned: bool, now: datetime) -> Q:
+def _in_queue(
+    query: Q, *, user: User, dataset_id: int, assigned: bool, now: datetime, compare: bool = False
+) -> Q:
     """Restrict a query over records to this user's queue (see `queue_records`)."""
+    if compare:
+        return query.where(*compare_clauses(user_id=user.id, dataset_id=dataset_id))
     if assigned:
         return query.join(RecordAssignment, RecordAssignment.record_id == Record.id).where(
             RecordAssignment.user_id == user.id,
@@ -111,18 +115,29 @@ def _in_queue(query: Q, *, user: User, dataset_id: int, assigned: bool, now: dat
 
 
 def queue_records(
-    *, db: Session, user: User, dataset_id: int, after_id: int | None = None, limit: int = 5
+    *,
+    db: Session,
+    user: User,
+    dataset_id: int,
+    after_id: int | None = None,
+    limit: int = 5,
+    compare: bool = False,
 ) -> tuple[list[Record], bool]:
     """The next records for this user: their open assignments if a curator assigned them any, otherwise
-    pending, unflagged, unassigned records nobody else holds. Handed-out records are soft-locked."""
+    pending, unflagged, unassigned records nobody else holds. Handed-out records are soft-locked.
+
+    `compare`: instead, the records with candidates to compare that this user has not judged yet
+    (`compare_clauses`), not locked (several people judging the same candidates is what agreement needs)."""
     limit = max(0, min(limit, 50))
     if limit == 0:
         return [], False
     now = utcnow()
-    assigned = _has_assignments(db, user.id, dataset_id)
-    query = _in_queue(select(Record), user=user, dataset_id=dataset_id, assigned=assigned, now=now)
+    assigned = not compare and _has_assignments(db, user.id, dataset_id)
+    query = _in_queue(
+        select(Record), user=user, dataset_id=dataset_id, assigned=assigned, now=now, compare=compare
+    )
     rows = list(db.scalars(query.where(Record.id > (after_id or 0)).order_by(Record.id).limit(limit)).all())
-    if rows and not assigned:
+    if rows and not assigned and not compare:
         db.execute(
             update(Record)
             .where(Record.id.in_([r.id for r in rows]))
@@ -144,12 +159,16 @@ def _count_upto(db: Session, query: Select[int], cap: int) -> tuple[int, bool]:
     return min(n, cap), n > cap
 
 
-def queue_position(*, db: Session, user: User, dataset_id: int, record_id: int | None) -> QueuePosition:
+def queue_position(
+    *, db: Session, user: User, dataset_id: int, record_id: int | None, compare: bool = False
+) -> QueuePosition:
     """The page's "n of N": how many queue records come before the record the page opens at (`?record=`;
     none when it opens at the head of the queue) and how many there are. Counted once when the page opens
     (a count per keystroke would cost every decision a scan), and only up to POSITION_CAP."""
-    assigned = _has_assignments(db, user.id, dataset_id)
-    ids = _in_queue(select(Record.id), user=user, dataset_id=dataset_id, assigned=assigned, now=utcnow())
+    assigned = not compare and _has_assignments(db, user.id, dataset_id)
+    ids = _in_queue(
+        select(Record.id), user=user, dataset_id=dataset_id, assigned=assigned, now=utcnow(), compare=compare
+    )
     total, total_more = _count_upto(db, ids, POSITION_CAP)
     if record_id is None:
         return QueuePosition(before=0, total=total, total_more=total_more)
@@ -459,25 +478,35 @@ def _preference_fields(found: Any) -> dict[str, Any]:
 
 
 def queue(
-    *, db: Session, user: User, dataset_id: int, after_id: int | None = None, limit: int = 5
+    *,
+    db: Session,
+    user: User,
+    dataset_id: int,
+    after_id: int | None = None,
+    limit: int = 5,
+    compare: bool = False,
 ) -> list[ReviewItem]:
     """The next records to review, with everything the review page shows beside them."""
     require_dataset(db=db, user=user, dataset_id=dataset_id)
-    rows, assigned = queue_records(db=db, user=user, dataset_id=dataset_id, after_id=after_id, limit=limit)
+    rows, assigned = queue_records(
+        db=db, user=user, dataset_id=dataset_id, after_id=after_id, limit=limit, compare=compare
+    )
     return review_items(db=db, rows=rows, assigned=assigned, viewer=user.id)
 
 
 def opening_items(
-    *, db: Session, user: User, dataset_id: int, record_id: int | None, limit: int
+    *, db: Session, user: User, dataset_id: int, record_id: int | None, limit: int, compare: bool = False
 ) -> list[ReviewItem]:
     """What the review page opens with: the record asked for and the queue after it, else the queue."""
     if record_id is None:
-        return queue(db=db, user=user, dataset_id=dataset_id, limit=limit)
+        return queue(db=db, user=user, dataset_id=dataset_id, limit=limit, compare=compare)
     one = records.get_record(db=db, user=user, record_id=record_id)
     if one.dataset_id != dataset_id:
         raise NotFound(f"record {record_id} not found")
     items = review_items(db=db, rows=[one], viewer=user.id)
-    return items + queue(db=db, user=user, dataset_id=dataset_id, after_id=one.id, limit=limit)
+    return items + queue(
+        db=db, user=user, dataset_id=dataset_id, after_id=one.id, limit=limit, compare=compare
+    )
 
 
 # ---------------------------------------------------------------- decisions
@@ -623,6 +652,7 @@ def decide_and_prefetch(*, db: Session, user: User, record_id: int, decision: De
             dataset_id=record.dataset_id,
             after_id=decision.prefetch_after,
             limit=decision.prefetch,
+            compare=decision.compare,
         )
         if decision.prefetch
         else []

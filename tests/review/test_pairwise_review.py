@@ -176,3 +176,38 @@ def test_agreement_on_pairs_between_annotators_and_with_the_judge(
     }
     page = client.get(f"/ui/datasets/{world['ds'].id}", headers=token_for(db, world["curator"]))
     assert page.status_code == 200
+
+
+def test_compare_queue_holds_records_with_candidates_you_have_not_judged_whatever_their_status(
+    client: Any, db: Session, world: dict[str, Any]
+) -> None:
+    ds = world["ds"]
+    accepted, rejected, single = make_records(db, ds, 3)
+    accepted.status, rejected.status = "accepted", "rejected"
+    _candidates(db, accepted, ["yes", "no"])
+    _candidates(db, rejected, ["yes", "no"])
+    _candidates(db, single, ["only one"])
+    h = token_for(db, world["annotator"])
+
+    def compare_queue() -> list[int]:
+        resp = client.get(f"/api/v1/review/datasets/{ds.id}/queue", params={"compare": "true"}, headers=h)
+        assert resp.status_code == 200, resp.text
+        return [item["id"] for item in resp.json()["items"]]
+
+    assert compare_queue() == [world["two"].id, world["three"].id, accepted.id]
+    a, b = world["pair"]
+    preferences.record_pairwise(
+        db=db, user=world["annotator"], record=world["two"], a_id=a.id, b_id=b.id, choice="a"
+    )
+    assert compare_queue() == [world["three"].id, accepted.id]
+    # Another annotator's queue still has it: agreement needs both.
+    other = client.get(
+        f"/api/v1/review/datasets/{ds.id}/queue",
+        params={"compare": "true"},
+        headers=token_for(db, world["other"]),
+    )
+    assert world["two"].id in [i["id"] for i in other.json()["items"]]
+    login(client, world["annotator"])
+    page = client.get(f"/ui/datasets/{ds.id}/review", params={"compare": "true"})
+    assert page.status_code == 200 and "Compare candidates" in page.text
+    assert f'"id": {world["three"].id}' in page.text or f'"id":{world["three"].id}' in page.text

@@ -18,17 +18,26 @@ PREFETCH = 5
 
 @router.get("/ui/datasets/{dataset_id}/review")
 def review_page(
-    request: Request, dataset_id: int, user: PageUser, db: SessionDep, record: int | None = None
+    request: Request,
+    dataset_id: int,
+    user: PageUser,
+    db: SessionDep,
+    record: int | None = None,
+    compare: bool = False,
 ) -> Response:
-    """The keyboard review page; the first records (and the ones after) ride along in the page."""
+    """The keyboard review page; the first records (and the ones after) ride along in the page. With
+    `compare`, its queue is the records with candidates you have not judged yet."""
     dataset = datasets.require_dataset(db=db, user=user, dataset_id=dataset_id)
-    items = review.opening_items(db=db, user=user, dataset_id=dataset_id, record_id=record, limit=PREFETCH)
+    items = review.opening_items(
+        db=db, user=user, dataset_id=dataset_id, record_id=record, limit=PREFETCH, compare=compare
+    )
     data = {
         "dataset_id": dataset.id,
         "prefetch": PREFETCH,
+        "compare": compare,
         "items": [i.model_dump(mode="json") for i in items],
         "position": review.queue_position(
-            db=db, user=user, dataset_id=dataset_id, record_id=record
+            db=db, user=user, dataset_id=dataset_id, record_id=record, compare=compare
         ).model_dump(),
         "open_assignments": review.open_assignments(db=db, user=user, dataset_id=dataset_id),
     }

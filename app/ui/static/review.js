@@ -6,6 +6,7 @@
   const data = JSON.parse(document.getElementById("review-data").textContent);
   const DS = data.dataset_id;
   const PREFETCH = data.prefetch;
+  const COMPARE = !!data.compare; // the compare queue: records with candidates you have not judged yet
   const ADVANCING = new Set(["accept", "reject", "skip", "flag"]);
   const S = {
     items: data.items.slice(),
@@ -120,6 +121,7 @@
         ...extra,
         prefetch_after: maxId(),
         prefetch: want,
+        compare: COMPARE,
       });
       Object.assign(item, res.record);
       addItems(res.next);
@@ -136,7 +138,7 @@
   function refillIfDry() {
     if (S.inflight || S.exhausted || current()) return;
     enqueue(async () => {
-      const res = await IF.api("GET", `/api/v1/review/datasets/${DS}/queue?after_id=${maxId()}&limit=${PREFETCH}`);
+      const res = await IF.api("GET", `/api/v1/review/datasets/${DS}/queue?after_id=${maxId()}&limit=${PREFETCH}${COMPARE ? "&compare=true" : ""}`);
       addItems(res.items);
       if (res.items.length < PREFETCH) S.exhausted = true;
     });
