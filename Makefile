@@ -3,6 +3,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist, whole files per process): each has its own PostgreSQL database, Redis database
+# and temporary folder, so they never share state. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: install run test lint typecheck check e2e bench-import bench-dedup bench-generate bench-ui bench-load clean
 
@@ -21,7 +24,7 @@ run: install
 
 ## test: install and run the whole suite (PostgreSQL, Redis, SQLite, Chromium), lint and types first
 test: install lint typecheck
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 --durations=25 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check app workers trainer instructforge tests bench migrations
