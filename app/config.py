@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         # `IF_HUB_TOKEN=` as .env.example writes it means no token, not an empty one that turns pushing on.
         return None if value is None or (isinstance(value, str) and not value.strip()) else value
 
+    @field_validator("gpus_per_worker", mode="before")
+    @classmethod
+    def _empty_gpus_is_detect(cls, value: object) -> object:
+        # `IF_GPUS_PER_WORKER=` as .env.example writes it means "count them", not an invalid number.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:
         # A forged session cookie means full admin access: only a development setup may use a known key.
