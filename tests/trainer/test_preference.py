@@ -481,3 +481,33 @@ def test_a_run_from_an_sft_adapter_takes_that_sft_model_as_its_reference_and_kee
     assert any("the SFT adapter" in note for note in summary.notes)
     out = Path(config.output_dir)
     assert PromptFormat.load(out / "prompt_format.json") == fmt
+
+
+def test_a_cancelled_dpo_run_resumes_on_the_same_curve(pref_config, pairs_file, tmp_path):
+    few = tmp_path / "few.jsonl"
+    few.write_text(
+        "".join(pairs_file.read_text(encoding="utf-8").splitlines(keepends=True)[:8]), encoding="utf-8"
+    )
+    common = {"max_steps": 3, "batch_size": 2, "grad_accum": 2, "dropout": 0.1, "dataset_path": str(few)}
+    straight = pref_config(output_dir=str(tmp_path / "straight"), **common)
+    assert main(straight).state == "succeeded"
+    want = _metrics(Path(straight.output_dir))
+
+    config = pref_config(output_dir=str(tmp_path / "resumed"), **common)
+    out = Path(config.output_dir)
+
+    def cancel_after(step: int) -> None:
+        if step == 2:
+            (out / "CANCEL").touch()
+
+    cancelled = main(config, on_step=cancel_after)
+    assert (cancelled.state, cancelled.step) == ("cancelled", 2)
+    assert not (out / "adapter").exists()
+    (out / "CANCEL").unlink()
+    resumed = main(config)
+    assert (resumed.state, resumed.resumed_from_step) == ("succeeded", 2)
+    got = _metrics(out)
+    assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2, 3]
+    for g, w in zip(got, want, strict=True):
+        for key in ("loss", "rewards/margins", "rewards/accuracies"):
+            assert g[key] == pytest.approx(w[key], rel=1e-5, abs=1e-6), (g["step"], key)
