@@ -161,6 +161,19 @@ def test_a_snapshot_keeps_its_pairs_when_a_person_judges_later_and_exports_them_
         "chosen": "bad 0",
         "rejected": "good 0",
     }
+    bundle = client.get(
+        f"/api/v1/snapshots/{v2}/export", params={"format": "dpo_plain", "parquet": "true"}, headers=h
+    )
+    assert bundle.status_code == 200, bundle.text
+    import pyarrow.parquet as pq
+
+    with zipfile.ZipFile(io.BytesIO(bundle.content)) as zf:
+        table = pq.read_table(io.BytesIO(zf.read("data/train.parquet"))).to_pylist()
+    assert [(r["prompt"], r["chosen"], r["rejected"], r["system"]) for r in table][:2] == [
+        ("Question 0?", "bad 0", "good 0", None),
+        ("Question 1?", "good 1", "bad 1", None),
+    ]
+    assert table[0]["id"] == first.id
 
     raw = client.get(
         f"/api/v1/snapshots/{v1}/export", params={"format": "dpo", "val_fraction": 0.25, "seed": 3}, headers=h
