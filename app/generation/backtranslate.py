@@ -227,6 +227,7 @@ def run_backtranslate_job(ctx: JobContext) -> None:
             "mean_score": summary.mean_score,
             "copies_skipped": counters["copies_skipped"],
             "done_before": len(done_before),
+            **({"batch": counters["batch"]} if "batch" in counters else {}),
             **log.flush(),
         }
     )

@@ -119,7 +119,9 @@ def run_pipeline(
     """Run a job's pipeline synchronously, or in batch mode when ``batch``: the one switch the teacher
     jobs use. ``pipeline(gateway, real)`` must write nothing when ``real`` is False (the passes that only
     find the calls still missing); in batch mode the job's progress shows ``counters`` with the batches'
-    summary under ``"batch"`` while it waits (0 of ``total`` done: nothing is written before the end)."""
+    summary under ``"batch"`` while it waits (0 of ``total`` done: nothing is written before the end),
+    and ``counters["batch"]`` holds it once done (only after the pipeline's writes: a job's emit may sum
+    its counters)."""
     if not batch:
         from app.generation.jobs import run_with_gateway
 
@@ -128,7 +130,10 @@ def run_pipeline(
     def report(summary: dict[str, Any]) -> None:
         ctx.progress(0, total, counters={**counters, "batch": summary}, usage=log.flush())
 
-    return run_in_batches(ctx, teacher, log, budget_usd, pipeline, report=report)
+    result = run_in_batches(ctx, teacher, log, budget_usd, pipeline, report=report)
+    # Done: the counters (and so the job's result) name the batches that answered it.
+    counters["batch"] = batch_summary(load_state(ctx))
+    return result
 
 
 def _advance(

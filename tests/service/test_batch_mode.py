@@ -312,6 +312,7 @@ def test_rewrite_in_batch_mode_leaves_alone_a_record_a_person_edited_while_the_b
     # The person's edit made it theirs: the next visit no longer asks for it (human_skipped), and its
     # answer, billed by the provider all the same, is in the ledger but written nowhere.
     assert job.result["human_skipped"] == 1
+    assert job.result["batch"]["batches"] == ["batch_1"] and job.result["batch"]["open"] is None
     assert job.result["rewritten"] == sum(bool((r.meta or {}).get("rewrites")) for r in after.values()) > 0
     paid = _paid(committed_pg, job_id)
     assert sorted(c.purpose for c in paid) == ["rewrite.batch"] * 4 + ["unasked.batch"]
@@ -400,6 +401,7 @@ def test_backtranslation_worker_sigkilled_creating_its_score_batch_submits_nothi
     sync_rows = _teacher_config_rows(committed_pg, sync_ds, "backtranslation")
     batch_rows = _teacher_config_rows(committed_pg, dataset_id, "backtranslation")
     assert len(batch_rows) == len(sync_rows) == job.result["passages"] > 2
+    assert job.result["batch"]["batches"] == [b["id"] for b in batches]
     assert [r[1:] for r in batch_rows] == [r[1:] for r in sync_rows]
     assert job.cost_usd == pytest.approx(job_row(committed_pg, sync_job).cost_usd / 2, rel=1e-3)
 
