@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         description="Let `instructforge models fetch` download base models from the Hugging Face hub into "
         "MODELS_DIR. Training itself always reads local folders.",
     )
+    allow_trust_remote_code: bool = Field(
+        False,
+        description="Let training runs set trust_remote_code: true, which runs Python shipped in a model "
+        "folder on the gpu worker. Off: such a run is refused with a 422 naming the field.",
+    )
     hub_token: SecretStr | None = Field(
         None,
         description="A Hugging Face (or Hub-compatible) write token: lets curators push snapshots to the Hub. "

@@ -10,7 +10,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Method = Literal["lora", "qlora", "dora", "adalora", "ia3", "prefix", "prompt", "bitfit", "full"]
-PromptFormatName = Literal["auto", "chat_template", "alpaca", "chatml"]
+PromptFormatName = Literal[
+    "auto", "chat_template", "alpaca", "chatml", "llama3", "mistral", "gemma", "phi3", "zephyr"
+]
 Scheduler = Literal["cosine", "linear", "constant"]
 Optimizer = Literal["auto", "adamw", "paged_adamw_32bit", "paged_adamw_8bit"]
 Objective = Literal["sft", "dpo", "orpo", "kto", "simpo"]
@@ -134,7 +136,15 @@ class TrainConfig(BaseModel):
     prompt_format: PromptFormatName = Field(
         default="auto",
         description="auto: the tokenizer's chat template when it has one, else alpaca for single-turn "
-        "instruction data and ChatML for multi-turn conversations.",
+        "instruction data and ChatML for multi-turn conversations. llama3, mistral, gemma, phi3, zephyr: "
+        "that family's built-in chat template (for base models that ship without one).",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="Your own Jinja chat template (its text, or the path of a file holding it), used instead "
+        "of the tokenizer's. Checked before training: it must render system, user and assistant messages, "
+        "each reply inside the assistant's span, and never rewrite earlier turns. Needs prompt_format auto "
+        "or chat_template.",
     )
     system_prompt: str | None = Field(
         default=None, description="System message prepended to conversations that have none."
@@ -190,6 +200,11 @@ class TrainConfig(BaseModel):
         "by precision. Refused when it contradicts precision.",
     )
     gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward.")
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Run the model folder's own Python code (custom architectures). In the service only when "
+        "an admin allows it (IF_ALLOW_TRUST_REMOTE_CODE=true).",
+    )
     rope_scaling: RopeScaling | None = Field(
         default=None,
         description="RoPE scaling for a longer context, e.g. {type: linear, factor: 2.0}; set on the model's "
@@ -264,6 +279,14 @@ class TrainConfig(BaseModel):
                 f"objective={self.objective} runs on one GPU for now (gpus=1, nodes=1): trainer/preference.py "
                 "has no distributed loop yet"
             )
+        if self.chat_template is not None:
+            if self.prompt_format not in ("auto", "chat_template"):
+                raise ValueError(
+                    f"chat_template replaces prompt_format={self.prompt_format}: set one of them"
+                )
+            from trainer.formats import check_chat_template, read_chat_template  # no torch there
+
+            check_chat_template(read_chat_template(self.chat_template))
         if self.init_adapter is not None and self.method == "full":
             raise ValueError(
                 "init_adapter is an adapter: method=full continues from an earlier run's model/ as base_model"

@@ -39,6 +39,59 @@ CHATML_TEMPLATES: dict[str, str] = {
 }
 CHATML_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>")
 
+# Built-in chat templates of model families (prompt_format: llama3 | mistral | gemma | phi3 | zephyr), as their
+# instruct models' own templates lay turns out, for base models of the family that ship without one. Each
+# template is rendered by the tokenizer like any chat template; the tokens listed must already be in its
+# vocabulary (a Llama 3 tokenizer has <|eot_id|>; another family's has not, and is refused rather than trained
+# on text look-alikes of special tokens).
+FAMILY_TEMPLATES: dict[str, str] = {
+    "llama3": (
+        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+        "{{ m['content'] }}<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+    ),
+    # Mistral has no system role: the system message opens the first user turn
+    "mistral": (
+        "{{ bos_token }}{% set ns = namespace(system='') %}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{% set ns.system = m['content'] + '\n\n' %}"
+        "{% elif m['role'] == 'user' %}[INST] {{ ns.system }}{{ m['content'] }} [/INST]{% set ns.system = '' %}"
+        "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+    ),
+    # Gemma has no system role either; the model's turns are "model"
+    "gemma": (
+        "{{ bos_token }}{% set ns = namespace(system='') %}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{% set ns.system = m['content'] + '\n\n' %}"
+        "{% elif m['role'] == 'user' %}<start_of_turn>user\n{{ ns.system }}{{ m['content'] }}<end_of_turn>\n"
+        "{% set ns.system = '' %}{% else %}<start_of_turn>model\n{{ m['content'] }}<end_of_turn>\n{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    ),
+    "phi3": (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    ),
+    "zephyr": (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    ),
+}
+FAMILY_TOKENS: dict[str, tuple[str, ...]] = {
+    "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "mistral": (),
+    "gemma": ("<start_of_turn>", "<end_of_turn>"),
+    "phi3": ("<|user|>", "<|assistant|>", "<|end|>"),
+    "zephyr": (),
+}
+# what a template sees for bos_token / eos_token when it is checked without a tokenizer
+_TOKEN_PLACEHOLDERS = {"bos_token": "<s>", "eos_token": "</s>"}
+# the conversation a chat template must render whole, each reply inside its own assistant span
+_PROBE: list[Message] = [
+    {"role": "system", "content": "PROBE-SYSTEM-7c1"},
+    {"role": "user", "content": "PROBE-USER-7c2"},
+    {"role": "assistant", "content": "PROBE-ASSISTANT-7c3"},
+    {"role": "user", "content": "PROBE-USER-7c4"},
+    {"role": "assistant", "content": "PROBE-ASSISTANT-7c5"},
+]
+
 
 class TemplateError(ValueError):
     """The chat template cannot be split into per-message spans for this conversation."""
@@ -212,6 +265,91 @@ def _probe_end_of_turn(fmt: PromptFormat, tokenizer: Any) -> str:
         if tid in special:
             return str(tokenizer.convert_ids_to_tokens(tid))
     return str(tokenizer.eos_token)
+
+
+def read_chat_template(value: str) -> str:
+    """chat_template as given in a config: the Jinja source itself, or the path of a file that holds it."""
+    if "{" not in value:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError("chat_template is neither a Jinja template (no {{ or {%) nor a readable file")
+        return path.read_text(encoding="utf-8")
+    return value
+
+
+def check_chat_template(source: str) -> None:
+    """Refuse (ValueError saying why) a chat template that cannot train: Jinja that does not compile or fails
+    to render, a role it drops, a reply outside the assistant's span, earlier turns rewritten by later ones.
+
+    Rendered here with a sandboxed Jinja like transformers' (no tokenizer needed, so the service checks it
+    before queueing a run); the trainer renders it again through the tokenizer for every sample.
+    """
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = lambda value, **kw: json.dumps(value, ensure_ascii=False)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        template = env.from_string(source)
+    except jinja2.TemplateError as exc:
+        raise ValueError(f"chat_template does not compile: {exc}") from None
+
+    def render(conv: list[Message], generation: bool) -> str:
+        try:
+            return str(
+                template.render(messages=conv, add_generation_prompt=generation, **_TOKEN_PLACEHOLDERS)
+            )
+        except Exception as exc:  # jinja raises anything a template does, raise_exception included
+            raise ValueError(f"chat_template fails on a system/user/assistant conversation: {exc}") from None
+
+    full = render(_PROBE, False)
+    dropped = sorted({m["role"] for m in _PROBE if m["content"] not in full})
+    if dropped:
+        raise ValueError(f"chat_template does not render the {', '.join(dropped)} messages")
+    prev = ""
+    for i, msg in enumerate(_PROBE):
+        before = render(_PROBE[:i], True) if msg["role"] == "assistant" else prev
+        after = render(_PROBE[: i + 1], False)
+        if not before.startswith(prev) or not after.startswith(before):
+            raise ValueError(
+                "chat_template rewrites earlier turns when a later one is added (not prefix-stable)"
+            )
+        span = after[len(before) :]
+        # a system message may first show up inside the next user turn (families without a system role)
+        if msg["content"] not in span and msg["role"] != "system":
+            where = "the assistant's span" if msg["role"] == "assistant" else f"the {msg['role']} turn"
+            raise ValueError(f"chat_template does not place the {msg['role']} message in {where}")
+        if msg["role"] == "assistant" and any(
+            m["content"] in span for m in _PROBE if m["role"] != "assistant"
+        ):
+            raise ValueError("chat_template puts other turns inside the assistant's span")
+        prev = after
+
+
+def install_chat_template(tokenizer: Any, prompt_format: str, chat_template: str | None) -> str:
+    """Put a user template or a family's built-in one on the tokenizer; the prompt_format to choose with."""
+    if chat_template is not None:
+        source = read_chat_template(chat_template)
+        check_chat_template(source)
+        tokenizer.chat_template = source
+        return "chat_template"
+    if prompt_format in FAMILY_TEMPLATES:
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in FAMILY_TOKENS[prompt_format] if t not in vocab]
+        if missing:
+            raise ValueError(
+                f"prompt_format={prompt_format} needs the tokens {missing}, which this tokenizer lacks: "
+                f"it is not a {prompt_format} tokenizer"
+            )
+        tokenizer.chat_template = FAMILY_TEMPLATES[prompt_format]
+        return "chat_template"
+    return prompt_format
 
 
 # --------------------------------------------------------------------------------------------------

@@ -43,13 +43,14 @@ def _load_base(output_dir: Path, base_model: str | None, *, dtype: torch.dtype |
     base = base_model or cfg.base_model
     local_only = not cfg.allow_hub_download
     # the saved tokenizer, not the base one: it carries any tokens added for the prompt format
-    tokenizer = load_tokenizer(output_dir, local_only=True)
+    tokenizer = load_tokenizer(output_dir, local_only=True, trust_remote_code=cfg.trust_remote_code)
     model = load_base_model(
         base,
         dtype=dtype,  # type: ignore[arg-type]
         attn_implementation=resolve_attn_implementation("auto"),
         local_only=local_only,
         rope_scaling=cfg.rope_scaling.model_dump() if cfg.rope_scaling else None,
+        trust_remote_code=cfg.trust_remote_code,
     )
     if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
         # the trained rows come from the adapter (modules_to_save); no point initialising them here
@@ -63,11 +64,16 @@ def load_for_inference(
     """(model, tokenizer, prompt format) from an artifacts folder; the base is loaded in 16 bits on GPU."""
     out = Path(output_dir)
     dtype = torch.bfloat16 if cuda_bf16() else torch.float32
-    if TrainConfig.from_yaml(out / TRAIN_CONFIG_FILE).method == "full":
+    trained = TrainConfig.from_yaml(out / TRAIN_CONFIG_FILE)
+    if trained.method == "full":
         # the whole fine-tuned model: a base_model given here has nothing to add to it
-        tokenizer = load_tokenizer(out / MODEL_DIR, local_only=True)
+        remote = trained.trust_remote_code
+        tokenizer = load_tokenizer(out / MODEL_DIR, local_only=True, trust_remote_code=remote)
         model = load_base_model(
-            out / MODEL_DIR, dtype=dtype, attn_implementation=resolve_attn_implementation("auto")
+            out / MODEL_DIR,
+            dtype=dtype,
+            attn_implementation=resolve_attn_implementation("auto"),
+            trust_remote_code=remote,
         )
     else:
         model, tokenizer = _load_base(out, base_model, dtype=dtype)

@@ -71,10 +71,12 @@ def bitsandbytes_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
 
 
-def load_tokenizer(path: Path | str, *, local_only: bool) -> Any:
+def load_tokenizer(path: Path | str, *, local_only: bool, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local_only)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(path), local_files_only=local_only, trust_remote_code=trust_remote_code
+    )
     if tokenizer.pad_token_id is None:
         # pad == eos is safe here: labels are built from spans, never from the padding mask
         tokenizer.pad_token = tokenizer.eos_token
@@ -90,6 +92,7 @@ def load_base_model(
     quantize_4bit: bool = False,
     local_only: bool = True,
     rope_scaling: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
 ) -> Any:
     """The base model in `dtype`; with quantize_4bit, NF4 + double quantisation (QLoRA) on CUDA.
 
@@ -101,9 +104,12 @@ def load_base_model(
         "dtype": dtype,
         "attn_implementation": attn_implementation,
         "local_files_only": local_only,
+        "trust_remote_code": trust_remote_code,  # the folder's own code runs only when asked for
     }
     if rope_scaling is not None:
-        model_config = AutoConfig.from_pretrained(str(path), local_files_only=local_only)
+        model_config = AutoConfig.from_pretrained(
+            str(path), local_files_only=local_only, trust_remote_code=trust_remote_code
+        )
         apply_rope_scaling(model_config, rope_scaling)
         kwargs["config"] = model_config
     if quantize_4bit:

@@ -38,6 +38,7 @@ from trainer.contract import (
 )
 from trainer.data import Message, load_dataset
 from trainer.formats import (
+    FAMILY_TEMPLATES,
     IGNORE_INDEX,
     Encoded,
     PromptFormat,
@@ -46,6 +47,7 @@ from trainer.formats import (
     build_format,
     choose_kind,
     encode_conversation,
+    install_chat_template,
     missing_special_tokens,
     truncate,
 )
@@ -123,7 +125,9 @@ class Prepared:
 
 def prepare_data(config: TrainConfig, tokenizer: Any) -> Prepared:
     data = load_dataset(config.dataset_path)
-    kind = choose_kind(config.prompt_format, tokenizer, single_turn=data.single_turn)
+    # a user's chat_template or a family's built-in one goes onto the tokenizer (and is saved with it)
+    requested = install_chat_template(tokenizer, config.prompt_format, config.chat_template)
+    kind = choose_kind(requested, tokenizer, single_turn=data.single_turn)
     missing = missing_special_tokens(kind, tokenizer)
     if missing:
         add_special_tokens(tokenizer, missing)
@@ -430,14 +434,16 @@ def _setup(config: TrainConfig, reporter: Reporter) -> tuple[_Run, _Trainee]:
     earlier = init_adapter_run_dir(config.init_adapter) if config.init_adapter else None
     if earlier is not None:
         # continuing an earlier run: its tokenizer (tokens it added) and, unless set, its prompt format
-        tokenizer = load_tokenizer(earlier, local_only=True)
+        tokenizer = load_tokenizer(earlier, local_only=True, trust_remote_code=config.trust_remote_code)
         if config.prompt_format == "auto":
             config = config.model_copy(
                 update={"prompt_format": PromptFormat.load(earlier / PROMPT_FORMAT_FILE).kind}
             )
         notes.append(f"continued from the adapter of {earlier} ({config.prompt_format} prompt format)")
     else:
-        tokenizer = load_tokenizer(base_path, local_only=not config.allow_hub_download)
+        tokenizer = load_tokenizer(
+            base_path, local_only=not config.allow_hub_download, trust_remote_code=config.trust_remote_code
+        )
     prepared = prepare_data(config, tokenizer)
 
     packing = config.packing
@@ -531,6 +537,7 @@ def _build_trainee(
         quantize_4bit=config.method == "qlora",
         local_only=not config.allow_hub_download,
         rope_scaling=config.rope_scaling.model_dump() if config.rope_scaling else None,
+        trust_remote_code=config.trust_remote_code,
     )
     if config.method != "qlora":
         model.to(device)
@@ -590,6 +597,10 @@ def _write_resolved_config(
         update={
             "base_model": str(base_path),
             "prompt_format": prepared.fmt.kind,
+            # the template itself (a user's or a family's): the resolved config runs again as it ran
+            "chat_template": prepared.fmt.chat_template
+            if config.chat_template or config.prompt_format in FAMILY_TEMPLATES
+            else None,
             "packing": packing,
             "bf16": trainee.bf16,
             "precision": trainee.precision,

@@ -37,18 +37,8 @@ def _read(run: TrainingRun, job: Job | None, cls: type[TrainingRunRead] = Traini
 @router.post("/training-runs", response_model=TrainingRunRead, status_code=202)
 def create_run(body: TrainingRunCreate, user: CurrentUser, db: SessionDep) -> TrainingRunRead:
     """Queue a training run on the `gpu` queue from a snapshot (records the snapshot, model, config, code)."""
-    run = service.create_run(
-        db=db,
-        user=user,
-        snapshot_id=body.snapshot_id,
-        base_model=body.base_model,
-        method=body.method,
-        hyperparameters=body.hyperparameters,
-        objective=body.objective,
-        gpus=body.gpus,
-        nodes=body.nodes,
-        continue_from=body.continue_from,
-    )
+    # every field of the body is a keyword of the service
+    run = service.create_run(db=db, user=user, **body.model_dump())
     return _read(run, service.job_of(db=db, run=run))
 
 

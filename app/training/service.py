@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
@@ -106,6 +106,27 @@ def require_pairs(*, db: Session, snapshot: Snapshot, objective: str) -> int:
     return len(pairs)
 
 
+def check_server_side_options(hyperparameters: dict[str, Any]) -> None:
+    """Options that would reach past the run's own files: remote code only when an admin allows it, and a
+    chat template as its text (a path would read a file of the server's)."""
+    try:  # read as TrainConfig reads it: "true" and 1 are true too
+        remote = TypeAdapter(bool).validate_python(hyperparameters.get("trust_remote_code", False))
+    except ValidationError:
+        remote = False  # TrainConfig refuses it below, naming the field
+    if remote and not get_settings().allow_trust_remote_code:
+        raise Invalid(
+            "hyperparameters.trust_remote_code: running a model folder's own code is off on this server "
+            "(an admin turns it on with IF_ALLOW_TRUST_REMOTE_CODE=true)",
+            field="hyperparameters.trust_remote_code",
+        )
+    template = hyperparameters.get("chat_template")
+    if isinstance(template, str) and "{" not in template:
+        raise Invalid(
+            "hyperparameters.chat_template: give the Jinja template's text; file paths are not read here",
+            field="hyperparameters.chat_template",
+        )
+
+
 def continued_adapter(
     *, db: Session, run_id: int, project_id: int, base_model: str, method: str
 ) -> tuple[TrainingRun, Path]:
@@ -192,6 +213,7 @@ def create_run(
     reserved = sorted((RESERVED | {"objective"}) & set(hyperparameters))
     if reserved:
         raise Invalid(f"hyperparameters may not set {', '.join(reserved)}", field="hyperparameters")
+    check_server_side_options(hyperparameters)
     from app.datasets.models import Dataset
 
     dataset = db.get(Dataset, snap.dataset_id)

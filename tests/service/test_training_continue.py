@@ -163,3 +163,35 @@ def test_the_run_page_says_which_run_it_continued(client, db, browser_page, tmp_
     browser_page.goto(f"http://testserver/ui/training/{earlier.id}")
     browser_page.locator('[data-role="info"] dt', has_text="base model").wait_for()
     assert "continued from" not in browser_page.locator('[data-role="info"]').inner_text()
+
+
+def test_trust_remote_code_needs_an_admin_setting_and_chat_templates_are_text_checked_before_queueing(
+    client, db, tiny_models, monkeypatch
+):
+    monkeypatch.setattr(get_settings(), "models_dir", tiny_models)
+    curator, snap = _snapshot(db)
+    h = token_for(db, curator)
+
+    def post(hyper):
+        return client.post(
+            "/api/v1/training-runs",
+            json={"snapshot_id": snap.id, "base_model": "tiny-llama", "hyperparameters": hyper},
+            headers=h,
+        )
+
+    before = db.scalar(select(func.count()).select_from(TrainingRun))
+    for remote in (True, "true", 1):
+        off = post({"trust_remote_code": remote})
+        assert off.status_code == 422 and off.json()["detail"].startswith(
+            "hyperparameters.trust_remote_code:"
+        )
+    path = post({"chat_template": "/etc/passwd"})
+    assert path.status_code == 422 and "file paths are not read here" in path.json()["detail"]
+    broken = post({"chat_template": "{% for m in messages %}{{ m['content'] }}"})
+    assert broken.status_code == 422 and "chat_template does not compile" in broken.json()["detail"]
+    assert db.scalar(select(func.count()).select_from(TrainingRun)) == before
+
+    monkeypatch.setattr(get_settings(), "allow_trust_remote_code", True)
+    on = post({"trust_remote_code": True, "prompt_format": "zephyr"})
+    assert on.status_code == 202, on.text
+    assert on.json()["config"]["trust_remote_code"] is True

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from transformers import GPT2Config
 
 from trainer.config import TrainConfig
+from trainer.formats import FAMILY_TEMPLATES, check_chat_template
 from trainer.infer import load_for_inference
 from trainer.methods import load_base_model, load_tokenizer
 from trainer.run import evaluate, main, prepare_data
@@ -74,3 +75,111 @@ def test_rope_scaling_is_refused_for_a_model_without_rotary_embeddings_and_for_b
     for bad in ({"type": "linear", "factor": 1.0}, {"type": "ntk", "factor": 2.0}, {"factor": 2.0}):
         with pytest.raises(ValidationError, match="rope_scaling"):
             make_config(rope_scaling=bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# chat templates
+
+# a user's own template: "### role" headers, the reply ended by EOS
+USER_TEMPLATE = (
+    "{% for m in messages %}### {{ m['role'] }}\n{{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}### assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("template", "words"),
+    [
+        ("{% for m in messages %}{{ m['content'] }}", "does not compile"),
+        (
+            "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}\n{% endif %}{% endfor %}",
+            "does not render the system messages",
+        ),
+        ("{% for m in messages | reverse %}{{ m['content'] }}\n{% endfor %}", "rewrites earlier turns"),
+        ("{{ raise_exception('roles must alternate') }}", "roles must alternate"),
+    ],
+)
+def test_a_chat_template_that_cannot_train_is_refused_saying_why(
+    make_config: Any, template: str, words: str
+) -> None:
+    with pytest.raises(ValidationError, match=words):
+        make_config(chat_template=template)
+
+
+def test_a_user_chat_template_from_a_file_labels_only_the_replies(
+    make_config: Any, base_model: Path, messages_file: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "template.jinja"
+    path.write_text(USER_TEMPLATE, encoding="utf-8")
+    with pytest.raises(ValidationError, match="chat_template replaces prompt_format=alpaca"):
+        make_config(chat_template=str(path), prompt_format="alpaca")
+    config = make_config(chat_template=str(path), dataset_path=str(messages_file), val_fraction=0.0)
+    tokenizer = load_tokenizer(base_model, local_only=True)
+    prepared = prepare_data(config, tokenizer)
+
+    assert prepared.fmt.kind == "chat_template" and prepared.fmt.chat_template == USER_TEMPLATE
+    sample = prepared.train[0]
+    text = tokenizer.decode(sample.input_ids)
+    trained = tokenizer.decode(
+        [t for t, lab in zip(sample.input_ids, sample.labels, strict=True) if lab != -100]
+    )
+    assert "### user\n" in text and "### assistant\n" in text
+    assert "###" not in trained and trained.endswith("</s>")  # the replies and their EOS, no headers
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_TEMPLATES))
+def test_every_built_in_family_template_passes_the_chat_template_check(family: str) -> None:
+    check_chat_template(FAMILY_TEMPLATES[family])
+
+
+def test_a_family_format_is_used_when_its_tokens_exist_and_refused_when_they_do_not(
+    make_config: Any, base_model: Path, messages_file: Path
+) -> None:
+    tokenizer = load_tokenizer(base_model, local_only=True)
+    prepared = prepare_data(make_config(prompt_format="zephyr", dataset_path=str(messages_file)), tokenizer)
+    assert prepared.fmt.chat_template == FAMILY_TEMPLATES["zephyr"]
+    assert "<|assistant|>\n" in tokenizer.decode(prepared.train[0].input_ids)
+    with pytest.raises(ValueError, match=r"needs the tokens \['<\|start_header_id\|>'"):
+        prepare_data(make_config(prompt_format="llama3"), load_tokenizer(base_model, local_only=True))
+
+
+# --------------------------------------------------------------------------------------------------
+# trust_remote_code
+
+REMOTE_CODE = """
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+class RemoteConfig(LlamaConfig):
+    model_type = "remote-llama"
+
+
+class RemoteForCausalLM(LlamaForCausalLM):
+    config_class = RemoteConfig
+"""
+
+
+def test_trust_remote_code_is_what_lets_a_model_folders_own_code_load(
+    base_model: Path, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    folder = Path(shutil.copytree(base_model, tmp_path / "remote-llama"))
+    (folder / "remote_llama.py").write_text(REMOTE_CODE, encoding="utf-8")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(
+        model_type="remote-llama",
+        architectures=["RemoteForCausalLM"],
+        auto_map={
+            "AutoConfig": "remote_llama.RemoteConfig",
+            "AutoModelForCausalLM": "remote_llama.RemoteForCausalLM",
+        },
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_base_model(folder, dtype=torch.float32, attn_implementation="sdpa")
+    model = load_base_model(folder, dtype=torch.float32, attn_implementation="sdpa", trust_remote_code=True)
+    assert type(model).__name__ == "RemoteForCausalLM"
