@@ -13,6 +13,7 @@ FormatName = Literal[
     "self_instruct",
     "mt_bench",
     "belle_eval",
+    "prompts",
     "preference",
     "hh_rlhf",
     "ultrafeedback",

@@ -36,6 +36,16 @@ def test_import_real_seed_tasks_autodetected(client, db, ds, shared_data):
     assert db.query(Record).filter_by(dataset_id=dataset.id, source="seed").count() == 175
 
 
+def test_prompt_only_file_imports_as_prompts_awaiting_answers(client, db, ds, shared_data):
+    dataset, h = ds
+    body = (shared_data / "instructionwild" / "seed_prompts_ch.jsonl").read_bytes()
+    resp = _import(client, dataset, h, body)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["imported"] == 429 and resp.json()["format"] == "prompts"
+    records = db.query(Record).filter_by(dataset_id=dataset.id).all()
+    assert {r.output for r in records} == {""} and all(r.instruction for r in records)
+
+
 def test_multipart_upload_of_sharegpt_keeps_conversations(client, db, ds, shared_data):
     dataset, h = ds
     data = (shared_data / "fastchat" / "dummy_conversation.json").read_bytes()

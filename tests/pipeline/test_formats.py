@@ -113,6 +113,9 @@ REAL_FILES = {
     "belle/zh_seed_tasks.json": "self_instruct",
     "fastchat/mt_bench_question.jsonl": "mt_bench",
     "belle/eval_set.json": "belle_eval",
+    "instructionwild/seed_prompts_en.jsonl": "prompts",
+    "instructionwild/seed_prompts_ch.jsonl": "prompts",
+    "instructionwild/user_1.jsonl": "prompts",
 }
 
 
@@ -146,6 +149,30 @@ def test_real_malformed_lines_are_reported_with_their_line_numbers(rel: str, mal
     missing = [b for b in bad if b.field == "output"]
     assert {b.message for b in missing} == {"required field is missing"}
     assert len(missing) == sources_counts()[rel]
+
+
+def test_prompt_only_files_import_with_empty_answers_and_their_type_as_label() -> None:
+    # seen: InstructionWild's prompt files could not be imported at all (alpaca requires an output)
+    good, bad = parse_all(data_file("instructionwild/user_2.jsonl").read_bytes(), skip_bad=True)
+    assert [b.line for b in bad] == [134, 168]
+    assert len(good) == sources_counts()["instructionwild/user_2.jsonl"]
+    assert all(rec.output == "" and rec.instruction.strip() for rec in good)
+    typed, _ = parse_all(data_file("instructionwild/user_1.jsonl").read_bytes())
+    assert typed[0].label == "Generation"
+
+
+def test_a_prompt_file_refuses_a_record_with_an_answer_instead_of_dropping_it() -> None:
+    data = jsonl({"instruction": "a"}, {"instruction": "b", "output": "c"})
+    assert first_error(data) == (
+        'line 2: field "output": this file imports as prompts without answers; import a file with answers as alpaca'
+    )
+
+
+def test_an_alpaca_file_missing_its_outputs_is_still_refused_not_read_as_prompts() -> None:
+    assert (
+        first_error(jsonl({"instruction": "a", "input": "b"}))
+        == 'line 1: field "output": required field is missing'
+    )
 
 
 ROUND_TRIPS = [
@@ -546,7 +573,7 @@ def test_a_file_whose_first_hundred_records_are_all_broken_is_refused_as_a_whole
 def test_unknown_format_name_is_refused() -> None:
     assert first_error(jsonl({"instruction": "a", "output": "b"}), fmt="parquet") == (
         "unknown format 'parquet': expected one of alpaca, sharegpt, openai, dolly, self_instruct, mt_bench, "
-        "belle_eval, preference, hh_rlhf, ultrafeedback or auto"
+        "belle_eval, prompts, preference, hh_rlhf, ultrafeedback or auto"
     )
 
 

@@ -340,6 +340,29 @@ def _belle_eval(obj: dict[str, Any], line: int, limits: Limits) -> ParsedRecord:
     return ParsedRecord(question, "", answer, None, None, label, None, _extra(obj, _BELLE_EVAL_USED), line)
 
 
+_PROMPTS_USED = frozenset({"instruction", "input", "system", "instruction_type", "category"})
+
+
+def _prompts(obj: dict[str, Any], line: int, limits: Limits) -> ParsedRecord:
+    """A prompt without an answer (InstructionWild, prompts people typed, questions to answer): the output
+    stays empty for a `respond` job or a person to write. `instruction_type` or `category` is the label.
+
+    A record that does carry an answer is refused rather than read without it: the file was detected as
+    prompts from its first record, and mixing the two shapes is more likely a mistake than a plan."""
+    instruction = _required_str(obj, "instruction", "instruction")
+    for key in ("output", "response"):
+        if key in obj:
+            raise Invalid(
+                key, "this file imports as prompts without answers; import a file with answers as alpaca"
+            )
+    input_ = _optional_str(obj, "input", "input") or ""
+    system = _optional_str(obj, "system", "system") or None
+    label = _optional_str(obj, "instruction_type", "instruction_type") or _optional_str(
+        obj, "category", "category"
+    )
+    return ParsedRecord(instruction, input_, "", None, system, label, None, _extra(obj, _PROMPTS_USED), line)
+
+
 Converter = Callable[[dict[str, Any], int, Limits], ParsedRecord]
 
 CONVERTERS: dict[str, Converter] = {
@@ -350,4 +373,5 @@ CONVERTERS: dict[str, Converter] = {
     "self_instruct": _self_instruct,
     "mt_bench": _mt_bench,
     "belle_eval": _belle_eval,
+    "prompts": _prompts,
 }

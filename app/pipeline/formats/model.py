@@ -14,6 +14,7 @@ FORMATS = (
     "self_instruct",
     "mt_bench",
     "belle_eval",
+    "prompts",
     "preference",
     "hh_rlhf",
     "ultrafeedback",

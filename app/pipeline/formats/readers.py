@@ -59,7 +59,7 @@ _FILENAME_HINTS = (
 _EXPECTED = (
     "alpaca (instruction, output), sharegpt (conversations), openai (messages), "
     "dolly (instruction, response, context, category), self_instruct (instruction, instances), "
-    "mt_bench (turns, category), belle_eval (question, std_answer, class), "
+    "mt_bench (turns, category), belle_eval (question, std_answer, class), prompts (instruction only), "
     "preference (prompt, chosen, rejected), hh_rlhf (chosen, rejected), ultrafeedback (instruction, completions)"
 )
 _ALL_CONVERTERS = {**CONVERTERS, **PREFERENCE_CONVERTERS}
@@ -92,6 +92,8 @@ def format_from_keys(
         return "mt_bench"
     if "question" in keys and keys & {"std_answer", "class"} and "instruction" not in keys:
         return "belle_eval"
+    if "instruction" in keys and not keys & {"output", "response", "context", "history", "input"}:
+        return "prompts"  # InstructionWild-style: a prompt and maybe its type, nothing to learn from yet
     if "instruction" in keys:
         # {instruction, response} alone is both GPTeacher-style alpaca and a dolly record without
         # its optional fields; both read it the same way, so the name only changes the label.
