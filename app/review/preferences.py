@@ -190,9 +190,21 @@ def pairwise_agreement(db: Session, dataset_id: int) -> tuple[list[dict[str, Any
     'even' (tie, both bad, same rank). Share of equal labels and Cohen's kappa over the three labels."""
     people: dict[tuple[int, int], dict[int, str]] = defaultdict(dict)
     judge: dict[tuple[int, int], str] = {}
+    # Only records a person judged can hold an agreement; an imported dataset's thousands of verdicts and
+    # scores are not read at all (the dataset page computes this on every view).
+    person_judged = select(PreferenceJudgment.record_id).where(
+        PreferenceJudgment.dataset_id == dataset_id,
+        PreferenceJudgment.source == JudgmentSource.person.value,
+        PreferenceJudgment.superseded_by_id.is_(None),
+    )
     for j in db.scalars(
         select(PreferenceJudgment)
-        .where(PreferenceJudgment.dataset_id == dataset_id, PreferenceJudgment.superseded_by_id.is_(None))
+        .where(
+            PreferenceJudgment.record_id.in_(person_judged),
+            PreferenceJudgment.superseded_by_id.is_(None),
+            PreferenceJudgment.source.in_((JudgmentSource.person.value, JudgmentSource.judge.value)),
+            PreferenceJudgment.kind.in_((JudgmentKind.pairwise.value, JudgmentKind.ranking.value)),
+        )
         .order_by(PreferenceJudgment.id)
     ):
         for key, label in _outcomes(j).items():
