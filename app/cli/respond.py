@@ -37,6 +37,9 @@ def add_respond(
     rp.add_argument("--max-tokens", type=int, default=1024, help="longest answer (default: %(default)s)")
     rp.add_argument("--system-prompt", default=None, help="sent before prompts without a system prompt")
     common(rp)
+    from app.cli.batch import add_batch_option
+
+    add_batch_option(rp)
     rp.set_defaults(func=cmd_respond)
 
 
@@ -61,6 +64,8 @@ def cmd_respond(args: argparse.Namespace) -> int:
 
     async def body(gateway: Gateway, progress: Progress, writer: _Writer) -> RespondSummary:
         def emit(results: list[RespondResult]) -> None:
+            if writer.discards:
+                return
             out = []
             for r in results:
                 row = rows[int(r.key)]

@@ -93,3 +93,22 @@ def test_batch_is_refused_for_a_teacher_without_a_batch_api_and_without_a_cache(
         main([*base, "--teacher", "sync", "--cache", str(tmp_path / "c.jsonl")])
     with pytest.raises(SystemExit, match="--batch needs --cache"):
         main([*base, "--teacher", "batch"])
+
+
+def test_respond_with_batch_asks_every_sample_in_one_batch_and_writes_the_synchronous_candidates(
+    shared_data: Path, fake: FakeTeacher, tmp_path: Path, capsys: Any
+) -> None:
+    lines = (shared_data / "instructionwild" / "user_2.jsonl").read_text(encoding="utf-8").splitlines()[:2]
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("".join(json.dumps({"turns": [json.loads(x)["instruction"]]}) + "\n" for x in lines))
+    common = ["generate", "respond", "--input", str(src), "--n", "2", "--teachers-config", _teachers(fake)]
+    common += ["--json", "--no-progress"]
+    sync_out, out = tmp_path / "sync.jsonl", tmp_path / "batch.jsonl"
+    assert main([*common, "--teacher", "sync", "-o", str(sync_out)]) == 0
+    cache = tmp_path / "cache.jsonl"
+    assert main([*common, "--teacher", "batch", "-o", str(out), "--cache", str(cache), "--batch"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["batches"] == ["batch_1"] and fake.stats()["batch_requests"] == 4
+    kept = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    want = [json.loads(x) for x in sync_out.read_text(encoding="utf-8").splitlines()]
+    assert [r["output"] for r in kept] == [r["output"] for r in want] and len(kept) == 4
