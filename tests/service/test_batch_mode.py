@@ -442,3 +442,19 @@ def test_respond_in_batch_mode_stores_the_synchronous_candidates_one_sample_batc
             "respond",
             {"teacher": "batch", "batch": True, "samplers": [{"teacher": "sync"}]},
         )
+
+
+def test_the_api_refuses_batch_mode_with_a_teacher_without_one_naming_the_field_and_storing_nothing(
+    client, db, fake
+):
+    from app.jobs.models import Job
+    from tests.factories import make_dataset, make_project, make_records, make_user, token_for
+
+    curator = make_user(db, "curator")
+    dataset = make_dataset(db, make_project(db, (curator, "curator")))
+    make_records(db, dataset, 2)
+    for kind in ("backtranslate", "rewrite", "reasoning", "respond"):
+        body = {"kind": kind, "dataset_id": dataset.id, "params": {"teacher": "sync", "batch": True}}
+        resp = client.post("/api/v1/jobs", json=body, headers=token_for(db, curator))
+        assert resp.status_code == 422 and resp.json()["field"] == "params.batch", (kind, resp.text)
+    assert db.scalars(select(Job).where(Job.dataset_id == dataset.id)).first() is None
