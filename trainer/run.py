@@ -323,6 +323,9 @@ def main(config: TrainConfig, *, on_step: Callable[[int], None] | None = None) -
     reporter = distributed.reporter_for(out)  # rank 0 writes status and metrics; the others stay quiet
     reporter.status("running", step=0, max_steps=0)
     try:
+        if distributed.world().enabled and config.objective != "sft":
+            # trainer/preference.py has its own loop, which shares no data and syncs no gradients across ranks
+            raise ValueError(f"objective={config.objective} runs as one process; launch it without torchrun")
         return _train(config, reporter, on_step)
     except BaseException:
         previous = _read_status(reporter)
