@@ -115,7 +115,8 @@ def test_multi_turn_alpaca_export_with_a_system_prompt_trains_every_turn_and_kee
 def test_preference_and_parquet_exports_are_refused_by_name_not_read_as_something_else(
     tmp_path: Path,
 ) -> None:
-    records = [{**r, "rejected": "A worse answer."} for r in _records()]
+    # single turns: the plain preference export (dpo_plain) cannot carry a conversation
+    records = [{**r, "rejected": "A worse answer."} for r in _records() if not r["messages"]]
     for fmt, (writer, ext) in PAIR_EXPORTERS.items():
         path = tmp_path / f"{fmt}.{ext}"
         with path.open("w", encoding="utf-8") as fh:
