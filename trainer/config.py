@@ -253,6 +253,8 @@ class TrainConfig(BaseModel):
             )
         if self.fsdp_cpu_offload and self.parallelism != "fsdp":
             raise ValueError("fsdp_cpu_offload needs parallelism=fsdp")
+        if self.precision == "fp16" and self.parallelism == "fsdp":
+            raise ValueError("precision=fp16 is not supported with parallelism=fsdp (use bf16, fp32 or ddp)")
         if self.merge and self.method in PROMPT_LEARNING_METHODS:
             raise ValueError(
                 f"merge is not possible for method={self.method}: virtual tokens have no weights"

@@ -50,9 +50,13 @@ def choose_precision(requested: str, legacy_bf16: bool | str, *, cuda: bool, bf1
 
 
 def resolve_precision(config: TrainConfig) -> Precision:
-    return choose_precision(
+    chosen = choose_precision(
         config.precision, config.bf16, cuda=torch.cuda.is_available(), bf16_ok=cuda_bf16()
     )
+    if chosen == "fp16" and config.parallelism == "fsdp":
+        # FSDP's shards would need its sharded grad scaler, which is not wired (nor tested): fp32 there
+        return "fp32"
+    return chosen
 
 
 def use_bf16(config: TrainConfig) -> bool:

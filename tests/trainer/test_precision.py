@@ -43,6 +43,8 @@ def test_the_older_bf16_field_is_read_and_a_contradiction_is_refused(make_config
         make_config(bf16=True, precision="fp16")
     with pytest.raises(ValidationError, match="contradicts precision"):
         make_config(bf16=False, precision="bf16")
+    with pytest.raises(ValidationError, match="fp16 is not supported with parallelism=fsdp"):
+        make_config(precision="fp16", parallelism="fsdp")
 
 
 def test_fp16_run_scales_the_loss_and_keeps_fp32_master_weights(make_config: Any) -> None:
