@@ -107,13 +107,13 @@ def _lora_policy(base_model: Path, config: TrainConfig) -> Any:
 
 
 def test_dpo_raises_preference_accuracy_on_its_pairs_to_90_percent_with_a_positive_margin(pref_config):
-    config = pref_config(max_steps=15, logging_steps=5)
+    config = pref_config(max_steps=12, logging_steps=4)
     summary = main(config)
     out = Path(config.output_dir)
     assert summary.state == "succeeded", summary
     assert summary.samples_train == 28
     rows = _metrics(out)
-    assert [r["step"] for r in rows] == [5, 10, 15]
+    assert [r["step"] for r in rows] == [4, 8, 12]
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
         assert all(key in r for r in rows), key
 
@@ -195,11 +195,9 @@ def test_pair_masks_train_only_the_final_reply_and_its_end_of_turn_token(
                 assert enc.input_ids.count(tok.bos_token_id) == 1 and enc.input_ids[0] == tok.bos_token_id
 
 
-@pytest.mark.parametrize("objective", ["orpo", "kto", "simpo"])
-def test_orpo_kto_and_simpo_train_save_and_reload_with_identical_outputs(pref_config, objective):
-    config = pref_config(
-        objective=objective, max_steps=3, val_fraction=0.2, beta=2.0 if objective == "simpo" else 0.1
-    )
+@pytest.mark.parametrize("objective", ["orpo", "kto"])
+def test_orpo_and_kto_train_save_and_reload_with_identical_outputs(pref_config, objective):
+    config = pref_config(objective=objective, max_steps=3, val_fraction=0.2)
     summary = main(config)
     out = Path(config.output_dir)
     assert summary.state == "succeeded", summary
