@@ -271,3 +271,24 @@ def test_the_size_limit_splits_by_input_file_bytes_too(fake):
     assert [k for c in chunks for k in c] == list(missing)  # every request once, in order
     assert all(sum(len(_line(k, p).encode()) + 1 for k, p in c.items()) <= 4 * line for c in chunks)
     assert len(chunks) >= len(missing) // 4
+
+
+def test_a_batch_cancelled_at_the_provider_before_it_ran_counts_a_failure_for_each_request_and_asks_again(
+    fake,
+):
+    # It ends with neither an output nor an error file: what it was asked is its part of the requests.
+    fake.set_batches(delay_s=30)
+    teacher, cache = _teacher(fake), LedgerCache()
+    state = BatchState()
+    runner = BatchRunner(teacher, job_label="c", cache=cache, save=lambda s: None, state=state)
+    assert runner.step(collect_missing(teacher, _judge, cache=cache)).action == "wait"
+    runner.client.batches.cancel("batch_1")
+    assert runner.step(collect_missing(teacher, _judge, cache=cache)).action == "collect"
+    runner.close()
+    asked = _custom_ids(fake, fake.state.batches["batch_1"]["input_file_id"])
+    assert set(state.failures) == asked and set(state.failures.values()) == {1}
+    assert "cancelled without it" in next(iter(state.last_error.values()))
+    fake.set_batches(delay_s=0)
+    results, _ = _drive(teacher, cache, state, label="c")
+    assert len(results) == len(ITEMS) and not state.failures
+    assert _custom_ids(fake, fake.state.batches["batch_2"]["input_file_id"]) == asked

@@ -278,7 +278,7 @@ class BatchRunner:
                 self.save(self.state)
                 shown = ", ".join(f"{b.id} {b.status}" for b in running)
                 return Step("wait", self.teacher.batch_poll_s, message=f"batch {shown}")
-            self._collect(open_, batches, missing)
+            self._collect(open_, batches, missing, todo)
             return Step("collect")
         if not todo:
             return Step("final", failed=failed)
@@ -374,21 +374,33 @@ class BatchRunner:
                 return batch
         return None
 
-    def _collect(self, subs: list[Submission], batches: list[Any], missing: Mapping[str, Pending]) -> None:
+    def _collect(
+        self,
+        subs: list[Submission],
+        batches: list[Any],
+        missing: Mapping[str, Pending],
+        todo: Mapping[str, Pending],
+    ) -> None:
         """Store every answer of a finished group of batches in the cache and ledger at batch prices; count
         a failure for each request of ``missing`` they were asked and left unanswered (errors, expiry,
-        cancellation). A request that was not in them (the budget held it back) counts nothing."""
+        cancellation). A request that was not in them (the budget held it back) counts nothing.
+
+        What a batch was asked is read from its output and error files (OpenAI writes every request of an
+        ended batch to one of them, expired and cancelled ones to the error file), not from its input
+        file, which the provider may not let us download. A batch that ended with neither file (failed
+        validation, cancelled before it ran) was asked its part of ``todo``: what this step would submit
+        again, the same requests since nothing was answered meanwhile."""
         answered: set[str] = set()
         kept_unasked: set[str] = set()
         asked: set[str] = set()
         errors: dict[str, str] = {}
+        parts = self.chunks(todo)
         for sub, batch in zip(subs, batches, strict=True):
-            inputs = {str(x.get("custom_id")): x for x in self._lines(sub.file_id)} if sub.file_id else {}
-            in_it = set(inputs)
-            asked |= in_it
+            seen: set[str] = set()
             if batch.output_file_id:
                 for line in self._lines(batch.output_file_id):
                     key = str(line.get("custom_id"))
+                    seen.add(key)
                     response = line.get("response") or {}
                     ok = response.get("status_code") == 200 and isinstance(response.get("body"), dict)
                     if key in answered or key in kept_unasked:
@@ -396,10 +408,8 @@ class BatchRunner:
                     if key not in missing:
                         # No longer asked (a person decided the record while the batch was out): the
                         # provider bills it all the same, so the answer and its cost are kept.
-                        if ok and key in inputs:
-                            body = inputs[key].get("body") or {}
-                            unasked = Pending({**body, "api": self.teacher.api}, "unasked")
-                            self._keep(key, unasked, response["body"])
+                        if ok:
+                            self._keep(key, Pending({"api": self.teacher.api}, "unasked"), response["body"])
                             kept_unasked.add(key)
                         continue
                     if ok:
@@ -410,12 +420,17 @@ class BatchRunner:
                         errors[key] = f"batch: HTTP {response.get('status_code')}: {body}"
             if batch.error_file_id:
                 for line in self._lines(batch.error_file_id):
+                    key = str(line.get("custom_id"))
+                    seen.add(key)
                     response = line.get("response") or {}
                     error = line.get("error") or response.get("body") or {}
                     status = f"HTTP {response['status_code']}: " if response.get("status_code") else ""
                     text = json.dumps(error, ensure_ascii=False)[:300]
-                    errors[str(line.get("custom_id"))] = f"batch {batch.id}: {status}{text}"
-            for key in in_it:
+                    errors[key] = f"batch {batch.id}: {status}{text}"
+            if not batch.output_file_id and not batch.error_file_id:
+                seen = set(parts[sub.chunk]) if sub.chunk < len(parts) else set(todo)
+            asked |= seen
+            for key in seen:
                 errors.setdefault(key, f"batch {batch.id} {batch.status} without it")
         unanswered = [k for k in missing if k in asked and k not in answered and not self._gave_up(k)]
         for key in unanswered:
