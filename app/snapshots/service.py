@@ -304,8 +304,20 @@ def diff(*, db: Session, user: User, a_id: int, b_id: int) -> dict[str, Any]:
     added = sorted(set(vb) - set(va))
     removed = sorted(set(va) - set(vb))
     common = set(va) & set(vb)
-    changed = sorted(r for r in common if va[r] != vb[r])
+    # A judgment changes a record's frozen pairs, not its version: those records changed too.
+    pa, pb = _frozen_pairs(db, a.id), _frozen_pairs(db, b.id)
+    changed = sorted(r for r in common if va[r] != vb[r] or pa.get(r) != pb.get(r))
     return {"added": added, "removed": removed, "changed": changed, "unchanged": len(common) - len(changed)}
+
+
+def _frozen_pairs(db: Session, snapshot_id: int) -> dict[int, Any]:
+    """record -> the preference pairs frozen in the snapshot, for the records that have candidates."""
+    rows = db.execute(
+        select(SnapshotItem.record_id, SnapshotItem.content["preference_pairs"]).where(
+            SnapshotItem.snapshot_id == snapshot_id
+        )
+    )
+    return {rid: pairs for rid, pairs in rows if pairs is not None}
 
 
 def export_snapshot(

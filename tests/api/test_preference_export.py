@@ -48,12 +48,13 @@ def _import(client, dataset, h, body: bytes) -> Any:
     return client.post(f"/api/v1/datasets/{dataset.id}/import", content=body, headers=h)
 
 
-def _snapshot(client, dataset, h, name: str) -> int:
-    client.post(
-        f"/api/v1/datasets/{dataset.id}/records/bulk-status",
-        json={"filter": {}, "status": "accepted"},
-        headers=h,
-    )
+def _snapshot(client, dataset, h, name: str, accept: bool = True) -> int:
+    if accept:
+        client.post(
+            f"/api/v1/datasets/{dataset.id}/records/bulk-status",
+            json={"filter": {}, "status": "accepted"},
+            headers=h,
+        )
     snap = client.post(f"/api/v1/datasets/{dataset.id}/snapshots", json={"name": name}, headers=h)
     assert snap.status_code == 201, snap.text
     return int(snap.json()["id"])
@@ -155,12 +156,14 @@ def test_a_snapshot_keeps_its_pairs_when_a_person_judges_later_and_exports_them_
     plain = _rows(client, v1, h, format="dpo_plain")
     assert plain[0] == {"prompt": "Question 0?", "chosen": "good 0", "rejected": "bad 0"}
     assert [r["chosen"] for r in plain] == ["good 0", "good 1", "good 2", "good 3"]
-    v2 = _snapshot(client, dataset, h, "v2")
+    v2 = _snapshot(client, dataset, h, "v2", accept=False)
     assert _rows(client, v2, h, format="dpo_plain")[0] == {
         "prompt": "Question 0?",
         "chosen": "bad 0",
         "rejected": "good 0",
     }
+    diff = client.get(f"/api/v1/snapshots/{v1}/diff/{v2}", headers=h).json()
+    assert diff["changed"] == [first.id] and diff["unchanged"] == 3
     bundle = client.get(
         f"/api/v1/snapshots/{v2}/export", params={"format": "dpo_plain", "parquet": "true"}, headers=h
     )
