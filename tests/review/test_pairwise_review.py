@@ -174,8 +174,11 @@ def test_agreement_on_pairs_between_annotators_and_with_the_judge(
         (world["annotator"].username, 1, 1.0),
         (world["other"].username, 1, 1.0),
     }
-    page = client.get(f"/ui/datasets/{world['ds'].id}", headers=token_for(db, world["curator"]))
+    login(client, world["curator"])
+    page = client.get(f"/ui/datasets/{world['ds'].id}")
     assert page.status_code == 200
+    table = page.text.split('data-role="preference-agreement"', 1)[1].split("</table>", 1)[0]
+    assert f"{world['annotator'].username} · judge" in table and "75.0%" in table
 
 
 def test_compare_queue_holds_records_with_candidates_you_have_not_judged_whatever_their_status(
