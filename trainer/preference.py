@@ -229,6 +229,7 @@ class KTOExample:
     prompt_len: int
     desirable: bool
     kl: Encoded | None = None  # this prompt with another example's completion (the KL estimate)
+    conversation: list[Message] = field(default_factory=list)  # prompt + completion, for sample generations
 
 
 def encode_reply(fmt: PromptFormat, tokenizer: Any, prompt: list[Message], reply: str) -> tuple[Encoded, int]:
@@ -265,7 +266,8 @@ def encode_unpaired(fmt: PromptFormat, tokenizer: Any, row: UnpairedRow, max_len
     kept = truncate(enc, max_len)
     if kept is None:
         return "response_truncated"
-    return KTOExample(kept, n, row.desirable)
+    conversation: list[Message] = [*row.prompt, {"role": "assistant", "content": row.completion}]
+    return KTOExample(kept, n, row.desirable, conversation=conversation)
 
 
 def attach_kl_examples(examples: list[KTOExample], group: int, max_len: int) -> None:
@@ -1038,9 +1040,10 @@ def train_preference(config: TrainConfig, reporter: Reporter, on_step: Callable[
             on_step(step)
 
     _save_adapter(policy.model, config, out, base_path=str(base_path), targets=targets)
-    val_convs: list[list[Message]] = [
-        [*p.prompt, {"role": "assistant", "content": p.chosen_text}] for p in data.val_pairs
-    ]
+    # held-out prompts with their preferred reply as the reference (kto: its desirable completions)
+    val_convs: list[list[Message]] = [e.conversation for e in data.val_kto if e.desirable]
+    for pair in data.val_pairs:
+        val_convs.append([*pair.prompt, {"role": "assistant", "content": pair.chosen_text}])
     _write_samples(policy.model, tokenizer, data.fmt, val_convs, config, out, notes, step=step)
     plot_loss_curve(reporter.read_metrics(), out / LOSS_CURVE_FILE)
     del policy

@@ -197,11 +197,16 @@ def test_pair_masks_train_only_the_final_reply_and_its_end_of_turn_token(
 
 @pytest.mark.parametrize("objective", ["orpo", "kto"])
 def test_orpo_and_kto_train_save_and_reload_with_identical_outputs(pref_config, objective):
-    config = pref_config(objective=objective, max_steps=3, val_fraction=0.2)
+    config = pref_config(
+        objective=objective, max_steps=3, val_fraction=0.2, sample_prompts=1, sample_max_new_tokens=4
+    )
     summary = main(config)
     out = Path(config.output_dir)
     assert summary.state == "succeeded", summary
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    # a held-out prompt with its preferred reply as the reference (kto: a desirable completion)
+    (sample,) = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert sample["prompt"][-1]["role"] == "user" and sample["reference"]
     rows = _metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert "rewards/chosen" in rows[-1] and "eval_loss" in rows[-1]
