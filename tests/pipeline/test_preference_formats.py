@@ -64,7 +64,10 @@ BINARIZED = {
         {"role": "user", "content": "Name three prime numbers."},
         {"role": "assistant", "content": "1, 4, 9"},
     ],
-    "messages": [],
+    "messages": [
+        {"role": "user", "content": "Name three prime numbers."},
+        {"role": "assistant", "content": "2, 3 and 5."},
+    ],
     "score_chosen": 9.0,
     "score_rejected": 2.0,
 }
@@ -127,7 +130,7 @@ def test_binarized_scores_are_kept_on_the_candidates() -> None:
     (rec,), _ = parse_all(jsonl(BINARIZED))
     assert rec.preference is not None
     assert [c.get("score") for c in rec.preference["candidates"]] == [9.0, 2.0]
-    assert rec.extra == {"prompt_id": "abc", "messages": []}
+    assert rec.extra == {"prompt_id": "abc"}  # its `messages`, a copy of chosen, is not kept twice
 
 
 @pytest.mark.parametrize(

@@ -165,6 +165,8 @@ def _preference(obj: dict[str, Any], line: int, limits: Limits, fmt: str = "pref
         _number(obj.get("score_rejected"), "score_rejected"),
     )
     used = _PREFERENCE_USED
+    if type(obj.get("chosen")) is list and obj.get("messages") == obj["chosen"]:
+        used = used | {"messages"}  # UltraFeedback-binarized repeats the chosen conversation: not kept twice
     extra = {} if obj.keys() <= used else {k: v for k, v in obj.items() if k not in used}
     return _record(prompt, answers[0], extra, line, _pairwise(fmt, UNKNOWN, answers[0], answers[1], scores))
 
