@@ -880,6 +880,8 @@ def train_preference(config: TrainConfig, reporter: Reporter, on_step: Callable[
         notes.append("packing not used: a preference batch holds whole chosen/rejected rows side by side")
     plan, total, steps_per_epoch = plan_training(config, data.lengths(config.objective), packing=False)
     policy = _build_policy(config, base_path, tokenizer, data.added_tokens, total=total)
+    if data.added_tokens:
+        notes.append(f"added special tokens {data.added_tokens}; embeddings resized and saved")
     pad_id = int(tokenizer.pad_token_id)
     if config.objective in REFERENCE_OBJECTIVES:
         notes.append(
