@@ -17,11 +17,22 @@ from app.records.models import Record
 from tests.factories import make_dataset, make_project, make_user, token_for
 
 
-@pytest.fixture
-def ds(db, backend):
+def _ds(db):
     curator = make_user(db, "curator")
     dataset = make_dataset(db, make_project(db, (curator, "curator")))
     return dataset, token_for(db, curator), curator
+
+
+@pytest.fixture
+def ds(db, backend):
+    """On both databases: what imports, freezes or compares rows."""
+    return _ds(db)
+
+
+@pytest.fixture
+def ds_pg(db):
+    """PostgreSQL only: what reads back rows the tests above already write on both."""
+    return _ds(db)
 
 
 def jsonl(*rows: Any) -> bytes:
@@ -96,8 +107,8 @@ def test_hh_import_stores_both_answers_as_candidates_and_the_human_verdict_with_
     ]
 
 
-def test_ultrafeedback_import_keeps_the_models_aspect_ratings_and_the_ranking_by_gpt4(client, db, ds):
-    dataset, h, _ = ds
+def test_ultrafeedback_import_keeps_the_models_aspect_ratings_and_the_ranking_by_gpt4(client, db, ds_pg):
+    dataset, h, _ = ds_pg
     row = {
         "instruction": "Name a prime.",
         "completions": [
@@ -197,8 +208,8 @@ def test_a_snapshot_keeps_its_pairs_when_a_person_judges_later_and_exports_them_
     assert rendered["chosen"] == f"{rows[0]['chosen'][0]['content']}</s>"
 
 
-def test_plain_dpo_refuses_a_conversation_by_record_and_the_messages_form_carries_it(client, db, ds):
-    dataset, h, _ = ds
+def test_plain_dpo_refuses_a_conversation_by_record_and_the_messages_form_carries_it(client, db, ds_pg):
+    dataset, h, _ = ds_pg
     history = "\n\nHuman: Hello.\n\nAssistant: Hi, how can I help?"
     assert _import(client, dataset, h, jsonl(hh("What is 2+2?", "4", "5", history))).status_code == 201
     sid = _snapshot(client, dataset, h, "v1")
