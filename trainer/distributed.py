@@ -312,6 +312,8 @@ def describe(config: Any, w: World) -> str:
 # trainer_state.json's key for how optimizer.pt is keyed: "name" (whole state by parameter name, written under
 # FSDP) or absent (torch's positional state_dict, written by one process or DDP).
 OPTIMIZER_KEYS = "optimizer_keys"
+# trainer_state.json's key for grad_accum x ranks of the run that wrote it
+MICRO_BATCHES_PER_STEP = "micro_batches_per_step"
 
 
 def save_checkpoint(
@@ -376,9 +378,19 @@ def _save_gathered(
 
 
 def load_checkpoint(
-    path: Path, *, engine: Engine, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: Path,
+    *,
+    engine: Engine,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    micro_batches_per_step: int,
 ) -> dict[str, Any]:
-    """Every rank reads the same checkpoint; FSDP spreads the whole tensors onto its shards."""
+    """Every rank reads the same checkpoint; FSDP spreads the whole tensors onto its shards.
+
+    Another world size is fine when grad_accum x ranks stays the same; otherwise the step counter would point
+    elsewhere in the plan (samples seen twice or skipped), so it is refused naming the grad_accum that fits.
+    """
     import json
     import random
 
@@ -387,6 +399,16 @@ def load_checkpoint(
     from trainer import checkpoint
 
     state: dict[str, Any] = json.loads((path / checkpoint.STATE).read_text(encoding="utf-8"))
+    saved = state.get(MICRO_BATCHES_PER_STEP)
+    if saved is not None and int(saved) != micro_batches_per_step:
+        ranks = engine.world.size
+        fits = (
+            f"grad_accum={int(saved) // ranks}" if int(saved) % ranks == 0 else f"a multiple of {ranks} ranks"
+        )
+        raise ValueError(
+            f"checkpoint {path.name} was written with grad_accum x ranks = {saved} micro-batches per step, "
+            f"this run takes {micro_batches_per_step}: resume with {fits} (or start afresh with resume: false)"
+        )
     by_name = state.get(OPTIMIZER_KEYS) == "name"
     if not engine.sharded and not by_name:
         return checkpoint.load_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler)

@@ -632,6 +632,7 @@ def _resume(
         model=trainee.model,
         optimizer=trainee.optimizer,
         scheduler=trainee.scheduler,
+        micro_batches_per_step=config.grad_accum * trainee.engine.world.size,
     )
     loop.step = int(state["step"])
     loop.tokens_seen = int(state.get("tokens_seen", 0))
@@ -648,7 +649,12 @@ def _save_checkpoint(run: _Run, trainee: _Trainee) -> None:
         model=trainee.model,
         optimizer=trainee.optimizer,
         scheduler=trainee.scheduler,
-        extra={"tokens_seen": run.loop.tokens_seen, "max_steps": run.loop.total},
+        extra={
+            "tokens_seen": run.loop.tokens_seen,
+            "max_steps": run.loop.total,
+            # the plan's position is step x this: a resume must take as many micro-batches per step
+            distributed.MICRO_BATCHES_PER_STEP: run.config.grad_accum * trainee.engine.world.size,
+        },
         keep=run.config.save_total_limit,
     )
 

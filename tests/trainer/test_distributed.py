@@ -148,6 +148,8 @@ def test_two_ranks_reach_the_single_process_curve_and_adapter_and_resume_as_one(
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(out, resumed_dir)
     shutil.rmtree(resumed_dir / "adapter")
+    with pytest.raises(ValueError, match="resume with grad_accum=2"):  # a step of 1 would revisit samples
+        main(_config(base_model, alpaca_file, resumed_dir, grad_accum=1))
     resumed = main(_config(base_model, alpaca_file, resumed_dir))
     assert resumed.resumed_from_step == 2 and resumed.state == "succeeded"
     _same_curve(_metrics(resumed_dir), _metrics(ref))
