@@ -57,6 +57,16 @@ def pairs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def few_pairs_file(pairs_file: Path) -> Path:
+    """The first 8 pairs: for tests of the run's mechanics rather than of learning."""
+    path = pairs_file.with_name("few.jsonl")
+    path.write_text(
+        "".join(pairs_file.read_text(encoding="utf-8").splitlines(keepends=True)[:8]), encoding="utf-8"
+    )
+    return path
+
+
 @pytest.fixture
 def pref_config(tmp_path: Path, base_model: Path, pairs_file: Path) -> Any:
     def build(**overrides: Any) -> TrainConfig:
@@ -456,7 +466,7 @@ def test_orpo_and_simpo_losses_equal_trls_on_the_same_logits(pref_config, base_m
 
 
 def test_a_run_from_an_sft_adapter_takes_that_sft_model_as_its_reference_and_keeps_its_prompt_format(
-    pref_config, make_config, tmp_path
+    pref_config, make_config, few_pairs_file, tmp_path
 ):
     from trainer.preference import _build_policy, _reference_context
 
@@ -464,7 +474,9 @@ def test_a_run_from_an_sft_adapter_takes_that_sft_model_as_its_reference_and_kee
     assert main(sft).state == "succeeded"
     sft_model, tokenizer, fmt = load_for_inference(Path(sft.output_dir))
 
-    config = pref_config(init_adapter=str(Path(sft.output_dir) / "adapter"), max_steps=1)
+    config = pref_config(
+        init_adapter=str(Path(sft.output_dir) / "adapter"), max_steps=1, dataset_path=str(few_pairs_file)
+    )
     data = prepare_preference_data(config, tokenizer, fmt)
     data.train_pairs = data.train_pairs[:6]
     policy = _build_policy(config, config.base_model, tokenizer, [], total=2)
@@ -486,12 +498,14 @@ def test_a_run_from_an_sft_adapter_takes_that_sft_model_as_its_reference_and_kee
     assert PromptFormat.load(out / "prompt_format.json") == fmt
 
 
-def test_a_cancelled_dpo_run_resumes_on_the_same_curve(pref_config, pairs_file, tmp_path):
-    few = tmp_path / "few.jsonl"
-    few.write_text(
-        "".join(pairs_file.read_text(encoding="utf-8").splitlines(keepends=True)[:8]), encoding="utf-8"
-    )
-    common = {"max_steps": 3, "batch_size": 2, "grad_accum": 2, "dropout": 0.1, "dataset_path": str(few)}
+def test_a_cancelled_dpo_run_resumes_on_the_same_curve(pref_config, few_pairs_file, tmp_path):
+    common = {
+        "max_steps": 3,
+        "batch_size": 2,
+        "grad_accum": 2,
+        "dropout": 0.1,
+        "dataset_path": str(few_pairs_file),
+    }
     straight = pref_config(output_dir=str(tmp_path / "straight"), **common)
     assert main(straight).state == "succeeded"
     want = _metrics(Path(straight.output_dir))
