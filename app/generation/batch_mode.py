@@ -167,9 +167,8 @@ def _advance(
 
 
 def _cancel_open(runner: BatchRunner) -> None:
-    """A cancelled job's open batch is cancelled at the provider too (best effort: it expires anyway)."""
-    open_ = runner.state.open
-    if open_ is None or open_.batch_id is None:
-        return
-    with contextlib.suppress(openai.OpenAIError):
-        runner.client.batches.cancel(open_.batch_id)
+    """A cancelled job's open batches are cancelled at the provider too (best effort: they expire anyway)."""
+    for open_ in runner.state.open_all:
+        if open_.batch_id is not None:
+            with contextlib.suppress(openai.OpenAIError):
+                runner.client.batches.cancel(open_.batch_id)
