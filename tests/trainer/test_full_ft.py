@@ -92,3 +92,28 @@ def test_full_fine_tuning_refuses_adapter_only_options(
 ) -> None:
     with pytest.raises(ValidationError, match=words):
         make_config(method="full", **option)
+
+
+def test_a_cancelled_full_fine_tuning_resumes_on_the_same_loss_curve(
+    make_config: Any, tmp_path: Path
+) -> None:
+    def config(name: str) -> Any:
+        return make_config(method="full", max_steps=4, val_fraction=0.0, output_dir=str(tmp_path / name))
+
+    def losses(out: Path) -> list[float]:
+        return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    whole = config("whole")
+    assert main(whole).state == "succeeded"
+    split = config("split")
+    out = Path(split.output_dir)
+
+    def cancel_after_two(step: int) -> None:
+        if step == 2:
+            (out / "CANCEL").touch()
+
+    assert main(split, on_step=cancel_after_two).state == "cancelled"
+    (out / "CANCEL").unlink()
+    resumed = main(split)
+    assert resumed.state == "succeeded" and resumed.resumed_from_step == 2
+    assert losses(out) == pytest.approx(losses(Path(whole.output_dir)), rel=1e-5)
