@@ -78,8 +78,7 @@ from trainer.reporting import Reporter, plot_loss_curve, write_json_atomic
 PAIRED_OBJECTIVES = frozenset({"dpo", "orpo", "simpo"})
 REFERENCE_OBJECTIVES = frozenset({"dpo", "kto"})
 # Sequence scores as the papers define them: DPO/KTO sum the reply's token log-probs; ORPO and SimPO average
-# them (length-normalised), which is also what makes them work without a reference.
-AVERAGED_OBJECTIVES = frozenset({"orpo", "simpo"})
+# them (length-normalised, see pair_batch_loss), which is also what lets them work without a reference.
 
 _ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
 
