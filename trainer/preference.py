@@ -59,6 +59,7 @@ from trainer.formats import (
     choose_kind,
     encode_conversation,
     encode_prompt,
+    install_chat_template,
     missing_special_tokens,
     truncate,
 )
@@ -71,6 +72,7 @@ from trainer.methods import (
     load_base_model,
     load_tokenizer,
     resolve_attn_implementation,
+    resolve_precision,
     use_bf16,
 )
 from trainer.reporting import Reporter, plot_loss_curve, write_json_atomic
@@ -430,7 +432,9 @@ def prepare_preference_data(
     if fmt is None:
         prompts = [r.prompt for r in data.pairs] + [r.prompt for r in data.unpaired]
         single = not any(m["role"] == "assistant" for prompt in prompts for m in prompt)
-        kind = choose_kind(config.prompt_format, tokenizer, single_turn=single)
+        # a user's chat_template or a family's built-in one goes onto the tokenizer, exactly as for SFT
+        requested = install_chat_template(tokenizer, config.prompt_format, config.chat_template)
+        kind = choose_kind(requested, tokenizer, single_turn=single)
         added = missing_special_tokens(kind, tokenizer)
         if added:
             add_special_tokens(tokenizer, added)
@@ -518,6 +522,8 @@ def _build_policy(
         attn_implementation=attn,
         quantize_4bit=config.method == "qlora",
         local_only=not config.allow_hub_download,
+        rope_scaling=config.rope_scaling.model_dump() if config.rope_scaling else None,
+        trust_remote_code=config.trust_remote_code,
     )
     if config.method != "qlora":
         model.to(device)
@@ -870,11 +876,19 @@ def train_preference(config: TrainConfig, reporter: Reporter, on_step: Callable[
 
     base_path = config.resolved_base_model()
     sft_dir = init_adapter_run_dir(config.init_adapter) if config.init_adapter else None
-    tokenizer = load_tokenizer(sft_dir or base_path, local_only=not config.allow_hub_download)
+    tokenizer = load_tokenizer(
+        sft_dir or base_path,
+        local_only=not config.allow_hub_download,
+        trust_remote_code=config.trust_remote_code,
+    )
     fmt = PromptFormat.load(sft_dir / PROMPT_FORMAT_FILE) if sft_dir is not None else None
     if sft_dir is not None:
         notes.append(f"prompt format and tokenizer of the SFT run {sft_dir}")
     data = prepare_preference_data(config, tokenizer, fmt)
+    if resolve_precision(config) == "fp16":
+        notes.append(
+            "fp32: the preference loop has no fp16 loss scaling (bf16 is used where the device has it)"
+        )
     if config.packing:
         notes.append("packing not used: a preference batch holds whole chosen/rejected rows side by side")
     plan, total, steps_per_epoch = plan_training(config, data.lengths(config.objective), packing=False)

@@ -528,3 +528,20 @@ def test_a_cancelled_dpo_run_resumes_on_the_same_curve(pref_config, few_pairs_fi
     for g, w in zip(got, want, strict=True):
         for key in ("loss", "rewards/margins", "rewards/accuracies"):
             assert g[key] == pytest.approx(w[key], rel=1e-5, abs=1e-6), (g["step"], key)
+
+
+def test_a_preference_run_uses_the_users_chat_template_as_sft_does(pref_config, base_model):
+    # the same prompt formats as SFT: a user's Jinja chat_template reaches the pair encoding
+    from tests.trainer.test_context_and_templates import USER_TEMPLATE
+
+    config = pref_config(chat_template=USER_TEMPLATE)
+    tokenizer = load_tokenizer(base_model, local_only=True)
+    prepared = prepare_preference_data(config, tokenizer)
+    assert prepared.fmt.kind == "chat_template" and prepared.fmt.chat_template == USER_TEMPLATE
+    pair = prepared.train_pairs[0]
+    text = tokenizer.decode(pair.chosen.input_ids)
+    trained = tokenizer.decode(
+        [t for t, lab in zip(pair.chosen.input_ids, pair.chosen.labels, strict=True) if lab != -100]
+    )
+    assert "### user\n" in text and "### assistant\n" in text
+    assert "###" not in trained and trained.endswith("</s>")
