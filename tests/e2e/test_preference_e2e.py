@@ -3,8 +3,7 @@ a judge ranks them, an annotator chooses between them pairwise, a snapshot freez
 and a DPO run on its adapter train on it, and an evaluation compares SFT with SFT+DPO.
 
 Jobs run in this process with the workers' own runner (workers.runner.run_job: the gpu worker's code path,
-the trainer and the generator as child processes). Too long for `make test`'s budget (two training runs and
-an evaluation on a tiny model): it runs with `make e2e` (``-m e2e``) only.
+the trainer and the generator as child processes). It runs in `make test` (and `make e2e`).
 """
 
 from __future__ import annotations
@@ -34,12 +33,6 @@ FAST = {
     "gradient_checkpointing": False,
     "max_seq_len": 128,
 }
-
-
-@pytest.fixture(autouse=True)
-def _only_with_make_e2e(request: pytest.FixtureRequest) -> None:
-    if "e2e" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("runs with `make e2e` (-m e2e): too long for make test's time budget")
 
 
 def _run(engine: Any, job_id: int) -> None:
