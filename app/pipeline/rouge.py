@@ -642,27 +642,58 @@ class _Greedy:
             (near_block if b >= start else near_pool).setdefault(a, []).append((b, score))
         return near_pool, near_block
 
+    def _collect_lcs(self, start: int, q: Ints, r: Ints, lcs: npt.NDArray[np.int32]) -> tuple[_Near, _Near]:
+        """Pairs (query q, earlier record r) with their LCS length: exact scores, and those that reach the
+        cutoff (rouge_score's expression in IEEE float64, so bit-identical to ``_f_measure``)."""
+        m, n = self.lens_f[q], self.lens_f[r]
+        common = lcs.astype(np.float64)
+        precision = common / n
+        recall = common / m
+        scores = 2 * precision * recall / (precision + recall)
+        close = np.flatnonzero(scores >= self.cutoff)
+        near_pool: _Near = {}
+        near_block: _Near = {}
+        for a, b, score in zip(q[close].tolist(), r[close].tolist(), scores[close].tolist(), strict=True):
+            (near_block if b >= start else near_pool).setdefault(a, []).append((b, score))
+        return near_pool, near_block
+
     def _pairs_by_cdist(self, start: int, end: int) -> tuple[_Near, _Near]:
+        """Every pair of the block with the records kept before it, then within the block: LCS lengths by
+        rapidfuzz's ``cdist`` (the same bit-parallel kernel brute force uses; with a cutoff on the LCS
+        below which no pair of these lengths can reach the threshold, so most pairs come back as 0)."""
         queries = self.seqs[start:end]
         block = np.arange(start, end, dtype=np.int64)
+        lens = self.lens[start:end]
+        nonempty = lens > 0
+        if not nonempty.any():
+            return {}, {}
+        shortest = int(lens[nonempty].min())
         near_pool: _Near = {}
         if self.kept_seqs:
-            sims = process.cdist(
+            least = min(shortest, int(self.lens[self.kept_ids].min()))
+            lcs = process.cdist(
                 queries,
                 self.kept_seqs,
-                scorer=Indel.normalized_similarity,
-                score_cutoff=self.cutoff,
-                dtype=np.float64,
+                scorer=LCSseq.similarity,
+                score_cutoff=max(1, math.floor(self.cutoff * least)),
+                dtype=np.int32,
                 workers=-1,
             )
-            rows, cols = np.nonzero(sims)
-            near_pool, _ = self._collect(start, block[rows], np.array(self.kept_ids)[cols], sims[rows, cols])
+            rows, cols = np.nonzero(lcs)
+            near_pool, _ = self._collect_lcs(
+                start, block[rows], np.array(self.kept_ids)[cols], lcs[rows, cols]
+            )
         inner = process.cdist(
-            queries, queries, scorer=Indel.normalized_similarity, score_cutoff=self.cutoff, dtype=np.float64
+            queries,
+            queries,
+            scorer=LCSseq.similarity,
+            score_cutoff=max(1, math.floor(self.cutoff * shortest)),
+            dtype=np.int32,
+            workers=-1,
         )
-        # Below the diagonal: earlier records only; an empty query (1.0 with another empty) never counts.
-        later, earlier = np.nonzero(np.tril(inner, -1) * (self.lens[block] > 0)[:, None])
-        _, near_block = self._collect(start, block[later], block[earlier], inner[later, earlier])
+        # Below the diagonal: earlier records only; an empty query scores 0 with everything.
+        later, earlier = np.nonzero(np.tril(inner, -1) * nonempty[:, None])
+        _, near_block = self._collect_lcs(start, block[later], block[earlier], inner[later, earlier])
         return near_pool, near_block
 
     def _prepare_prefix(self) -> None:
