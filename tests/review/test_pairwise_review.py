@@ -141,6 +141,9 @@ def test_timeline_lists_judgments_superseded_ones_marked_and_the_judges_beside(
         ("prefer (pairwise)", world["annotator"].username, True),
     ]
     assert prefs[0]["note"] == "A is shorter."
+    login(client, world["annotator"])
+    page = client.get(f"/ui/records/{two.id}/history")
+    assert page.status_code == 200 and "prefer (pairwise)" in page.text and "A is shorter." in page.text
     # The review item shows the judge's verdict as advice, and the annotator's own choice.
     item = client.get(f"/api/v1/review/datasets/{world['ds'].id}/queue", headers=h).json()["items"][0]
     assert item["id"] == two.id and len(item["candidates"]) == 2
