@@ -33,14 +33,22 @@ TRAINER_LOG = "trainer.log"  # the child's stdout and stderr, appended across re
 
 
 def _export(run: TrainingRun, db: Any, path: Path) -> int:
+    """The run's snapshot as the trainer reads it (write_dataset)."""
+    return write_dataset(
+        db, snapshot_id=run.snapshot_id, objective=(run.config or {}).get("objective", "sft"), path=path
+    )
+
+
+def write_dataset(db: Any, *, snapshot_id: int, objective: str, path: Path) -> int:
     """The snapshot as the trainer reads it: its records (SFT), or its preference pairs as the dpo export
-    writes them (prompt/chosen/rejected messages) for dpo, orpo, kto and simpo."""
-    if (run.config or {}).get("objective", "sft") != "sft":
-        snap = db.get(Snapshot, run.snapshot_id)
+    writes them (prompt/chosen/rejected messages) for dpo, orpo, kto and simpo. A run's `dataset.jsonl` and an
+    exported launch bundle's (app/training/bundle.py) are both written here."""
+    if objective != "sft":
+        snap = db.get(Snapshot, snapshot_id)
         records = export_records(db, snap, "dpo")
         write = formats.PAIR_EXPORTERS["dpo"][0]
     else:
-        records = list(iter_contents(db, run.snapshot_id))
+        records = list(iter_contents(db, snapshot_id))
         write = formats.write_openai_jsonl
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as fh:

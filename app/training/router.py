@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 
 from app.auth.models import Role
 from app.deps import CurrentUser, SessionDep
@@ -10,7 +11,7 @@ from app.evaluation import service as evaluation_service
 from app.evaluation.schemas import EvaluateAgainstBase, EvaluationRead
 from app.jobs import service as jobs
 from app.jobs.models import Job
-from app.training import service
+from app.training import bundle, service
 from app.training.models import TrainingRun
 from app.training.schemas import (
     ArtifactRead,
@@ -40,6 +41,16 @@ def create_run(body: TrainingRunCreate, user: CurrentUser, db: SessionDep) -> Tr
     # every field of the body is a keyword of the service
     run = service.create_run(db=db, user=user, **body.model_dump())
     return _read(run, service.job_of(db=db, run=run))
+
+
+@router.post("/training-runs/export", response_class=FileResponse)
+def export_run(body: TrainingRunCreate, user: CurrentUser, db: SessionDep) -> FileResponse:
+    """The run this body would start, as a launch bundle (.tar.gz: train_config.yaml, dataset.jsonl, launch.sh,
+    README.txt) to start under Slurm or Kubernetes; nothing is queued. Checked as POST /training-runs, except that
+    nodes > 1 and more GPUs than a worker has are allowed (docs/training.md, Several machines)."""
+    target = bundle.build_bundle(db=db, user=user, body=body.model_dump())
+    task = BackgroundTask(bundle.remove, target)
+    return FileResponse(target, filename=target.name, media_type="application/gzip", background=task)
 
 
 @router.get("/training-runs", response_model=list[TrainingRunRead])

@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
@@ -35,6 +35,10 @@ from trainer.contract import (
     SUMMARY_FILE,
     code_version,
 )
+
+if TYPE_CHECKING:
+    from app.datasets.models import Dataset
+    from trainer.config import TrainConfig
 
 # What any member of the run's project may download: how the run went. Every other file holds the
 # snapshot's data or what was learnt from it (dataset.jsonl, samples.jsonl with references, the trainer's
@@ -78,8 +82,11 @@ def resolve_base_model(name: str) -> Path:
     return candidate
 
 
-def check_gpus(*, gpus: int, nodes: int) -> None:
-    """A run must fit one gpu worker: more GPUs than IF_GPUS_PER_WORKER, or several nodes, is refused here."""
+def check_gpus(*, gpus: int, nodes: int, launched: bool = True) -> None:
+    """A run must fit one gpu worker: more GPUs than IF_GPUS_PER_WORKER, or several nodes, is refused here.
+    A run exported to be launched elsewhere (launched=False: Slurm, Kubernetes) is not bound by the workers."""
+    if not launched:
+        return
     if nodes > 1:
         raise Invalid(
             "nodes: the service launches single-node runs; start a multi-node run under Slurm or Kubernetes "
@@ -192,7 +199,7 @@ def runs_dir() -> Path:
     return path
 
 
-def create_run(
+def validate_run(
     *,
     db: Session,
     user: User,
@@ -204,11 +211,15 @@ def create_run(
     gpus: int = 1,
     nodes: int = 1,
     continue_from: int | None = None,
-) -> TrainingRun:
+    launched: bool = True,
+) -> tuple[Snapshot, Dataset, TrainConfig]:
+    """Every check of a run's request (POST /training-runs and its export share them), as 4xx naming the field:
+    the snapshot (curators and admins), GPUs and nodes, the base model, hyperparameters as a TrainConfig, an
+    earlier run to continue, preference pairs. Returns the snapshot, its dataset and the TrainConfig."""
     from trainer.config import TrainConfig  # pydantic only: no torch in the web process
 
     snap = require_snapshot(db=db, user=user, snapshot_id=snapshot_id, min_role=Role.curator.value)
-    check_gpus(gpus=gpus, nodes=nodes)
+    check_gpus(gpus=gpus, nodes=nodes, launched=launched)
     model_path = resolve_base_model(base_model)
     reserved = sorted((RESERVED | {"objective"}) & set(hyperparameters))
     if reserved:
@@ -244,6 +255,34 @@ def create_run(
         raise Invalid(validation_message(exc.errors(), prefix="hyperparameters")) from exc
     if config.objective != "sft":
         require_pairs(db=db, snapshot=snap, objective=config.objective)
+    return snap, dataset, config
+
+
+def create_run(
+    *,
+    db: Session,
+    user: User,
+    snapshot_id: int,
+    base_model: str,
+    method: str,
+    hyperparameters: dict[str, Any],
+    objective: str = "sft",
+    gpus: int = 1,
+    nodes: int = 1,
+    continue_from: int | None = None,
+) -> TrainingRun:
+    snap, dataset, config = validate_run(
+        db=db,
+        user=user,
+        snapshot_id=snapshot_id,
+        base_model=base_model,
+        method=method,
+        hyperparameters=hyperparameters,
+        objective=objective,
+        gpus=gpus,
+        nodes=nodes,
+        continue_from=continue_from,
+    )
     job = jobs.create_job(
         db=db,
         user=user,

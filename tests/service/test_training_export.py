@@ -1,0 +1,135 @@
+"""A run's launch bundle (POST /training-runs/export): what a run would train, packed to start under Slurm or
+Kubernetes, checked as a run is, never queued."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from app.config import get_settings
+from app.training.models import TrainingRun
+from tests.factories import token_for
+from tests.service.test_training_runs import _snapshot
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.trainer.conftest import _save_model, _tokenizer
+
+    root = tmp_path_factory.mktemp("models")
+    _save_model(root / "tiny-llama", _tokenizer(None))
+    return root
+
+
+def _unpack(content: bytes, dest: Path) -> Path:
+    with tarfile.open(fileobj=io.BytesIO(content), mode="r:gz") as tar:
+        tar.extractall(dest, filter="data")
+    return dest / "instructforge-run"
+
+
+def test_a_multi_node_bundle_unpacks_to_a_config_the_trainer_loads_with_the_snapshots_records_and_a_torchrun_launch(
+    client, db, tiny_models, tmp_path, monkeypatch
+):
+    from trainer.config import TrainConfig
+    from trainer.data import load_dataset
+
+    monkeypatch.setattr(get_settings(), "models_dir", tiny_models)
+    monkeypatch.setattr(
+        get_settings(), "gpus_per_worker", 1
+    )  # the cluster's GPUs, not the workers', count here
+    curator, snap = _snapshot(db, n=6)
+    reply = client.post(
+        "/api/v1/training-runs/export",
+        json={
+            "snapshot_id": snap.id,
+            "base_model": "tiny-llama",
+            "gpus": 4,
+            "nodes": 2,
+            "hyperparameters": {"parallelism": "fsdp", "lr": 1e-4},
+        },
+        headers=token_for(db, curator),
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"] == "application/gzip"
+    assert db.scalar(select(func.count()).select_from(TrainingRun)) == 0  # exported, not queued
+
+    folder = _unpack(reply.content, tmp_path)
+    assert {p.name for p in folder.iterdir()} == {
+        "train_config.yaml",
+        "dataset.jsonl",
+        "launch.sh",
+        "README.txt",
+    }
+    monkeypatch.chdir(
+        folder
+    )  # launch.sh runs the trainer from the folder: the config's paths are relative to it
+    config = TrainConfig.from_file("train_config.yaml")
+    assert (config.nodes, config.gpus, config.parallelism, config.lr) == (2, 4, "fsdp", 1e-4)
+    assert (config.dataset_path, config.output_dir, config.models_dir) == (
+        "dataset.jsonl",
+        "output",
+        "models",
+    )
+    data = load_dataset(config.dataset_path)
+    questions = sorted(m["content"] for conv in data.conversations for m in conv if m["role"] == "user")
+    assert len(questions) == 6 and "Name a primary colour." in questions
+    (folder / "models").symlink_to(tiny_models)  # the base model beside the config, as README.txt says
+    assert config.resolved_base_model() == (tiny_models / "tiny-llama").resolve()
+
+    launch = (folder / "launch.sh").read_text()
+    assert "-m torch.distributed.run --nnodes=2 --nproc-per-node=4" in launch
+    assert '--rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"' in launch
+    assert launch.rstrip().endswith("-m trainer train_config.yaml")
+    assert os.stat(folder / "launch.sh").st_mode & 0o111  # executable as unpacked
+    assert "2 node(s) x 4 GPU(s)" in (folder / "README.txt").read_text()
+
+
+def test_malformed_or_refused_export_bodies_are_422s_naming_the_field(client, db, tiny_models, monkeypatch):
+    monkeypatch.setattr(get_settings(), "models_dir", tiny_models)
+    curator, snap = _snapshot(db, n=2)
+    h = token_for(db, curator)
+
+    def post(**body):
+        return client.post("/api/v1/training-runs/export", json=body, headers=h)
+
+    ok = {"snapshot_id": snap.id, "base_model": "tiny-llama"}
+    cases = {
+        "snapshot_id": post(base_model="tiny-llama"),
+        "gpus": post(**ok, gpus="two"),
+        "nodes": post(**ok, nodes=0),
+        "base_model": post(snapshot_id=snap.id, base_model="../etc"),
+        "hyperparameters.lr": post(**ok, hyperparameters={"lr": "fast"}),
+        "hyperparameters may not set dataset_path": post(
+            **ok, hyperparameters={"dataset_path": "/etc/passwd"}
+        ),
+        "method": post(**ok, method="magic"),
+        "objective=dpo runs on one GPU": post(**ok, objective="dpo", gpus=2),
+    }
+    for field, reply in cases.items():
+        assert reply.status_code == 422 and field in reply.text, (field, reply.text)
+    garbled = client.post(
+        "/api/v1/training-runs/export",
+        content=b"{not json",
+        headers={**h, "content-type": "application/json"},
+    )
+    assert garbled.status_code == 422
+    other = client.post("/api/v1/training-runs/export", json={**ok, "snapshot_id": snap.id + 999}, headers=h)
+    assert other.status_code == 404
+
+    single = post(**ok, hyperparameters={"max_steps": 1, "batch_size": 2, "max_seq_len": 64, "eval_steps": 0})
+    assert single.status_code == 200, single.text
+    assert b'exec "$PYTHON" -m trainer train_config.yaml' in _launch_of(single.content)
+
+
+def _launch_of(content: bytes) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(content), mode="r:gz") as tar:
+        member = tar.extractfile("instructforge-run/launch.sh")
+        assert member is not None
+        return member.read()
