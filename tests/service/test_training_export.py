@@ -133,3 +133,26 @@ def _launch_of(content: bytes) -> bytes:
         member = tar.extractfile("instructforge-run/launch.sh")
         assert member is not None
         return member.read()
+
+
+def test_the_training_forms_gpus_field_shows_the_workers_gpus_and_a_too_large_count_shows_the_apis_refusal(
+    client, db, tiny_models, browser_page, monkeypatch
+):
+    from tests.conftest import serve_from
+    from tests.ui.test_pages import login
+
+    monkeypatch.setattr(get_settings(), "models_dir", tiny_models)
+    monkeypatch.setattr(get_settings(), "gpus_per_worker", 2)
+    curator, snap = _snapshot(db, n=2)
+    login(client, curator)
+    serve_from(client, browser_page)
+    browser_page.goto("http://testserver/ui/training")
+    assert browser_page.input_value('[data-role="gpus"]') == "1"
+    assert "a gpu worker here has 2 GPUs" in browser_page.inner_text('[data-role="gpus-hint"]')
+    browser_page.select_option("select[name=snapshot_id]", str(snap.id))
+    browser_page.fill('[data-role="gpus"]', "3")
+    browser_page.click("#train-form button[type=submit]")
+    error = browser_page.locator('#train-form [data-role="error"]')
+    error.filter(has_text="gpus: 3 asked for").wait_for()
+    assert "has 2 (IF_GPUS_PER_WORKER)" in error.inner_text()
+    assert db.scalar(select(func.count()).select_from(TrainingRun)) == 0

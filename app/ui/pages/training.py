@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
+from app.config import get_settings
 from app.datasets import service as datasets
 from app.deps import SessionDep
 from app.errors import Invalid
@@ -29,7 +30,14 @@ def training_page(request: Request, user: PageUser, db: SessionDep) -> Response:
     # the same check as `instructforge models` and POST /training-runs: the form offers what a run accepts
     models = training.base_models()
     return render(
-        request, "training.html", user, available=True, runs=runs, snaps=_snapshots(db, user), models=models
+        request,
+        "training.html",
+        user,
+        available=True,
+        runs=runs,
+        snaps=_snapshots(db, user),
+        models=models,
+        worker_gpus=get_settings().worker_gpus,  # what POST /training-runs checks gpus against
     )
 
 

@@ -172,6 +172,7 @@
           const run = await IF.api("POST", "/api/v1/training-runs", {
             snapshot_id: Number(fd.get("snapshot_id")), base_model: fd.get("base_model"), method: fd.get("method"), objective: fd.get("objective") || "sft", hyperparameters: hyper,
             continue_from: fd.get("continue_from") ? Number(fd.get("continue_from")) : null,
+            gpus: fd.get("gpus") ? Number(fd.get("gpus")) : 1,
           });
           window.location.href = `/ui/training/${run.id}`;
         } catch (err) {
