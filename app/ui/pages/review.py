@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Any
 
+from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session
+
+from app.auth.models import User
 from app.datasets import service as datasets
 from app.deps import SessionDep
 from app.evaluation import service as evaluations
@@ -28,11 +32,17 @@ def review_page(
     """The keyboard review page; the first records (and the ones after) ride along in the page. With
     `compare`, its queue is the records with candidates you have not judged yet."""
     dataset = datasets.require_dataset(db=db, user=user, dataset_id=dataset_id)
+    data = _page_data(db, user, dataset_id, record, compare)
+    return render(request, "review.html", user, dataset=dataset, data=data)
+
+
+def _page_data(db: Session, user: User, dataset_id: int, record: int | None, compare: bool) -> dict[str, Any]:
+    """What the page's script starts from: the first records of the queue and where the reviewer is in it."""
     items = review.opening_items(
         db=db, user=user, dataset_id=dataset_id, record_id=record, limit=PREFETCH, compare=compare
     )
-    data = {
-        "dataset_id": dataset.id,
+    return {
+        "dataset_id": dataset_id,
         "prefetch": PREFETCH,
         "compare": compare,
         "items": [i.model_dump(mode="json") for i in items],
@@ -41,7 +51,6 @@ def review_page(
         ).model_dump(),
         "open_assignments": review.open_assignments(db=db, user=user, dataset_id=dataset_id),
     }
-    return render(request, "review.html", user, dataset=dataset, data=data)
 
 
 @router.get("/ui/records/{record_id}/history")
