@@ -364,3 +364,38 @@ def test_empty_texts_score_zero_and_are_kept(strategy):
 def test_invalid_threshold_is_refused():
     with pytest.raises(ValueError, match="threshold"):
         NearDuplicateIndex(threshold=0.0)
+
+
+_MIXED = st.lists(
+    st.sampled_from(["的", "是", "天", "气", "好", "は", "한", "a", "cat", "ü", "2"]), max_size=12
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_MIXED, min_size=1, max_size=150), st.sampled_from([0.5, 0.7]))
+def test_every_strategy_decides_like_rouge_score_on_random_cjk_and_mixed_text(token_lists, threshold):
+    """Chinese, Japanese, Korean and Latin pieces, written with and without spaces, across several cdist
+    blocks: every strategy's decisions, maxima and neighbours equal every pair scored by rouge_score's own
+    LCS F-measure on our tokens."""
+    texts = [("" if i % 2 else " ").join(pieces) for i, pieces in enumerate(token_lists)]
+    tokens = [tokenize(text) for text in texts]
+    kept: list[int] = []
+    expected: list[tuple[bool, float, int | None]] = []
+    for i, toks in enumerate(tokens):
+        best, best_j = 0.0, None
+        for j in kept:
+            score = rouge_scorer._score_lcs(toks, tokens[j]).fmeasure
+            if score > best:
+                best, best_j = score, j
+        expected.append((best <= threshold, best, best_j))
+        if best <= threshold:
+            kept.append(i)
+    items = [(str(i), text) for i, text in enumerate(texts)]
+    for strategy in STRATEGIES:
+        decisions = greedy_filter([], items, threshold=threshold, strategy=strategy)
+        for decision, (keep, best, best_j) in zip(decisions, expected, strict=True):
+            assert decision.kept == keep, strategy
+            if best >= threshold:
+                assert (decision.score, decision.nearest) == (best, str(best_j)), strategy
+            else:
+                assert (decision.score, decision.nearest) == (0.0, None), strategy
