@@ -14,6 +14,7 @@ from rouge_score import rouge_scorer, tokenizers
 
 from app.pipeline.rouge import (
     NearDuplicateIndex,
+    Strategy,
     greedy_filter,
     nearest_neighbours,
     rouge_l,
@@ -137,7 +138,7 @@ def test_chinese_sharing_one_english_word_no_longer_scores_one(shared_data):
 # -- greedy filter ---------------------------------------------------------------------------------------
 
 
-STRATEGIES = ["index", "blocks", "auto"]
+STRATEGIES: list[Strategy] = ["index", "blocks", "auto"]
 
 
 def test_greedy_filter_keeps_exactly_what_rouge_score_on_every_pair_keeps(shared_data):
