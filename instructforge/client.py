@@ -724,6 +724,34 @@ class Client:
         }
         return self._one(TrainingRun, "POST", "/training-runs", json=body)
 
+    def export_training_bundle(
+        self,
+        snapshot_id: int,
+        base_model: str,
+        dest: str | Path,
+        *,
+        method: str = "lora",
+        hyperparameters: Mapping[str, Any] | None = None,
+        objective: str = "sft",
+        gpus: int = 1,
+        nodes: int = 1,
+        continue_from: int | None = None,
+    ) -> Path:
+        """Download the launch bundle of the run these arguments describe, without starting it (a .tar.gz:
+        train_config.yaml, dataset.jsonl, launch.sh, README.txt) into `dest`, a file or a folder; for Slurm or
+        Kubernetes, several nodes included (docs/training.md, Several machines). Returns the path."""
+        body = {
+            "snapshot_id": snapshot_id,
+            "base_model": base_model,
+            "method": method,
+            "hyperparameters": dict(hyperparameters or {}),
+            "objective": objective,
+            "gpus": gpus,
+            "nodes": nodes,
+            "continue_from": continue_from,
+        }
+        return self._download("/training-runs/export", Path(dest), method="POST", json=body)
+
     def list_training_runs(self, project_id: int | None = None) -> list[TrainingRun]:
         params = {} if project_id is None else {"project_id": project_id}
         return self._many(TrainingRun, "/training-runs", params=params)
@@ -789,11 +817,19 @@ class Client:
 
     # -- helpers --
 
-    def _download(self, path: str, dest: Path, params: Mapping[str, Any] | None = None) -> Path:
-        with self._http.stream("GET", path, params=params) as response:
+    def _download(
+        self,
+        path: str,
+        dest: Path,
+        params: Mapping[str, Any] | None = None,
+        *,
+        method: str = "GET",
+        json: Any = None,
+    ) -> Path:
+        with self._http.stream(method, path, params=params, json=json) as response:
             if response.is_error:
                 response.read()
-                raise _error(response, "GET", path)
+                raise _error(response, method, path)
             target = dest / _filename(response, path) if dest.is_dir() else dest
             partial = target.with_name(target.name + ".part")
             try:

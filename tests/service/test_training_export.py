@@ -8,6 +8,7 @@ import os
 import tarfile
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -126,6 +127,34 @@ def test_malformed_or_refused_export_bodies_are_422s_naming_the_field(client, db
     single = post(**ok, hyperparameters={"max_steps": 1, "batch_size": 2, "max_seq_len": 64, "eval_steps": 0})
     assert single.status_code == 200, single.text
     assert b'exec "$PYTHON" -m trainer train_config.yaml' in _launch_of(single.content)
+
+
+class _InProcess(httpx.BaseTransport):
+    """The in-process app (TestClient's transport) under an httpx.Client of its own: the body read whole."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        reply = self.inner.handle_request(request)
+        return httpx.Response(reply.status_code, headers=reply.headers, content=reply.read())
+
+
+def test_the_python_client_downloads_a_bundle_and_raises_the_apis_refusal(
+    client, db, tiny_models, tmp_path, monkeypatch
+):
+    from instructforge.client import Client, InvalidRequest
+
+    monkeypatch.setattr(get_settings(), "models_dir", tiny_models)
+    curator, snap = _snapshot(db, n=2)
+    token = token_for(db, curator)["Authorization"].removeprefix("Bearer ")
+    forge = Client("http://testserver", token, transport=_InProcess(client._transport))
+    path = forge.export_training_bundle(snap.id, "tiny-llama", tmp_path, gpus=8, nodes=4)
+    assert path.parent == tmp_path and path.name.endswith(".tar.gz") and not list(tmp_path.glob("*.part"))
+    assert b"--nnodes=4 --nproc-per-node=8" in _launch_of(path.read_bytes())
+    with pytest.raises(InvalidRequest) as refused:
+        forge.export_training_bundle(snap.id, "tiny-llama", tmp_path, hyperparameters={"output_dir": "/"})
+    assert "output_dir" in refused.value.message
 
 
 def _launch_of(content: bytes) -> bytes:
