@@ -6,7 +6,9 @@ The bundle (a .tar.gz, one folder `instructforge-run/`) holds:
   against its working directory, and launch.sh runs it from the folder): `dataset_path: dataset.jsonl`,
   `output_dir: output`, `models_dir: models`, `base_model: <name>` (the models directory's folder name);
 - `dataset.jsonl`: the snapshot written exactly as a run's (app/training/jobs.write_dataset);
-- `init_adapter/`: the earlier run's adapter when the request continues one (continue_from);
+- `init_run/`: with continue_from, the earlier run's adapter (`init_run/adapter`) beside its tokenizer and prompt
+  format, laid out as in its run folder, so the trainer continues with the same tokens
+  (trainer/methods.init_adapter_run_dir);
 - `launch.sh`: the trainer under torchrun with the nodes and GPUs asked, rendezvous from MASTER_ADDR, NODE_RANK...;
 - `README.txt`: how to run it.
 """
@@ -28,6 +30,7 @@ from app.audit import service as audit
 from app.auth.models import User
 from app.training import service
 from app.training.jobs import write_dataset
+from trainer.contract import PROMPT_FORMAT_FILE
 
 if TYPE_CHECKING:
     from app.snapshots.models import Snapshot
@@ -36,7 +39,10 @@ if TYPE_CHECKING:
 FOLDER = "instructforge-run"
 CONFIG_FILE = "train_config.yaml"
 DATASET_FILE = "dataset.jsonl"
-ADAPTER_FOLDER = "init_adapter"
+INIT_RUN_FOLDER = "init_run"
+# The files of an earlier run's folder that the trainer reads beside its adapter: its tokenizer (with the tokens
+# it added) and prompt format. Not its data (dataset.jsonl, samples.jsonl) nor its checkpoints.
+TOKENIZER_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens", "chat_template", "vocab", "merges")
 MODELS_FOLDER = "models"
 OUTPUT_FOLDER = "output"
 
@@ -75,6 +81,14 @@ def launch_script(*, nodes: int, gpus: int, name: str) -> str:
             "",
         ]
     )
+
+
+def _add_init_run(tar: tarfile.TarFile, adapter: Path) -> None:
+    """The earlier run's adapter, and its tokenizer and prompt format when its run folder has them."""
+    tar.add(adapter, f"{FOLDER}/{INIT_RUN_FOLDER}/{adapter.name}")
+    for path in sorted(adapter.parent.iterdir()):
+        if path.is_file() and (path.name == PROMPT_FORMAT_FILE or path.name.startswith(TOKENIZER_PREFIXES)):
+            tar.add(path, f"{FOLDER}/{INIT_RUN_FOLDER}/{path.name}")
 
 
 def readme(*, nodes: int, gpus: int, base_model: str, snapshot_id: int, records: int) -> str:
@@ -133,7 +147,7 @@ def _write(
         "models_dir": MODELS_FOLDER,
         "dataset_path": DATASET_FILE,
         "output_dir": OUTPUT_FOLDER,
-        "init_adapter": ADAPTER_FOLDER if adapter is not None else None,
+        "init_adapter": f"{INIT_RUN_FOLDER}/{adapter.name}" if adapter is not None else None,
         "resume": True,
     }
     config = type(config).model_validate(relative)  # checked again: what the trainer will read
@@ -159,7 +173,7 @@ def _write(
             info.mode = 0o755 if file_name.endswith(".sh") else 0o644
             tar.addfile(info, io.BytesIO(raw))
         if adapter is not None:
-            tar.add(adapter, f"{FOLDER}/{ADAPTER_FOLDER}")
+            _add_init_run(tar, adapter)
     for leftover in (data, work / CONFIG_FILE):
         leftover.unlink()
     audit.record(

@@ -38,8 +38,8 @@ class TrainingRunCreate(BaseModel):
         1,
         ge=1,
         le=1024,
-        description="Machines: the service launches single-node runs; multi-node runs are started under "
-        "Slurm or Kubernetes from the exported config and data (docs/training.md).",
+        description="Machines: the service launches single-node runs; a multi-node run is exported with "
+        "POST /training-runs/export (same body) and started under Slurm or Kubernetes (docs/training.md).",
     )
 
 

@@ -89,8 +89,8 @@ def check_gpus(*, gpus: int, nodes: int, launched: bool = True) -> None:
         return
     if nodes > 1:
         raise Invalid(
-            "nodes: the service launches single-node runs; start a multi-node run under Slurm or Kubernetes "
-            "from its exported config and data (docs/training.md, Several machines)",
+            "nodes: the service launches single-node runs; export a multi-node run (POST "
+            "/training-runs/export) and start it under Slurm or Kubernetes (docs/training.md, Several machines)",
             field="nodes",
         )
     capacity = get_settings().worker_gpus

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from app.config import get_settings
 from app.training.models import TrainingRun
 from tests.factories import token_for
+from tests.service.test_training_continue import _earlier
 from tests.service.test_training_runs import _snapshot
 
 pytest.importorskip("torch")
@@ -152,9 +153,33 @@ def test_the_python_client_downloads_a_bundle_and_raises_the_apis_refusal(
     path = forge.export_training_bundle(snap.id, "tiny-llama", tmp_path, gpus=8, nodes=4)
     assert path.parent == tmp_path and path.name.endswith(".tar.gz") and not list(tmp_path.glob("*.part"))
     assert b"--nnodes=4 --nproc-per-node=8" in _launch_of(path.read_bytes())
+    earlier = _earlier(db, snap_project(db, snap), tmp_path / "earlier")
+    for name in (
+        "prompt_format.json",
+        "tokenizer_config.json",
+    ):  # the earlier run's tokens, beside its adapter
+        (tmp_path / "earlier" / name).write_text("{}")
+    continued = forge.export_training_bundle(
+        snap.id, "tiny-llama", tmp_path / "c.tar.gz", continue_from=earlier.id
+    )
+    with tarfile.open(continued) as tar:
+        names = set(tar.getnames())
+        member = tar.extractfile("instructforge-run/train_config.yaml")
+        assert member is not None and "init_adapter: init_run/adapter\n" in member.read().decode()
+    run_files = {"adapter/adapter_config.json", "prompt_format.json", "tokenizer_config.json"}
+    assert {f"instructforge-run/init_run/{name}" for name in run_files} <= names
+    assert (
+        "instructforge-run/init_run/dataset.jsonl" not in names
+    )  # the earlier run's data stays on the server
     with pytest.raises(InvalidRequest) as refused:
         forge.export_training_bundle(snap.id, "tiny-llama", tmp_path, hyperparameters={"output_dir": "/"})
     assert "output_dir" in refused.value.message
+
+
+def snap_project(db, snap) -> int:
+    from app.datasets.models import Dataset
+
+    return db.get_one(Dataset, snap.dataset_id).project_id
 
 
 def _launch_of(content: bytes) -> bytes:
