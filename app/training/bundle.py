@@ -9,14 +9,13 @@ The bundle (a .tar.gz, one folder `instructforge-run/`) holds:
 - `init_run/`: with continue_from, the earlier run's adapter (`init_run/adapter`) beside its tokenizer and prompt
   format, laid out as in its run folder, so the trainer continues with the same tokens
   (trainer/methods.init_adapter_run_dir);
-- `launch.sh`: the trainer under torchrun with the nodes and GPUs asked, rendezvous from MASTER_ADDR, NODE_RANK...;
+- `launch.sh`: the trainer under torchrun with the nodes and GPUs asked, rendezvous at MASTER_ADDR;
 - `README.txt`: how to run it.
 """
 
 from __future__ import annotations
 
 import io
-import shlex
 import shutil
 import tarfile
 import tempfile
@@ -54,8 +53,8 @@ def launch_script(*, nodes: int, gpus: int, name: str) -> str:
         "#!/usr/bin/env bash",
         f"# {name}: {nodes} node(s) x {gpus} GPU(s). Run from anywhere; the same command on every node.",
         "# Env: PYTHON (default python), MODELS_DIR (linked as ./models when that is missing),",
-        "#      MASTER_ADDR, MASTER_PORT (29500), RDZV_ID and NODE_RANK for several nodes (Slurm: SLURM_NODEID;",
-        "#      Kubernetes indexed Job: JOB_COMPLETION_INDEX).",
+        "#      MASTER_ADDR (the first node), MASTER_PORT (29500) and RDZV_ID (Slurm: SLURM_JOB_ID) for several",
+        "#      nodes; the c10d rendezvous numbers the nodes itself (no NODE_RANK needed).",
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         'PYTHON="${PYTHON:-python}"',
@@ -67,16 +66,15 @@ def launch_script(*, nodes: int, gpus: int, name: str) -> str:
     if nodes <= 1:
         run = f'exec "$PYTHON" -m torch.distributed.run --standalone --nnodes=1 --nproc-per-node={gpus} {trainer}'
         return "\n".join([*head, run, ""])
-    rdzv_id = shlex.quote(name)
+    rdzv_id = name  # [a-z0-9-] only: the snapshot id, method and objective (Literal fields)
     return "\n".join(
         [
             *head,
-            'NODE_RANK="${NODE_RANK:-${SLURM_NODEID:-${JOB_COMPLETION_INDEX:-0}}}"',
             ': "${MASTER_ADDR:?set MASTER_ADDR to the first node (docs/training.md, Several machines)}"',
             'MASTER_PORT="${MASTER_PORT:-29500}"',
             f'RDZV_ID="${{RDZV_ID:-${{SLURM_JOB_ID:-{rdzv_id}}}}}"',
             f'exec "$PYTHON" -m torch.distributed.run --nnodes={nodes} --nproc-per-node={gpus} '
-            '--node-rank="$NODE_RANK" --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" '
+            '--rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" '
             f'--rdzv-id="$RDZV_ID" {trainer}',
             "",
         ]
