@@ -27,18 +27,18 @@ def training_page(request: Request, user: PageUser, db: SessionDep) -> Response:
     except ImportError:
         return render(request, "training.html", user, available=False, runs=[], snaps=[], models=[])
     runs = training.list_runs(db=db, user=user, project_id=None)
-    # the same check as `instructforge models` and POST /training-runs: the form offers what a run accepts
-    models = training.base_models()
-    return render(
-        request,
-        "training.html",
-        user,
-        available=True,
-        runs=runs,
-        snaps=_snapshots(db, user),
-        models=models,
-        worker_gpus=get_settings().worker_gpus,  # what POST /training-runs checks gpus against
-    )
+    return render(request, "training.html", user, available=True, runs=runs, **_form_context(db, user))
+
+
+def _form_context(db: Session, user: User) -> dict[str, Any]:
+    """What the "start a run" form offers: the same checks as `instructforge models` and POST /training-runs."""
+    from app.training import service as training
+
+    return {
+        "snaps": _snapshots(db, user),
+        "models": training.base_models(),
+        "worker_gpus": get_settings().worker_gpus,  # what POST /training-runs checks gpus against
+    }
 
 
 def _snapshots(db: Session, user: User) -> list[tuple[Any, str]]:
