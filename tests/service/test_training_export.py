@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from app.audit.models import AuditLog
 from app.config import get_settings
 from app.training.models import TrainingRun
 from tests.factories import token_for
@@ -61,6 +62,8 @@ def test_a_multi_node_bundle_unpacks_to_a_config_the_trainer_loads_with_the_snap
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"] == "application/gzip"
     assert db.scalar(select(func.count()).select_from(TrainingRun)) == 0  # exported, not queued
+    audited = db.scalars(select(AuditLog.detail).where(AuditLog.action == "training.export")).all()
+    assert [(d["gpus"], d["nodes"]) for d in audited] == [(4, 2)]  # snapshot data left the server: on record
 
     folder = _unpack(reply.content, tmp_path)
     assert {p.name for p in folder.iterdir()} == {
