@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,11 +364,34 @@ def _generate_local(
         "batch_size": int(gen.get("batch_size", 32)),
         "val_path": str(val_path) if val_path is not None else None,
     }
+    wanted = {p.prompt_id for p in todo}
+    offset = 0
+
+    def poll() -> None:
+        nonlocal offset
+        offset, stored = _ingest(ctx, ev, system, out / ANSWERS_FILE, offset, wanted)
+        progress.done += stored
+        answers = progress.counters["answers"]
+        answers[system.name] = answers.get(system.name, 0) + stored
+        progress.report()
+
+    run_answer_process(out, spec, poll, what=f"generator for {system.name!r}")
+    if wanted:
+        raise RuntimeError(f"generator for {system.name!r} ended without answering {len(wanted)} prompts")
+    return _read_json(metrics_file) if val_path is not None else None
+
+
+def run_answer_process(
+    out: Path, spec: dict[str, Any], poll: Callable[[], None], *, what: str = "the generator"
+) -> None:
+    """Run the evaluation generator (``python -m trainer.answer``) on `spec` in `out`, calling `poll` every
+    POLL_S while it runs and once after it ends: `poll` stores what it appended and reports progress, and
+    raising JobCancelled there asks the generator to stop (its cancel file; killed after CANCEL_GRACE_S).
+    What it answered before a cancel is kept. Raises JobCancelled after a cancel and RuntimeError, naming
+    `what`, when the generator failed. The one launcher of evaluations and the respond_local job."""
     spec_path = out / ANSWER_SPEC_FILE
     spec_path.write_text(json.dumps(spec, indent=2))
     (out / CANCEL_FILE).unlink(missing_ok=True)
-    wanted = {p.prompt_id for p in todo}
-    offset = 0
     log = (out / ANSWER_LOG).open("ab")
     # Its own process group: a cancel or a crash of the generator frees the GPU with it.
     proc = subprocess.Popen(
@@ -380,20 +403,20 @@ def _generate_local(
     )
     (out / PID_FILE).write_text(str(proc.pid))
     cancel_sent_at: float | None = None
+
+    def poll_once() -> None:
+        nonlocal cancel_sent_at
+        try:
+            poll()
+        except JobCancelled:
+            if cancel_sent_at is None:
+                (out / CANCEL_FILE).touch()
+                cancel_sent_at = time.time()
+
     try:
         while proc.poll() is None:
             time.sleep(POLL_S)
-            offset, stored = _ingest(ctx, ev, system, out / ANSWERS_FILE, offset, wanted)
-            progress.done += stored
-            progress.counters["answers"][system.name] = (
-                progress.counters["answers"].get(system.name, 0) + stored
-            )
-            try:
-                progress.report()
-            except JobCancelled:
-                if cancel_sent_at is None:
-                    (out / CANCEL_FILE).touch()
-                    cancel_sent_at = time.time()
+            poll_once()
             if cancel_sent_at is not None and time.time() - cancel_sent_at > CANCEL_GRACE_S:
                 os.killpg(proc.pid, signal.SIGKILL)
     finally:
@@ -401,20 +424,13 @@ def _generate_local(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
-    offset, stored = _ingest(ctx, ev, system, out / ANSWERS_FILE, offset, wanted)
-    progress.done += stored
-    progress.counters["answers"][system.name] = progress.counters["answers"].get(system.name, 0) + stored
-    if proc.returncode == EXIT_CANCELLED or cancel_sent_at is not None:
+    poll_once()  # what was answered after the last poll (or before a cancel) is kept
+    if cancel_sent_at is not None or proc.returncode == EXIT_CANCELLED:
         raise JobCancelled()
     if proc.returncode != EXIT_OK:
         status = _read_json(out / STATUS_FILE) or {}
         tail = (out / ANSWER_LOG).read_text(errors="replace")[-2000:]
-        raise RuntimeError(
-            f"generator for {system.name!r} exited with {proc.returncode}: {status.get('error') or tail}"
-        )
-    if wanted:
-        raise RuntimeError(f"generator for {system.name!r} ended without answering {len(wanted)} prompts")
-    return _read_json(metrics_file) if val_path is not None else None
+        raise RuntimeError(f"{what} exited with {proc.returncode}: {status.get('error') or tail}")
 
 
 def stop_previous(out: Path, *, wait_s: float = 10.0) -> bool:

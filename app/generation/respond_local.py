@@ -18,11 +18,6 @@ unique per record, insert ignoring duplicates). The empty-output rule is the res
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,12 +27,9 @@ from sqlalchemy import select
 
 from app.config import get_settings
 from app.errors import Invalid
-from app.jobs.context import JobCancelled, JobContext
+from app.jobs.context import JobContext
 from app.records.models import Record
 from app.records.schemas import RecordFilter
-
-POLL_S = 1.0
-CANCEL_GRACE_S = 60.0
 
 
 class LocalSystem(BaseModel):
@@ -129,60 +121,18 @@ def _generate(
 ) -> None:
     """Run the evaluation generator on `spec` in `out`, storing its answers as they are appended; a cancel
     asks it to stop (and kills it after a grace period), keeping what it answered."""
-    from app.evaluation.jobs import PID_FILE, _read_json, stop_previous
-    from trainer.contract import (
-        ANSWER_SPEC_FILE,
-        ANSWERS_FILE,
-        CANCEL_FILE,
-        EXIT_CANCELLED,
-        EXIT_OK,
-        STATUS_FILE,
-    )
+    from app.evaluation.jobs import run_answer_process, stop_previous
+    from trainer.contract import ANSWERS_FILE
 
     stop_previous(out)
-    spec_path = out / ANSWER_SPEC_FILE
-    spec_path.write_text(json.dumps(spec, indent=2))
-    (out / CANCEL_FILE).unlink(missing_ok=True)
     offset = 0
-    log = (out / "answer.log").open("ab")
-    # Its own process group: a cancel or a crash of the generator frees the GPU with it.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer.answer", str(spec_path)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    (out / PID_FILE).write_text(str(proc.pid))
-    cancel_sent_at: float | None = None
-    try:
-        while proc.poll() is None:
-            time.sleep(POLL_S)
-            offset, answers = _read_answers(out / ANSWERS_FILE, offset)
-            try:
-                store(answers)
-            except JobCancelled:
-                if cancel_sent_at is None:
-                    (out / CANCEL_FILE).touch()
-                    cancel_sent_at = time.time()
-            if cancel_sent_at is not None and time.time() - cancel_sent_at > CANCEL_GRACE_S:
-                os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-    offset, answers = _read_answers(out / ANSWERS_FILE, offset)
-    try:
-        store(answers)  # what was answered before a cancel is kept
-    except JobCancelled:
-        cancel_sent_at = cancel_sent_at or time.time()
-    if cancel_sent_at is not None or proc.returncode == EXIT_CANCELLED:
-        raise JobCancelled()
-    if proc.returncode != EXIT_OK:
-        status = _read_json(out / STATUS_FILE) or {}
-        tail = (out / "answer.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"the generator exited with {proc.returncode}: {status.get('error') or tail}")
+
+    def poll() -> None:
+        nonlocal offset
+        offset, answers = _read_answers(out / ANSWERS_FILE, offset)
+        store(answers)
+
+    run_answer_process(out, spec, poll)
 
 
 def run_respond_local_job(ctx: JobContext) -> None:
