@@ -45,7 +45,6 @@ from trainer.contract import (
     LOSS_CURVE_FILE,
     PROMPT_FORMAT_FILE,
     SUMMARY_FILE,
-    TRAIN_CONFIG_FILE,
     code_version,
 )
 from trainer.data import Message
@@ -865,6 +864,7 @@ def train_preference(config: TrainConfig, reporter: Reporter, on_step: Callable[
         _step_batches,
         _write_samples,
         plan_training,
+        write_resolved_config,
     )
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -918,21 +918,16 @@ def train_preference(config: TrainConfig, reporter: Reporter, on_step: Callable[
     targets = config.target_modules or (
         detect_linear_targets(policy.model) if config.method in LORA_FAMILY else []
     )
-    resolved = config.model_copy(
-        update={
-            "base_model": str(base_path),
-            "prompt_format": data.fmt.kind,
-            "packing": False,
-            "bf16": policy.bf16,
-            "attn_implementation": policy.attn_implementation,
-            "target_modules": targets or None,
-            "optimizer": config.optimizer
-            if config.optimizer != "auto"
-            else ("paged_adamw_32bit" if config.method == "qlora" else "adamw"),
-        }
+    write_resolved_config(
+        config,
+        out,
+        base_path=base_path,
+        fmt=data.fmt,
+        packing=False,
+        precision="bf16" if policy.bf16 else "fp32",
+        attn_implementation=policy.attn_implementation,
+        targets=targets,
     )
-    resolved.to_yaml(out / TRAIN_CONFIG_FILE)
-    data.fmt.save(out / PROMPT_FORMAT_FILE)
     tokenizer.save_pretrained(str(out))
 
     step, tokens_seen = 0, 0

@@ -464,14 +464,15 @@ def _setup(config: TrainConfig, reporter: Reporter) -> tuple[_Run, _Trainee]:
         detect_linear_targets(trainee.model) if config.method in LORA_FAMILY | {"bitfit"} else []
     )
     if world.is_main:
-        _write_resolved_config(
+        write_resolved_config(
             config,
             out,
             base_path=base_path,
+            fmt=prepared.fmt,
             packing=packing,
-            trainee=trainee,
+            precision=trainee.precision,
+            attn_implementation=trainee.attn_implementation,
             targets=targets,
-            prepared=prepared,
         )
         tokenizer.save_pretrained(str(out))
 
@@ -585,29 +586,31 @@ def _build_trainee(
     )
 
 
-def _write_resolved_config(
+def write_resolved_config(
     config: TrainConfig,
     out: Path,
     *,
     base_path: Path | str,
+    fmt: PromptFormat,
     packing: bool,
-    trainee: _Trainee,
+    precision: str,
+    attn_implementation: str,
     targets: list[str],
-    prepared: Prepared,
 ) -> None:
-    """The config as it ran (absolute base, detected targets, chosen format...) and the prompt format."""
+    """The config as it ran (absolute base, detected targets, chosen format...) and the prompt format; SFT
+    and preference runs write it alike, so either runs again from its train_config.yaml as it ran."""
     resolved = config.model_copy(
         update={
             "base_model": str(base_path),
-            "prompt_format": prepared.fmt.kind,
+            "prompt_format": fmt.kind,
             # the template itself (a user's or a family's): the resolved config runs again as it ran
-            "chat_template": prepared.fmt.chat_template
+            "chat_template": fmt.chat_template
             if config.chat_template or config.prompt_format in FAMILY_TEMPLATES
             else None,
             "packing": packing,
-            "bf16": trainee.bf16,
-            "precision": trainee.precision,
-            "attn_implementation": trainee.attn_implementation,
+            "bf16": precision == "bf16",
+            "precision": precision,
+            "attn_implementation": attn_implementation,
             "target_modules": targets or None,
             "optimizer": config.optimizer
             if config.optimizer != "auto"
@@ -615,7 +618,7 @@ def _write_resolved_config(
         }
     )
     resolved.to_yaml(out / TRAIN_CONFIG_FILE)
-    prepared.fmt.save(out / PROMPT_FORMAT_FILE)
+    fmt.save(out / PROMPT_FORMAT_FILE)
 
 
 def _resume(
