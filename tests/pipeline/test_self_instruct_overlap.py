@@ -166,7 +166,7 @@ def test_calls_in_flight_stay_near_the_concurrency_across_round_boundaries(
     counted: tuple[FakeTeacher, InFlight], seeds: list[SeedTask]
 ) -> None:
     """Round r+1 is screened while round r's tasks finish: at every arrival between the first round's
-    ramp-up and the last round's tail, at least half the slots are busy (the round-by-round pipeline
+    ramp-up and the last round's tail, nearly half the slots are busy (the round-by-round pipeline
     fell to 1 at each boundary here: its next round's first requests found the teacher idle)."""
     teacher, inflight = counted
     teacher.reset()
@@ -185,8 +185,12 @@ def test_calls_in_flight_stay_near_the_concurrency_across_round_boundaries(
     assert len(seen) == gateway.usage.calls
     assert max(seen) == concurrency
     body = seen[2 * concurrency : len(seen) - 2 * concurrency]
-    low = [(i, n) for i, n in enumerate(seen) if n < concurrency // 2]
-    assert min(body) >= concurrency // 2, (low, len(seen))
+    # 3 of 8, not 4: the spare-task rule (calls only for a task before them that failed) leaves this at
+    # exactly 4 on a quiet machine, and a loaded one shifts arrivals by a slot; the pipeline this guards
+    # against fell to 1 at every boundary.
+    floor = concurrency // 2 - 1
+    low = [(i, n) for i, n in enumerate(seen) if n < floor]
+    assert min(body) >= floor, (low, len(seen))
 
 
 def test_spare_tasks_cost_calls_only_when_a_task_before_them_fails(
