@@ -142,10 +142,6 @@ def test_respond_judge_pairwise_review_snapshot_dpo_and_an_evaluation_of_sft_aga
             },
         )
         _run(committed, sft["job_id"])
-        with Session(committed) as db:
-            sft_run = db.get(TrainingRun, sft["id"])
-            assert sft_run is not None
-            sft_adapter = str(Path(sft_run.artifacts_dir) / "adapter")
         dpo_run = call(
             "POST",
             "/training-runs",
@@ -154,9 +150,16 @@ def test_respond_judge_pairwise_review_snapshot_dpo_and_an_evaluation_of_sft_aga
                 "snapshot_id": snap["id"],
                 "base_model": "tiny-llama",
                 "objective": "dpo",
-                "hyperparameters": {**FAST, "max_steps": 6, "init_adapter": sft_adapter},
+                "continue_from": sft["id"],  # the SFT adapter is the start and the reference
+                "hyperparameters": {**FAST, "max_steps": 6},
             },
         )
+        with Session(committed) as db:
+            dpo_row = db.get(TrainingRun, dpo_run["id"])
+            sft_row = db.get(TrainingRun, sft["id"])
+            assert dpo_row is not None and sft_row is not None
+            assert dpo_row.config["init_adapter"] == str(Path(sft_row.artifacts_dir) / "adapter")
+        assert call("GET", f"/training-runs/{dpo_run['id']}", cur)["continued_from"] == sft["id"]
         _run(committed, dpo_run["job_id"])
         metrics = call("GET", f"/training-runs/{dpo_run['id']}", cur)["metrics"]
         assert metrics and any("margin" in " ".join(m["values"]) for m in metrics)
