@@ -221,3 +221,13 @@ def test_nul_characters_are_refused_with_line_and_field(client, db, ds):
     rec = db.query(Record).filter_by(dataset_id=dataset.id).one()
     edit = client.patch(f"/api/v1/records/{rec.id}", json={"version": 1, "output": "x\u0000y"}, headers=h)
     assert edit.status_code == 422 and "NUL" in edit.json()["detail"]
+
+
+def test_the_api_accepts_exactly_the_formats_the_readers_know_plus_auto():
+    """The import endpoint's `format` choices are a Literal (for the OpenAPI enum); the readers' list is a
+    tuple: a format added to one and not the other would be refused by the API or unreadable."""
+    from typing import get_args
+
+    from app.imports.schemas import FormatName
+
+    assert get_args(FormatName) == ("auto", *formats.FORMATS)
