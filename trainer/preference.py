@@ -831,26 +831,30 @@ def evaluate_preferences(
     stats = StepStats()
     val = split == "val"
     size = config.batch_size
+    batch_loss: Callable[[list[int]], tuple[torch.Tensor, StepStats]]
     if config.objective == "kto":
         kto = data.val_kto if val else data.train_kto
         ref, ref_kl = (refs.val_chosen, refs.val_kl) if val else (refs.chosen, refs.kl)
-        for start in range(0, len(kto), size):
-            idx = list(range(start, min(start + size, len(kto))))
-            with amp():
-                _, s = kto_batch_loss(
-                    config, model, kto, idx, ref, ref_kl, pad_id=pad_id, device=device, full_logits=False
-                )
-            stats.add(s)
+        n = len(kto)
+
+        def batch_loss(idx: list[int]) -> tuple[torch.Tensor, StepStats]:
+            return kto_batch_loss(
+                config, model, kto, idx, ref, ref_kl, pad_id=pad_id, device=device, full_logits=False
+            )
     else:
         pairs = data.val_pairs if val else data.train_pairs
         rc, rr = (refs.val_chosen, refs.val_rejected) if val else (refs.chosen, refs.rejected)
-        for start in range(0, len(pairs), size):
-            idx = list(range(start, min(start + size, len(pairs))))
-            with amp():
-                _, s = pair_batch_loss(
-                    config, model, pairs, idx, rc, rr, pad_id=pad_id, device=device, full_logits=False
-                )
-            stats.add(s)
+        n = len(pairs)
+
+        def batch_loss(idx: list[int]) -> tuple[torch.Tensor, StepStats]:
+            return pair_batch_loss(
+                config, model, pairs, idx, rc, rr, pad_id=pad_id, device=device, full_logits=False
+            )
+
+    for start in range(0, n, size):
+        with amp():
+            _, s = batch_loss(list(range(start, min(start + size, n))))
+        stats.add(s)
     model.train(was_training)
     return stats
 
