@@ -88,7 +88,7 @@ def answer_in_batches(
     )
     try:
         while True:
-            step = runner.step(collect_missing(teacher, pipeline, cache=cache))
+            step = runner.step(collect_missing(teacher, pipeline, cache=cache, failed=runner.given_up()))
             if show:
                 wait = f"; looking again in {step.seconds:g} s" if step.action == "wait" else ""
                 print(f"{describe(runner.state)}{wait}", file=sys.stderr, flush=True)

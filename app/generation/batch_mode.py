@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from app.generation.cache import CallLog
 from app.jobs.context import JobCancelled, JobContext, JobPaused, JobWaiting
 from app.jobs.models import Job
-from app.pipeline.llm import Gateway, TeacherConfig, run_coroutine
+from app.pipeline.llm import CallRecord, Gateway, TeacherConfig, TeacherUnavailable, run_coroutine
 from app.pipeline.llm.batch import (
     BatchGateway,
     BatchRunner,
@@ -89,10 +89,12 @@ def run_in_batches(
         budget_left_usd=None if budget_usd is None else max(0.0, budget_usd - spent),
     )
     try:
-        step = _advance(ctx, teacher, cache, runner, pipeline, report)
+        step = _advance(ctx, teacher, cache, runner, pipeline, report, log=log, budget_usd=budget_usd)
     except JobCancelled:
         _cancel_open(runner)
         raise
+    except TeacherUnavailable as exc:
+        raise _paused(log, exc) from exc
     finally:
         runner.close()
 
@@ -102,7 +104,39 @@ def run_in_batches(
         ) as gateway:
             return await pipeline(gateway, True)
 
-    return run_coroutine(final())
+    try:
+        return run_coroutine(final())
+    except TeacherUnavailable as exc:
+        raise _paused(log, exc) from exc
+
+
+def _paused(log: CallLog, exc: TeacherUnavailable) -> JobPaused:
+    """A pipeline's live calls (Self-Instruct's instruction rounds) found the teacher down: pause, as the
+    synchronous path does (app.generation.jobs.run_with_gateway)."""
+    log.flush()
+    return JobPaused(f"paused: the teacher is unavailable ({exc}); resume the job when it is back")
+
+
+def live_gateway(teacher: TeacherConfig, log: CallLog, budget_usd: float | None, *, real: bool) -> Gateway:
+    """A synchronous gateway on the job's cache for the calls of a batch-mode pipeline that cannot wait for
+    a batch (Self-Instruct's instruction rounds: each round's prompts depend on the rounds before).
+
+    Its answers are cached and in the ledger at the normal prices, so the next pass (and the next visit)
+    gets them from the cache and screens the same. Its budget is what the ledger leaves. In the passes
+    that only find the missing calls (``real`` False) only its failures are logged: a visit runs several
+    passes, and a cache hit's ledger row per pass would only repeat itself."""
+    spent = log.flush()["cost_usd"] if budget_usd is not None else 0.0
+
+    def errors_only(call: CallRecord) -> None:
+        if call.error is not None:
+            log(call)
+
+    return Gateway(
+        teacher,
+        cache=log.response_cache,
+        on_call=log if real else errors_only,
+        budget_usd=None if budget_usd is None else max(0.0, budget_usd - spent),
+    )
 
 
 def run_pipeline(
@@ -143,10 +177,19 @@ def _advance(
     runner: BatchRunner,
     pipeline: Pipeline[Any],
     report: Callable[[dict[str, Any]], None],
+    *,
+    log: CallLog,
+    budget_usd: float | None,
 ) -> Step:
     while True:
         ctx.check_cancel()
-        missing = collect_missing(teacher, lambda g: pipeline(g, False), cache=cache)
+        if budget_usd is not None:
+            # The ledger, not this visit's running count: a pipeline's live calls (Self-Instruct's
+            # instruction rounds) are paid during the passes too.
+            runner.budget_left_usd = max(0.0, budget_usd - log.flush()["cost_usd"])
+        missing = collect_missing(
+            teacher, lambda g: pipeline(g, False), cache=cache, failed=runner.given_up()
+        )
         try:
             step = runner.step(missing)
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:

@@ -293,20 +293,24 @@ def run_self_instruct_job(ctx: JobContext) -> None:
         copies[0] += upsert_generated(ctx, event.records, dataset_id=ctx.dataset, key_prefix=key_prefix)
         _report(ctx, log, event.progress, event.progress.kept, p.target)
 
-    result = run_with_gateway(
-        ctx,
-        teacher,
-        log,
-        p.budget_usd,
-        lambda gateway: run_self_instruct(
-            gateway=gateway,
-            seeds=seeds,
-            params=params,
-            emit=emit,
-            should_stop=lambda: ctx.cancelled,
-            pool_extra=extra,
-        ),
-    )
+    counters: dict[str, Any] = {"kept_tasks": 0}
+    if p.batch:
+        result = _self_instruct_in_batches(ctx, p, teacher, log, seeds, extra, params, emit, counters)
+    else:
+        result = run_with_gateway(
+            ctx,
+            teacher,
+            log,
+            p.budget_usd,
+            lambda gateway: run_self_instruct(
+                gateway=gateway,
+                seeds=seeds,
+                params=params,
+                emit=emit,
+                should_stop=lambda: ctx.cancelled,
+                pool_extra=extra,
+            ),
+        )
     usage = log.flush()
     ctx.set_result(
         {
@@ -317,12 +321,50 @@ def run_self_instruct_job(ctx: JobContext) -> None:
             "records_rejected": result.records_rejected,
             "rejected_by_reason": result.rejected_by_reason,
             "rounds": result.rounds,
+            "surplus_tasks": result.surplus_tasks,
             "copies_skipped": copies[0],
+            **({"batch": counters["batch"]} if "batch" in counters else {}),
             **usage,
         }
     )
     if result.stop_reason == "stopped" and ctx.cancelled:
         raise JobCancelled()
+
+
+def _self_instruct_in_batches(
+    ctx: JobContext,
+    p: SelfInstructJobParams,
+    teacher: TeacherConfig,
+    log: CallLog,
+    seeds: list[Any],
+    extra: list[tuple[str, str]],
+    params: SelfInstructParams,
+    emit: Callable[[Any], None],
+    counters: dict[str, Any],
+) -> Any:
+    """Batch mode (app/pipeline/self_instruct_batch.py): the instruction rounds answered live on the job's
+    cache on every pass, the instances stage through the teacher's Batch API; only the final pass writes."""
+    from app.generation.batch_mode import live_gateway, run_pipeline
+    from app.pipeline.self_instruct_batch import run_self_instruct_batched
+
+    refused: dict[str, str] = {}  # this visit's refused instruction calls: every pass screens the same
+
+    async def pipeline(gateway: Gateway, real: bool) -> Any:
+        async with live_gateway(teacher, log, p.budget_usd, real=real) as live:
+            return await run_self_instruct_batched(
+                gateway=gateway,
+                live=live,
+                seeds=seeds,
+                params=params,
+                emit=emit if real else lambda event: None,
+                should_stop=(lambda: ctx.cancelled) if real else (lambda: False),
+                pool_extra=extra,
+                refused=refused,
+            )
+
+    return run_pipeline(
+        ctx, teacher, log, p.budget_usd, pipeline, batch=True, counters=counters, total=p.target
+    )
 
 
 def scope_rows(ctx: JobContext, dataset_id: int, scope: Any, limit: int | None) -> list[Any]:

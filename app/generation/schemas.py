@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from app.curation.schemas import OVERRIDE_HELP
 from app.records.schemas import RecordFilter
@@ -39,6 +40,16 @@ class SelfInstructJobParams(TeacherChoice):
     top_p: float = Field(0.5, gt=0, le=1)
     max_tokens: int = Field(1024, ge=16, le=32_000)
     seed: int = 0
+    batch: bool = Field(
+        False,
+        title=BATCH_TITLE,
+        description=(
+            "Only the instances stage (each new task's classification and instances calls, most of the "
+            "job's calls) goes through the teacher's Batch API (only teachers with batch: true), at its "
+            "prices; the instruction rounds depend on each other and stay synchronous. The job waits "
+            "holding no worker and writes its records when every answer is in (docs/generation.md)."
+        ),
+    )
 
 
 class EvolJobParams(TeacherChoice):
@@ -51,6 +62,18 @@ class EvolJobParams(TeacherChoice):
     extra: dict[str, Any] = Field(
         default_factory=dict, description="Further EvolParams fields (docs/generation.md)."
     )
+    # Not offered (the form does not show it): refused when asked for, rather than silently ignored.
+    batch: SkipJsonSchema[bool] = Field(False, exclude=True)
+
+    @field_validator("batch")
+    @classmethod
+    def _no_batch_mode(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "Evol-Instruct cannot run in batch mode: each round rewrites the previous round's output "
+                "and its eliminations decide what goes on, so no round can wait for a batch"
+            )
+        return value
 
 
 class JudgeJobParams(TeacherChoice):

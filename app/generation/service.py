@@ -78,6 +78,8 @@ class DryRun:
     sampling: Sampling
     sample_indices: list[int]
     total_calls: int
+    batched_calls: int | None = None
+    """Of ``total_calls``, those a batch-mode job sends through the Batch API (None: all of them)."""
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -109,7 +111,10 @@ def _self_instruct_run(db: Session, dataset: Dataset, request: EstimateRequest) 
     # Per kept task: its share of an instruction prompt (about 3 usable items each) plus the
     # classification and the instance calls.
     total = math.ceil(p.target / 3) + 2 * p.target
-    return DryRun(teacher, prompts, "self_instruct.instructions", params.sampling, list(range(k)), total)
+    # In batch mode only the instances stage (those two calls a task) goes through the Batch API.
+    return DryRun(
+        teacher, prompts, "self_instruct.instructions", params.sampling, list(range(k)), total, 2 * p.target
+    )
 
 
 def _in_scope(
@@ -202,6 +207,18 @@ def batchable(kind: str) -> bool:
     return spec is not None and "batch" in spec.params_cls().model_fields
 
 
+def _partly_batched(est: dict[str, Any], run: DryRun) -> EstimateRead:
+    """A job that batches only some of its calls (Self-Instruct: the instances stage): those at the batch
+    prices, the rest (the instruction rounds) at the normal ones, from the same tokens per call."""
+    pin, pout = run.teacher.batch_prices
+    per_batched = (
+        round(est["tokens_in_per_call"]) * pin / 1000 + round(est["tokens_out_per_call"]) * pout / 1000
+    )
+    batched = min(run.batched_calls or 0, run.total_calls)
+    cost = est["cost_per_call_usd"] * (run.total_calls - batched) + per_batched * batched
+    return EstimateRead(**{**est, "estimated_cost_usd": cost}, batch=True)
+
+
 def estimate(*, db: Session, user: User, request: EstimateRequest) -> EstimateRead:
     """Dry-run a few of the job's own first prompts and extrapolate the cost of the whole job.
 
@@ -211,10 +228,10 @@ def estimate(*, db: Session, user: User, request: EstimateRequest) -> EstimateRe
     if plan is None:
         raise Invalid(f"estimates are available for {', '.join(DRY_RUNS)} jobs", field="kind")
     run = plan(db, dataset, request)
-    batch = request.params.get("batch") is True and batchable(request.kind)
+    batch = request.params.get("batch") is True and batchable(request.kind) and run.teacher.batch
     # A batch-mode job is priced at the teacher's batch prices; the sample calls themselves are synchronous
     # (answered now, at full price), and the job finds them in the cache.
-    teacher = run.teacher.at_batch_prices() if batch and run.teacher.batch else run.teacher
+    teacher = run.teacher.at_batch_prices() if batch and run.batched_calls is None else run.teacher
 
     async def go() -> EstimateRead:
         async with Gateway(teacher, cache=DbResponseCache()) as gateway:
@@ -226,6 +243,8 @@ def estimate(*, db: Session, user: User, request: EstimateRequest) -> EstimateRe
                 sampling=run.sampling,
                 sample_indices=run.sample_indices,
             )
+        if batch and run.batched_calls is not None:
+            return _partly_batched(est.__dict__, run)
         return EstimateRead(**est.__dict__, batch=teacher is not run.teacher)
 
     try:

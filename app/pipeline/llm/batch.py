@@ -6,7 +6,11 @@ every visit it
 1. runs its pipeline once against the cache through a :class:`BatchGateway` in ``collect`` mode: a call
    the cache answers is answered; any other is *deferred* (kept in :attr:`BatchGateway.missing` and
    failed as a :class:`TeacherError`, which the pipelines treat as one item's failure, so the rest of
-   the run still shows its calls). Nothing is paid and the pipeline's output is thrown away;
+   the run still shows its calls). Nothing is paid and the pipeline's output is thrown away. A request
+   that gave up in batches fails there as in the final pass (not deferred), and a staged pipeline
+   (Self-Instruct's instances stage: classifications, then instances) marks its stages with
+   :func:`end_stage`, so a pass stops at the first stage still waiting for answers: a pending call is
+   never taken for a failed one, and a stage's calls are collected only from its predecessor's answers;
 2. hands those requests to :meth:`BatchRunner.step`, which polls the open batch, if any, and stores its
    answers in the job's cache and ledger at batch prices; with nothing open, it submits what is still
    missing in a new batch, or several when the teacher's ``batch_max_requests`` / ``batch_max_bytes``
@@ -56,6 +60,22 @@ class Deferred(TeacherError):
     """A call left for a batch (collect mode): a TeacherError, so a pipeline goes on with its other items."""
 
 
+class StagePending(Exception):
+    """Raised by :func:`end_stage` in a collect pass: a stage of the pipeline has calls still unanswered,
+    so the stages after it, which depend on its answers, must not be collected yet. Not a TeacherError:
+    nothing in a pipeline catches it; :func:`collect_missing` does."""
+
+
+def end_stage(gateway: Gateway) -> None:
+    """Mark the end of a stage of a staged pipeline (Self-Instruct's classifications, then its instances).
+
+    In a collect pass whose gateway deferred a call, stop the pass here: a deferred call would otherwise
+    look like a failed one to the next stage (a pending classification is not a failed one), and the next
+    stage's calls would be collected from answers that are not in yet. Anywhere else it does nothing."""
+    if isinstance(gateway, BatchGateway) and gateway.mode == "collect" and gateway.missing:
+        raise StagePending(f"{len(gateway.missing)} calls of this stage are waiting for a batch")
+
+
 @dataclass(frozen=True)
 class Pending:
     """A call the cache could not answer: the full request (as cached and hashed) and what it is for."""
@@ -67,9 +87,11 @@ class Pending:
 class BatchGateway(Gateway):
     """A gateway that never calls the teacher synchronously for a missing answer.
 
-    ``collect``: a miss is recorded in :attr:`missing` and deferred. ``final``: a miss whose request gave
-    up in batches (``failed``) fails as a TeacherError; any other miss (the budget stopped the
-    submission) raises BudgetExceeded, so the pipeline stops as it does on a budget.
+    ``collect``: a miss is recorded in :attr:`missing` and deferred. ``final``: any other miss (the budget
+    stopped the submission) raises BudgetExceeded, so the pipeline stops as it does on a budget. In both, a
+    miss whose request gave up in batches (``failed``: :meth:`BatchRunner.given_up`) fails as a plain
+    TeacherError, as a call out of retries does: a collect pass then goes on past it exactly as the final
+    pass will (a staged pipeline collects the next stage's calls of that item too).
     """
 
     def __init__(
@@ -281,7 +303,9 @@ class BatchRunner:
             self._collect(open_, batches, missing, todo)
             return Step("collect")
         if not todo:
-            return Step("final", failed=failed)
+            # Every given-up request, not only those this pass asked: a collect pass given them fails them
+            # itself (they are not in ``missing`` then), and the final pass must fail them the same way.
+            return Step("final", failed={**self.given_up(), **failed})
         first = len(self.state.submissions)
         chunks = self.chunks(todo)
         subs = [
@@ -320,6 +344,15 @@ class BatchRunner:
 
     def _gave_up(self, key: str) -> bool:
         return self.state.failures.get(key, 0) >= self.teacher.batch_max_attempts
+
+    def given_up(self) -> dict[str, str]:
+        """The requests that failed in ``batch_max_attempts`` batches, with their last error: never submitted
+        again; the passes (collect and final) fail them as a call out of retries fails."""
+        return {
+            k: self.state.last_error.get(k, "batch failed")
+            for k, n in self.state.failures.items()
+            if n >= self.teacher.batch_max_attempts
+        }
 
     def _within_budget(self, todo: dict[str, Pending]) -> dict[str, Pending]:
         """The requests, in order, whose worst-case cost at batch prices the budget still covers."""
@@ -501,14 +534,19 @@ def collect_missing(
     pipeline: Callable[[Gateway], Any],
     *,
     cache: ResponseCache,
+    failed: Mapping[str, str] | None = None,
 ) -> dict[str, Pending]:
     """Run ``pipeline`` (an async function of a gateway) against the cache; the requests it could not
-    get from it, in the order it asked for them."""
+    get from it, in the order it asked for them. ``failed``: the requests given up in batches
+    (:meth:`BatchRunner.given_up`), failed as in the final pass rather than deferred. A staged pipeline's
+    pass stops at the first stage with calls missing (:func:`end_stage`): those are its missing calls."""
 
     async def go() -> dict[str, Pending]:
-        gateway = BatchGateway(teacher, mode="collect", cache=cache)
+        gateway = BatchGateway(teacher, mode="collect", failed=failed, cache=cache)
         try:
             await pipeline(gateway)
+        except StagePending:
+            pass
         finally:
             await gateway.aclose()
         return gateway.missing
@@ -525,8 +563,10 @@ __all__ = [
     "Deferred",
     "Pending",
     "RememberingCache",
+    "StagePending",
     "Step",
     "Submission",
     "collect_missing",
+    "end_stage",
     "request_body",
 ]
