@@ -292,3 +292,94 @@ def test_a_batch_cancelled_at_the_provider_before_it_ran_counts_a_failure_for_ea
     results, _ = _drive(teacher, cache, state, label="c")
     assert len(results) == len(ITEMS) and not state.failures
     assert _custom_ids(fake, fake.state.batches["batch_2"]["input_file_id"]) == asked
+
+
+def _two_stages(seen: dict[int, BaseException] | None = None) -> Any:
+    """A staged pipeline in miniature (Self-Instruct's instances stage): each item's second call is built
+    from its first call's answer, and :func:`end_stage` marks the end of the first stage."""
+    import asyncio
+
+    from app.pipeline.llm import TeacherError
+    from app.pipeline.llm.batch import end_stage
+
+    async def pipeline(gateway: Gateway) -> list[str | None]:
+        async def first(i: int) -> str | None:
+            try:
+                return (await gateway.complete(f"Stage one, item {i}: name a colour.", purpose="one")).text
+            except TeacherError as exc:
+                if seen is not None:
+                    seen[i] = exc
+                return None
+
+        words = await asyncio.gather(*(first(i) for i in range(6)))
+        end_stage(gateway)
+
+        async def second(i: int, word: str | None) -> str | None:
+            try:
+                prompt = f"Stage two, item {i}, after {word!r}: describe it."
+                return (await gateway.complete(prompt, purpose="two")).text
+            except TeacherError:
+                return None
+
+        return list(await asyncio.gather(*(second(i, w) for i, w in enumerate(words))))
+
+    return pipeline
+
+
+def _prompt(pending: Any) -> str:
+    return str(pending.request["messages"][0]["content"])
+
+
+def test_a_staged_pipelines_second_stage_is_collected_only_once_the_first_stages_answers_are_in(fake):
+    teacher, cache = _teacher(fake), LedgerCache()
+    pipeline = _two_stages()
+    missing = collect_missing(teacher, pipeline, cache=cache)
+    # Pending first calls are not failed ones: nothing of the second stage is asked from them.
+    assert len(missing) == 6 and {p.purpose for p in missing.values()} == {"one"}
+    runner = BatchRunner(teacher, job_label="st", cache=cache, save=lambda s: None, state=BatchState())
+    try:
+        assert runner.step(missing).action == "wait"
+        time.sleep(0.5)
+        assert runner.step(collect_missing(teacher, pipeline, cache=cache)).action == "collect"
+    finally:
+        runner.close()
+    second = collect_missing(teacher, pipeline, cache=cache)
+    assert len(second) == 6 and {p.purpose for p in second.values()} == {"two"}
+    assert all("after None" not in _prompt(p) for p in second.values())
+
+
+def test_a_request_given_up_in_batches_is_failed_not_deferred_in_the_collect_pass(fake):
+    from app.pipeline.llm.batch import Deferred
+
+    teacher, cache = _teacher(fake), LedgerCache()
+    runner = BatchRunner(teacher, job_label="gu", cache=cache, save=lambda s: None, state=BatchState())
+    pipeline = _two_stages()
+    try:
+        for _ in range(10):  # the first line of every batch fails: item 0's first call, twice
+            fake.set_batches(fail_lines=1)
+            step = runner.step(collect_missing(teacher, pipeline, cache=cache, failed=runner.given_up()))
+            if runner.given_up():
+                break
+            time.sleep(step.seconds)
+        given_up = runner.given_up()
+        assert len(given_up) == 1 and "HTTP 500" in next(iter(given_up.values()))
+        # Deferred, as it was before, the given-up call would stop the pass at the first stage: the final
+        # pass would then meet second-stage calls nobody collected.
+        assert set(collect_missing(teacher, pipeline, cache=cache)) == set(given_up)
+        seen: dict[int, BaseException] = {}
+        missing = collect_missing(teacher, _two_stages(seen), cache=cache, failed=given_up)
+        assert list(seen) == [0] and not isinstance(seen[0], Deferred)
+        assert len(missing) == 6 and {p.purpose for p in missing.values()} == {"two"}
+        assert sum("after None" in _prompt(p) for p in missing.values()) == 1  # item 0 went on as failed
+        while step.action != "final":
+            step = runner.step(collect_missing(teacher, pipeline, cache=cache, failed=runner.given_up()))
+            time.sleep(step.seconds)
+    finally:
+        runner.close()
+
+    async def final() -> list[str | None]:
+        async with BatchGateway(teacher, mode="final", failed=step.failed, cache=cache) as gateway:
+            result: list[str | None] = await pipeline(gateway)
+            return result
+
+    assert all(answer is not None for answer in run_coroutine(final()))  # item 0's second call too
