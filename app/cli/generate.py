@@ -70,6 +70,9 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "(default: %(default)s)",
     )
     _common(si)
+    from app.cli.batch import add_batch_option
+
+    add_batch_option(si, what="the instances stage (each task's classification and instances calls)")
     si.set_defaults(func=cmd_self_instruct)
 
     ev = sub.add_parser(
@@ -272,8 +275,12 @@ def _run(
     kept_label: str,
     body: Body,
     describe: Callable[[Any], Summary],
+    live_costs: _Costs | None = None,
 ) -> int:
-    """Run `body` on a gateway to the teacher with a live bar, then print what `describe` makes of its result."""
+    """Run `body` on a gateway to the teacher with a live bar, then print what `describe` makes of its result.
+
+    ``live_costs``: with --batch, the calls `body` makes live on its own gateway (Self-Instruct's instruction
+    rounds), counted in the budget and the summary beside the batches'."""
     teacher = _teacher(args)
     cache: ResponseCache | None = JsonlFileCache(args.cache) if args.cache else None
     costs = _Costs()
@@ -297,11 +304,15 @@ def _run(
                 budget_usd=args.budget,
                 pipeline=lambda gateway: body(gateway, _Quiet(), _Discard()),
                 show=not getattr(args, "no_progress", False),
+                live=lambda: (live_costs.calls, live_costs.cost) if live_costs else (0, 0.0),
             )
         except KeyboardInterrupt:
             print("interrupted: run the same command with the same --cache to resume", file=sys.stderr)
             return 130
         costs.calls, costs.cost = batches.answered, batches.cost_usd
+        if live_costs is not None:
+            costs.calls += live_costs.calls
+            costs.cost += live_costs.cost
         make_gateway = lambda: BatchGateway(teacher, mode="final", failed=failed, cache=cache)  # noqa: E731
     writer = _Writer(args.output, args.rejected)
     progress = Progress(
@@ -377,13 +388,33 @@ def cmd_self_instruct(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
 
+    # --batch: the instruction rounds answered live on the --cache (paid once, in the passes that find the
+    # missing calls), the instances stage through the Batch API (app/pipeline/self_instruct_batch.py).
+    live_costs = _Costs() if getattr(args, "batch", False) else None
+    if live_costs is not None and args.cache:
+        from app.cli.batch import load_live, state_path
+
+        live_costs.calls, live_costs.cost = load_live(state_path(args.cache))  # earlier runs on this cache
+    refused: dict[str, str] = {}
+
     async def body(gateway: Gateway, progress: Progress, writer: _Writer) -> SelfInstructResult:
+        from app.pipeline.llm.batch import BatchGateway
+        from app.pipeline.self_instruct_batch import run_self_instruct_batched
+
         def emit(event: GenEvent) -> None:
             writer.write(_gen_rows(event))
             p = event.progress
             progress.set(done=p.kept, kept=p.records_kept, rejected=p.rejected_by_reason)
 
-        return await run_self_instruct(gateway=gateway, seeds=seeds, params=params, emit=emit)
+        if live_costs is None or not isinstance(gateway, BatchGateway):
+            return await run_self_instruct(gateway=gateway, seeds=seeds, params=params, emit=emit)
+        budget = None if args.budget is None else max(0.0, args.budget - _batch_cost(args) - live_costs.cost)
+        async with Gateway(
+            gateway.teacher, cache=gateway.cache, on_call=live_costs, budget_usd=budget
+        ) as live:
+            return await run_self_instruct_batched(
+                gateway=gateway, live=live, seeds=seeds, params=params, emit=emit, refused=refused
+            )
 
     def describe(result: SelfInstructResult) -> Summary:
         rows: list[Row] = [
@@ -403,7 +434,15 @@ def cmd_self_instruct(args: argparse.Namespace) -> int:
         kept_label="records kept",
         body=body,
         describe=describe,
+        live_costs=live_costs,
     )
+
+
+def _batch_cost(args: argparse.Namespace) -> float:
+    """What the batches of this --cache have cost so far (their state file beside it)."""
+    from app.cli.batch import load_state, state_path
+
+    return load_state(state_path(args.cache))[1].cost_usd
 
 
 def cmd_evol(args: argparse.Namespace) -> int:

@@ -112,3 +112,33 @@ def test_respond_with_batch_asks_every_sample_in_one_batch_and_writes_the_synchr
     kept = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
     want = [json.loads(x) for x in sync_out.read_text(encoding="utf-8").splitlines()]
     assert [r["output"] for r in kept] == [r["output"] for r in want] and len(kept) == 4
+
+
+def test_self_instruct_with_batch_sends_the_instances_stage_in_batches_and_resumes_after_ctrl_c(
+    shared_data: Path, fake: FakeTeacher, tmp_path: Path, capsys: Any
+) -> None:
+    seeds = shared_data / "self-instruct" / "seed_tasks.jsonl"
+    out, cache = tmp_path / "tasks.jsonl", tmp_path / "cache.jsonl"
+    args = ["generate", "self-instruct", "--seeds", str(seeds), "-n", "6", "--batch-size", "4", "--json"]
+    args += ["--teachers-config", _teachers(fake), "--teacher", "batch", "-o", str(out)]
+    args += ["--cache", str(cache), "--batch"]
+    fake.set_batches(delay_s=2)  # the classifications' batch is in progress while the person presses Ctrl-C
+    watcher = _interrupt_when(lambda: fake.stats()["batches_created"] == 1)
+    assert main(args) == 130
+    watcher.join(timeout=5)
+    capsys.readouterr()
+    live = fake.stats()["completions"]  # the instruction rounds, answered live and kept in the cache
+    assert live > 0
+    fake.set_batches(delay_s=0.3)
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # Resumed: the instruction rounds from the cache, the open batch polled, the instances' batch after it.
+    assert fake.stats()["completions"] == live and fake.stats()["batches_created"] == 2
+    assert summary["batches"] == ["batch_1", "batch_2"]
+    assert summary["stop_reason"] == "target" and summary["kept_tasks"] == 6
+    rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert len({r["instruction"] for r in rows if r["status"] == "kept"}) == 6
+    # The summary counts both batches (at half price) and the live instruction calls of both runs (full price).
+    assert summary["calls"] == live + fake.stats()["batch_requests"]
+    batch_cost = json.loads(Path(f"{cache}.batches.json").read_text(encoding="utf-8"))["state"]["cost_usd"]
+    assert 0 < batch_cost < summary["cost_usd"]
