@@ -6,7 +6,9 @@ twice nor loses a batch), answers go into the job's database cache and ledger, a
 gives its worker back (``JobWaiting``: it stays ``running``, and the reaper sends it again when it is time
 to look). Any handler whose calls do not depend on each other, or only in rounds (the judge's re-asks,
 backtranslation's score after its instruction), runs its pipeline through :func:`run_pipeline`, which
-picks this path or the synchronous one by the job's ``batch`` parameter.
+picks this path or the synchronous one by the job's ``batch`` parameter. A pipeline with calls that cannot
+wait for a batch (Self-Instruct's instruction rounds, each built on the ones before) makes those through
+:func:`live_gateway` on every pass: answered now, cached, and so the same on the next pass.
 """
 
 from __future__ import annotations
