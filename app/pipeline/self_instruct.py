@@ -48,9 +48,12 @@ Language = Literal["en", "zh"]
 _T = TypeVar("_T")
 # Room for this many prompts per round in a sample index: index = round * ROUND_STRIDE + prompt.
 ROUND_STRIDE = 100_000
-# Before a round is screened, each instruction prompt is assumed to give this many candidates (only used to
-# decide whether to ask the next round's prompts ahead; measured: ~4-5 with the fake teacher).
+# Before the first prompt is screened, each instruction prompt is assumed to give this many candidates (only
+# used to decide how many prompts to send ahead of screening; measured: ~4-6 with the fake teacher). Low on
+# purpose: too many prompts early costs a few calls, too few costs a round trip.
 _PRIOR_CANDIDATES_PER_PROMPT = 3
+# Spare candidates a round screens past what the target needs, for tasks whose instances all fail.
+_SLACK_MIN, _SLACK_SHARE = 2, 0.25
 
 
 @dataclass(frozen=True)
@@ -229,14 +232,42 @@ class _Tally:
                 self.by_reason[record.reason or "unknown"] += 1
 
 
-@dataclass
-class _Asked:
-    """A round's instruction prompts, sent: the pool they were built from and their answers."""
+class _Yield:
+    """Candidates per instruction prompt screened so far (after a prior): how many of a round's prompts
+    are sent ahead of its screening. It decides what is sent when, never what is screened or kept."""
 
-    number: int
-    pool: list[str]
-    prompts: list[tuple[str, int]]
-    answers: list[asyncio.Task[Completion | None]]
+    def __init__(self) -> None:
+        self.prompts, self.candidates = 1, _PRIOR_CANDIDATES_PER_PROMPT
+
+    def add(self, candidates: int) -> None:
+        self.prompts += 1
+        self.candidates += candidates
+
+    def prompts_for(self, candidates: float) -> int:
+        """Prompts expected to give ``candidates`` at the yield so far (0 for none)."""
+        return max(0, math.ceil(candidates * self.prompts / self.candidates))
+
+
+class _Asked:
+    """A round's instruction prompts, all built from one pool and sent in order as the round needs them
+    (:meth:`send`): ``answers`` are those of the first ``len(answers)`` prompts."""
+
+    def __init__(self, number: int, pool: list[str], prompts: list[tuple[str, int]], calls: _Calls) -> None:
+        self.number, self.pool, self.prompts, self.calls = number, pool, prompts, calls
+        self.answers: list[asyncio.Task[Completion | None]] = []
+
+    def send(self, upto: int, params: SelfInstructParams) -> None:
+        """Ask the prompts before index ``upto`` that are not asked yet."""
+        first = len(self.answers)
+        if upto > first:
+            self.answers += _ask_instructions(
+                self.calls.gateway,
+                self.number,
+                self.prompts[first:upto],
+                params,
+                calls=self.calls,
+                first_index=first,
+            )
 
 
 @dataclass
@@ -384,10 +415,15 @@ async def run_self_instruct(
 
     asked_ahead: _Asked | None = None  # the next round's prompts, asked ahead (see below)
     last_started = -1
+    # Candidates per screened prompt so far: how many of a round's prompts go out before it is screened.
+    rate = _Yield()
 
-    def ask(number: int, pool: list[str]) -> _Asked:
-        prompts = _round_prompts(number, human=human, machine=pool, params=params)
-        return _Asked(number, pool, prompts, _ask_instructions(gateway, number, prompts, params, calls=calls))
+    def ask(number: int, pool: list[str], want: float) -> _Asked:
+        """Round ``number``'s prompts; those expected to give ``want`` tasks' candidates go out now, the
+        rest as its screening finds them short (see :func:`_screen`)."""
+        asked = _Asked(number, pool, _round_prompts(number, human=human, machine=pool, params=params), calls)
+        asked.send(max(1, rate.prompts_for(_cap(math.ceil(want)))), params)
+        return asked
 
     def start(number: int, pool: list[str], needed: int) -> _Round:
         nonlocal asked_ahead, last_started
@@ -395,11 +431,8 @@ async def run_self_instruct(
         ahead, asked_ahead = asked_ahead, None
         # Asked ahead, the prompts are the same (same round, same pool): their answers are used as they are.
         if ahead is None or (ahead.number, ahead.pool) != (number, pool):
-            ahead = ask(number, pool)
-        prompts, answers = ahead.prompts, ahead.answers
-        screening = calls.spawn(
-            _screen(number, prompts, answers, gateway, index, params, needed, calls=calls)
-        )
+            ahead = ask(number, pool, needed)
+        screening = calls.spawn(_screen(ahead, gateway, index, params, needed, calls=calls, rate=rate))
         return _Round(number, needed, screening)
 
     async def watch(
@@ -428,13 +461,11 @@ async def run_self_instruct(
                         spare.synthesis = calls.spawn(_synthesize(calls, spare, params))
                     tasks[spare.synthesis] = spare
                     pending.add(spare.synthesis)
-            if len(tasks) + len(spares) - failed < needed:
+            short = needed - (len(tasks) + len(spares) - failed)
+            if short > 0:
                 if asked_ahead is None and last_started <= number and not calls.closed:
-                    asked_ahead = ask(number + 1, pool)
+                    asked_ahead = ask(number + 1, pool, short)
                 return
-
-    # Candidates per screened prompt so far (a prior before the first round is screened).
-    screened_prompts, screened_candidates = 1, _PRIOR_CANDIDATES_PER_PROMPT
 
     # Round r's prompts are built from the machine pool as it stood before round r-1's tasks were added.
     # The one-round lag lets round r's instruction calls run during round r-1's instance calls, and it is
@@ -453,19 +484,14 @@ async def run_self_instruct(
             try:
                 if current is None:
                     current = start(round_no, lagged_machine, needed)
-                if (
-                    asked_ahead is None
-                    and needed > params.batch_size * screened_candidates / screened_prompts
-                    and not should_stop()
-                ):
+                expected = params.batch_size * rate.candidates / rate.prompts
+                if asked_ahead is None and needed > expected and not should_stop():
                     # At the yield so far this round will not reach the target: the next one's prompts
                     # (built from the same pool whenever it starts) go out now, behind this round's, so the
-                    # slots that this round's last answers and tasks leave idle are not wasted.
-                    asked_ahead = ask(round_no + 1, list(machine))
+                    # slots that this round's last answers and tasks leave idle are not wasted; as many
+                    # as the expected shortfall needs (its screening sends more if they fall short).
+                    asked_ahead = ask(round_no + 1, list(machine), needed - expected)
                 rejected_at, candidates = await current.screening
-                positions = [i for i, _ in rejected_at] + [i for (i, _), _ in candidates]
-                screened_prompts += max(positions, default=-1) + 1
-                screened_candidates += len(candidates)
                 lagged_machine = list(machine)
                 nxt: _Round | None = None
                 left = needed - len(candidates)
@@ -542,7 +568,9 @@ def _ask_instructions(
     params: SelfInstructParams,
     *,
     calls: _Calls | None = None,
+    first_index: int = 0,
 ) -> list[asyncio.Task[Completion | None]]:
+    """Send ``prompts``, the round's prompts from index ``first_index`` on."""
     calls = calls or _Calls(gateway)
     return [
         calls.spawn(
@@ -554,7 +582,7 @@ def _ask_instructions(
                 first=True,
             )
         )
-        for i, (prompt, _) in enumerate(prompts)
+        for i, (prompt, _) in enumerate(prompts, start=first_index)
     ]
 
 
@@ -568,16 +596,20 @@ def _items(answer: Completion, next_number: int, api: str) -> list[str]:
     return [_one_line(item) if "\n" not in item.strip() else item.strip() for item in items]
 
 
+def _cap(needed: int) -> int:
+    """Candidates a round that needs ``needed`` more tasks screens: those plus the slack."""
+    return needed + max(_SLACK_MIN, math.ceil(needed * _SLACK_SHARE))
+
+
 async def _screen(
-    round_no: int,
-    prompts: list[tuple[str, int]],
-    answers: list[asyncio.Task[Completion | None]],
+    asked: _Asked,
     gateway: Gateway,
     index: NearDuplicateIndex,
     params: SelfInstructParams,
     needed: int,
     *,
     calls: _Calls,
+    rate: _Yield,
 ) -> tuple[dict[Position, GenRecord], list[tuple[Position, _Candidate]]]:
     """Phase 1: rules and ROUGE-L on every new instruction, in prompt order, before anything else is spent.
 
@@ -585,21 +617,32 @@ async def _screen(
     instance calls start at once (phase 2 overlaps phase 1). Candidates beyond what the target still needs
     (plus slack for tasks whose instances all fail) are neither checked nor emitted: they would only be paid
     for and thrown away. The slack's own calls wait until a task fails.
+
+    The round's prompts go out in order, as many as the candidates still wanted need at the yield so far:
+    before each answer is screened, the prompts asked and not yet screened must be expected to give the rest
+    of the cap, else the next ones go out then (a round that can reach the target sends ~half its prompts,
+    not all). What is screened is the same whenever a prompt goes out: the first answers, in order, up to the
+    cap; only when the cap is reached depends on the teacher's answers.
     """
     model = gateway.model
     api = gateway.teacher.api
-    cap = needed + max(2, math.ceil(needed * 0.25))
+    round_no, prompts = asked.number, asked.prompts
+    cap = _cap(needed)
     rejected_at: dict[Position, GenRecord] = {}
     candidates: list[tuple[Position, _Candidate]] = []
-    for i, pending in enumerate(answers):
+    for i in range(len(prompts)):
         if len(candidates) >= cap:
             break
-        answer = await pending
+        asked.send(i + max(1, rate.prompts_for(cap - len(candidates))), params)
+        answer = await asked.answers[i]
         if calls.closed:
             break  # the run is over: what is screened now is never used
         if answer is None:
+            rate.add(0)
             continue
-        for j, instruction in enumerate(_items(answer, prompts[i][1], api)):
+        items = _items(answer, prompts[i][1], api)
+        before = len(candidates)
+        for j, instruction in enumerate(items):
             if len(candidates) >= cap:
                 break
             key = f"si:{round_no}:{i}:{j}"
@@ -643,6 +686,8 @@ async def _screen(
                 # fails: see run_self_instruct's watch.
                 cand.synthesis = calls.spawn(_synthesize(calls, cand, params))
             candidates.append(((i, j), cand))
+        else:
+            rate.add(len(candidates) - before)  # a whole answer's yield (one cut at the cap is not)
         # Screening a round's answers is CPU work that never waits when they are all in: let the calls
         # just started go out before the next answer is screened, not after the whole round.
         await asyncio.sleep(0)

@@ -13,6 +13,7 @@ import random
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,13 @@ import uvicorn
 
 from app.pipeline.llm import Gateway, InMemoryCache, ResponseCache
 from app.pipeline.self_instruct import (
+    ROUND_STRIDE,
     GenEvent,
     GenRecord,
     SeedTask,
     SelfInstructParams,
     SelfInstructResult,
+    _Yield,
     load_seed_tasks,
     run_self_instruct,
 )
@@ -223,3 +226,55 @@ def test_spare_tasks_cost_calls_only_when_a_task_before_them_fails(
     assert result.stop_reason == "target" and result.surplus_tasks > 0, "the last round had spare tasks"
     assert len(task_keys) <= classified <= len(task_keys) + len(failed), (classified, len(task_keys), failed)
     assert purposes.count("self_instruct.instances") == classified
+
+
+def test_prompts_sent_ahead_change_what_is_sent_never_what_is_kept(
+    fake: FakeTeacher, seeds: list[SeedTask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round's instruction prompts go out as its screening needs them (at the yield so far, topped up
+    when the answers fall short), not all at once. The last round here needs a small part of its batch:
+    it sends fewer prompts than every prompt up front (the previous pipeline) and at least as many as one
+    prompt at a time (a round trip each); all three keep the same records under the same keys. Prompts are
+    counted by round as the gateway builds their requests."""
+    params = SelfInstructParams(target=220, batch_size=16, seed=7)
+
+    def run() -> tuple[SelfInstructResult, list[GenRecord], Counter[int]]:
+        fake.reset()
+        sent: Counter[int] = Counter()
+
+        async def main() -> tuple[SelfInstructResult, list[GenRecord]]:
+            events: list[GenEvent] = []
+            async with Gateway(teacher_for(fake, max_concurrency=32)) as gateway:
+                build = gateway.build_request
+
+                def counting(*args: Any, **kwargs: Any) -> dict[str, Any]:
+                    request = build(*args, **kwargs)
+                    if kwargs["sampling"].max_tokens == params.sampling.max_tokens:  # an instruction prompt
+                        sent[request["sample_index"] // ROUND_STRIDE] += 1
+                    return request
+
+                gateway.build_request = counting  # type: ignore[method-assign]
+                result = await run_self_instruct(
+                    gateway=gateway, seeds=seeds, params=params, emit=events.append
+                )
+            return result, [r for e in events for r in e.records]
+
+        result, records = asyncio.run(main())
+        return result, records, sent
+
+    default, records, sent = run()
+    monkeypatch.setattr(_Yield, "prompts_for", lambda self, candidates: params.batch_size)
+    eager, eager_records, eager_sent = run()
+    monkeypatch.setattr(_Yield, "prompts_for", lambda self, candidates: 0)
+    lazy, lazy_records, lazy_sent = run()
+
+    assert default.stop_reason == "target" and default.kept_tasks == 220 and default.rounds >= 2
+    assert records == eager_records == lazy_records
+    assert default == eager == lazy
+    last = default.rounds - 1
+    assert eager_sent[last] == params.batch_size, "the previous pipeline sent every prompt of the last round"
+    # One at a time, the last round sends exactly the prompts its screening reads up to the cap; ahead of
+    # screening it sends a few more (the yield is an estimate), and far fewer than the whole batch.
+    assert lazy_sent[last] <= sent[last] < params.batch_size
+    assert sent[last] <= lazy_sent[last] + 3, (sent, lazy_sent)
+    assert sum(lazy_sent.values()) <= sum(sent.values()) < sum(eager_sent.values())
