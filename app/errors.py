@@ -51,6 +51,15 @@ def validation_message(errors: Iterable[Mapping[str, Any]], prefix: str | None =
     return "; ".join(parts)
 
 
+def invalid(errors: Iterable[Mapping[str, Any]], prefix: str | None = None) -> Invalid:
+    """pydantic's validation errors as an Invalid whose message reads as :func:`validation_message` and
+    whose ``field`` names the first wrong field (``params.batch``), as the API's own 422s do."""
+    errors = list(errors)
+    loc = ".".join(str(p) for p in (errors[0].get("loc", ()) if errors else ()) if p != "body")
+    field = ".".join(p for p in (prefix, loc) if p) or None
+    return Invalid(validation_message(errors, prefix=prefix), field=field)
+
+
 @contextmanager
 def not_found_as(what: str) -> Iterator[None]:
     """Inside, a NotFound (the row's project or dataset is not the user's) reads as the row itself not

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.auth.models import Role, User
 from app.datasets.models import Dataset
 from app.datasets.service import prompt_language, require_dataset
-from app.errors import DomainError, Invalid, validation_message
+from app.errors import DomainError, Invalid, invalid
 from app.generation.cache import DbResponseCache
 from app.generation.jobs import get_teacher, judge_item, self_instruct_params, teachers
 from app.generation.schemas import EstimateRead, EstimateRequest, SelfInstructJobParams, TeacherRead
@@ -89,7 +89,7 @@ def _params(model: type[M], params: dict[str, Any]) -> M:
     try:
         return model.model_validate(params)
     except ValidationError as exc:
-        raise Invalid(validation_message(exc.errors(), prefix="params")) from exc
+        raise invalid(exc.errors(), prefix="params") from exc
 
 
 def _self_instruct_run(db: Session, dataset: Dataset, request: EstimateRequest) -> DryRun:

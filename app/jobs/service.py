@@ -13,7 +13,7 @@ from app.auth.models import Role, User
 from app.base import utcnow
 from app.datasets.service import require_dataset
 from app.db import get_or_404
-from app.errors import Invalid, not_found_as, validation_message
+from app.errors import Invalid, invalid, not_found_as
 from app.jobs.models import ACTIVE_STATUSES, Job, JobStatus
 from app.jobs.registry import KINDS, load_object
 from app.projects.service import require_project
@@ -51,7 +51,7 @@ def create_job(
     try:
         validated = spec.params_cls().model_validate(params)
     except ValidationError as exc:
-        raise Invalid(validation_message(exc.errors(), prefix="params")) from exc
+        raise invalid(exc.errors(), prefix="params") from exc
     if spec.validator:
         load_object(spec.validator)(validated.model_dump(mode="json"))
     job = Job(
@@ -95,7 +95,7 @@ def human_decided_in_scope(
             else fields["scope"].get_default(call_default_factory=True)
         )
     except ValidationError as exc:
-        raise Invalid(validation_message(exc.errors(), prefix="params.scope")) from exc
+        raise invalid(exc.errors(), prefix="params.scope") from exc
     flt = scope.model_copy(update={"human_decided": True})
     return records.count_records(db=db, user=user, dataset_id=dataset_id, flt=flt)
 

@@ -149,3 +149,24 @@ def test_paired_surrogates_and_big_but_valid_numbers_still_pass(client, db: Sess
     )
     assert res.status_code == 200, res.text
     assert res.json()["instruction"] == "smile \U0001f600"
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "field"),
+    [
+        ("dedup", {"threshold": 7}, "params.threshold"),
+        ("dedup", {"scope": {"status": ["nonsense"]}}, "params.scope.status.0"),
+        ("judge", {"teacher": "t", "threshold": "high"}, "params.threshold"),
+    ],
+)
+def test_a_job_with_a_wrong_parameter_is_422_with_that_field_named_in_field(
+    client, db: Session, world, backend, kind: str, params: dict[str, Any], field: str
+):
+    from app.jobs.models import Job
+
+    res = client.post(
+        "/api/v1/jobs", json={"kind": kind, "dataset_id": world["d"], "params": params}, headers=world["h"]
+    )
+    assert res.status_code == 422, res.text
+    assert res.json()["field"] == field, res.text
+    assert db.scalar(select(func.count()).select_from(Job)) == 0

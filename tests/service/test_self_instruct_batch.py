@@ -214,7 +214,8 @@ def test_evol_refuses_batch_mode_naming_the_field_and_storing_nothing(client, db
     make_records(db, dataset, 2)
     body = {"kind": "evol", "dataset_id": dataset.id, "params": {"teacher": "batch", "batch": True}}
     resp = client.post("/api/v1/jobs", json=body, headers=token_for(db, curator))
-    assert resp.status_code == 422 and "params.batch" in resp.json()["detail"], resp.text
+    assert resp.status_code == 422 and resp.json()["field"] == "params.batch", resp.text
+    assert "batch mode" in resp.json()["detail"]
     assert db.scalars(select(Job).where(Job.dataset_id == dataset.id)).first() is None
     # Self-Instruct takes it, but only with a teacher that has a batch API.
     body = {"kind": "self_instruct", "dataset_id": dataset.id, "params": {"teacher": "sync", "batch": True}}

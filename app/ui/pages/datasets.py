@@ -15,7 +15,7 @@ from app.auth.models import Role, User
 from app.datasets import service as datasets
 from app.datasets.models import Dataset
 from app.deps import SessionDep
-from app.errors import Invalid, validation_message
+from app.errors import Invalid, invalid
 from app.jobs import service as jobs
 from app.pipeline.formats import EXPORTERS, FORMATS
 from app.projects import service as projects
@@ -141,7 +141,7 @@ def _filter_from(values: Any) -> RecordFilter:
     try:
         return RecordFilter.model_validate(raw)
     except ValidationError as exc:
-        raise Invalid(validation_message(exc.errors(), prefix="filter")) from exc
+        raise invalid(exc.errors(), prefix="filter") from exc
 
 
 def _choice(form: FormData, name: str, allowed: tuple[str, ...], message: str) -> str:
