@@ -21,8 +21,8 @@ the same decisions without scoring every pair:
 
 from __future__ import annotations
 
+import itertools
 import math
-import os
 import re
 import sys
 import time
@@ -81,6 +81,11 @@ _SURROGATE_START = 0xD800
 _SURROGATE_SPAN = 0x800
 _MAX_CODE_POINT = sys.maxunicode
 
+# rapidfuzz 3.14's process.cdist and process.extract with LCSseq.similarity sometimes return 0 for a pair
+# whose LCS equals score_cutoff exactly (~2.7 % of pairs where the shorter string is a subsequence of the
+# longer, measured; never with a cutoff one lower): every LCS cutoff passed to them is strictly below the
+# least LCS that can qualify.
+_LCS_CUTOFF_SLACK = 1
 # Records are re-indexed with a fresh rarity order each time the pool doubles past this size.
 _FIRST_REORDER = 1024
 # Ranks assigned at a reorder start here, so tokens first seen later (rank = their id) sort as rarest.
@@ -421,8 +426,10 @@ class NearDuplicateIndex:
         query = _encode([i if i >= 0 else unseen for i in ids])
         lens = self._lens
         seqs = self._seqs
-        # No pair in the window can reach the floor with fewer common tokens than this.
-        cutoff = max(1, math.ceil(self.floor * (m + lo) / 2.0 - _EPS))
+        # No pair in the window can reach the floor with fewer common tokens than this; rapidfuzz gets one
+        # less, since its cdist/extract (3.14) can drop a pair whose LCS equals the cutoff exactly (a record
+        # contained in a longer one at the window's edge: _LCS_CUTOFF_SLACK).
+        cutoff = max(0, math.ceil(self.floor * (m + lo) / 2.0 - _EPS) - _LCS_CUTOFF_SLACK)
         # One call scores all candidates in C (several times faster than a Python loop).
         for _, lcs, i in process.extract(
             query,
@@ -446,7 +453,7 @@ class NearDuplicateIndex:
         return best, best_rid
 
 
-Strategy = Literal["auto", "index", "blocks"]
+Strategy = Literal["auto", "index", "blocks", "query"]
 
 # Candidates decided per cdist ("blocks") pass: each is one call against the records kept before it and
 # one within itself, so larger blocks pay less call overhead but score more in-block pairs.
@@ -457,14 +464,17 @@ _PREFIX_BLOCK = 512
 # rapidfuzz's cutoff is applied to its own float 2·LCS/(m+n); passing it this far below the threshold
 # means no pair that reaches the threshold in exact arithmetic can be cut, whatever the rounding.
 _CUTOFF_MARGIN = 1e-6
-# The cores cdist and cpdist spread over (workers=-1).
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 # "auto" times both methods on this many candidates: the losing method's pass is the price of a trial.
 _PREFIX_TRIAL = 128
 # "auto" uses cdist alone until this many records are kept: below it, cdist wins on any data we measured.
 _MIN_TIMED_POOL = 1024
 # ... and only with at least this many candidates left to decide.
 _MIN_TRIAL_REMAINING = 1024
+# Query lengths at which rapidfuzz's cdist packs queries into SIMD vectors of another width (longer queries
+# are scored one by one): cdist is called once per width, so splitting by length costs no packing.
+_SIMD_WIDTHS = np.array([16, 32, 64, 128, 256], dtype=np.int64)
+# "auto" decides one candidate at a time with NearDuplicateIndex once this many records are kept.
+_QUERY_POOL = 40_000
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
@@ -491,7 +501,7 @@ def greedy_filter(
     of the two has cost least per candidate so far (blocks cost grows with the pool, the filter's does
     not), so it is never much slower than the faster of them.
     """
-    if strategy not in ("auto", "index", "blocks"):
+    if strategy not in ("auto", "index", "blocks", "query"):
         raise ValueError(f"unknown strategy {strategy!r}")
     pool = list(pool)
     candidates = list(candidates)
@@ -557,7 +567,14 @@ class _Greedy:
         self.kept[:n_pool] = self.lens[:n_pool] > 0
         # The kept records with at least one token, for cdist (an empty record scores 0 with everything).
         self.kept_ids: list[int] = [i for i in range(n_pool) if self.lens[i] > 0]
-        self.kept_seqs: list[_Encoded] = [self.seqs[i] for i in self.kept_ids]
+        # The same records sorted by length (ties in record order), for cdist against a length window.
+        self.sorted_ids: Ints = np.zeros(0, dtype=np.int64)
+        self.sorted_lens: Ints = np.zeros(0, dtype=np.int64)
+        self.sorted_seqs: list[_Encoded] = []
+        self._insert_sorted(self.kept_ids)
+        self.cdist_pool = True  # kept up to date while cdist may still be used
+        # A pair of lengths m <= n can reach the cutoff only if m >= frac * n (LCS <= m).
+        self.frac = max(self.cutoff, 0.0) / (2.0 - self.cutoff)
         self.out: list[DedupDecision] = []
         self._prefix_ready = False
 
@@ -565,13 +582,19 @@ class _Greedy:
         # "auto" starts with cdist, whose cost per candidate grows with the pool, and each time the pool
         # doubles from _MIN_TIMED_POOL on, times both methods on the same candidates; the prefix filter
         # takes over for good once it wins. CPU time, not wall time: a shared machine's load would
-        # otherwise decide. cdist runs on every core and the filter mostly on one, so on an idle machine
-        # the filter is faster only if its CPU time is below cdist's divided by the cores; under load,
-        # cores are not free and this test errs towards cdist, until the next trial.
+        # otherwise decide (cdist runs on one thread; the filter's cpdist on all cores, its CPU summed).
+        # From _QUERY_POOL kept records on, one candidate at a time through NearDuplicateIndex (its
+        # postings hold kept records only; the vectorised filter's hits on records later rejected and
+        # its pair arrays grow with the pool): 2-4x cheaper per candidate from ~70,000 kept records on
+        # the million stream of bench/dedup.py, about even at ~22,000-36,000 (docs/benchmarks.md).
         trial_at = _MIN_TIMED_POOL if strategy == "auto" else None
         use_prefix = strategy == "index"
+        self.cdist_pool = not use_prefix
         start = self.n_pool
         while start < self.n:
+            if strategy == "query" or (strategy == "auto" and len(self.kept_ids) >= _QUERY_POOL):
+                self._run_queries(start)
+                break
             # A trial costs the prefix filter's set-up and one pass: worth it only with work left.
             left = self.n - start
             if (
@@ -593,7 +616,8 @@ class _Greedy:
                     found = self._pairs_by_cdist(sub, min(sub + _BLOCK, end))
                     cdist_s += time.process_time() - clock
                     self._decide(sub, min(sub + _BLOCK, end), *found)
-                use_prefix = prefix_s < cdist_s / _CORES
+                use_prefix = prefix_s < cdist_s
+                self.cdist_pool = not use_prefix
                 start = end
                 continue
             end = min(start + (_PREFIX_BLOCK if use_prefix else _BLOCK), self.n)
@@ -604,23 +628,56 @@ class _Greedy:
             start = end
         return self.out
 
+    def _run_queries(self, start: int) -> None:
+        """Decide every candidate from ``start`` on one at a time with :class:`NearDuplicateIndex` (its
+        token order frozen from all texts, its postings holding only kept records): the fastest way once
+        the pool is large, where the vectorised filter's hits on records later rejected dominate."""
+        # The vectorised filter's arrays are not needed any more.
+        for name in ("postings", "stok", "first", "starts", "lo", "hi", "bucket_lo", "bucket_hi", "need"):
+            self.__dict__.pop(name, None)
+        self._prefix_ready = False
+        index = NearDuplicateIndex(threshold=self.threshold)
+        id_lists = index._freeze_order(self.token_lists)
+        keys, threshold = self.keys, self.threshold
+        # Records kept so far, in order: ties in the index go to the record added first, as here.
+        for i in self.kept_ids:
+            index._insert(keys[i], id_lists[i])
+        out = self.out
+        for i in range(start, self.n):
+            ids = id_lists[i]
+            score, rid = index._best(ids)
+            keep = score <= threshold
+            if keep and ids:
+                index._insert(keys[i], ids)
+                self.kept[i] = True
+                self.kept_ids.append(i)
+            reached = score >= threshold
+            out.append(
+                DedupDecision(
+                    key=keys[i],
+                    kept=keep,
+                    score=score if reached else 0.0,
+                    nearest=index._keys[rid] if reached and rid is not None else None,
+                )
+            )
+
     def _decide(self, start: int, end: int, near_pool: _Near, near_block: _Near) -> None:
-        """Resolve a block in order. Pairs are listed in record order: ties go to the earliest record,
-        and in-block partners (later than every pool record) only win with a strictly greater score."""
+        """Resolve a block in order; ties between equally near records go to the earliest."""
         kept = self.kept
+        added: list[int] = []
         for i in range(start, end):
             best, nearest = 0.0, -1
             for j, score in near_pool.get(i, ()):
-                if score > best:
+                if score > best or (score == best and j < nearest):
                     best, nearest = score, j
             for j, score in near_block.get(i, ()):
-                if kept[j] and score > best:
+                if kept[j] and (score > best or (score == best and j < nearest)):
                     best, nearest = score, j
             keep = best <= self.threshold
             if keep and self.lens[i] > 0:
                 kept[i] = True
                 self.kept_ids.append(i)
-                self.kept_seqs.append(self.seqs[i])
+                added.append(i)
             reached = best >= self.threshold
             self.out.append(
                 DedupDecision(
@@ -630,6 +687,24 @@ class _Greedy:
                     nearest=self.keys[nearest] if reached else None,
                 )
             )
+        if self.cdist_pool:
+            self._insert_sorted(added)
+
+    def _insert_sorted(self, added: list[int]) -> None:
+        """Add kept records (in record order) to the length-sorted pool, after those of the same length."""
+        if not added:
+            return
+        new = np.array(added, dtype=np.int64)
+        new_lens = self.lens[new]
+        order = np.argsort(new_lens, kind="stable")
+        new, new_lens = new[order], new_lens[order]
+        at = np.searchsorted(self.sorted_lens, new_lens, side="right")
+        self.sorted_lens = np.insert(self.sorted_lens, at, new_lens)
+        self.sorted_ids = np.insert(self.sorted_ids, at, new)
+        # Last first, so the positions of the others still hold; equal positions keep their order.
+        seqs = self.sorted_seqs
+        for pos, i in zip(reversed(at.tolist()), reversed(new.tolist()), strict=True):
+            seqs.insert(pos, self.seqs[i])
 
     def _collect(self, start: int, q: Ints, r: Ints, sims: Floats) -> tuple[_Near, _Near]:
         """Pairs (query q, earlier record r) whose rapidfuzz score passed the cutoff, with exact scores."""
@@ -658,41 +733,72 @@ class _Greedy:
         return near_pool, near_block
 
     def _pairs_by_cdist(self, start: int, end: int) -> tuple[_Near, _Near]:
-        """Every pair of the block with the records kept before it, then within the block: LCS lengths by
-        rapidfuzz's ``cdist`` (the same bit-parallel kernel brute force uses; with a cutoff on the LCS
-        below which no pair of these lengths can reach the threshold, so most pairs come back as 0)."""
-        queries = self.seqs[start:end]
-        block = np.arange(start, end, dtype=np.int64)
-        lens = self.lens[start:end]
-        nonempty = lens > 0
-        if not nonempty.any():
+        """Every pair of the block with the records kept before it that the lengths allow, then within the
+        block: LCS lengths by rapidfuzz's ``cdist`` (the same bit-parallel kernel brute force uses).
+
+        The block's queries are split where rapidfuzz's SIMD packing changes width (up to 16, 32, 64
+        tokens; longer ones are not packed), and each group is scored only against the kept records whose
+        length it can reach the threshold with (the pool is kept sorted by length), with a cutoff on the
+        LCS below which no pair of those lengths can; most pairs come back as 0. One thread: these calls
+        are too small for rapidfuzz's threads to pay for themselves (measured: slower on 2 cores)."""
+        block_lens = self.lens[start:end]
+        if not block_lens.any():
             return {}, {}
-        shortest = int(lens[nonempty].min())
-        near_pool: _Near = {}
-        if self.kept_seqs:
-            least = min(shortest, int(self.lens[self.kept_ids].min()))
+        order = np.argsort(block_lens, kind="stable")
+        q_lens = block_lens[order]
+        first = int(np.searchsorted(q_lens, 0, side="right"))  # empty queries score 0 with everything
+        # Group boundaries: where the SIMD width changes (empty queries left out).
+        cuts = np.flatnonzero(np.diff(np.searchsorted(_SIMD_WIDTHS, q_lens, side="left"))) + 1
+        edges = [first, *(int(c) for c in cuts if c > first), len(order)]
+        sorted_lens = self.sorted_lens
+
+        def least_lcs(length_sum: int) -> int:
+            # Below the least LCS a pair of lengths summing to at least this can reach the threshold with
+            # (the cutoff is below the threshold, the floor below that, and one less: _LCS_CUTOFF_SLACK).
+            return math.floor(self.cutoff * length_sum / 2.0) - _LCS_CUTOFF_SLACK
+
+        found_q: list[Ints] = []
+        found_r: list[Ints] = []
+        found_lcs: list[npt.NDArray[np.int32]] = []
+        for g0, g1 in itertools.pairwise(edges):
+            shortest, longest = int(q_lens[g0]), int(q_lens[g1 - 1])
+            lo = int(np.searchsorted(sorted_lens, math.ceil(shortest * self.frac - _EPS)))
+            hi = len(sorted_lens)
+            if self.frac > 0:
+                hi = int(np.searchsorted(sorted_lens, math.floor(longest / self.frac + _EPS), side="right"))
+            if hi <= lo:
+                continue
+            queries = start + order[g0:g1]
             lcs = process.cdist(
-                queries,
-                self.kept_seqs,
+                [self.seqs[i] for i in queries.tolist()],
+                self.sorted_seqs[lo:hi],
                 scorer=LCSseq.similarity,
-                score_cutoff=max(1, math.floor(self.cutoff * least)),
+                score_cutoff=max(0, least_lcs(shortest + int(sorted_lens[lo]))),
                 dtype=np.int32,
-                workers=-1,
+                workers=1,
             )
-            rows, cols = np.nonzero(lcs)
+            flat = np.flatnonzero(lcs)
+            rows, cols = np.divmod(flat, hi - lo)
+            found_q.append(queries[rows])
+            found_r.append(self.sorted_ids[lo + cols])
+            found_lcs.append(lcs.ravel()[flat])
+        near_pool: _Near = {}
+        if found_q:
             near_pool, _ = self._collect_lcs(
-                start, block[rows], np.array(self.kept_ids)[cols], lcs[rows, cols]
+                start, np.concatenate(found_q), np.concatenate(found_r), np.concatenate(found_lcs)
             )
+        queries_all = self.seqs[start:end]
         inner = process.cdist(
-            queries,
-            queries,
+            queries_all,
+            queries_all,
             scorer=LCSseq.similarity,
-            score_cutoff=max(1, math.floor(self.cutoff * shortest)),
+            score_cutoff=max(0, least_lcs(2 * int(q_lens[first]))),
             dtype=np.int32,
-            workers=-1,
+            workers=1,
         )
-        # Below the diagonal: earlier records only; an empty query scores 0 with everything.
-        later, earlier = np.nonzero(np.tril(inner, -1) * nonempty[:, None])
+        # Below the diagonal: earlier records only.
+        later, earlier = np.nonzero(np.tril(inner, -1))
+        block = np.arange(start, end, dtype=np.int64)
         _, near_block = self._collect_lcs(start, block[later], block[earlier], inner[later, earlier])
         return near_pool, near_block
 

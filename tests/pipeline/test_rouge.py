@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from rapidfuzz.distance import LCSseq
 from rouge_score import rouge_scorer, tokenizers
 
+from app.pipeline import rouge
 from app.pipeline.rouge import (
     NearDuplicateIndex,
     Strategy,
@@ -152,7 +154,7 @@ def test_chinese_sharing_one_english_word_no_longer_scores_one(shared_data):
 # -- greedy filter ---------------------------------------------------------------------------------------
 
 
-STRATEGIES: list[Strategy] = ["index", "blocks", "auto"]
+STRATEGIES: list[Strategy] = ["index", "blocks", "query", "auto"]
 
 
 def test_greedy_filter_keeps_exactly_what_rouge_score_on_every_pair_keeps(shared_data):
@@ -238,7 +240,9 @@ def test_strategies_agree_across_many_blocks_with_pool_and_in_block_duplicates(s
     items = [(str(i), t) for i, t in enumerate(stream)]
     by_index = greedy_filter(items[:100], items[100:], strategy="index")
     by_blocks = greedy_filter(items[:100], items[100:], strategy="blocks")
+    by_query = greedy_filter(items[:100], items[100:], strategy="query")
     assert by_index == by_blocks
+    assert by_query == by_blocks
     assert sum(not d.kept for d in by_blocks) > 250
 
 
@@ -316,6 +320,78 @@ def test_every_strategy_decides_like_brute_force_on_adversarial_records(token_li
                 assert (decision.score, decision.nearest) == (0.0, None), strategy
 
 
+@pytest.mark.parametrize("switch", [1, 130, 400])
+def test_auto_switching_to_one_query_at_a_time_mid_run_keeps_every_decision(monkeypatch, shared_data, switch):
+    """auto hands over to NearDuplicateIndex once _QUERY_POOL records are kept (tens of thousands in
+    production); forced here at 1, 130 and 400 kept records (in the first block, mid-block, after several
+    blocks and a cdist/prefix trial): the same decisions, scores and neighbours as cdist blocks alone."""
+    texts = _mixed_instructions(shared_data)[:1400]
+    rnd = random.Random(17)
+    stream = [t if rnd.random() < 0.8 else rnd.choice(texts) + " now" for t in texts]
+    items = [(str(i), t) for i, t in enumerate(stream)]
+    expected = greedy_filter(items[:50], items[50:], strategy="blocks")
+    monkeypatch.setattr(rouge, "_MIN_TIMED_POOL", 128)
+    monkeypatch.setattr(rouge, "_MIN_TRIAL_REMAINING", 128)
+    monkeypatch.setattr(rouge, "_QUERY_POOL", switch)
+    switched: list[int] = []
+    run_queries = rouge._Greedy._run_queries
+
+    def spy(self: rouge._Greedy, start: int) -> None:
+        switched.append(len(self.kept_ids))
+        run_queries(self, start)
+
+    monkeypatch.setattr(rouge._Greedy, "_run_queries", spy)
+    assert greedy_filter(items[:50], items[50:], strategy="auto") == expected
+    assert len(switched) == 1 and switched[0] >= switch
+    assert sum(not d.kept for d in expected) > 100
+
+
+def _records_at_length_edges(rnd: random.Random, n: int, threshold: float) -> list[list[str]]:
+    """Records of 1-300 tokens, and copies of earlier ones stretched or cut to exactly the longest or
+    shortest length at which they can still reach ``threshold`` (one token past it, too), or lightly
+    edited: pairs on both sides of every point where cdist splits a block by length (16, 32, 64, 128, 256
+    tokens) and on the edges of each length window."""
+    vocabulary = [f"w{i}" for i in range(40)]
+    frac = threshold / (2 - threshold)
+    out: list[list[str]] = []
+    for _ in range(n):
+        roll = rnd.random()
+        if not out or roll < 0.3:
+            out.append(rnd.choices(vocabulary, k=int(math.exp(rnd.uniform(0, math.log(300))))))
+            continue
+        base = list(rnd.choice(out))
+        slack = rnd.choice([0, 0, 1])
+        if roll < 0.55:  # the base inside a longer record: LCS = len(base), F on the edge
+            extra = max(0, math.floor(len(base) / frac) - len(base) + slack)
+            for _ in range(extra):
+                base.insert(rnd.randrange(len(base) + 1), rnd.choice(vocabulary))
+        elif roll < 0.8:  # a subsequence of the base, as short as it can be
+            keep = max(1, math.ceil(len(base) * frac) - slack)
+            base = [base[i] for i in sorted(rnd.sample(range(len(base)), min(keep, len(base))))]
+        else:
+            for _ in range(max(1, len(base) // 8)):
+                base[rnd.randrange(len(base))] = rnd.choice(vocabulary)
+        out.append(base)
+    return out
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.7, 0.9])
+def test_every_strategy_decides_like_brute_force_on_the_edges_of_the_length_windows(threshold):
+    token_lists = _records_at_length_edges(random.Random(int(threshold * 10)), 700, threshold)
+    expected = _brute_force_greedy(token_lists, threshold, pool=40)
+    items = [(str(i), " ".join(tokens)) for i, tokens in enumerate(token_lists)]
+    assert sum(not kept for kept, _, _ in expected) > 150
+    assert sum(threshold <= best < threshold + 0.01 for _, best, _ in expected) > 10  # on the edge
+    for strategy in STRATEGIES:
+        decisions = greedy_filter(items[:40], items[40:], threshold=threshold, strategy=strategy)
+        for decision, (kept, best, best_j) in zip(decisions, expected, strict=True):
+            assert decision.kept == kept, strategy
+            if best >= threshold:
+                assert (decision.score, decision.nearest) == (best, str(best_j)), strategy
+            else:
+                assert (decision.score, decision.nearest) == (0.0, None), strategy
+
+
 def test_index_stays_exact_across_reorders_and_for_unseen_query_words():
     rnd = random.Random(5)
     vocabulary = [f"w{i}" for i in range(60)]
@@ -351,6 +427,29 @@ def test_nearest_neighbours_gives_every_items_exact_max_above_the_floor(shared_d
             assert result[i] == (best, str(scores.index(best)))
         else:
             assert result[i][0] <= best
+
+
+def test_a_record_contained_in_a_longer_one_at_the_edge_of_the_length_window_is_found():
+    """The shorter record (67 tokens) is a subsequence of the longer (129): LCS 67, F = 134/196 = 0.684,
+    and at threshold 0.68 both 67 and the least LCS that can qualify sit on the window's edge. rapidfuzz
+    3.14 drops this pair when asked for LCS >= 67 exactly; the index asks for one less."""
+    short = "habdchfehdefhadcfdccdabbagecddgbcbbeddgdhcagbbeagfaefaececbgfcehgdd"
+    long = (
+        "hffabddcghfgfeehhdefhaabdcccgafdccdabbagdeefcddaggbfcbbgaedadffhhefebbgfdhgcbeagbhebbbeeadggcgffhfb"
+        "aeacefaeegdbeceecbggfhbacehgdd"
+    )
+    assert LCSseq.similarity(short, long) == len(short)
+    index = NearDuplicateIndex(threshold=0.68)
+    index.add("short", " ".join(short))
+    decision = index.check_and_add("long", " ".join(long))
+    assert (decision.kept, decision.score, decision.nearest) == (
+        False,
+        rouge_l_f(list(long), list(short)),
+        "short",
+    )
+    for strategy in STRATEGIES:
+        items = [("short", " ".join(short)), ("long", " ".join(long))]
+        assert not greedy_filter([], items, threshold=0.68, strategy=strategy)[1].kept, strategy
 
 
 def test_check_and_add_reports_the_neighbour_and_only_adds_kept_texts():
