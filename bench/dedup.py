@@ -344,7 +344,10 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--skip-reference", action="store_true", help="no Alpaca loop (it takes minutes)")
     parser.add_argument(
-        "--strategy", default="auto", choices=["auto", "index", "blocks"], help="ours: greedy_filter's"
+        "--strategy",
+        default="auto",
+        choices=["auto", "index", "blocks", "query"],
+        help="ours: greedy_filter's",
     )
     args = parser.parse_args()
     t = args.threshold

@@ -14,9 +14,10 @@ the same decisions without scoring every pair:
   ``LCS <= multiset overlap <= min(m, n)``; only those candidates get an exact bit-parallel LCS
   (rapidfuzz). The pruning is exact: it only skips pairs whose score is provably below ``floor``.
 * :func:`greedy_filter` runs the whole filter over texts known up front, a block of candidates at a time:
-  either every pair against the records kept so far (rapidfuzz's ``cdist`` on all cores: the fastest way
-  while the pool is small) or the index's prefix filter vectorised with numpy over the block (the fastest
-  once it is not). Both find every pair that reaches the threshold, so the decisions are the same.
+  either every pair against the records kept so far that the lengths allow (rapidfuzz's ``cdist``: the
+  fastest way while the pool is small) or the index's prefix filter vectorised with numpy over the block (the fastest
+  once it is not), and from tens of thousands of kept records one candidate at a time through the index.
+  All find every pair that reaches the threshold, so the decisions are the same.
 """
 
 from __future__ import annotations
@@ -473,6 +474,8 @@ _MIN_TRIAL_REMAINING = 1024
 # Query lengths at which rapidfuzz's cdist packs queries into SIMD vectors of another width (longer queries
 # are scored one by one): cdist is called once per width, so splitting by length costs no packing.
 _SIMD_WIDTHS = np.array([16, 32, 64, 128, 256], dtype=np.int64)
+# The prefix filter's postings first cover this many records (more if a block passes them).
+_PREFIX_HORIZON = 1 << 17
 # "auto" decides one candidate at a time with NearDuplicateIndex once this many records are kept.
 _QUERY_POOL = 40_000
 
@@ -495,11 +498,13 @@ def greedy_filter(
     Every strategy gives the same decisions, bit for bit: the keep/reject flag, and the exact max score
     and nearest key (ties: the earliest) whenever that max reaches ``threshold``; a candidate whose max is
     below it gets ``(0.0, None)``, since only pairs that can reach the threshold are looked at.
-    ``"blocks"`` scores every pair (rapidfuzz's ``cdist``, all cores, 64 candidates at a time);
-    ``"index"`` only the pairs that :class:`NearDuplicateIndex`'s prefix filter cannot rule out (the same
-    filter, vectorised over 512 candidates at a time); ``"auto"`` uses, for each next block, whichever
-    of the two has cost least per candidate so far (blocks cost grows with the pool, the filter's does
-    not), so it is never much slower than the faster of them.
+    ``"blocks"`` scores every pair whose lengths allow the threshold (rapidfuzz's ``cdist``, 64
+    candidates at a time, against the kept records in their length window); ``"index"`` only the pairs
+    that :class:`NearDuplicateIndex`'s prefix filter cannot rule out (the same filter, vectorised over
+    512 candidates at a time); ``"query"`` asks a :class:`NearDuplicateIndex` of the kept records one
+    candidate at a time. ``"auto"`` starts with blocks, moves to the vectorised filter once a timed
+    trial says it is cheaper (from 1,024 kept records on), and to one query at a time from 40,000 kept
+    records (where that was measured to be cheaper per candidate: docs/benchmarks.md).
     """
     if strategy not in ("auto", "index", "blocks", "query"):
         raise ValueError(f"unknown strategy {strategy!r}")
@@ -577,6 +582,7 @@ class _Greedy:
         self.frac = max(self.cutoff, 0.0) / (2.0 - self.cutoff)
         self.out: list[DedupDecision] = []
         self._prefix_ready = False
+        self.horizon = 0  # records the prefix filter's postings cover
 
     def run(self, strategy: Strategy) -> list[DedupDecision]:
         # "auto" starts with cdist, whose cost per candidate grows with the pool, and each time the pool
@@ -606,7 +612,7 @@ class _Greedy:
                 trial_at *= 2
                 end = min(start + _PREFIX_TRIAL, self.n)
                 if not self._prefix_ready:
-                    self._prepare_prefix()  # once, not part of the cost per candidate
+                    self._prepare_prefix(end)  # once, not part of the cost per candidate
                 clock = time.process_time()
                 self._pairs_by_prefix(start, end)  # timed only: the cdist pass below decides
                 prefix_s = time.process_time() - clock
@@ -621,8 +627,6 @@ class _Greedy:
                 start = end
                 continue
             end = min(start + (_PREFIX_BLOCK if use_prefix else _BLOCK), self.n)
-            if use_prefix and not self._prefix_ready:
-                self._prepare_prefix()
             found = self._pairs_by_prefix(start, end) if use_prefix else self._pairs_by_cdist(start, end)
             self._decide(start, end, *found)
             start = end
@@ -802,13 +806,18 @@ class _Greedy:
         _, near_block = self._collect_lcs(start, block[later], block[earlier], inner[later, earlier])
         return near_pool, near_block
 
-    def _prepare_prefix(self) -> None:
-        """Postings of every record (all are known up front), built once, the first time they are used."""
+    def _prepare_prefix(self, end: int) -> None:
+        """Postings of the records up to a horizon past ``end`` (all are known up front), built the first
+        time they are used and again, twice as far, if a block passes the horizon. "auto" hands over to
+        one query at a time long before _PREFIX_HORIZON records on any data measured, so it builds them
+        once, and not for a million records it would never probe."""
         self._prefix_ready = True
-        floor, lens, n = self.threshold, self.lens, self.n
+        n = min(self.n, max(end, 2 * self.horizon, _PREFIX_HORIZON))
+        self.horizon = n
+        floor, lens = self.threshold, self.lens[:n]
         frac = floor / (2.0 - floor)
         table: dict[str, int] = {}
-        flat = [table.setdefault(t, len(table)) for tokens in self.token_lists for t in tokens]
+        flat = [table.setdefault(t, len(table)) for tokens in self.token_lists[:n] for t in tokens]
         vocab = max(1, len(table))
         tok = np.array(flat, dtype=np.int64)
         self.starts = np.cumsum(lens) - lens
@@ -839,9 +848,9 @@ class _Greedy:
         self.need = np.minimum(_PREFIX_SLACK, np.maximum(1, need)).astype(np.int64)
 
     def _pairs_by_prefix(self, start: int, end: int) -> tuple[_Near, _Near]:
-        if not self._prefix_ready:
-            self._prepare_prefix()
-        floor, lens, n = self.threshold, self.lens, self.n
+        if not self._prefix_ready or end > self.horizon:
+            self._prepare_prefix(end)
+        floor, lens, n = self.threshold, self.lens, self.horizon
         queries = np.arange(start, end, dtype=np.int64)
         queries = queries[lens[queries] > 0]
         # One probe per (query, length bucket in its window) with that bucket's prefix length...

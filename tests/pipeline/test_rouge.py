@@ -346,6 +346,28 @@ def test_auto_switching_to_one_query_at_a_time_mid_run_keeps_every_decision(monk
     assert sum(not d.kept for d in expected) > 100
 
 
+def test_prefix_filter_extends_its_postings_when_a_block_passes_their_horizon(monkeypatch, shared_data):
+    """The prefix filter's postings cover the first _PREFIX_HORIZON records (131,072 in production) and
+    are rebuilt twice as far when a block passes them: forced here at 100 records, so this run
+    builds them three times (542, 1,084, then all 1,440 records), with the same decisions as cdist
+    blocks."""
+    texts = _mixed_instructions(shared_data)[:1200]
+    items = [(str(i), t + (" again" if i % 7 == 0 else "")) for i, t in enumerate(texts + texts[::5])]
+    expected = greedy_filter(items[:30], items[30:], strategy="blocks")
+    monkeypatch.setattr(rouge, "_PREFIX_HORIZON", 100)
+    horizons: list[int] = []
+    prepare = rouge._Greedy._prepare_prefix
+
+    def spy(self: rouge._Greedy, end: int) -> None:
+        prepare(self, end)
+        horizons.append(self.horizon)
+
+    monkeypatch.setattr(rouge._Greedy, "_prepare_prefix", spy)
+    assert greedy_filter(items[:30], items[30:], strategy="index") == expected
+    assert horizons == [542, 1084, len(items)]
+    assert sum(not d.kept for d in expected) > 200
+
+
 def _records_at_length_edges(rnd: random.Random, n: int, threshold: float) -> list[list[str]]:
     """Records of 1-300 tokens, and copies of earlier ones stretched or cut to exactly the longest or
     shortest length at which they can still reach ``threshold`` (one token past it, too), or lightly
