@@ -52,8 +52,12 @@ ROUND_STRIDE = 100_000
 # used to decide how many prompts to send ahead of screening; measured: ~4-6 with the fake teacher). Low on
 # purpose: too many prompts early costs a few calls, too few costs a round trip.
 _PRIOR_CANDIDATES_PER_PROMPT = 3
-# Spare candidates a round screens past what the target needs, for tasks whose instances all fail.
+# Spare candidates a round may screen past what the target needs, for tasks whose instances all fail (each
+# is screened only when a task fails: see _Screening).
 _SLACK_MIN, _SLACK_SHARE = 2, 0.25
+# Prompts go out for this many candidates more than the screening wants, so that a task that fails or an
+# answer a little short of the yield rarely waits for another prompt's round trip (one prompt is ~5).
+_PROMPT_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -122,9 +126,8 @@ class SelfInstructResult:
     stop_reason: StopReason
     message: str = ""
     surplus_tasks: int = 0
-    """Candidates screened past the exact target: not emitted. Their calls were made (paid and cached) only
-    if a task before them got no instance; a later run with the same seed and a higher target finds those
-    answers in the cache."""
+    """Candidates screened past the exact target: not emitted. A synchronous run screens a spare only for a
+    task that got no instance, so it has none; batch mode screens its slack ahead (self_instruct_batch)."""
 
 
 class SelfInstructParams(BaseModel):
@@ -275,9 +278,9 @@ class _Round:
     """One round in flight: its prompts, their answers, and the screening that starts its tasks' calls."""
 
     number: int
-    needed: int
-    """Tasks this round screens for (its cap is this plus slack); see :func:`run_self_instruct`."""
-    screening: asyncio.Task[tuple[dict[Position, GenRecord], list[tuple[Position, _Candidate]]]]
+    screen: _Screening
+    screening: asyncio.Task[None]
+    """Screening for the tasks the round was started for; see :func:`run_self_instruct`."""
 
 
 class _Slots:
@@ -432,18 +435,16 @@ async def run_self_instruct(
         # Asked ahead, the prompts are the same (same round, same pool): their answers are used as they are.
         if ahead is None or (ahead.number, ahead.pool) != (number, pool):
             ahead = ask(number, pool, needed)
-        screening = calls.spawn(_screen(ahead, gateway, index, params, needed, calls=calls, rate=rate))
-        return _Round(number, needed, screening)
+        screen = _Screening(ahead, gateway, index, params, needed, calls=calls, rate=rate)
+        return _Round(number, screen, calls.spawn(screen.until(needed)))
 
-    async def watch(
-        number: int, candidates: list[tuple[Position, _Candidate]], needed: int, pool: list[str]
-    ) -> None:
-        """While a round that can reach the target finishes: each task that gets no instance starts the
-        next spare task's calls (spares cost nothing unless a task fails), and once too many failed for
-        the round to reach the target, the next round's prompts go out at once."""
+    async def watch(number: int, screen: _Screening, needed: int, pool: list[str]) -> None:
+        """While a round that can reach the target finishes: each task that gets no instance screens the
+        next spare and starts its calls (spares cost nothing unless a task fails), and once too many failed
+        for the round to reach the target, the next round's prompts go out at once."""
         nonlocal asked_ahead
-        tasks = {cand.synthesis: cand for _, cand in candidates if cand.synthesis is not None}
-        spares = [cand for _, cand in candidates if cand.synthesis is None]
+        first_spare = min(screen.needed, len(screen.candidates))  # those before it are started
+        tasks = {screen.start(cand): cand for _, cand in screen.candidates[:first_spare]}
         pending: set[asyncio.Task[_Synthesis]] = set(tasks)
         failed = 0
         while pending and not calls.closed:
@@ -455,14 +456,13 @@ async def run_self_instruct(
                 if any(r.status == "kept" for r in records):
                     continue
                 failed += 1
-                if spares:
-                    spare = spares.pop(0)
-                    if spare.synthesis is None:  # not started by the round's own wait meanwhile
-                        spare.synthesis = calls.spawn(_synthesize(calls, spare, params))
-                    tasks[spare.synthesis] = spare
-                    pending.add(spare.synthesis)
-            short = needed - (len(tasks) + len(spares) - failed)
-            if short > 0:
+                spare = await screen.spare(first_spare + failed - 1)
+                if spare is not None:  # started already if the round's own wait reached it meanwhile
+                    synthesis = screen.start(spare)
+                    tasks[synthesis] = spare
+                    pending.add(synthesis)
+            short = needed - (len(screen.candidates) - failed)
+            if screen.finished and short > 0:
                 if asked_ahead is None and last_started <= number and not calls.closed:
                     asked_ahead = ask(number + 1, pool, short)
                 return
@@ -491,19 +491,22 @@ async def run_self_instruct(
                     # slots that this round's last answers and tasks leave idle are not wasted; as many
                     # as the expected shortfall needs (its screening sends more if they fall short).
                     asked_ahead = ask(round_no + 1, list(machine), needed - expected)
-                rejected_at, candidates = await current.screening
+                await current.screening
+                screen = current.screen
+                # More than it was started for if a task of the round before got no instance.
+                await screen.need(needed)
                 lagged_machine = list(machine)
                 nxt: _Round | None = None
-                left = needed - len(candidates)
+                left = needed - len(screen.candidates)
                 if left > 0 and not should_stop():
                     # This round cannot reach the target: screen the next one while its tasks finish.
                     nxt = start(round_no + 1, lagged_machine, left)
                 else:
                     # It can if enough of its tasks get an instance: start a spare task for each one
                     # that fails, and ask the next round's prompts the moment too many have failed.
-                    calls.spawn(watch(round_no, candidates, needed, lagged_machine))
+                    calls.spawn(watch(round_no, screen, needed, lagged_machine))
                 records, kept, spare = await _finish_round(
-                    round_no, gateway, rejected_at, candidates, params=params, needed=needed, calls=calls
+                    round_no, gateway, screen, needed=needed, params=params
                 )
             except BudgetExceeded as exc:
                 stop_reason, message = "budget", str(exc)
@@ -601,132 +604,189 @@ def _cap(needed: int) -> int:
     return needed + max(_SLACK_MIN, math.ceil(needed * _SLACK_SHARE))
 
 
-async def _screen(
-    asked: _Asked,
-    gateway: Gateway,
-    index: NearDuplicateIndex,
-    params: SelfInstructParams,
-    needed: int,
-    *,
-    calls: _Calls,
-    rate: _Yield,
-) -> tuple[dict[Position, GenRecord], list[tuple[Position, _Candidate]]]:
-    """Phase 1: rules and ROUGE-L on every new instruction, in prompt order, before anything else is spent.
+class _Screening:
+    """Phase 1 of one round, resumable: rules and ROUGE-L on its new instructions, strictly in (prompt,
+    item) order, only as far as the round needs (:meth:`until`), never past its cap.
 
-    Answers are screened in prompt order as they arrive, and each surviving candidate's classification and
-    instance calls start at once (phase 2 overlaps phase 1). Candidates beyond what the target still needs
-    (plus slack for tasks whose instances all fail) are neither checked nor emitted: they would only be paid
-    for and thrown away. The slack's own calls wait until a task fails.
+    Each surviving candidate among the first ``needed`` has its classification and instance calls started
+    at once (phase 2 overlaps phase 1). The slack past ``needed`` (spares for tasks whose instances all
+    fail, up to the cap) is screened only when a task fails, and its calls start then: a round that reaches
+    the target with no failed task screens, and asks prompts for, no spare at all. That changes nothing
+    kept: spares come after every candidate the round needs, are never emitted unless needed, and when a
+    round falls short all of its slack has been screened (each failure screens one) before the next round
+    is, so later rounds see the same pool as if the whole cap had been screened at once.
 
-    The round's prompts go out in order, as many as the candidates still wanted need at the yield so far:
-    before each answer is screened, the prompts asked and not yet screened must be expected to give the rest
-    of the cap, else the next ones go out then (a round that can reach the target sends ~half its prompts,
-    not all). What is screened is the same whenever a prompt goes out: the first answers, in order, up to the
-    cap; only when the cap is reached depends on the teacher's answers.
+    The round's prompts go out in order, as many as the candidates still wanted (plus a margin) need at the
+    yield so far: before each answer is screened, the prompts asked and not yet screened must be expected
+    to give them, else the next ones go out then. What is screened does not depend on when a prompt goes
+    out: the first answers, in order, up to the candidates asked for.
     """
-    model = gateway.model
-    api = gateway.teacher.api
-    round_no, prompts = asked.number, asked.prompts
-    cap = _cap(needed)
-    rejected_at: dict[Position, GenRecord] = {}
-    candidates: list[tuple[Position, _Candidate]] = []
-    for i in range(len(prompts)):
-        if len(candidates) >= cap:
-            break
-        asked.send(i + max(1, rate.prompts_for(cap - len(candidates))), params)
+
+    def __init__(
+        self,
+        asked: _Asked,
+        gateway: Gateway,
+        index: NearDuplicateIndex,
+        params: SelfInstructParams,
+        needed: int,
+        *,
+        calls: _Calls,
+        rate: _Yield,
+    ) -> None:
+        self.asked, self.gateway, self.index, self.params = asked, gateway, index, params
+        self.calls, self.rate = calls, rate
+        self.needed = needed
+        """Candidates whose calls start as they are screened; the rest are spares."""
+        self.cap = _cap(needed)
+        self.rejected_at: dict[Position, GenRecord] = {}
+        self.candidates: list[tuple[Position, _Candidate]] = []
+        self.finished = False
+        """No candidate is left to screen: the cap is reached, every prompt is read, or the run is over."""
+        self._prompt = 0  # the next prompt whose answer is read
+        self._items: list[str] = []  # the items of the answer being screened, and its cache key
+        self._item = 0
+        self._answer_key = ""
+        self._yielded = 0  # candidates from the answer being screened
+        self._lock = asyncio.Lock()
+
+    async def until(self, count: int) -> None:
+        """Screen on until ``count`` candidates (at most the cap) are found or none is left."""
+        async with self._lock:
+            while len(self.candidates) < min(count, self.cap) and not self.finished:
+                if self._item < len(self._items):
+                    self._screen_item(self._items[self._item])
+                    self._item += 1
+                    if self._item == len(self._items):
+                        self.rate.add(self._yielded)  # a whole answer's yield
+                        # Screening an answer is CPU work that never waits when the answers are all in:
+                        # let the calls just started go out before the next answer is screened.
+                        await asyncio.sleep(0)
+                    continue
+                await self._read(count)
+            if len(self.candidates) >= self.cap:
+                self.finished = True
+
+    async def _read(self, count: int) -> None:
+        """The next prompt's answer becomes the one being screened (sending it, and the prompts expected
+        to give the rest of ``count``, if they are not asked yet)."""
+        i, asked = self._prompt, self.asked
+        if i >= len(asked.prompts):
+            self.finished = True
+            return
+        wanted = min(count, self.cap) + _PROMPT_MARGIN - len(self.candidates)
+        asked.send(i + max(1, self.rate.prompts_for(wanted)), self.params)
         answer = await asked.answers[i]
-        if calls.closed:
-            break  # the run is over: what is screened now is never used
+        self._prompt += 1
+        if self.calls.closed:
+            self.finished = True  # the run is over: what is screened now is never used
+            return
         if answer is None:
-            rate.add(0)
-            continue
-        items = _items(answer, prompts[i][1], api)
-        before = len(candidates)
-        for j, instruction in enumerate(items):
-            if len(candidates) >= cap:
-                break
-            key = f"si:{round_no}:{i}:{j}"
-            base = dict(
-                key=key,
-                instruction=instruction,
-                input="",
-                output="",
-                status="rejected",
-                source="self_instruct",
-                teacher_model=model,
-                round=round_no,
-                prompt_hash=answer.key,
+            self.rate.add(0)
+            return
+        self._items = _items(answer, asked.prompts[i][1], self.gateway.teacher.api)
+        self._item, self._answer_key, self._yielded = 0, answer.key, 0
+        if not self._items:
+            self.rate.add(0)
+
+    def _screen_item(self, instruction: str) -> None:
+        i, j = self._prompt - 1, self._item
+        key = f"si:{self.asked.number}:{i}:{j}"
+        base = dict(
+            key=key,
+            instruction=instruction,
+            input="",
+            output="",
+            status="rejected",
+            source="self_instruct",
+            teacher_model=self.gateway.model,
+            round=self.asked.number,
+            prompt_hash=self._answer_key,
+        )
+        params = self.params
+        hits = evaluate(instruction=instruction, language=params.language, config=params.rules)
+        if hits:
+            self.rejected_at[(i, j)] = GenRecord(
+                **base,  # type: ignore[arg-type]
+                reason=hits[0].code,
+                detail=hits[0].detail,
+                metadata={"rules": [h.code for h in hits]},
             )
-            hits = evaluate(instruction=instruction, language=params.language, config=params.rules)
-            if hits:
-                rejected_at[(i, j)] = GenRecord(
-                    **base,  # type: ignore[arg-type]
-                    reason=hits[0].code,
-                    detail=hits[0].detail,
-                    metadata={"rules": [h.code for h in hits]},
-                )
-                continue
-            decision = index.check_and_add(key, instruction)
-            if not decision.kept:
-                rejected_at[(i, j)] = GenRecord(
-                    **base,  # type: ignore[arg-type]
-                    reason="rouge_dup",
-                    detail=f"ROUGE-L {decision.score:.3f} with {decision.nearest}",
-                    metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
-                )
-                continue
-            cand = _Candidate(
-                key=key,
-                instruction=instruction,
-                prompt_hash=answer.key,
+            return
+        decision = self.index.check_and_add(key, instruction)
+        if not decision.kept:
+            self.rejected_at[(i, j)] = GenRecord(
+                **base,  # type: ignore[arg-type]
+                reason="rouge_dup",
+                detail=f"ROUGE-L {decision.score:.3f} with {decision.nearest}",
                 metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
             )
-            if len(candidates) < needed:
-                # Spares (the slack past what the target needs) start only when a task before them
-                # fails: see run_self_instruct's watch.
-                cand.synthesis = calls.spawn(_synthesize(calls, cand, params))
-            candidates.append(((i, j), cand))
-        else:
-            rate.add(len(candidates) - before)  # a whole answer's yield (one cut at the cap is not)
-        # Screening a round's answers is CPU work that never waits when they are all in: let the calls
-        # just started go out before the next answer is screened, not after the whole round.
-        await asyncio.sleep(0)
-    return rejected_at, candidates
+            return
+        cand = _Candidate(
+            key=key,
+            instruction=instruction,
+            prompt_hash=self._answer_key,
+            metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
+        )
+        if len(self.candidates) < self.needed:
+            self.start(cand)
+        self.candidates.append(((i, j), cand))
+        self._yielded += 1
+
+    async def need(self, needed: int) -> None:
+        """The round needs ``needed`` tasks after all (more than it was started for: a task of the round
+        before failed): screen for them and start their calls, which the round now cannot do without."""
+        if needed > self.needed:
+            self.needed = needed
+            for _, cand in self.candidates[:needed]:
+                self.start(cand)
+        await self.until(needed)
+
+    async def spare(self, n: int) -> _Candidate | None:
+        """Candidate ``n`` (in order), screened now if it is not yet; None if the round has no such one."""
+        await self.until(n + 1)
+        return self.candidates[n][1] if n < len(self.candidates) else None
+
+    def start(self, cand: _Candidate) -> asyncio.Task[_Synthesis]:
+        """Its calls, started unless they are."""
+        if cand.synthesis is None:
+            cand.synthesis = self.calls.spawn(_synthesize(self.calls, cand, self.params))
+        return cand.synthesis
 
 
 async def _finish_round(
-    round_no: int,
-    gateway: Gateway,
-    rejected_at: dict[Position, GenRecord],
-    candidates: list[tuple[Position, _Candidate]],
-    *,
-    params: SelfInstructParams,
-    needed: int,
-    calls: _Calls,
+    round_no: int, gateway: Gateway, screen: _Screening, *, needed: int, params: SelfInstructParams
 ) -> tuple[list[GenRecord], list[str], int]:
     """Phase 3: records in prompt order, each task's as soon as its calls are done (phase 2, started during
-    phase 1); stop exactly at the target. Returns the records, the kept instructions and how many
-    candidates were left past the target (their calls are not waited for here)."""
+    phase 1); stop exactly at the target, screening on (one spare at a time) while tasks get no instance.
+    Returns the records, the kept instructions and how many candidates were left past the target (their
+    calls are not waited for here)."""
     model = gateway.model
-    by_position = dict(candidates)
-    positions = sorted(set(rejected_at) | set(by_position))
     records: list[GenRecord] = []
     kept_instructions: list[str] = []
-    for n, pos in enumerate(positions):
-        if len(kept_instructions) >= needed:
-            return records, kept_instructions, sum(p in by_position for p in positions[n:])
-        if pos in rejected_at:
-            records.append(rejected_at[pos])
+    done = used = 0  # positions and candidates done, in order; screening on adds positions after them only
+    while len(kept_instructions) < needed:
+        rejected_at, by_position = screen.rejected_at, dict(screen.candidates)
+        positions = sorted(set(rejected_at) | set(by_position))
+        if done == len(positions):
+            if screen.finished:
+                break
+            await screen.until(len(screen.candidates) + 1)
             continue
-        cand = by_position[pos]
-        if cand.synthesis is None:  # a spare task whose turn came before its start
-            cand.synthesis = calls.spawn(_synthesize(calls, cand, params))
-        syn = await cand.synthesis
-        task_records = _task_records(cand, syn, params=params, model=model, round_no=round_no)
-        records.extend(task_records)
-        if any(r.status == "kept" for r in task_records):
-            kept_instructions.append(cand.instruction)
-    return records, kept_instructions, 0
+        for pos in positions[done:]:
+            if len(kept_instructions) >= needed:
+                break
+            done += 1
+            if pos in rejected_at:
+                records.append(rejected_at[pos])
+                continue
+            cand = by_position[pos]
+            used += 1
+            syn = await screen.start(cand)  # a spare's calls start when its turn comes, if not before
+            task_records = _task_records(cand, syn, params=params, model=model, round_no=round_no)
+            records.extend(task_records)
+            if any(r.status == "kept" for r in task_records):
+                kept_instructions.append(cand.instruction)
+    return records, kept_instructions, len(screen.candidates) - used
 
 
 async def _complete_or_none(

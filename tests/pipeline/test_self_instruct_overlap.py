@@ -149,14 +149,13 @@ def test_target_is_exact_and_no_paid_answer_is_lost(fake: FakeTeacher, seeds: li
     result, records, gateway = generate(fake, seeds, params, concurrency=32, cache=cache)
     kept_tasks = {r.instruction for r in records if r.status == "kept"}
     assert result.stop_reason == "target" and result.kept_tasks == len(kept_tasks) == 37
-    # Over-provisioned: the last round screened spare candidates whose calls were paid, and reported.
-    assert result.surplus_tasks > 0
+    # No task failed, so the last round screened no spare past the target.
+    assert result.surplus_tasks == 0
     stats = fake.stats()
     # Every answer the teacher completed was received, costed and cached: none was cut off at the end.
     assert stats["completions"] == stats["requests"] == gateway.usage.calls
     assert max(stats["completed_by_hash"].values()) == 1
-    # A later run with a higher target replays all of it from the cache (the spare candidates' answers
-    # included) and pays only for what is new.
+    # A later run with a higher target replays all of it from the cache and pays only for what is new.
     fake.reset()
     more = SelfInstructParams(target=40, batch_size=5, seed=5)
     bigger, _, again = generate(fake, seeds, more, concurrency=32, cache=cache)
@@ -196,23 +195,32 @@ def test_calls_in_flight_stay_near_the_concurrency_across_round_boundaries(
     assert min(body) >= floor, (low, len(seen))
 
 
-def test_spare_tasks_cost_calls_only_when_a_task_before_them_fails(
+def test_spares_are_screened_and_paid_for_only_when_a_task_gets_no_instance(
     fake: FakeTeacher, seeds: list[SeedTask]
 ) -> None:
-    """The last round screens slack past the target for tasks whose instances all fail; those spare tasks'
-    classification and instance calls are made only for such failures (a 400-task job made 38 calls for
-    19 spares it never used)."""
-    purposes: list[str] = []
-    events: list[GenEvent] = []
+    """A round screens candidates up to what the target still needs, and one spare more for each of its
+    tasks that gets no instance (up to its slack): a spare is never screened, asked prompts for, or paid for
+    unless used (a 400-task job made 38 calls for 19 spares it never used, then screened 6 prompts' worth of
+    them). The records do not depend on when the failures arrive: the same at concurrency 1 and 32."""
     params = SelfInstructParams(target=40, batch_size=6, seed=5)
 
-    async def main() -> SelfInstructResult:
-        teacher = teacher_for(fake, max_concurrency=32)
-        async with Gateway(teacher, on_call=lambda call: purposes.append(call.purpose)) as gateway:
-            return await run_self_instruct(gateway=gateway, seeds=seeds, params=params, emit=events.append)
+    def run(concurrency: int) -> tuple[SelfInstructResult, list[GenRecord], list[str]]:
+        fake.reset()
+        fake.script_response("Task: Write", "")  # no instance for the tasks that start with "Write"
+        purposes: list[str] = []
+        events: list[GenEvent] = []
 
-    result = asyncio.run(main())
-    records = [r for e in events for r in e.records]
+        async def main() -> SelfInstructResult:
+            teacher = teacher_for(fake, max_concurrency=concurrency)
+            async with Gateway(teacher, on_call=lambda call: purposes.append(call.purpose)) as gateway:
+                return await run_self_instruct(
+                    gateway=gateway, seeds=seeds, params=params, emit=events.append
+                )
+
+        result = asyncio.run(main())
+        return result, [r for e in events for r in e.records], purposes
+
+    result, records, purposes = run(32)
 
     # A task's records: its instances (si:round:prompt:item:n), or one record when it got none.
     def task(key: str) -> str:
@@ -222,10 +230,17 @@ def test_spare_tasks_cost_calls_only_when_a_task_before_them_fails(
         task(r.key) for r in records if r.key.count(":") == 4 or r.reason in ("no_instances", "teacher_error")
     }
     failed = task_keys - {task(r.key) for r in records if r.status == "kept"}
-    classified = purposes.count("self_instruct.classify")
-    assert result.stop_reason == "target" and result.surplus_tasks > 0, "the last round had spare tasks"
-    assert len(task_keys) <= classified <= len(task_keys) + len(failed), (classified, len(task_keys), failed)
-    assert purposes.count("self_instruct.instances") == classified
+    assert result.stop_reason == "target" and result.kept_tasks == 40
+    assert failed and len(task_keys) == 40 + len(failed), "tasks failed, and each one's spare was used"
+    assert result.surplus_tasks == 0
+    # Every task paid for is one of the round's records: no spare was started and left unused.
+    assert (
+        purposes.count("self_instruct.classify")
+        == purposes.count("self_instruct.instances")
+        == len(task_keys)
+    )
+    one, records_1, _ = run(1)
+    assert records_1 == records and one == result
 
 
 def test_prompts_sent_ahead_change_what_is_sent_never_what_is_kept(
@@ -234,8 +249,9 @@ def test_prompts_sent_ahead_change_what_is_sent_never_what_is_kept(
     """A round's instruction prompts go out as its screening needs them (at the yield so far, topped up
     when the answers fall short), not all at once. The last round here needs a small part of its batch:
     it sends fewer prompts than every prompt up front (the previous pipeline) and at least as many as one
-    prompt at a time (a round trip each); all three keep the same records under the same keys. Prompts are
-    counted by round as the gateway builds their requests."""
+    prompt at a time (a round trip each), which sends exactly the prompts whose items reach the target; all
+    three keep the same records under the same keys. Prompts are counted by round as the gateway builds
+    their requests."""
     params = SelfInstructParams(target=220, batch_size=16, seed=7)
 
     def run() -> tuple[SelfInstructResult, list[GenRecord], Counter[int]]:
@@ -273,8 +289,10 @@ def test_prompts_sent_ahead_change_what_is_sent_never_what_is_kept(
     assert default == eager == lazy
     last = default.rounds - 1
     assert eager_sent[last] == params.batch_size, "the previous pipeline sent every prompt of the last round"
-    # One at a time, the last round sends exactly the prompts its screening reads up to the cap; ahead of
-    # screening it sends a few more (the yield is an estimate), and far fewer than the whole batch.
-    assert lazy_sent[last] <= sent[last] < params.batch_size
-    assert sent[last] <= lazy_sent[last] + 3, (sent, lazy_sent)
+    # One at a time, the last round sends exactly the prompts up to the one with the target's last task
+    # (no task failed: no spare is screened); ahead of screening it sends a prompt or two more (the yield
+    # is an estimate, and a margin spares a round trip), far fewer than the whole batch.
+    used = 1 + max(int(r.key.split(":")[2]) for r in records if r.round == last)
+    assert lazy_sent[last] == used
+    assert used <= sent[last] <= used + 2 < params.batch_size, (sent, used)
     assert sum(lazy_sent.values()) <= sum(sent.values()) < sum(eager_sent.values())
