@@ -83,9 +83,9 @@ _SURROGATE_SPAN = 0x800
 _MAX_CODE_POINT = sys.maxunicode
 
 # rapidfuzz 3.14's process.cdist and process.extract with LCSseq.similarity sometimes return 0 for a pair
-# whose LCS equals score_cutoff exactly (~2.7 % of pairs where the shorter string is a subsequence of the
-# longer, measured; never with a cutoff one lower): every LCS cutoff passed to them is strictly below the
-# least LCS that can qualify.
+# whose LCS equals score_cutoff exactly (~2.7 % of random pairs where the shorter string is a subsequence
+# of the longer, measured; never with a cutoff one lower): every LCS cutoff passed to them is strictly
+# below the least LCS that can qualify.
 _LCS_CUTOFF_SLACK = 1
 # Records are re-indexed with a fresh rarity order each time the pool doubles past this size.
 _FIRST_REORDER = 1024
