@@ -6,6 +6,8 @@ reference sends one request at a time, as Alpaca's / Self-Instruct's scripts do;
 after each of our measured jobs (its state carried over, so the slices add up to one run of the loop), so
 that load drift on a shared machine hits both sides alike. Prints figures, then
 one JSON line: {"kept_per_min", "reference_kept_per_min", "speedup", "cpu_ms_per_record", ...}.
+``calls_per_kept_record`` and ``calls_by_purpose`` (the first measured job's teacher calls: instruction
+prompts, classifications, instance calls) do not depend on the machine's load, unlike the speedup.
 
 Baseline for our CPU: the bare ``openai`` client (``AsyncOpenAI().chat.completions.create`` under an
 ``asyncio.Semaphore`` of the same concurrency) sending the very requests one of our jobs sent, against the
@@ -33,6 +35,7 @@ import random
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +69,13 @@ def run_ours(
     target: int,
     loop: str = "uvloop",
     requests: list[dict[str, Any]] | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """One job; `requests`, if given, receives every request the gateway built (for the bare client)."""
     seeds = load_seed_tasks(SEEDS)
     teacher = TeacherConfig(name="bench", base_url=base_url, model="fake", max_concurrency=concurrency)
     params = SelfInstructParams(target=target, batch_size=concurrency, seed=1)
     kept = calls = 0
+    purposes: Counter[str] = Counter()
 
     def emit(event: GenEvent) -> None:
         nonlocal kept
@@ -79,7 +83,7 @@ def run_ours(
 
     async def main() -> None:
         nonlocal calls
-        async with Gateway(teacher) as gateway:
+        async with Gateway(teacher, on_call=lambda call: purposes.update((call.purpose,))) as gateway:
             if requests is not None:
                 build = gateway.build_request
 
@@ -98,7 +102,8 @@ def run_ours(
     else:
         run_coroutine(main())  # as the jobs and the CLI run it
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    return {"kept": kept, "wall_s": wall, "cpu_s": cpu, "calls": calls}
+    by_purpose = {purpose.removeprefix("self_instruct."): n for purpose, n in sorted(purposes.items())}
+    return {"kept": kept, "wall_s": wall, "cpu_s": cpu, "calls": calls, "calls_by_purpose": by_purpose}
 
 
 def run_bare_client(
@@ -229,7 +234,7 @@ def main() -> None:
         requests: list[dict[str, Any]] = []
         # Our jobs and slices of the sequential loop alternate, so load drift on a shared machine hits both.
         reference = Reference(url)
-        runs: list[dict[str, float]] = []
+        runs: list[dict[str, Any]] = []
         for i in range(args.repeats):
             runs.append(ours(target=args.target, requests=requests if i == 0 else None))
             reference.run(args.reference_seconds / args.repeats)
@@ -280,7 +285,9 @@ def main() -> None:
                 "bare_client_uvloop_cpu_ms_per_call": round(bare_ms["uvloop"], 3),
                 "cpu_ratio_to_bare_client": round(cpu_ms_per_call / bare_ms["asyncio"], 3),
                 "cpu_ratio_to_bare_client_uvloop": round(cpu_ms_per_call / bare_ms["uvloop"], 3),
-                "calls_per_kept_record": round(runs[0]["calls"] / max(1, runs[0]["kept"]), 2),
+                "calls_per_kept_record": round(runs[0]["calls"] / max(1, runs[0]["kept"]), 3),
+                "calls": runs[0]["calls"],
+                "calls_by_purpose": runs[0]["calls_by_purpose"],
                 "cpu_ms_per_record_runs": [round(c, 3) for c in cpu_ms],
                 "cold_cpu_ms_per_record": round(cold_cpu_ms, 3),
                 "warmup_cpu_s": round(warmup["cpu_s"], 3),
