@@ -200,6 +200,11 @@ def classification_prompt(instruction: str, *, language: Language) -> str:
     return render_prompt("classify", language, instruction=_one_line(instruction))
 
 
+# A task's classification call (one short yes/no answer): the same request in synchronous and batch mode, so
+# the same cache key, and a synchronous job's answers serve a batch-mode one.
+CLASSIFY_SAMPLING = Sampling(temperature=0.0, max_tokens=5)
+
+
 @dataclass
 class _Candidate:
     key: str
@@ -233,6 +238,32 @@ class _Tally:
             else:
                 self.records_rejected += 1
                 self.by_reason[record.reason or "unknown"] += 1
+
+    def event(self, round_no: int, records: Sequence[GenRecord], target: int) -> GenEvent:
+        """A round's records and the job's progress after them: what a pipeline emits."""
+        progress = GenProgress(
+            round=round_no,
+            target=target,
+            kept=self.kept_tasks,
+            records_kept=self.records_kept,
+            records_rejected=self.records_rejected,
+            rejected_by_reason=dict(self.by_reason),
+        )
+        return GenEvent(round=round_no, records=tuple(records), progress=progress)
+
+    def result(
+        self, *, rounds: int, stop_reason: StopReason, message: str, surplus: int
+    ) -> SelfInstructResult:
+        return SelfInstructResult(
+            kept_tasks=self.kept_tasks,
+            records_kept=self.records_kept,
+            records_rejected=self.records_rejected,
+            rejected_by_reason=dict(self.by_reason),
+            rounds=rounds,
+            stop_reason=stop_reason,
+            message=message,
+            surplus_tasks=surplus,
+        )
 
 
 class _Yield:
@@ -517,20 +548,7 @@ async def run_self_instruct(
             tally.kept_tasks += len(kept)
             machine.extend(kept)
             stale = 0 if kept else stale + 1
-            emit(
-                GenEvent(
-                    round=round_no,
-                    records=tuple(records),
-                    progress=GenProgress(
-                        round=round_no,
-                        target=params.target,
-                        kept=tally.kept_tasks,
-                        records_kept=tally.records_kept,
-                        records_rejected=tally.records_rejected,
-                        rejected_by_reason=dict(tally.by_reason),
-                    ),
-                )
-            )
+            emit(tally.event(round_no, records, params.target))
             round_no += 1
     except BaseException:
         await calls.abort()
@@ -538,16 +556,7 @@ async def run_self_instruct(
     # Whatever was started and is not needed (the last round's spare tasks, a round screened ahead of a
     # stop) sends nothing more; calls already at the teacher finish, so every paid answer is cached.
     await calls.drain()
-    return SelfInstructResult(
-        kept_tasks=tally.kept_tasks,
-        records_kept=tally.records_kept,
-        records_rejected=tally.records_rejected,
-        rejected_by_reason=dict(tally.by_reason),
-        rounds=round_no,
-        stop_reason=stop_reason,
-        message=message,
-        surplus_tasks=surplus,
-    )
+    return tally.result(rounds=round_no, stop_reason=stop_reason, message=message, surplus=surplus)
 
 
 Position = tuple[int, int]
@@ -691,42 +700,19 @@ class _Screening:
     def _screen_item(self, instruction: str) -> None:
         i, j = self._prompt - 1, self._item
         key = f"si:{self.asked.number}:{i}:{j}"
-        base = dict(
-            key=key,
-            instruction=instruction,
-            input="",
-            output="",
-            status="rejected",
-            source="self_instruct",
-            teacher_model=self.gateway.model,
-            round=self.asked.number,
+        screened = _screen_instruction(
+            key,
+            instruction,
+            round_no=self.asked.number,
             prompt_hash=self._answer_key,
+            model=self.gateway.model,
+            index=self.index,
+            params=self.params,
         )
-        params = self.params
-        hits = evaluate(instruction=instruction, language=params.language, config=params.rules)
-        if hits:
-            self.rejected_at[(i, j)] = GenRecord(
-                **base,  # type: ignore[arg-type]
-                reason=hits[0].code,
-                detail=hits[0].detail,
-                metadata={"rules": [h.code for h in hits]},
-            )
+        if isinstance(screened, GenRecord):
+            self.rejected_at[(i, j)] = screened
             return
-        decision = self.index.check_and_add(key, instruction)
-        if not decision.kept:
-            self.rejected_at[(i, j)] = GenRecord(
-                **base,  # type: ignore[arg-type]
-                reason="rouge_dup",
-                detail=f"ROUGE-L {decision.score:.3f} with {decision.nearest}",
-                metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
-            )
-            return
-        cand = _Candidate(
-            key=key,
-            instruction=instruction,
-            prompt_hash=self._answer_key,
-            metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
-        )
+        cand = screened
         if len(self.candidates) < self.needed:
             self.start(cand)
         self.candidates.append(((i, j), cand))
@@ -805,15 +791,70 @@ async def _synthesize(calls: _Calls, cand: _Candidate, params: SelfInstructParam
     answer = await calls.complete(
         classification_prompt(cand.instruction, language=params.language),
         purpose="self_instruct.classify",
-        sampling=Sampling(temperature=0.0, max_tokens=5),
+        sampling=CLASSIFY_SAMPLING,
     )
     verdict = parse_yes_no(answer.text) if answer else None
-    is_cls = bool(verdict)
     result = await calls.complete(
-        instance_prompt(cand.instruction, classification=is_cls, language=params.language),
+        instance_prompt(cand.instruction, classification=bool(verdict), language=params.language),
         purpose="self_instruct.instances",
         sampling=params.instance_sampling,
     )
+    return _synthesis(verdict, result)
+
+
+def _screen_instruction(
+    key: str,
+    instruction: str,
+    *,
+    round_no: int,
+    prompt_hash: str,
+    model: str,
+    index: NearDuplicateIndex,
+    params: SelfInstructParams,
+) -> GenRecord | _Candidate:
+    """One new instruction through the rules, then ROUGE-L against every instruction that passed before it
+    (it joins ``index`` if it passes too): its rejected record or the candidate task, the one screening
+    the synchronous pipeline (:class:`_Screening`) and batch mode (app/pipeline/self_instruct_batch.py)
+    share."""
+    base = dict(
+        key=key,
+        instruction=instruction,
+        input="",
+        output="",
+        status="rejected",
+        source="self_instruct",
+        teacher_model=model,
+        round=round_no,
+        prompt_hash=prompt_hash,
+    )
+    hits = evaluate(instruction=instruction, language=params.language, config=params.rules)
+    if hits:
+        return GenRecord(
+            **base,  # type: ignore[arg-type]
+            reason=hits[0].code,
+            detail=hits[0].detail,
+            metadata={"rules": [h.code for h in hits]},
+        )
+    decision = index.check_and_add(key, instruction)
+    if not decision.kept:
+        return GenRecord(
+            **base,  # type: ignore[arg-type]
+            reason="rouge_dup",
+            detail=f"ROUGE-L {decision.score:.3f} with {decision.nearest}",
+            metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
+        )
+    return _Candidate(
+        key=key,
+        instruction=instruction,
+        prompt_hash=prompt_hash,
+        metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
+    )
+
+
+def _synthesis(verdict: bool | None, result: Completion | None) -> _Synthesis:
+    """A task's instances from its classification verdict (None: unreadable or failed) and its instances
+    answer (None: failed); :func:`_synthesize` and batch mode make them with it."""
+    is_cls = bool(verdict)
     if result is None:
         return _Synthesis(is_cls, [], [], None, "teacher_error", verdict is None)
     truncated = result.finish_reason == "length"
@@ -943,7 +984,7 @@ async def estimate_self_instruct_cost(
         cls = await gateway.complete(
             classification_prompt(text, language=params.language),
             purpose="self_instruct.classify",
-            sampling=Sampling(temperature=0.0, max_tokens=5),
+            sampling=CLASSIFY_SAMPLING,
         )
         inst = await gateway.complete(
             instance_prompt(text, classification=bool(parse_yes_no(cls.text)), language=params.language),

@@ -39,16 +39,15 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from app.pipeline.instances import instance_prompt, parse_input_first, parse_output_first
+from app.pipeline.instances import instance_prompt
 from app.pipeline.listparse import parse_yes_no
 from app.pipeline.llm import BudgetExceeded, Completion, Gateway, Sampling, TeacherError, TeacherUnavailable
 from app.pipeline.llm.batch import end_stage
 from app.pipeline.rouge import NearDuplicateIndex
-from app.pipeline.rules import evaluate
 from app.pipeline.self_instruct import (
+    CLASSIFY_SAMPLING,
     ROUND_STRIDE,
     GenEvent,
-    GenProgress,
     GenRecord,
     Position,
     SeedTask,
@@ -58,15 +57,13 @@ from app.pipeline.self_instruct import (
     _Candidate,
     _items,
     _round_prompts,
+    _screen_instruction,
     _Synthesis,
+    _synthesis,
     _Tally,
     _task_records,
     classification_prompt,
 )
-
-# A task's classification call, as app.pipeline.self_instruct._synthesize sends it (the same request, so
-# the same cache key: a synchronous job's answers serve a batch-mode one).
-CLASSIFY_SAMPLING = Sampling(temperature=0.0, max_tokens=5)
 
 
 @dataclass
@@ -155,36 +152,14 @@ async def run_self_instruct_batched(
             surplus += left
             tally.add(records)
             stale = 0 if kept else stale + 1
-            emit(
-                GenEvent(
-                    round=r.number,
-                    records=tuple(records),
-                    progress=GenProgress(
-                        round=r.number,
-                        target=params.target,
-                        kept=tally.kept_tasks,
-                        records_kept=tally.records_kept,
-                        records_rejected=tally.records_rejected,
-                        rejected_by_reason=dict(tally.by_reason),
-                    ),
-                )
-            )
+            emit(tally.event(r.number, records, params.target))
             if budget_stop:
                 over_budget = over_budget or "the budget stopped the batch submission"
                 break
         if over_budget is not None and tally.kept_tasks < params.target:
             stop_reason, message = "budget", over_budget
             break
-    return SelfInstructResult(
-        kept_tasks=tally.kept_tasks,
-        records_kept=tally.records_kept,
-        records_rejected=tally.records_rejected,
-        rejected_by_reason=dict(tally.by_reason),
-        rounds=round_no,
-        stop_reason=stop_reason,
-        message=message,
-        surplus_tasks=surplus,
-    )
+    return tally.result(rounds=round_no, stop_reason=stop_reason, message=message, surplus=surplus)
 
 
 async def _instruction_phase(
@@ -355,65 +330,3 @@ def _round_records(
             kept += 1
             tally.kept_tasks += 1
     return records, kept, 0, False
-
-
-def _screen_instruction(
-    key: str,
-    instruction: str,
-    *,
-    round_no: int,
-    prompt_hash: str,
-    model: str,
-    index: NearDuplicateIndex,
-    params: SelfInstructParams,
-) -> GenRecord | _Candidate:
-    """One new instruction through the rules, then ROUGE-L against every instruction that passed before it
-    (it joins ``index`` if it passes too): its rejected record or the candidate task, exactly as
-    app.pipeline.self_instruct._screen decides and records it."""
-    base = dict(
-        key=key,
-        instruction=instruction,
-        input="",
-        output="",
-        status="rejected",
-        source="self_instruct",
-        teacher_model=model,
-        round=round_no,
-        prompt_hash=prompt_hash,
-    )
-    hits = evaluate(instruction=instruction, language=params.language, config=params.rules)
-    if hits:
-        return GenRecord(
-            **base,  # type: ignore[arg-type]
-            reason=hits[0].code,
-            detail=hits[0].detail,
-            metadata={"rules": [h.code for h in hits]},
-        )
-    decision = index.check_and_add(key, instruction)
-    if not decision.kept:
-        return GenRecord(
-            **base,  # type: ignore[arg-type]
-            reason="rouge_dup",
-            detail=f"ROUGE-L {decision.score:.3f} with {decision.nearest}",
-            metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
-        )
-    return _Candidate(
-        key=key,
-        instruction=instruction,
-        prompt_hash=prompt_hash,
-        metadata={"nearest": decision.nearest, "rouge_l": round(decision.score, 4)},
-    )
-
-
-def _synthesis(verdict: bool | None, result: Completion | None) -> _Synthesis:
-    """A task's instances from its classification verdict (None: unreadable or failed) and its instances
-    answer (None: failed), as app.pipeline.self_instruct._synthesize makes them."""
-    is_cls = bool(verdict)
-    if result is None:
-        return _Synthesis(is_cls, [], [], None, "teacher_error", verdict is None)
-    truncated = result.finish_reason == "length"
-    if is_cls:
-        labels, instances = parse_output_first(result.text, truncated=truncated)
-    else:
-        labels, instances = [], parse_input_first(result.text, truncated=truncated)
-    return _Synthesis(is_cls, instances, labels, result.key, None, verdict is None)
