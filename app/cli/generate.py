@@ -73,6 +73,14 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     from app.cli.batch import add_batch_option
 
     add_batch_option(si, what="the instances stage (each task's classification and instances calls)")
+    si.add_argument(
+        "--batch-spares",
+        type=float,
+        default=0.1,
+        help="with --batch: spare tasks sent with the instances batches, as a fraction of the tasks still "
+        "needed; paid even when unused, they save another pair of batches when tasks fail "
+        "(default: %(default)s)",
+    )
     si.set_defaults(func=cmd_self_instruct)
 
     ev = sub.add_parser(
@@ -386,6 +394,7 @@ def cmd_self_instruct(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         language=args.language,
         seed=args.seed,
+        batch_spares=args.batch_spares,
     )
 
     # --batch: the instruction rounds answered live on the --cache (paid once, in the passes that find the

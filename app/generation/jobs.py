@@ -274,6 +274,7 @@ def self_instruct_params(p: SelfInstructJobParams, *, language: str) -> SelfInst
         language=prompt_language(language),
         sampling=Sampling(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens),
         seed=p.seed,
+        batch_spares=p.batch_spares,
     )
 
 

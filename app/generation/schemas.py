@@ -15,6 +15,11 @@ BATCH_HELP = (
     "within 24 h; the job waits holding no worker and writes its results when every answer is in "
     "(docs/generation.md)."
 )
+BATCH_SPARES_HELP = (
+    "Batch mode only: candidate tasks sent with the instances batches beyond the tasks still needed, as a "
+    "fraction of them (rounded up). Paid even when unused; each task short of the target after a pair of "
+    "batches costs another pair (up to 48 h), so raise it for a teacher whose instances often fail."
+)
 
 
 class TeacherChoice(BaseModel):
@@ -50,6 +55,7 @@ class SelfInstructJobParams(TeacherChoice):
             "holding no worker and writes its records when every answer is in (docs/generation.md)."
         ),
     )
+    batch_spares: float = Field(0.1, ge=0, le=1, description=BATCH_SPARES_HELP)
 
 
 class EvolJobParams(TeacherChoice):

@@ -110,10 +110,12 @@ def _self_instruct_run(db: Session, dataset: Dataset, request: EstimateRequest) 
     ]
     # Per kept task: its share of an instruction prompt (about 3 usable items each) plus the
     # classification and the instance calls.
-    total = math.ceil(p.target / 3) + 2 * p.target
-    # In batch mode only the instances stage (those two calls a task) goes through the Batch API.
+    # In batch mode only the instances stage (those two calls a task) goes through the Batch API, for the
+    # spare tasks too (sent with the others, paid whether used or not).
+    tasks = p.target + (math.ceil(p.target * p.batch_spares) if p.batch else 0)
+    total = math.ceil(p.target / 3) + 2 * tasks
     return DryRun(
-        teacher, prompts, "self_instruct.instructions", params.sampling, list(range(k)), total, 2 * p.target
+        teacher, prompts, "self_instruct.instructions", params.sampling, list(range(k)), total, 2 * tasks
     )
 
 

@@ -148,6 +148,9 @@ class SelfInstructParams(BaseModel):
     max_stale_rounds: int = Field(
         5, ge=1, description="Stop when this many rounds in a row keep nothing (the teacher is exhausted)."
     )
+    batch_spares: float = Field(
+        0.1, ge=0, le=1, description="Batch mode: spare tasks sent with the instances batches (a fraction)."
+    )
 
 
 def load_seed_tasks(path: str | Path) -> list[SeedTask]:

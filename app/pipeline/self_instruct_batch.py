@@ -130,7 +130,7 @@ async def run_self_instruct_batched(
             live=live,
             first=round_no,
             stale=stale,
-            cap=needed + max(2, math.ceil(needed * 0.25)),  # the synchronous pipeline's slack
+            cap=needed + math.ceil(needed * params.batch_spares),
             human=human,
             screened=screened,
             index=index,

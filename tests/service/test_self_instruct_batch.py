@@ -252,10 +252,12 @@ def test_the_estimate_prices_only_the_instances_stage_at_batch_prices_and_the_fo
         return dict(resp.json())
 
     sync, batch = estimate(False), estimate(True)
-    assert batch["batch"] and not sync["batch"] and batch["total_calls"] == sync["total_calls"] == 10 + 60
-    # The 10 instruction prompts at the normal prices, the 60 calls of the instances stage at half of them.
+    assert batch["batch"] and not sync["batch"] and sync["total_calls"] == 10 + 60
+    # The 10 instruction prompts at the normal prices; the instances stage at half of them, for the 30 tasks
+    # and the 3 spares sent with them (batch_spares 0.1).
+    assert batch["total_calls"] == 10 + 66
     per_call = sync["cost_per_call_usd"]
-    assert batch["estimated_cost_usd"] == pytest.approx(10 * per_call + 60 * per_call / 2)
+    assert batch["estimated_cost_usd"] == pytest.approx(10 * per_call + 66 * per_call / 2)
     from tests.ui.test_pages import login
 
     login(client, curator)
