@@ -73,3 +73,21 @@ def test_the_batch_box_shows_only_with_a_batch_teacher_and_the_estimate_is_at_ba
     monkeypatch.setattr(get_settings(), "teachers", json.dumps(config))
     page = client.get(f"/ui/datasets/{dataset.id}/jobs/new/judge").text
     assert 'name="override_human"' in page and 'name="batch"' not in page
+
+
+def test_self_instructs_batch_spares_shows_only_while_the_batch_box_is_ticked(
+    client: Any, db: Session, browser_page: Any, two_teachers: Any
+) -> None:
+    curator = make_user(db, "curator")
+    dataset = make_dataset(db, make_project(db, (curator, "curator")))
+    login(client, curator)
+    serve_from(client, browser_page)
+    browser_page.goto(f"http://testserver/ui/datasets/{dataset.id}/jobs/new/self_instruct")
+    spares = browser_page.locator("[data-field=batch_spares]")
+    browser_page.select_option("select[name=teacher]", "batch")
+    assert browser_page.locator("[data-field=batch]").is_visible() and not spares.is_visible()
+    assert browser_page.locator("[data-field=batch_size]").is_visible()  # rounds' prompts: not batch mode's
+    browser_page.check("input[name=batch]")
+    assert spares.is_visible() and spares.locator("input").input_value() == "0.1"
+    browser_page.select_option("select[name=teacher]", "sync")  # unticks the box, so hides the spares
+    assert not spares.is_visible()
