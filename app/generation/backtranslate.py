@@ -100,7 +100,7 @@ def _backtranslated(ctx: JobContext, passage_ids: list[int]) -> set[int]:
 
 def run_backtranslate_job(ctx: JobContext) -> None:
     from app.errors import Invalid
-    from app.generation.batch_mode import run_pipeline
+    from app.generation.batch_mode import run_items
     from app.generation.cache import CallLog
     from app.generation.jobs import _language, get_teacher, scope_rows, upsert_generated
     from app.pipeline.backtranslate import SOURCE, BacktranslateItem, BacktranslateResult, run_backtranslate
@@ -200,18 +200,15 @@ def run_backtranslate_job(ctx: JobContext) -> None:
 
     # In batch mode both stages go through the batch API: the instructions in a first batch, the scores of
     # those that came back usable in a second (and the re-asks of unreadable scores in a third).
-    summary = run_pipeline(
+    summary = run_items(
         ctx,
         teacher,
         log,
         p.budget_usd,
-        lambda gateway, real: run_backtranslate(
-            gateway=gateway,
-            items=items,
-            params=params,
-            emit=emit if real else lambda results: None,
-            should_stop=(lambda: ctx.cancelled) if real else (lambda: False),
-        ),
+        run_backtranslate,
+        items=items,
+        params=params,
+        emit=emit,
         batch=p.batch,
         counters=counters,
         total=len(items),

@@ -172,6 +172,49 @@ def run_pipeline(
     return result
 
 
+def run_items(
+    ctx: JobContext,
+    teacher: TeacherConfig,
+    log: CallLog,
+    budget_usd: float | None,
+    run: Callable[..., Awaitable[T]],
+    *,
+    items: Any,
+    params: Any,
+    emit: Callable[[Any], None],
+    batch: bool,
+    counters: dict[str, Any],
+    total: int,
+) -> T:
+    """:func:`run_pipeline` for the jobs whose pipeline is ``run(gateway=, items=, params=, emit=,
+    should_stop=)`` (judge, backtranslation, rewrite, reasoning): the passes that only find the calls still
+    missing emit nothing and never stop early; the final pass is the synchronous run on the same answers."""
+    return run_pipeline(
+        ctx,
+        teacher,
+        log,
+        budget_usd,
+        lambda gateway, real: run(
+            gateway=gateway,
+            items=items,
+            params=params,
+            emit=emit if real else _discard,
+            should_stop=(lambda: ctx.cancelled) if real else _never,
+        ),
+        batch=batch,
+        counters=counters,
+        total=total,
+    )
+
+
+def _discard(results: Any) -> None:
+    return None
+
+
+def _never() -> bool:
+    return False
+
+
 def _advance(
     ctx: JobContext,
     teacher: TeacherConfig,

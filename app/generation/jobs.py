@@ -542,38 +542,21 @@ def run_judge_job(ctx: JobContext) -> None:
                 verdicts.extend(task_verdicts(waiting.pop(task), complete=True))
         write(verdicts)
 
-    if p.batch:
-        from app.generation.batch_mode import run_in_batches
+    from app.generation.batch_mode import run_items
 
-        def report(batch: dict[str, Any]) -> None:
-            ctx.progress(0, len(items), counters={**counters, "batch": batch}, usage=log.flush())
-
-        summary = run_in_batches(
-            ctx,
-            teacher,
-            log,
-            p.budget_usd,
-            # The passes that only find the missing calls write nothing; the final one is the synchronous
-            # path's run on the same answers, so its verdicts are the same.
-            lambda gateway, real: run_judge(
-                gateway=gateway,
-                items=items,
-                params=params,
-                emit=emit if real else lambda results: None,
-                should_stop=(lambda: ctx.cancelled) if real else (lambda: False),
-            ),
-            report=report,
-        )
-    else:
-        summary = run_with_gateway(
-            ctx,
-            teacher,
-            log,
-            p.budget_usd,
-            lambda gateway: run_judge(
-                gateway=gateway, items=items, params=params, emit=emit, should_stop=lambda: ctx.cancelled
-            ),
-        )
+    summary = run_items(
+        ctx,
+        teacher,
+        log,
+        p.budget_usd,
+        run_judge,
+        items=items,
+        params=params,
+        emit=emit,
+        batch=p.batch,
+        counters=counters,
+        total=len(items),
+    )
     # A stopped job leaves tasks judged in part: their scores are stored, their statuses left alone.
     write([v for results in waiting.values() for v in task_verdicts(results, complete=False)])
     ctx.set_result(

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.datasets.models import Dataset
 from app.errors import Invalid
-from app.generation.batch_mode import run_pipeline
+from app.generation.batch_mode import run_items
 from app.generation.cache import CallLog
 from app.generation.jobs import _language, get_teacher, scope_rows, upsert_generated
 from app.generation.schemas import BATCH_HELP, BATCH_TITLE, EstimateRequest, TeacherChoice
@@ -141,18 +141,15 @@ def run_reasoning_job(ctx: JobContext) -> None:
         done = checked + counters["teacher_error"]
         ctx.progress(done, len(items), counters=counters, usage=log.flush())
 
-    summary = run_pipeline(
+    summary = run_items(
         ctx,
         teacher,
         log,
         p.budget_usd,
-        lambda gateway, real: run_reasoning(
-            gateway=gateway,
-            items=items,
-            params=params,
-            emit=emit if real else lambda results: None,
-            should_stop=(lambda: ctx.cancelled) if real else (lambda: False),
-        ),
+        run_reasoning,
+        items=items,
+        params=params,
+        emit=emit,
         batch=p.batch,
         counters=counters,
         total=len(items),

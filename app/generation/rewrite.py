@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.curation.schemas import OVERRIDE_HELP
 from app.datasets.models import Dataset
 from app.errors import Invalid
-from app.generation.batch_mode import run_pipeline
+from app.generation.batch_mode import run_items
 from app.generation.cache import CallLog
 from app.generation.jobs import _language, get_teacher, scope_rows
 from app.generation.schemas import BATCH_HELP, BATCH_TITLE, EstimateRequest, TeacherChoice
@@ -188,18 +188,15 @@ def run_rewrite_job(ctx: JobContext) -> None:
         done = sum(v for k, v in counters.items() if k not in ("human_skipped", "no_answer"))
         ctx.progress(done, total, counters=counters, usage=log.flush())
 
-    summary = run_pipeline(
+    summary = run_items(
         ctx,
         teacher,
         log,
         p.budget_usd,
-        lambda gateway, real: run_rewrite(
-            gateway=gateway,
-            items=items,
-            params=params,
-            emit=emit if real else lambda results: None,
-            should_stop=(lambda: ctx.cancelled) if real else (lambda: False),
-        ),
+        run_rewrite,
+        items=items,
+        params=params,
+        emit=emit,
         batch=p.batch,
         counters=counters,
         total=total,
