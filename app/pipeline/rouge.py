@@ -22,8 +22,12 @@ the same decisions without scoring every pair:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import multiprocessing
+import multiprocessing.connection
+import os
 import re
 import sys
 import time
@@ -485,6 +489,12 @@ _SIMD_WIDTHS = np.array([16, 32, 64, 128, 256], dtype=np.int64)
 _PREFIX_HORIZON = 1 << 17
 # "auto" decides one candidate at a time with NearDuplicateIndex once this many records are kept.
 _QUERY_POOL = 40_000
+# One query at a time uses a second core (a forked worker with a replica of the index) only with at least
+# this many candidates left: the fork and the replica's page faults cost more than a few blocks save.
+_PARALLEL_MIN = 8192
+# Candidates whose pool-side matches are looked up in parallel (against the index as of the block's start)
+# before the block is resolved in order; the in-block pairs are scored while resolving.
+_QUERY_BLOCK = 256
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
@@ -654,6 +664,8 @@ class _Greedy:
         for i in self.kept_ids:
             index._insert(keys[i], id_lists[i])
         out = self.out
+        if _can_fork_worker() and self.n - start >= _PARALLEL_MIN:
+            start = self._query_in_parallel(start, index, id_lists)
         for i in range(start, self.n):
             ids = id_lists[i]
             score, rid = index._best(ids)
@@ -671,6 +683,121 @@ class _Greedy:
                     nearest=index._keys[rid] if reached and rid is not None else None,
                 )
             )
+
+    def _query_in_parallel(self, start: int, index: NearDuplicateIndex, id_lists: list[list[int]]) -> int:
+        """Decide candidates from ``start`` on a block at a time with a forked worker, returning where the
+        sequential path must go on (``self.n`` when done; ``start`` when no worker could be started).
+
+        Each block's pool-side best matches (against ``index`` as of the block's start) are looked up half
+        here and half in the worker, whose replica of the index (copy-on-write from the fork) gets the
+        block's kept records after each block, in the same order, so both stay identical. The block is then
+        resolved in order here: the pool's best, then the block's earlier kept records, scored exactly. Pool
+        records precede the block's, so an in-block partner wins only with a strictly greater score, and
+        among the block's the earliest: ties go to the earliest record, as in ``index._best``."""
+        try:
+            ctx = multiprocessing.get_context("fork")
+            parent, child = ctx.Pipe()
+        except (ValueError, OSError):
+            return start
+        worker = ctx.Process(target=_query_worker, args=(child, parent, index, id_lists), daemon=True)
+        try:
+            worker.start()
+        except (AssertionError, OSError):  # e.g. a daemonic process may not have children
+            parent.close()
+            child.close()
+            return start
+        child.close()
+        try:
+            added: list[int] = []
+            block = _QUERY_BLOCK
+            split = block // 2  # how many of a block's queries are made here; the rest by the worker
+            s = start
+            while s < self.n:
+                e = min(s + block, self.n)
+                mid = s + min(split, e - s)
+                try:
+                    parent.send((added, mid, e))
+                except OSError:  # the worker is gone: the sequential path takes over from this block
+                    return s
+                mine = [index._best(id_lists[i]) for i in range(s, mid)]
+                # Balance the two halves: a worker already done could have taken more, and vice versa.
+                step = max(1, block // 64)
+                split = max(step, split - step) if parent.poll() else min(block - step, split + step)
+                try:
+                    theirs: list[tuple[float, int | None]] = parent.recv()
+                except (EOFError, OSError):
+                    return s
+                added = self._resolve_block(s, e, mine + theirs, index, id_lists)
+                s = e
+            with contextlib.suppress(OSError):  # a worker already gone needs no goodbye
+                parent.send(None)
+        finally:
+            parent.close()
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+        return self.n
+
+    def _resolve_block(
+        self,
+        start: int,
+        end: int,
+        pool_best: list[tuple[float, int | None]],
+        index: NearDuplicateIndex,
+        id_lists: list[list[int]],
+    ) -> list[int]:
+        """Decide ``start..end`` in order from each one's best against the index as of ``start`` and its
+        exact scores against the block's earlier kept records; add the kept ones to ``index`` and return
+        them. Scores are ``_f_measure`` of the exact LCS, as ``index._best`` computes them."""
+        keys, threshold, seqs, lens = self.keys, self.threshold, self.seqs, self.lens
+        overlap_frac = index._overlap_frac
+        floor = index.floor
+        block_seqs: list[_Encoded] = []  # the block's kept records so far
+        block_ids: list[int] = []
+        block_lens: list[int] = []
+        added: list[int] = []
+        out = self.out
+        for i, (score, rid) in zip(range(start, end), pool_best, strict=True):
+            nearest = index._keys[rid] if rid is not None else None
+            m = int(lens[i])
+            if m and block_seqs:
+                lo = max(1, math.ceil(m * overlap_frac - _EPS))
+                # Below this LCS no partner in the length window reaches the floor (one less: see
+                # _LCS_CUTOFF_SLACK); partners outside the window are scored exactly and fall short.
+                cutoff = max(0, math.ceil(floor * (m + lo) / 2.0 - _EPS) - _LCS_CUTOFF_SLACK)
+                found = process.extract(
+                    seqs[i],
+                    block_seqs,
+                    scorer=LCSseq.similarity,
+                    processor=None,
+                    score_cutoff=cutoff,
+                    limit=None,
+                )
+                # In record order: strictly greater wins, so ties keep the earliest (pool records first).
+                for _, lcs, k in sorted(found, key=lambda hit: hit[2]):
+                    block_score = _f_measure(int(lcs), m, block_lens[k])
+                    if block_score > score:
+                        score, nearest = block_score, keys[block_ids[k]]
+            keep = score <= threshold
+            if keep and m:
+                index._insert(keys[i], id_lists[i])
+                self.kept[i] = True
+                self.kept_ids.append(i)
+                added.append(i)
+                block_seqs.append(seqs[i])
+                block_ids.append(i)
+                block_lens.append(m)
+            reached = score >= threshold
+            out.append(
+                DedupDecision(
+                    key=keys[i],
+                    kept=keep,
+                    score=score if reached else 0.0,
+                    nearest=nearest if reached else None,
+                )
+            )
+        return added
 
     def _decide(self, start: int, end: int, near_pool: _Near, near_block: _Near) -> None:
         """Resolve a block in order; ties between equally near records go to the earliest."""
@@ -900,6 +1027,46 @@ class _Greedy:
             workers=-1,
         )
         return self._collect(start, q, r, sims)
+
+
+def _can_fork_worker() -> bool:
+    """Whether one query at a time may use a forked worker: more than one core to run on, the 'fork' start
+    method (Linux), and not a daemonic process (e.g. a multiprocessing pool's worker: no children allowed)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return (
+        cores > 1
+        and "fork" in multiprocessing.get_all_start_methods()
+        and not multiprocessing.current_process().daemon
+    )
+
+
+def _query_worker(
+    conn: multiprocessing.connection.Connection,
+    parents_end: multiprocessing.connection.Connection,
+    index: NearDuplicateIndex,
+    id_lists: list[list[int]],
+) -> None:
+    """The forked half of ``_Greedy._query_in_parallel``: for each ``(added, lo, hi)`` received, add the
+    records kept in the last block to the replica (same order as the parent), then send back the best
+    matches of candidates ``lo..hi`` against it; ``None`` or a closed pipe ends it."""
+    # The fork copied the parent's end of the pipe too: closed here, so the parent closing it reads as EOF.
+    parents_end.close()
+    try:
+        while True:
+            message = conn.recv()
+            if message is None:
+                return
+            added, lo, hi = message
+            for i in added:
+                index._insert("", id_lists[i])  # keys are looked up in the parent's index
+            conn.send([index._best(id_lists[i]) for i in range(lo, hi)])
+    except (EOFError, OSError, KeyboardInterrupt):
+        return  # the parent closed the pipe, went away or was interrupted: it cleans up after itself
+    finally:
+        conn.close()
 
 
 def nearest_neighbours(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import random
 from pathlib import Path
 from typing import Any
@@ -535,3 +536,189 @@ def test_every_strategy_decides_like_rouge_score_on_random_cjk_and_mixed_text(to
                 assert (decision.score, decision.nearest) == (best, str(best_j)), strategy
             else:
                 assert (decision.score, decision.nearest) == (0.0, None), strategy
+
+
+# -- one query at a time on two cores: the forked worker -------------------------------------------------
+
+_FORK = "fork" in multiprocessing.get_all_start_methods()
+
+
+def _force_parallel_queries(monkeypatch: pytest.MonkeyPatch, block: int) -> list[int]:
+    """Make "query" use the forked worker at any size and on any machine (one core too: forking still
+    works), ``block`` candidates at a time; the returned list gets each block's size as it is resolved."""
+    monkeypatch.setattr(rouge, "_PARALLEL_MIN", 0)
+    monkeypatch.setattr(rouge, "_QUERY_BLOCK", block)
+    monkeypatch.setattr(rouge, "_can_fork_worker", lambda: True)
+    resolved: list[int] = []
+    resolve = rouge._Greedy._resolve_block
+
+    def spy(self: rouge._Greedy, start: int, end: int, *args: Any) -> list[int]:
+        resolved.append(end - start)
+        return resolve(self, start, end, *args)
+
+    monkeypatch.setattr(rouge._Greedy, "_resolve_block", spy)
+    return resolved
+
+
+def _sequential_queries(
+    items: list[tuple[str, str]], pool: int, threshold: float
+) -> list[rouge.DedupDecision]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rouge, "_can_fork_worker", lambda: False)
+        return greedy_filter(items[:pool], items[pool:], threshold=threshold, strategy="query")
+
+
+@pytest.mark.skipif(not _FORK, reason="needs the 'fork' start method")
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(_SHORT, min_size=1, max_size=120),
+    st.integers(min_value=0, max_value=20),
+    st.sampled_from([0.3, 0.5, 0.7, 1.0]),
+    st.sampled_from([1, 3, 8, 64]),
+)
+def test_parallel_queries_decide_like_brute_force_and_the_sequential_path(
+    token_lists, pool, threshold, block
+):
+    """Tiny vocabularies: exact duplicates, empty records and exact ties within a block, across blocks and
+    against the pool, decided with the worker's lookups: the same flags, maxima and neighbours."""
+    pool = min(pool, len(token_lists))
+    expected = _brute_force_greedy(token_lists, threshold, pool=pool)
+    items = [(str(i), " ".join(tokens)) for i, tokens in enumerate(token_lists)]
+    sequential = _sequential_queries(items, pool, threshold)
+    with pytest.MonkeyPatch.context() as mp:
+        resolved = _force_parallel_queries(mp, block)
+        decisions = greedy_filter(items[:pool], items[pool:], threshold=threshold, strategy="query")
+    assert sum(resolved) == len(items) - pool
+    assert decisions == sequential
+    for decision, (kept, best, best_j) in zip(decisions, expected, strict=True):
+        assert decision.kept == kept
+        if best >= threshold:
+            assert (decision.score, decision.nearest) == (best, str(best_j))
+        else:
+            assert (decision.score, decision.nearest) == (0.0, None)
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.skipif(not _FORK, reason="needs the 'fork' start method")
+def test_parallel_queries_break_ties_between_pool_and_block_records_like_the_sequential_path(monkeypatch):
+    """At a threshold equal to the pairs' score (so tied records are kept and reported): a candidate tied
+    between a pool record and an earlier one of its block gets the pool record; tied between two of its
+    block, the earlier; an exact copy of a block record beats a lesser pool match."""
+    texts = [
+        "a b c d x",  # 0 pool
+        "q r s t u",  # 1 pool
+        "a b c d y",  # 2: t with 0
+        "a b c d z",  # 3: t with 0 and with 2: the pool's 0
+        "e f g h i",  # 4: nothing near
+        "e f g h j",  # 5: t with 4
+        "e f g h k",  # 6: t with 4 and with 5: the earlier, 4
+        "a b c d y",  # 7: a copy of 2 (1.0), t with 0 and 3: rejected, nearest 2
+    ]
+    t = rouge_l(texts[0], texts[2])
+    items = [(str(i), x) for i, x in enumerate(texts)]
+    sequential = _sequential_queries(items, 2, t)
+    resolved = _force_parallel_queries(monkeypatch, 8)
+    decisions = greedy_filter(items[:2], items[2:], threshold=t, strategy="query")
+    assert resolved == [6]
+    assert decisions == sequential
+    assert [(d.kept, d.score, d.nearest) for d in decisions] == [
+        (True, t, "0"),
+        (True, t, "0"),
+        (True, 0.0, None),
+        (True, t, "4"),
+        (True, t, "4"),
+        (False, 1.0, "2"),
+    ]
+    expected = _brute_force_greedy([x.split() for x in texts], t, pool=2)
+    assert [(d.kept, d.score, d.nearest) for d in decisions] == [
+        (k, b, str(j)) if b >= t else (k, 0.0, None) for k, b, j in expected
+    ]
+
+
+@pytest.mark.skipif(not _FORK, reason="needs the 'fork' start method")
+def test_parallel_queries_on_real_instructions_with_near_duplicates_within_blocks(monkeypatch, shared_data):
+    texts = _mixed_instructions(shared_data)[:900]
+    rnd = random.Random(5)
+    stream: list[str] = []
+    for t in texts:
+        stream.append(t)
+        if rnd.random() < 0.3:  # a near copy a few records later: often in the same block
+            stream.insert(len(stream) - rnd.randrange(3), t + " now")
+    items = [(str(i), t) for i, t in enumerate(stream)]
+    expected = greedy_filter(items[:40], items[40:], strategy="blocks")
+    resolved = _force_parallel_queries(monkeypatch, 32)
+    assert greedy_filter(items[:40], items[40:], strategy="query") == expected
+    assert sum(resolved) == len(items) - 40
+    in_block = sum(
+        1
+        for i, d in enumerate(expected, start=40)
+        if not d.kept and d.nearest is not None and int(d.nearest) >= 40 + (i - 40) // 32 * 32
+    )
+    assert in_block > 20
+
+
+def test_one_query_at_a_time_stays_sequential_without_a_second_core_fork_or_enough_work(monkeypatch):
+    """No worker in a daemonic process (a pool's worker may not have children), on one core, or for fewer
+    candidates than _PARALLEL_MIN: the sequential path, same decisions."""
+    token_lists = _records_at_length_edges(random.Random(3), 300, 0.7)
+    items = [(str(i), " ".join(tokens)) for i, tokens in enumerate(token_lists)]
+    expected = greedy_filter(items[:20], items[20:], strategy="blocks")
+    resolved: list[int] = []
+    resolve = rouge._Greedy._resolve_block
+    monkeypatch.setattr(
+        rouge._Greedy, "_resolve_block", lambda self, *a: resolved.append(1) or resolve(self, *a)
+    )
+    # Enough work for a worker, but none allowed:
+    monkeypatch.setattr(rouge, "_PARALLEL_MIN", 0)
+    monkeypatch.setattr(rouge, "_QUERY_BLOCK", 16)
+    with monkeypatch.context() as mp:
+        mp.setitem(multiprocessing.current_process()._config, "daemon", True)
+        assert not rouge._can_fork_worker()
+        assert greedy_filter(items[:20], items[20:], strategy="query") == expected
+    with monkeypatch.context() as mp:
+        mp.setattr(rouge.os, "sched_getaffinity", lambda pid: {0})
+        assert not rouge._can_fork_worker()
+        assert greedy_filter(items[:20], items[20:], strategy="query") == expected
+    with monkeypatch.context() as mp:
+        mp.setattr(rouge.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+        assert not rouge._can_fork_worker()
+        assert greedy_filter(items[:20], items[20:], strategy="query") == expected
+    assert resolved == []
+    # Allowed, but too few candidates left:
+    monkeypatch.setattr(rouge, "_can_fork_worker", lambda: True)
+    monkeypatch.setattr(rouge, "_PARALLEL_MIN", len(items))
+    assert greedy_filter(items[:20], items[20:], strategy="query") == expected
+    assert resolved == []
+    # Allowed and enough: the worker is used (so the cases above did not pass by never using it).
+    monkeypatch.setattr(rouge, "_PARALLEL_MIN", 0)
+    assert greedy_filter(items[:20], items[20:], strategy="query") == expected
+    assert resolved
+
+
+@pytest.mark.skipif(not _FORK, reason="needs the 'fork' start method")
+def test_a_worker_that_dies_leaves_the_rest_to_the_sequential_path(monkeypatch):
+    """A worker that exits at once (killed, out of memory): the first block's lookups never come, the
+    sequential path decides everything, and no process is left behind."""
+    token_lists = _records_at_length_edges(random.Random(4), 300, 0.7)
+    items = [(str(i), " ".join(tokens)) for i, tokens in enumerate(token_lists)]
+    expected = greedy_filter(items[:20], items[20:], strategy="blocks")
+    resolved = _force_parallel_queries(monkeypatch, 16)
+    monkeypatch.setattr(rouge, "_query_worker", lambda conn, *args: conn.close())
+    assert greedy_filter(items[:20], items[20:], strategy="query") == expected
+    assert resolved == []
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.skipif(not _FORK, reason="needs the 'fork' start method")
+def test_an_error_while_resolving_ends_the_worker(monkeypatch):
+    token_lists = _records_at_length_edges(random.Random(6), 200, 0.7)
+    items = [(str(i), " ".join(tokens)) for i, tokens in enumerate(token_lists)]
+    _force_parallel_queries(monkeypatch, 16)
+
+    def fail(self: rouge._Greedy, *args: Any) -> list[int]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(rouge._Greedy, "_resolve_block", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        greedy_filter(items[:20], items[20:], strategy="query")
+    assert not multiprocessing.active_children()
