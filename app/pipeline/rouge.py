@@ -521,7 +521,10 @@ def greedy_filter(
     512 candidates at a time); ``"query"`` asks a :class:`NearDuplicateIndex` of the kept records one
     candidate at a time. ``"auto"`` starts with blocks, moves to the vectorised filter once a timed
     trial says it is cheaper (from 1,024 kept records on), and to one query at a time from 40,000 kept
-    records (where that was measured to be cheaper per candidate: docs/benchmarks.md).
+    records (where that was measured to be cheaper per candidate: docs/benchmarks.md). With 8,192 or
+    more candidates left for one query at a time, two cores, the fork start method and a non-daemonic
+    process, it forks one worker process that looks up half of each block's pool matches (ended before
+    this returns, whatever happens); otherwise it runs in this process alone.
     """
     if strategy not in ("auto", "index", "blocks", "query"):
         raise ValueError(f"unknown strategy {strategy!r}")
