@@ -64,7 +64,18 @@ def test_reasoning_with_batch_waits_is_resumed_after_ctrl_c_and_writes_the_synch
     fake.set_batches(delay_s=2)  # in progress while the person presses Ctrl-C
     out, cache = tmp_path / "batch.jsonl", tmp_path / "cache.jsonl"
     batch_args = [*common, "--teacher", "batch", "-o", str(out), "--cache", str(cache), "--batch"]
-    watcher = _interrupt_when(lambda: fake.stats()["batches_created"] == 1)
+    state_file = Path(f"{cache}.batches.json")
+
+    def batch_id_saved() -> bool:
+        # Once the id is saved, not merely once the batch exists at the teacher: a Ctrl-C between the two
+        # leaves a state that resumes by the batch's label (another path, tested in test_batch.py).
+        try:
+            subs = json.loads(state_file.read_text(encoding="utf-8"))["state"]["submissions"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return bool(subs) and subs[0].get("batch_id") is not None
+
+    watcher = _interrupt_when(batch_id_saved)
     assert main(batch_args) == 130
     watcher.join(timeout=5)
     assert "run the same command with the same --cache to resume" in capsys.readouterr().err
